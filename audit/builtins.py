@@ -1,0 +1,10 @@
+"""Registers the built-in plugins through the same API third parties use.
+
+Importing a spec module registers its specs; implementations load lazily.
+"""
+
+from __future__ import annotations
+
+import audit.pruning.specs  # noqa: F401
+import reports  # noqa: F401
+import suites.performance  # noqa: F401

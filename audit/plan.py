@@ -1,0 +1,125 @@
+"""``plan()``: the sweep as an ordered list of :class:`SweepPoint` (pure, deterministic)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from audit.config import AuditConfig
+from audit.registry import PRUNERS
+from audit.results import BASELINE_ID, PointRecord
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: the input of every content hash."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One (method × sparsity × seed) cell; the dense baseline has method ``dense``."""
+
+    method: str
+    sparsity: float
+    seed: int
+    params: dict[str, Any] = field(default_factory=dict)
+    layers: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    variant: str = ""
+    """Short label of the params that differ from the method's defaults, e.g. ``scope=global``."""
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.method == BASELINE_ID
+
+    @property
+    def label(self) -> str:
+        """Method plus non-default params, e.g. ``magnitude[scope=global]``."""
+        return f"{self.method}[{self.variant}]" if self.variant else self.method
+
+    @property
+    def id(self) -> str:
+        """Human-readable stable id, e.g. ``magnitude-s0.50-seed0``."""
+        if self.is_baseline:
+            return BASELINE_ID
+        return f"{self.label}-s{self.sparsity:.2f}-seed{self.seed}"
+
+    @property
+    def key(self) -> str:
+        """Content hash of everything that defines this point."""
+        return sha256_text(
+            canonical_json(
+                {
+                    "method": self.method,
+                    "sparsity": round(self.sparsity, 6),
+                    "seed": self.seed,
+                    "params": self.params,
+                    "layers": self.layers,
+                    "calibration": self.calibration,
+                }
+            )
+        )
+
+    def record(self) -> PointRecord:
+        return PointRecord(
+            id=self.id,
+            method=self.method,
+            label=self.label,
+            params=dict(self.params),
+            sparsity=self.sparsity,
+            seed=self.seed,
+            key=self.key,
+        )
+
+
+def plan(config: AuditConfig) -> list[SweepPoint]:
+    """Dense baseline first, then methods × sparsities × seeds in config order."""
+    sweep = config.sweep
+    layers = sweep.layers.model_dump(mode="json")
+    calib = sweep.calibration.model_dump(mode="json")
+    if calib.get("split") is None:
+        calib["split"] = config.data.splits.calibration
+    points = [SweepPoint(method=BASELINE_ID, sparsity=0.0, seed=config.seed)]
+    seen: set[str] = {BASELINE_ID}
+    for method in sweep.methods:
+        variant = _variant_label(method.name, method.params)
+        for sparsity in sweep.sparsities:
+            for seed in sweep.seeds:
+                point = SweepPoint(
+                    method=method.name,
+                    sparsity=float(sparsity),
+                    seed=int(seed),
+                    params=dict(method.params),
+                    layers=layers,
+                    calibration=calib,
+                    variant=variant,
+                )
+                if point.id in seen:
+                    continue
+                seen.add(point.id)
+                points.append(point)
+    return points
+
+
+def _variant_label(method: str, params: dict[str, Any]) -> str:
+    try:
+        defaults = PRUNERS.get(method).params().model_dump(mode="json")
+    except Exception:  # noqa: BLE001 - params without defaults: label every param
+        defaults = {}
+    parts = []
+    for key in sorted(params):
+        if defaults.get(key, object()) == params[key]:
+            continue
+        value = params[key]
+        text = value if isinstance(value, (str, int, float, bool)) else canonical_json(value)
+        text = str(text)
+        if len(text) > 16:
+            text = sha256_text(text)[:8]
+        parts.append(f"{key}={text}")
+    return ",".join(parts)

@@ -1,0 +1,208 @@
+"""Plugin registries for pruners, suites and reporters.
+
+A plugin is described by a *spec*: a small, torch-free object holding its name, its
+pydantic params model, a one-line summary and the ``"module:attr"`` of its
+implementation, which is imported only when the plugin is used. That keeps
+``prune-audit validate`` and ``prune-audit ls`` free of torch.
+
+Built-ins and third-party plugins are registered the same way: built-ins are listed
+in :mod:`audit.builtins`; third parties expose a spec through an entry point in the
+group ``prune_audit.pruners``, ``prune_audit.suites`` or ``prune_audit.reporters``::
+
+    [project.entry-points."prune_audit.suites"]
+    toxicity = "my_pkg.audit_plugins:TOXICITY_SUITE"
+
+or call :func:`register` at import time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from audit.errors import PluginError
+
+log = logging.getLogger(__name__)
+
+
+class PluginParams(BaseModel):
+    """Base class of every plugin's params model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(PluginParams):
+    """For plugins that take no parameters."""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """Declaration of one metric a suite produces.
+
+    A measurement's id is ``<suite>/<dataset>/<name>``; its meaning, range and
+    direction come from here, so that policies can check bounds point the right way.
+    """
+
+    name: str
+    meaning: str
+    higher_is_better: bool | None
+    range: tuple[float | None, float | None] = (0.0, 1.0)
+    unit: str = ""
+    citation: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "meaning": self.meaning,
+            "higher_is_better": self.higher_is_better,
+            "range": list(self.range),
+            "unit": self.unit,
+            "citation": self.citation,
+        }
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """What the registry knows about a plugin without importing it."""
+
+    name: str
+    impl: str
+    summary: str
+    params: type[PluginParams] = NoParams
+    tags: tuple[str, ...] = ()
+
+    def load(self) -> Any:
+        """Import and return the implementation named by ``impl``."""
+        module_name, _, attr = self.impl.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+            return getattr(module, attr) if attr else module
+        except Exception as exc:  # noqa: BLE001 - turned into a clear plugin error
+            raise PluginError(
+                f"plugin {self.name!r} could not be loaded from {self.impl}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+@dataclass(frozen=True)
+class PrunerSpec(PluginSpec):
+    """A pruning method. ``structured`` pruners change shapes; the others only mask."""
+
+    structured: bool = False
+    needs_calibration: bool = False
+    needs_labels: bool = False
+    criterion: str = ""
+
+
+@dataclass(frozen=True)
+class SuiteSpec(PluginSpec):
+    """An evaluation suite and the metrics it declares."""
+
+    metrics: tuple[MetricSpec, ...] = ()
+
+    def metric(self, name: str) -> MetricSpec | None:
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        return None
+
+
+@dataclass(frozen=True)
+class ReporterSpec(PluginSpec):
+    """A renderer of a finished run (html, json, junit, markdown, ...)."""
+
+    filename: str = ""
+
+
+S = TypeVar("S", bound=PluginSpec)
+
+
+@dataclass
+class Registry(Generic[S]):
+    """Name → spec, filled from built-ins and entry points on first use."""
+
+    kind: str
+    group: str
+    spec_type: type[S]
+    _specs: dict[str, S] = field(default_factory=dict)
+    _loaded: bool = False
+
+    def register(self, spec: S, *, replace: bool = False) -> S:
+        """Add ``spec``; a duplicate name is an error unless ``replace``."""
+        if not isinstance(spec, self.spec_type):
+            raise PluginError(
+                f"a {self.kind} must be registered with a {self.spec_type.__name__}, got {type(spec).__name__}"
+            )
+        if spec.name in self._specs and not replace and self._specs[spec.name] is not spec:
+            raise PluginError(f"{self.kind} {spec.name!r} is already registered")
+        self._specs[spec.name] = spec
+        return spec
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        import audit.builtins  # noqa: F401 - registers the built-in specs
+
+        try:
+            eps = metadata.entry_points(group=self.group)
+        except Exception:  # noqa: BLE001
+            eps = []
+        for ep in eps:
+            if ep.name in self._specs:
+                continue
+            try:
+                spec = ep.load()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("skipping %s plugin %r from %s: %s", self.kind, ep.name, ep.value, exc)
+                continue
+            try:
+                self.register(spec)
+            except PluginError as exc:
+                log.warning("skipping %s plugin %r: %s", self.kind, ep.name, exc)
+
+    def names(self) -> list[str]:
+        self._ensure_loaded()
+        return sorted(self._specs)
+
+    def __iter__(self) -> Iterator[S]:
+        self._ensure_loaded()
+        return iter([self._specs[n] for n in sorted(self._specs)])
+
+    def __contains__(self, name: object) -> bool:
+        self._ensure_loaded()
+        return name in self._specs
+
+    def get(self, name: str) -> S:
+        """Return the spec for ``name`` or raise a :class:`PluginError` with a suggestion."""
+        self._ensure_loaded()
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise PluginError(self.unknown_message(name), hint=self.suggest(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        return f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or '(none)'}"
+
+    def suggest(self, name: str) -> str | None:
+        close = difflib.get_close_matches(str(name), self.names(), n=1)
+        return f"did you mean {close[0]!r}?" if close else None
+
+
+PRUNERS: Registry[PrunerSpec] = Registry("pruner", "prune_audit.pruners", PrunerSpec)
+SUITES: Registry[SuiteSpec] = Registry("suite", "prune_audit.suites", SuiteSpec)
+REPORTERS: Registry[ReporterSpec] = Registry("reporter", "prune_audit.reporters", ReporterSpec)
+
+
+def register(spec: PluginSpec, *, replace: bool = False) -> PluginSpec:
+    """Register a spec in the registry that matches its type."""
+    for reg in (PRUNERS, SUITES, REPORTERS):
+        if isinstance(spec, reg.spec_type):
+            return reg.register(spec, replace=replace)  # type: ignore[arg-type]
+    raise PluginError(f"cannot register {type(spec).__name__}: not a pruner, suite or reporter spec")
