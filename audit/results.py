@@ -1,0 +1,354 @@
+"""The result model: what a run measured, in a versioned, torch-free schema.
+
+``results.json`` is a serialised :class:`RunResult`. Measuring and judging are
+separate: the verdict is computed from a ``RunResult`` by :mod:`audit.policy`, so
+``prune-audit check`` can re-gate a saved file without loading a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from audit.errors import UsageError
+
+SCHEMA_VERSION = "1.0"
+BASELINE_ID = "dense"
+
+
+class Record(BaseModel):
+    """Base of result records: unknown keys are errors, so schema drift is caught."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _finite(value: Any) -> float | None:
+    """NaN and infinities are stored as null (JSON has no NaN)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+Num = Annotated[float | None, BeforeValidator(_finite)]
+
+
+class GroupValue(Record):
+    """A metric's value for one group."""
+
+    value: Num
+    ci_low: Num = None
+    ci_high: Num = None
+    n: int = 0
+    small_n: bool = False
+
+
+class Measurement(Record):
+    """One metric of one suite on one dataset, with its CI and per-group values.
+
+    ``groups`` maps a sensitive feature (or ``"a&b"`` for an intersection) to
+    group → :class:`GroupValue`.
+    """
+
+    suite: str
+    dataset: str
+    metric: str
+    value: Num
+    ci_low: Num = None
+    ci_high: Num = None
+    ci_method: str | None = None
+    n: int = 0
+    groups: dict[str, dict[str, GroupValue]] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.suite}/{self.dataset}/{self.metric}"
+
+
+class LayerRecord(Record):
+    """What pruning and deployment did to one Linear layer."""
+
+    name: str
+    shape: list[int]
+    shape_after: list[int] | None = None
+    total: int
+    nonzero: int
+    target_sparsity: float
+    achieved_sparsity: float
+    heads_removed: list[int] = Field(default_factory=list)
+    neurons_removed: int = 0
+    format: str | None = None
+    format_reason: str | None = None
+
+
+class CalibrationRecord(Record):
+    """Which examples a data-aware pruner saw."""
+
+    dataset: str
+    split: str
+    n: int
+    seed: int
+    fingerprint: str
+
+
+class PruningRecord(Record):
+    """Every pruning decision for one sweep point, counted on the real tensors."""
+
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    criterion: str = ""
+    structured: bool = False
+    seed: int
+    target_sparsity: float
+    achieved_sparsity: float = Field(description="Zeros / weights over the pruned layers.")
+    model_sparsity: float = Field(description="Zeros / parameters over the whole model.")
+    params_total: int
+    params_nonzero: int
+    prunable_total: int
+    prunable_nonzero: int
+    layers: list[LayerRecord] = Field(default_factory=list)
+    heads_removed: dict[str, list[int]] = Field(default_factory=dict)
+    neurons_removed: dict[str, int] = Field(default_factory=dict)
+    calibration: CalibrationRecord | None = None
+    mask_fingerprint: str | None = None
+    wall_time_s: float = 0.0
+    notes: list[str] = Field(default_factory=list)
+
+
+class EquivalenceRecord(Record):
+    """Deployed model vs masked-dense reference on a fixed probe batch."""
+
+    n: int
+    max_abs_logit_diff: float
+    agreement: float
+    tolerance: float
+    passed: bool
+
+
+class SpeedRecord(Record):
+    """Latency and throughput, dense vs deployed, measured side by side."""
+
+    seq_len: int
+    threads: int
+    latency_b1_ms_dense: float | None = None
+    latency_b1_ms_deployed: float | None = None
+    throughput_b32_dense: float | None = None
+    throughput_b32_deployed: float | None = None
+    speedup_b1: float | None = None
+    speedup_b32: float | None = None
+
+
+class DeploymentRecord(Record):
+    """How a variant is deployed: formats per layer, equivalence, speed and size."""
+
+    formats: dict[str, int] = Field(default_factory=dict)
+    weight_bytes_dense: int = 0
+    weight_bytes_deployed: int = 0
+    equivalence: EquivalenceRecord | None = None
+    speed: SpeedRecord | None = None
+    saved_to: str | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class SuiteError(Record):
+    """A suite that crashed on a variant: becomes ERROR under the policy."""
+
+    suite: str
+    error_type: str
+    message: str
+    traceback: str = ""
+
+
+class PointRecord(Record):
+    """The sweep point a variant was produced from (``method`` is ``dense`` for the baseline)."""
+
+    id: str
+    method: str
+    label: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    sparsity: float
+    seed: int
+    key: str
+
+
+class VariantResult(Record):
+    """Everything measured on one variant (the dense baseline is one too)."""
+
+    id: str
+    point: PointRecord
+    pruning: PruningRecord | None = None
+    deployment: DeploymentRecord | None = None
+    measurements: list[Measurement] = Field(default_factory=list)
+    errors: list[SuiteError] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    examples: dict[str, list[dict[str, Any]]] = Field(
+        default_factory=dict, description="Illustrative rows per suite, for the report."
+    )
+    wall_time_s: float = 0.0
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.id == BASELINE_ID
+
+    def measurement(self, metric_id: str) -> Measurement | None:
+        for m in self.measurements:
+            if m.id == metric_id:
+                return m
+        return None
+
+
+class DatasetIdentity(Record):
+    """A dataset as evaluated: where it came from and its content fingerprint."""
+
+    id: str
+    source: str
+    split: str | None = None
+    n: int
+    fingerprint: str
+    columns: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelIdentity(Record):
+    """The audited model: source, revision and a fingerprint of its files."""
+
+    source: str
+    revision: str | None = None
+    fingerprint: str
+    architecture: str = ""
+    num_labels: int = 0
+    labels: dict[str, str] = Field(default_factory=dict)
+    params_total: int = 0
+
+
+class Provenance(Record):
+    """How the run can be reproduced."""
+
+    tool_version: str
+    git_sha: str | None = None
+    python: str
+    platform: str
+    packages: dict[str, str] = Field(default_factory=dict)
+    seed: int
+    started_at: str
+    finished_at: str | None = None
+    command: str | None = None
+    config_fingerprint: str = ""
+    threads: int | None = None
+
+
+class MetricInfo(Record):
+    """A metric declaration as stored in results (copied from the suite's spec)."""
+
+    suite: str
+    name: str
+    meaning: str
+    higher_is_better: bool | None
+    range: list[float | None] = Field(default_factory=lambda: [0.0, 1.0])
+    unit: str = ""
+    citation: str = ""
+
+
+class RuleResult(Record):
+    """One policy rule applied to one variant."""
+
+    rule: str
+    variant: str
+    metric: str
+    status: Literal["PASS", "WARN", "FAIL", "ERROR", "SKIP"]
+    severity: Literal["fail", "warn"]
+    observed: float | None = None
+    baseline: float | None = None
+    compared: float | None = None
+    bound: str = ""
+    message: str = ""
+    rationale: str = ""
+    waived_by: str | None = None
+
+
+class Verdict(Record):
+    """The gate decision."""
+
+    policy: str
+    policy_fingerprint: str
+    status: Literal["PASS", "WARN", "FAIL", "ERROR", "NO_RESULTS"]
+    exit_code: int
+    counts: dict[str, int] = Field(default_factory=dict)
+    rules: list[RuleResult] = Field(default_factory=list)
+    max_compliant_sparsity: dict[str, float | None] = Field(default_factory=dict)
+    evaluated_at: str = ""
+    notes: list[str] = Field(default_factory=list)
+
+
+class RunResult(Record):
+    """A whole audit run: the dense baseline, every variant, and how it was made."""
+
+    schema_version: str = SCHEMA_VERSION
+    run_id: str
+    title: str = "prune-audit report"
+    provenance: Provenance
+    config: dict[str, Any]
+    model: ModelIdentity
+    datasets: list[DatasetIdentity] = Field(default_factory=list)
+    metrics: dict[str, MetricInfo] = Field(default_factory=dict)
+    baseline: VariantResult
+    variants: list[VariantResult] = Field(default_factory=list)
+    verdict: Verdict | None = None
+    statistics: dict[str, Any] = Field(default_factory=dict)
+    limitations: list[str] = Field(default_factory=list)
+
+    def all_variants(self) -> list[VariantResult]:
+        return [self.baseline, *self.variants]
+
+    def metric_info(self, metric_id: str) -> MetricInfo | None:
+        """Declaration for a full id ``suite/dataset/metric``."""
+        suite, _, rest = metric_id.partition("/")
+        name = rest.rsplit("/", 1)[-1]
+        return self.metrics.get(f"{suite}/{name}")
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
+def load_results(path: str | Path) -> RunResult:
+    """Read and validate a ``results.json``; every failure is a :class:`UsageError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError("results file not found", where=str(path), hint="pass the results.json a run wrote")
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError("results file is not UTF-8 JSON", where=str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"invalid JSON: {exc.msg}", where=f"{path}:{exc.lineno}:{exc.colno}") from None
+    if not isinstance(raw, dict):
+        raise UsageError("expected a JSON object", where=str(path))
+    version = raw.get("schema_version")
+    if version is None:
+        raise UsageError("not a prune-audit results file (no schema_version)", where=str(path))
+    major = str(version).split(".")[0]
+    if major != SCHEMA_VERSION.split(".")[0]:
+        raise UsageError(
+            f"results schema_version {version} is not readable by this version (expects "
+            f"{SCHEMA_VERSION.split('.')[0]}.x)",
+            where=str(path),
+            hint="re-run the audit with this version of prune-audit",
+        )
+    try:
+        return RunResult.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise UsageError(f"invalid results file at {loc}: {err['msg']}", where=str(path)) from None
+
+
+def results_schema() -> dict[str, Any]:
+    """JSON Schema of ``results.json``."""
+    schema = RunResult.model_json_schema()
+    schema["title"] = f"prune-audit results (schema_version {SCHEMA_VERSION})"
+    schema.setdefault("$schema", "https://json-schema.org/draft/2020-12/schema")
+    return schema

@@ -1,0 +1,4 @@
+"""Shipped policies (``*.yaml``) and the published JSON Schema (``policy.schema.json``).
+
+Load one by name with ``prune-audit check results.json --policy default``.
+"""
