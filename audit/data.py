@@ -1,0 +1,401 @@
+"""Loading evaluation data through ``datasets``: local csv/tsv/jsonl/parquet or the hub.
+
+Every problem a user can cause (missing file, missing column, unknown label, empty
+split, undecodable bytes) is a :class:`DataError` naming the dataset, the file and
+what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from audit.config import AuditConfig, ColumnMap, DatasetRef, HubDataset, TableSource
+from audit.errors import DataError
+from audit.fingerprint import texts_sha256
+from audit.results import DatasetIdentity
+
+log = logging.getLogger(__name__)
+
+MISSING_GROUP = "(missing)"
+_EXT_FORMAT = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "tsv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".ndjson": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+@dataclass
+class EvalSet:
+    """Texts, integer labels and group columns of one evaluated split."""
+
+    name: str
+    texts: list[str]
+    labels: np.ndarray
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+    text_pairs: list[str] | None = None
+    ids: list[str] = field(default_factory=list)
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+    identity: DatasetIdentity | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, index: np.ndarray | list[int], name: str | None = None) -> EvalSet:
+        """A new set with rows ``index`` (same columns)."""
+        idx = np.asarray(index, dtype=int)
+        sub = EvalSet(
+            name=name or self.name,
+            texts=[self.texts[i] for i in idx],
+            labels=self.labels[idx],
+            groups={k: v[idx] for k, v in self.groups.items()},
+            text_pairs=[self.text_pairs[i] for i in idx] if self.text_pairs is not None else None,
+            ids=[self.ids[i] for i in idx] if self.ids else [],
+            columns={k: [v[i] for i in idx] for k, v in self.columns.items()},
+            warnings=list(self.warnings),
+        )
+        sub.identity = _identity(sub, self.identity.source if self.identity else "subset", None, {})
+        return sub
+
+    def with_texts(self, texts: list[str], name: str) -> EvalSet:
+        """Same rows and labels, other texts (for corruptions and counterfactuals)."""
+        if len(texts) != len(self.texts):
+            raise ValueError("with_texts needs one text per row")
+        new = EvalSet(
+            name=name,
+            texts=list(texts),
+            labels=self.labels.copy(),
+            groups={k: v.copy() for k, v in self.groups.items()},
+            text_pairs=self.text_pairs,
+            ids=list(self.ids),
+            columns=dict(self.columns),
+        )
+        new.identity = _identity(new, f"{self.identity.source if self.identity else self.name}+{name}", None, {})
+        return new
+
+
+def infer_format(path: Path, declared: str | None) -> str:
+    if declared:
+        return "json" if declared == "jsonl" else declared
+    fmt = _EXT_FORMAT.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"cannot tell the format of {path.name} from its extension",
+            where=str(path),
+            hint="set format: csv | tsv | json | parquet",
+        )
+    return fmt
+
+
+def _quiet_datasets() -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def _load_local(path: Path, source: TableSource, split: str, where: str) -> Any:
+    from datasets import load_dataset
+
+    _quiet_datasets()
+
+    if not path.exists():
+        raise DataError(f"data file not found: {path}", where=where)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; expected a data file", where=where)
+    if path.stat().st_size == 0:
+        raise DataError(f"data file is empty: {path}", where=where)
+    fmt = infer_format(path, source.format)
+    kwargs: dict[str, Any] = {}
+    builder = fmt
+    if fmt in ("csv", "tsv"):
+        builder = "csv"
+        if fmt == "tsv":
+            kwargs["delimiter"] = "\t"
+            kwargs["quoting"] = csv.QUOTE_NONE
+        if source.column_names:
+            kwargs["column_names"] = list(source.column_names)
+            kwargs["header"] = None
+        kwargs["keep_default_na"] = False
+    elif source.column_names:
+        raise DataError("column_names is only for csv/tsv files without a header", where=where)
+    try:
+        return load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path.name} is not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+            where=where,
+            hint="re-encode the file as UTF-8",
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - datasets wraps parser errors in many types
+        cause = exc
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            nxt = cause.__cause__ or cause.__context__
+            if isinstance(nxt, UnicodeDecodeError):
+                raise DataError(f"{path.name} is not UTF-8", where=where, hint="re-encode the file as UTF-8") from None
+            cause = nxt
+        if "corresponds to no data" in str(exc):
+            raise DataError("the split has no rows", where=where, hint="point at a non-empty file or split") from None
+        raise DataError(f"cannot parse {path.name} as {fmt}: {_first_line(exc)}", where=where) from None
+
+
+def _load_hub(hub: HubDataset, split: str, offline: bool, where: str) -> Any:
+    if offline:
+        raise DataError("hub datasets need offline: false", where=where)
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(hub.name, hub.subset, split=split, revision=hub.revision)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"cannot load hub dataset {hub.name}: {_first_line(exc)}", where=where) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _check_columns(ds: Any, columns: ColumnMap, where: str, need_label: bool = True) -> None:
+    have = list(ds.column_names)
+    wanted = [("text", columns.text)]
+    if need_label:
+        wanted.append(("label", columns.label))
+    if columns.text_pair:
+        wanted.append(("text_pair", columns.text_pair))
+    if columns.id:
+        wanted.append(("id", columns.id))
+    wanted += [("groups", g) for g in columns.groups]
+    for role, name in wanted:
+        if name not in have:
+            raise DataError(
+                f"column {name!r} (columns.{role}) not found; the data has columns {have}",
+                where=where,
+                hint="fix data.columns to name existing columns",
+            )
+
+
+def encode_labels(raw: list[Any], id2label: dict[int, str], label_map: dict[str, int] | None, where: str) -> np.ndarray:
+    """Map raw label values to class indices the model knows; unknown values are errors."""
+    num_labels = len(id2label)
+    missing = sum(1 for v in raw if v is None or (isinstance(v, str) and v.strip() == ""))
+    if missing:
+        raise DataError(f"{missing} rows have no label", where=where, hint="drop or label them")
+    if label_map is not None:
+        out = []
+        unknown: set[str] = set()
+        for v in raw:
+            key = str(v).lower() if isinstance(v, bool) else str(v).strip()
+            if key in label_map:
+                out.append(label_map[key])
+            else:
+                unknown.add(key)
+        if unknown:
+            raise DataError(f"label values {sorted(unknown)[:10]} are not in label_map {label_map}", where=where)
+        arr = np.asarray(out, dtype=np.int64)
+    else:
+        by_name = {name.strip().lower(): idx for idx, name in id2label.items()}
+        by_name.update({f"label_{idx}": idx for idx in id2label})
+        out = []
+        unknown = set()
+        for v in raw:
+            if isinstance(v, bool):
+                v = int(v)
+            if isinstance(v, (int, np.integer)):
+                out.append(int(v))
+                continue
+            if isinstance(v, float) and v.is_integer():
+                out.append(int(v))
+                continue
+            text = str(v).strip()
+            if text.lstrip("-").isdigit():
+                out.append(int(text))
+            elif text.lower() in by_name:
+                out.append(by_name[text.lower()])
+            else:
+                out.append(-1)
+                unknown.add(text)
+        if unknown:
+            raise DataError(
+                f"label values {sorted(unknown)[:10]} are not labels of the model "
+                f"(model labels: {dict(sorted(id2label.items()))})",
+                where=where,
+                hint="add data.label_map to map them to class indices",
+            )
+        arr = np.asarray(out, dtype=np.int64)
+    bad = sorted({int(x) for x in arr if x < 0 or x >= num_labels})
+    if bad:
+        raise DataError(
+            f"labels {bad[:10]} are outside the model's {num_labels} classes {dict(sorted(id2label.items()))}",
+            where=where,
+            hint="the model does not know these labels; use data.label_map or another model",
+        )
+    return arr
+
+
+def _identity(es: EvalSet, source: str, split: str | None, columns: dict[str, Any]) -> DatasetIdentity:
+    return DatasetIdentity(
+        id=es.name,
+        source=source,
+        split=split,
+        n=len(es.texts),
+        fingerprint=texts_sha256(
+            es.texts
+            if es.text_pairs is None
+            else [a + "\x1f" + b for a, b in zip(es.texts, es.text_pairs, strict=True)],
+            es.labels.tolist(),
+        ),
+        columns=columns,
+    )
+
+
+def table_to_evalset(
+    ds: Any,
+    *,
+    name: str,
+    source: TableSource,
+    id2label: dict[int, str],
+    where: str,
+    source_label: str,
+    split: str | None,
+    max_examples: int | None = None,
+    seed: int = 0,
+    need_label: bool = True,
+) -> EvalSet:
+    """Validate a ``datasets.Dataset`` against the column map and turn it into an :class:`EvalSet`."""
+    cols = source.columns
+    _check_columns(ds, cols, where, need_label)
+    if len(ds) == 0:
+        raise DataError("the split has no rows", where=where, hint="point at a non-empty file or split")
+    if max_examples is not None and len(ds) > max_examples:
+        ds = ds.shuffle(seed=seed).select(range(max_examples))
+    warnings: list[str] = []
+    raw_texts = ds[cols.text]
+    texts = []
+    n_missing = 0
+    for t in raw_texts:
+        if t is None:
+            n_missing += 1
+            texts.append("")
+        else:
+            texts.append(str(t))
+    if n_missing:
+        warnings.append(f"{n_missing} rows have no text in column {cols.text!r}; evaluated as empty")
+    pairs = None
+    if cols.text_pair:
+        pairs = ["" if t is None else str(t) for t in ds[cols.text_pair]]
+    if need_label:
+        labels = encode_labels(list(ds[cols.label]), id2label, source.label_map, where)
+    else:
+        labels = np.full(len(texts), -1, dtype=np.int64)
+    groups = {}
+    for g in cols.groups:
+        values = np.asarray([MISSING_GROUP if v is None or v == "" else str(v) for v in ds[g]], dtype=object)
+        groups[g] = values
+    ids = [str(v) for v in ds[cols.id]] if cols.id else [str(i) for i in range(len(texts))]
+    used = {cols.text, cols.label, cols.text_pair, cols.id, *cols.groups}
+    extra = {c: list(ds[c]) for c in ds.column_names if c not in used}
+    es = EvalSet(
+        name=name,
+        texts=texts,
+        labels=labels,
+        groups=groups,
+        text_pairs=pairs,
+        ids=ids,
+        columns=extra,
+        warnings=warnings,
+    )
+    es.identity = _identity(es, source_label, split, cols.model_dump(mode="json"))
+    for w in warnings:
+        log.warning("%s: %s", where, w)
+    return es
+
+
+def load_split(config: AuditConfig, split: str, id2label: dict[int, str], *, need_label: bool = True) -> EvalSet:
+    """Load split ``split`` of the configured in-distribution data."""
+    data = config.data
+    name = data.name or split
+    if data.files is not None:
+        if split not in data.files:
+            raise DataError(f"split {split!r} is not in data.files ({sorted(data.files)})", where="data.files")
+        path = config.resolve(data.files[split])
+        assert path is not None
+        where = f"data.files.{split}={data.files[split]}"
+        ds = _load_local(path, data, split, where)
+        source_label = str(path)
+    else:
+        assert data.hub is not None
+        where = f"data.hub={data.hub.name}[{split}]"
+        ds = _load_hub(data.hub, split, config.offline, where)
+        source_label = f"hub:{data.hub.name}"
+    max_n = data.max_eval_examples if split == data.splits.eval else None
+    es = table_to_evalset(
+        ds,
+        name=name if split == data.splits.eval else f"{name}-{split}",
+        source=data,
+        id2label=id2label,
+        where=where,
+        source_label=source_label,
+        split=split,
+        max_examples=max_n,
+        seed=config.seed,
+        need_label=need_label,
+    )
+    return es
+
+
+def load_ref(ref: DatasetRef, config: AuditConfig, id2label: dict[int, str], *, need_label: bool = True) -> EvalSet:
+    """Load an extra dataset named in a suite's params."""
+    if ref.path is not None:
+        path = config.resolve(ref.path)
+        assert path is not None
+        where = f"dataset {ref.name} ({ref.path})"
+        ds = _load_local(path, ref, ref.split, where)
+        source_label = str(path)
+    else:
+        assert ref.hub is not None
+        where = f"dataset {ref.name} (hub {ref.hub.name})"
+        ds = _load_hub(ref.hub, ref.split, config.offline, where)
+        source_label = f"hub:{ref.hub.name}"
+    return table_to_evalset(
+        ds,
+        name=ref.name,
+        source=ref,
+        id2label=id2label,
+        where=where,
+        source_label=source_label,
+        split=ref.split,
+        max_examples=ref.max_examples,
+        seed=config.seed,
+        need_label=need_label,
+    )
+
+
+def check_data_files(config: AuditConfig) -> None:
+    """Cheap pre-flight (no imports of datasets): every configured file exists and is non-empty."""
+    data = config.data
+    if data.files is None:
+        return
+    needed = {data.splits.eval}
+    if data.splits.calibration:
+        needed.add(data.splits.calibration)
+    for split in sorted(needed):
+        path = config.resolve(data.files[split])
+        where = f"data.files.{split}={data.files[split]}"
+        if path is None or not path.exists():
+            raise DataError(f"data file not found: {path}", where=where)
+        if path.is_dir():
+            raise DataError(f"{path} is a directory; expected a data file", where=where)
+        if path.stat().st_size == 0:
+            raise DataError(f"data file is empty: {path}", where=where)
+        infer_format(path, data.format)

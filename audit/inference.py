@@ -1,0 +1,165 @@
+"""Batched inference with tokenization done once per evaluated set.
+
+Every suite runs its forward passes through :class:`Predictor`, which tokenizes a
+set of texts once (cached by content), sorts by length for tight padding, and calls
+whatever model it is given: the dense baseline or a deployed variant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoded:
+    """Tokenized texts, sorted by length and cut into padded batches."""
+
+    batches: list[dict[str, torch.Tensor]]
+    order: np.ndarray  # position in batches -> original index
+    n: int
+    truncated: int
+    lengths: np.ndarray
+
+
+def _key(texts: list[str], pairs: list[str] | None, max_length: int, batch_size: int) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{max_length}:{batch_size}:{len(texts)}".encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    if pairs is not None:
+        h.update(b"\x01")
+        for t in pairs:
+            h.update(t.encode("utf-8", "surrogatepass"))
+            h.update(b"\x00")
+    return h.hexdigest()
+
+
+class Predictor:
+    """Tokenize once, run any model over the same batches."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        max_length: int = 128,
+        batch_size: int = 32,
+        device: str = "cpu",
+        cache_size: int = 64,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self._cache: OrderedDict[str, Encoded] = OrderedDict()
+        self._cache_size = cache_size
+        self.forward_calls = 0
+        self.examples_seen = 0
+
+    def encode(self, texts: list[str], pairs: list[str] | None = None, batch_size: int | None = None) -> Encoded:
+        bs = batch_size or self.batch_size
+        key = _key(texts, pairs, self.max_length, bs)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        enc = self._encode(texts, pairs, bs)
+        self._cache[key] = enc
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return enc
+
+    def _encode(self, texts: list[str], pairs: list[str] | None, bs: int) -> Encoded:
+        n = len(texts)
+        if n == 0:
+            return Encoded([], np.zeros(0, dtype=int), 0, 0, np.zeros(0, dtype=int))
+        tok = self.tokenizer(
+            list(texts),
+            list(pairs) if pairs is not None else None,
+            truncation=True,
+            max_length=self.max_length,
+            padding=False,
+            return_overflowing_tokens=False,
+            return_length=True,
+        )
+        lengths = np.asarray(tok["length"], dtype=int)
+        # a token covers at least one character, so only long texts can have been cut
+        long_idx = [i for i, t in enumerate(texts) if len(t) + (len(pairs[i]) if pairs else 0) > self.max_length - 3]
+        truncated = 0
+        if long_idx:
+            full = self.tokenizer(
+                [texts[i] for i in long_idx],
+                [pairs[i] for i in long_idx] if pairs is not None else None,
+                truncation=False,
+                return_length=True,
+                verbose=False,
+            )["length"]
+            truncated = int(sum(1 for i, f in zip(long_idx, full, strict=True) if f > lengths[i]))
+        order = np.argsort(-lengths, kind="stable")
+        pad_id = self.tokenizer.pad_token_id or 0
+        has_tt = "token_type_ids" in tok
+        batches = []
+        for start in range(0, n, bs):
+            idx = order[start : start + bs]
+            width = int(lengths[idx].max())
+            ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            tt = np.zeros((len(idx), width), dtype=np.int64) if has_tt else None
+            for row, i in enumerate(idx):
+                seq = tok["input_ids"][i]
+                ids[row, : len(seq)] = seq
+                mask[row, : len(seq)] = 1
+                if tt is not None:
+                    tt[row, : len(seq)] = tok["token_type_ids"][i]
+            batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+            if tt is not None:
+                batch["token_type_ids"] = torch.from_numpy(tt)
+            batches.append(batch)
+        if truncated:
+            log.debug("%d of %d texts truncated to %d tokens", truncated, n, self.max_length)
+        return Encoded(batches=batches, order=order, n=n, truncated=truncated, lengths=lengths)
+
+    @torch.inference_mode()
+    def logits(
+        self, model: Any, texts: list[str], pairs: list[str] | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Logits ``[n, num_labels]`` in the original order of ``texts``."""
+        enc = self.encode(texts, pairs, batch_size)
+        if enc.n == 0:
+            num = int(getattr(getattr(model, "config", None), "num_labels", 2))
+            return np.zeros((0, num), dtype=np.float32)
+        outs = []
+        for batch in enc.batches:
+            if self.device.type != "cpu":
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+            out = model(**batch)
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            outs.append(logits.float().cpu().numpy())
+            self.forward_calls += 1
+        self.examples_seen += enc.n
+        stacked = np.concatenate(outs, axis=0)
+        result = np.empty_like(stacked)
+        result[enc.order] = stacked
+        return result
+
+    def proba(
+        self, model: Any, texts: list[str], pairs: list[str] | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Softmax probabilities ``[n, num_labels]`` (float64)."""
+        return softmax(self.logits(model, texts, pairs, batch_size))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

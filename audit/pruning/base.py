@@ -1,0 +1,224 @@
+"""Shared machinery of pruners: layer selection, calibration data, the PruningRecord.
+
+A pruner mutates a copy of the dense model in place and returns a
+:class:`~audit.results.PruningRecord` whose numbers are counted on the real tensors
+afterwards (never copied from the request).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from audit.config import LayerSelection
+from audit.errors import UsageError
+from audit.registry import PluginParams, PrunerSpec
+from audit.results import CalibrationRecord, LayerRecord, PruningRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibrationData:
+    """Calibration examples, already tokenized into batches."""
+
+    texts: list[str]
+    labels: np.ndarray | None
+    batches: list[dict[str, torch.Tensor]]
+    batch_labels: list[torch.Tensor]
+    record: CalibrationRecord
+
+
+@dataclass
+class PruneContext:
+    """What a pruner is asked to do for one sweep point."""
+
+    sparsity: float
+    seed: int
+    layers: LayerSelection
+    calibration: CalibrationData | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Pruner:
+    """Base class of pruning methods."""
+
+    def __init__(self, spec: PrunerSpec, params: PluginParams) -> None:
+        self.spec = spec
+        self.params = params
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def validate(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Raise :class:`UsageError` if this point cannot run (called before any pruning)."""
+        if self.spec.needs_calibration and ctx.calibration is None:
+            raise UsageError(
+                f"method {self.name!r} needs calibration data but none is configured",
+                where="sweep.calibration",
+                hint="set data.splits.calibration (or sweep.calibration.split) to a split with examples",
+            )
+        layers = select_layers(model, ctx.layers)
+        if not layers:
+            raise UsageError(
+                "no Linear layer matches sweep.layers.include",
+                where="sweep.layers",
+                hint=f"the model's Linear layers look like {_example_names(model)}",
+            )
+
+    def prune(self, model: nn.Module, ctx: PruneContext) -> PruningRecord:
+        raise NotImplementedError
+
+
+def _example_names(model: nn.Module, k: int = 3) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:k]
+
+
+def select_layers(model: nn.Module, selection: LayerSelection) -> list[tuple[str, nn.Linear]]:
+    """Linear layers whose names match ``include`` and not ``exclude`` (in model order)."""
+    inc = [re.compile(p) for p in selection.include]
+    exc = [re.compile(p) for p in selection.exclude]
+    out = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        if inc and not any(p.search(name) for p in inc):
+            continue
+        if any(p.search(name) for p in exc):
+            continue
+        out.append((name, module))
+    return out
+
+
+def layer_targets(layers: list[tuple[str, nn.Module]], sparsity: float, selection: LayerSelection) -> dict[str, float]:
+    """Target sparsity per layer: the sweep level unless an override regex matches."""
+    overrides = [(re.compile(p), float(v)) for p, v in selection.overrides.items()]
+    targets = {}
+    for name, _ in layers:
+        target = sparsity
+        for pat, value in overrides:
+            if pat.search(name):
+                target = value
+        targets[name] = target
+    return targets
+
+
+def check_overrides(selection: LayerSelection) -> None:
+    for pattern, value in selection.overrides.items():
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UsageError(f"invalid regex {pattern!r}: {exc}", where="sweep.layers.overrides") from None
+        if not (0.0 <= float(value) < 1.0):
+            raise UsageError(
+                f"override sparsity must be in [0, 1), found {value} for {pattern!r}",
+                where="sweep.layers.overrides",
+            )
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(total, non-zero) over every parameter of the model."""
+    total = 0
+    nonzero = 0
+    for p in model.parameters():
+        total += p.numel()
+        nonzero += int(torch.count_nonzero(p.detach()))
+    return total, nonzero
+
+
+def mask_fingerprint(layers: list[tuple[str, nn.Module]]) -> str:
+    """sha256 over the zero patterns of the given layers (same mask ⇔ same digest)."""
+    h = hashlib.sha256()
+    for name, module in layers:
+        w = module.weight.detach()
+        h.update(name.encode())
+        h.update(str(tuple(w.shape)).encode())
+        h.update(np.packbits((w != 0).cpu().numpy().ravel()).tobytes())
+    return h.hexdigest()
+
+
+def build_record(
+    *,
+    model: nn.Module,
+    spec: PrunerSpec,
+    params: PluginParams,
+    ctx: PruneContext,
+    layers: list[tuple[str, nn.Module]],
+    targets: dict[str, float],
+    started: float,
+    original_shapes: dict[str, list[int]] | None = None,
+    original_totals: dict[str, int] | None = None,
+    heads_removed: dict[str, list[int]] | None = None,
+    neurons_removed: dict[str, int] | None = None,
+    layer_extra: dict[str, dict[str, Any]] | None = None,
+    notes: list[str] | None = None,
+) -> PruningRecord:
+    """Count what pruning did, on the real tensors.
+
+    For structured pruning, ``original_shapes``/``original_totals`` give the layer
+    sizes before removal, so achieved sparsity counts removed weights as zeros;
+    ``heads_removed``/``neurons_removed`` are keyed by transformer block and
+    ``layer_extra`` adds per-Linear details.
+    """
+    layer_records = []
+    prunable_total = 0
+    prunable_nonzero = 0
+    heads_removed = heads_removed or {}
+    neurons_removed = neurons_removed or {}
+    for name, module in layers:
+        w = module.weight.detach()
+        shape_now = list(w.shape)
+        total = (original_totals or {}).get(name, w.numel())
+        nonzero = int(torch.count_nonzero(w))
+        achieved = 1.0 - nonzero / total if total else 0.0
+        prunable_total += total
+        prunable_nonzero += nonzero
+        before = (original_shapes or {}).get(name, shape_now)
+        layer_records.append(
+            LayerRecord(
+                name=name,
+                shape=before,
+                shape_after=shape_now if shape_now != before else None,
+                total=total,
+                nonzero=nonzero,
+                target_sparsity=float(targets.get(name, ctx.sparsity)),
+                achieved_sparsity=float(achieved),
+                heads_removed=list((layer_extra or {}).get(name, {}).get("heads_removed", [])),
+                neurons_removed=int((layer_extra or {}).get(name, {}).get("neurons_removed", 0)),
+            )
+        )
+    params_total, params_nonzero = count_params(model)
+    removed_total = 0
+    if original_totals:
+        removed_total = sum(original_totals.values()) - sum(m.weight.numel() for _, m in layers)
+    params_total += removed_total
+    return PruningRecord(
+        method=spec.name,
+        params=params.model_dump(mode="json"),
+        criterion=spec.criterion,
+        structured=spec.structured,
+        seed=ctx.seed,
+        target_sparsity=float(ctx.sparsity),
+        achieved_sparsity=float(1.0 - prunable_nonzero / prunable_total) if prunable_total else 0.0,
+        model_sparsity=float(1.0 - params_nonzero / params_total) if params_total else 0.0,
+        params_total=int(params_total),
+        params_nonzero=int(params_nonzero),
+        prunable_total=int(prunable_total),
+        prunable_nonzero=int(prunable_nonzero),
+        layers=layer_records,
+        heads_removed={k: list(v) for k, v in heads_removed.items()},
+        neurons_removed=dict(neurons_removed),
+        calibration=ctx.calibration.record if ctx.calibration is not None else None,
+        mask_fingerprint=mask_fingerprint(layers),
+        wall_time_s=float(time.perf_counter() - started),
+        notes=list(notes or []),
+    )

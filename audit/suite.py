@@ -1,0 +1,144 @@
+"""The suite plugin API: :class:`Variant`, :class:`SuiteContext`, :class:`Suite`.
+
+A suite is constructed once per run with its validated params, gets :meth:`Suite.setup`
+once (load its datasets, fail early on bad input), then :meth:`Suite.run` once per
+variant, dense baseline first. What it returns for the baseline as ``artifacts`` is
+handed back on every later variant as ``ctx.baseline``, so paired dense-vs-pruned
+statistics are computed on the same examples.
+
+A third-party suite::
+
+    from audit.registry import SuiteSpec, MetricSpec, PluginParams, register
+
+    class Params(PluginParams):
+        threshold: float = 0.5
+
+    SPEC = register(SuiteSpec(
+        name="toxicity", impl="my_pkg.toxicity:ToxicitySuite", params=Params,
+        summary="...", metrics=(MetricSpec("auc", "ROC AUC", higher_is_better=True),),
+    ))
+
+    class ToxicitySuite(Suite):
+        def run(self, variant, ctx):
+            proba = ctx.proba(variant, ctx.eval_set.texts)
+            ...
+            return SuiteOutput(measurements=[...])
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from audit.registry import PluginParams, SuiteSpec
+from audit.results import DatasetIdentity, DeploymentRecord, Measurement, PruningRecord
+
+if TYPE_CHECKING:
+    from audit.config import AuditConfig, DatasetRef
+    from audit.data import EvalSet
+    from audit.inference import Predictor
+    from audit.plan import SweepPoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Variant:
+    """A model as deployed, with the decisions that made it."""
+
+    point: SweepPoint
+    model: Any
+    pruning: PruningRecord | None = None
+    deployment: DeploymentRecord | None = None
+
+    @property
+    def id(self) -> str:
+        return self.point.id
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.point.is_baseline
+
+
+@dataclass
+class SuiteOutput:
+    """What a suite returns for one variant."""
+
+    measurements: list[Measurement] = field(default_factory=list)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    """Arrays kept for paired comparisons (only the baseline's are kept)."""
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    """A few illustrative rows for the report (already truncated, plain strings)."""
+    warnings: list[str] = field(default_factory=list)
+    datasets: list[DatasetIdentity] = field(default_factory=list)
+
+
+@dataclass
+class SuiteContext:
+    """Everything a suite may use; shared by all suites of a run."""
+
+    config: AuditConfig
+    eval_set: EvalSet
+    predictor: Predictor
+    id2label: dict[int, str]
+    seed: int = 0
+    n_boot: int = 200
+    ci_level: float = 0.95
+    baseline: dict[str, Any] | None = None
+    """The artifacts this suite returned for the dense baseline (None while running it)."""
+    _datasets: dict[str, EvalSet] = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    def proba(self, variant: Variant, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+        """Class probabilities of ``variant``'s deployed model."""
+        return self.predictor.proba(variant.model, texts, pairs)
+
+    def load_dataset(self, ref: DatasetRef, *, need_label: bool = True) -> EvalSet:
+        """Load (once per run) an extra dataset named in suite params."""
+        from audit.data import load_ref
+
+        key = f"{ref.name}:{need_label}:{ref.model_dump_json()}"
+        if key not in self._datasets:
+            self._datasets[key] = load_ref(ref, self.config, self.id2label, need_label=need_label)
+        return self._datasets[key]
+
+    def for_suite(self, baseline: dict[str, Any] | None) -> SuiteContext:
+        """A view of this context with another suite's baseline artifacts."""
+        ctx = SuiteContext(
+            config=self.config,
+            eval_set=self.eval_set,
+            predictor=self.predictor,
+            id2label=self.id2label,
+            seed=self.seed,
+            n_boot=self.n_boot,
+            ci_level=self.ci_level,
+            baseline=baseline,
+        )
+        ctx._datasets = self._datasets
+        return ctx
+
+
+class Suite:
+    """Base class of suites. Subclasses implement :meth:`run`."""
+
+    spec: SuiteSpec
+
+    def __init__(self, spec: SuiteSpec, params: PluginParams) -> None:
+        self.spec = spec
+        self.params = params
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def setup(self, ctx: SuiteContext) -> None:  # noqa: B027 - optional hook
+        """Load datasets and resources once; raise :class:`audit.errors.UsageError` on bad input."""
+
+    def run(self, variant: Variant, ctx: SuiteContext) -> SuiteOutput:
+        raise NotImplementedError
