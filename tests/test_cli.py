@@ -1,0 +1,124 @@
+"""The real CLI, run as a subprocess the way users and CI run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import write_config
+
+from audit.results import load_results
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "audit", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_run_then_check_then_report(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "audit.yaml", tiny_model_dir, tiny_data_dir)
+    out = tmp_path / "out"
+    r = cli("run", "--config", str(cfg))
+    assert r.returncode in (0, 1), r.stderr
+    assert f"html: {out / 'report.html'}" in r.stdout
+    assert "[3/3] magnitude-s0.90-seed0" in r.stderr  # progress goes to stderr
+    res = load_results(out / "results.json")
+    assert res.schema_version == "1.0"
+    assert r.returncode == res.verdict.exit_code
+    html = (out / "report.html").read_text()
+    assert "<h2>Verdict</h2>" in html and res.verdict.status in html and "magnitude-s0.90-seed0" in html
+    assert "http://" not in html and "https://" not in html  # self-contained
+
+    # re-gating needs no model: works on a copy of results.json alone
+    alone = tmp_path / "alone" / "results.json"
+    alone.parent.mkdir()
+    alone.write_bytes((out / "results.json").read_bytes())
+    lenient = tmp_path / "lenient.yaml"
+    lenient.write_text("name: lenient\nrules:\n  - {id: floor, metric: performance/*/accuracy, min: 0.0}\n")
+    r2 = cli("check", str(alone), "--policy", str(lenient))
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    assert "verdict: PASS under policy lenient" in r2.stdout
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("name: strict\nrules:\n  - {id: no-loss, metric: performance/*/accuracy_delta, min: 0.0}\n")
+    r3 = cli("check", str(alone), "--policy", str(strict))
+    assert r3.returncode == 1 and "FAIL  no-loss [magnitude-s0.90-seed0]" in r3.stdout
+    r4 = cli("report", str(alone), "--output-dir", str(tmp_path / "re"), "--format", "html")
+    assert r4.returncode == 0 and (tmp_path / "re" / "report.html").is_file()
+
+
+def test_config_errors_exit_4_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {path: m}\ndata: {files: {test: t.csv}}\nsweep:\n  sparsities: [0.5, 1.5]\n")
+    for cmd in (["validate", str(bad)], ["run", "--config", str(bad)]):
+        r = cli(*cmd)
+        assert r.returncode == 4
+        assert f"{bad}:4:" in r.stderr and "sparsity must be in [0, 1)" in r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "audit-out").exists()
+
+
+def test_missing_model_and_missing_columns_exit_4(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "a.yaml", tmp_path / "nowhere", tiny_data_dir)
+    r = cli("run", "-c", str(cfg))
+    assert r.returncode == 4 and "no model directory" in r.stderr and "model.path=" in r.stderr
+    cfg2 = write_config(
+        tmp_path / "b.yaml",
+        tiny_model_dir,
+        tiny_data_dir,
+        data=f"data:\n  files: {{test: {tiny_data_dir / 'test.jsonl'}}}\n  columns: {{text: review}}\n",
+    )
+    r2 = cli("run", "-c", str(cfg2))
+    assert r2.returncode == 4 and "column 'review' (columns.text) not found" in r2.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors_exit_4_and_version() -> None:
+    assert cli("run").returncode == 4  # missing --config
+    assert cli("no-such-command").returncode == 4
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("prune-audit ")
+
+
+def test_validate_schema_ls_check_do_not_import_torch(tmp_path: Path) -> None:
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text("model: {path: m}\ndata: {files: {test: t.csv}}\n")
+    code = (
+        "import sys\n"
+        "from audit.cli import main\n"
+        f"rc = [main(['validate', {str(cfg)!r}]), main(['schema', 'policy']), main(['ls', 'metrics']),"
+        " main(['ls', 'policies']), main(['validate', 'policies/default.yaml'])]\n"
+        "assert rc == [0, 0, 0, 0, 0], rc\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'textattack') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY []" in r.stdout
+    assert "valid config; 1 sweep points + dense baseline" in r.stdout
+
+
+def test_schema_commands_print_json() -> None:
+    for kind in ("config", "policy", "results"):
+        r = cli("schema", kind)
+        assert r.returncode == 0
+        assert json.loads(r.stdout)["$schema"].startswith("https://json-schema.org/")
+
+
+def test_check_on_garbage_results_exit_4(tmp_path: Path) -> None:
+    p = tmp_path / "results.json"
+    p.write_text("{not json")
+    r = cli("check", str(p))
+    assert r.returncode == 4 and "invalid JSON" in r.stderr
+    p.write_text(json.dumps({"schema_version": "9.0"}))
+    r = cli("check", str(p))
+    assert r.returncode == 4 and "schema_version 9.0" in r.stderr
