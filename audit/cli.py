@@ -286,6 +286,30 @@ def ls_(what: Annotated[_What, typer.Argument(help="What to list.")] = _What.pru
             typer.echo(f"{name:<14} {len(pol.rules)} rules  {desc[:90]}")
 
 
+@app.command()
+def resources(
+    check: Annotated[bool, typer.Option("--check", help="Only report what is present (exit 4 if missing).")] = False,
+    wordnet_deb: Annotated[
+        Optional[list[Path]],
+        typer.Option("--wordnet-deb", help="wordnet-base / wordnet-sense-index .deb files to unpack (repeatable)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rewrite resources that are present.")] = False,
+) -> None:
+    """Provision NLTK stopwords and WordNet offline (no NLTK downloader)."""
+    from audit import resources as res
+
+    root = res.default_dir()
+    if check:
+        have = res.status(root)
+        for name, ok in have.items():
+            typer.echo(f"{name}: {'present' if ok else 'MISSING'} ({root})")
+        if not all(have.values()):
+            raise UsageError("NLTK resources missing", where=str(root), hint=res.HOW_TO_PROVIDE)
+        return
+    for name, how in res.provision(root, wordnet_debs=wordnet_deb, force=force).items():
+        typer.echo(f"{name}: {how} ({root})")
+
+
 def _command_line() -> str:
     return "prune-audit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 

@@ -44,7 +44,27 @@ def finetune(
     seed: int = 0,
     hyperparams: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune a classification head + encoder; save to ``out_dir``; return metrics."""
+    """Fine-tune on JSON-lines files (``train`` plus evaluated splits); see :func:`finetune_rows`."""
+    rows = {split: _read_jsonl(path) for split, path in data_files.items()}
+    train = rows.pop("train")
+    return finetune_rows(base_dir, train, rows, out_dir, seed=seed, hyperparams=hyperparams)
+
+
+def finetune_rows(
+    base_dir: Path,
+    train: list[dict[str, Any]],
+    evaluate_on: dict[str, list[dict[str, Any]]],
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    hyperparams: dict[str, Any] | None = None,
+    labels: dict[int, str] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune encoder + new classification head on rows ``{"text", "label"}``.
+
+    Saves model and tokenizer (safetensors) to ``out_dir`` and returns training time
+    and the accuracy on each split of ``evaluate_on``.
+    """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
     from transformers.utils import logging as hf_logging
@@ -53,16 +73,16 @@ def finetune(
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
     torch.manual_seed(seed)
     np.random.seed(seed)
+    id2label = labels or LABELS
     tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(
         base_dir,
-        num_labels=2,
-        id2label=LABELS,
-        label2id={v: k for k, v in LABELS.items()},
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
         local_files_only=True,
         use_safetensors=True,
     )
-    train = _read_jsonl(data_files["train"])
 
     def batches(rows: list[dict[str, Any]], shuffle: bool, gen: torch.Generator | None = None):
         order = torch.randperm(len(rows), generator=gen).tolist() if shuffle else list(range(len(rows)))
@@ -103,10 +123,7 @@ def finetune(
     model.eval()
     metrics: dict[str, Any] = {"train_seconds": round(train_s, 1), "steps": steps, "hyperparams": hp, "seed": seed}
     with torch.inference_mode():
-        for split in ("validation", "test", "ood"):
-            if split not in data_files:
-                continue
-            rows = _read_jsonl(data_files[split])
+        for split, rows in evaluate_on.items():
             correct = 0
             for batch in batches(rows, False):
                 labels = batch.pop("labels")
