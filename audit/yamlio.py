@@ -8,6 +8,7 @@ Duplicate keys, which PyYAML silently accepts, are rejected.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,24 +78,31 @@ def _child(node: yaml.Node, part: str | int) -> yaml.Node | None:
     return None
 
 
-def _check_duplicates(node: yaml.Node | None, path: str) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                if key.value in seen:
-                    raise ConfigError(
-                        f"duplicate key {key.value!r} (first defined on line {seen[key.value]})",
-                        file=path,
-                        line=key.start_mark.line + 1,
-                        column=key.start_mark.column + 1,
-                        hint="each key may appear once per mapping",
-                    )
-                seen[key.value] = key.start_mark.line + 1
-            _check_duplicates(value, path)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _check_duplicates(item, path)
+def _check_duplicates(node: yaml.Node | None, path: str, seen_nodes: set[int] | None = None) -> None:
+    """Reject duplicate keys; each node is visited once (aliases share nodes: no alias bombs)."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen_nodes:
+            continue
+        seen_nodes.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        raise ConfigError(
+                            f"duplicate key {key.value!r} (first defined on line {seen[key.value]})",
+                            file=path,
+                            line=key.start_mark.line + 1,
+                            column=key.start_mark.column + 1,
+                            hint="each key may appear once per mapping",
+                        )
+                    seen[key.value] = key.start_mark.line + 1
+                stack.append(value)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
 
 
 def load_yaml(path: str | Path, *, what: str = "file") -> YamlDocument:
@@ -167,8 +175,15 @@ def _fmt_loc(loc: Iterable[str | int]) -> str:
     return out or "(top level)"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+_REPR.maxstring = _REPR.maxother = 50
+
+
 def _describe(value: Any) -> str:
-    text = repr(value)
+    """A short, bounded description of a value (safe on huge or self-referencing input)."""
+    text = _REPR.repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{text} ({type(value).__name__})"
