@@ -1,0 +1,139 @@
+"""A content-addressed, crash-safe store of finished work.
+
+Every unit of finished work (a point's pruning + deployment records, one suite's
+output on one point, the baseline's artifacts) is written atomically to a file whose
+name is the sha256 of everything that determines it: the model fingerprint, the
+data fingerprint, the sweep point's key, the suite and its params, and the code
+version. A run killed at any moment leaves only complete entries behind (plus stray
+``*.tmp`` files, which are ignored); ``--resume`` reuses exactly the entries whose
+inputs are unchanged and recomputes the rest.
+
+Layout: ``<root>/<kk>/<key>.json`` (JSON, human-readable) and, for array artifacts,
+``<root>/<kk>/<key>.npz``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from audit.atomic import atomic_write_bytes
+from audit.plan import canonical_json
+
+log = logging.getLogger(__name__)
+
+STORE_VERSION = 1
+CODE_PACKAGES = ("audit", "suites", "reports")
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """sha256 over the tool version and every Python source file of the packages that compute results."""
+    import importlib
+
+    from audit.provenance import tool_version
+
+    h = hashlib.sha256(tool_version().encode())
+    for pkg in CODE_PACKAGES:
+        mod = importlib.import_module(pkg)
+        root = Path(mod.__file__).resolve().parent
+        for path in sorted(root.rglob("*.py")):
+            h.update(path.relative_to(root.parent).as_posix().encode())
+            h.update(b"\0")
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class StoreKey:
+    """What a stored entry depends on."""
+
+    kind: str
+    model: str
+    data: str
+    point: str
+    name: str = ""
+    params: str = ""
+    code: str = ""
+
+    def digest(self) -> str:
+        return hashlib.sha256(
+            canonical_json(
+                {
+                    "v": STORE_VERSION,
+                    "kind": self.kind,
+                    "model": self.model,
+                    "data": self.data,
+                    "point": self.point,
+                    "name": self.name,
+                    "params": self.params,
+                    "code": self.code,
+                }
+            ).encode()
+        ).hexdigest()
+
+
+class ResultStore:
+    """Atomic JSON (and npz) entries addressed by :class:`StoreKey`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: StoreKey, suffix: str) -> Path:
+        d = key.digest()
+        return self.root / d[:2] / f"{d}{suffix}"
+
+    def has(self, key: StoreKey) -> bool:
+        return self._path(key, ".json").is_file()
+
+    def put(self, key: StoreKey, payload: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None) -> Path:
+        """Write ``payload`` (JSON-serialisable) and optional arrays; the JSON lands last, so its
+        presence means the entry is complete.
+        """
+        if arrays:
+            buf = io.BytesIO()
+            np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+            atomic_write_bytes(self._path(key, ".npz"), buf.getvalue())
+        body = {"key": key.__dict__, "arrays": sorted(arrays or {}), "payload": dict(payload)}
+        data = json.dumps(body, sort_keys=True, allow_nan=False).encode()
+        return atomic_write_bytes(self._path(key, ".json"), data)
+
+    def get(self, key: StoreKey) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """The payload and arrays of a complete entry, or None (missing or unreadable entries are recomputed)."""
+        path = self._path(key, ".json")
+        try:
+            body = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable store entry %s: %s", path, exc)
+            return None
+        arrays: dict[str, np.ndarray] = {}
+        if body.get("arrays"):
+            try:
+                with np.load(self._path(key, ".npz"), allow_pickle=False) as npz:
+                    arrays = {k: npz[k] for k in body["arrays"]}
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("ignoring store entry %s with unreadable arrays: %s", path, exc)
+                return None
+        return body["payload"], arrays
+
+    def entries(self) -> int:
+        return sum(1 for _ in self.root.glob("*/*.json")) if self.root.exists() else 0
+
+    def clear(self) -> None:
+        import shutil
+
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        os.makedirs(self.root, exist_ok=True)

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from audit.store import ResultStore, StoreKey, code_fingerprint
+
+
+def key(**kw: str) -> StoreKey:
+    base = dict(kind="suite", model="m", data="d", point="p", name="performance", params="{}", code="c")
+    base.update(kw)
+    return StoreKey(**base)
+
+
+def test_roundtrip_with_arrays(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    k = key()
+    assert store.get(k) is None and not store.has(k)
+    store.put(k, {"measurements": [{"v": 1.5}]}, {"pred": np.array([0, 1, 1])})
+    payload, arrays = store.get(k)
+    assert payload == {"measurements": [{"v": 1.5}]}
+    assert arrays["pred"].tolist() == [0, 1, 1]
+    assert store.entries() == 1
+
+
+def test_every_input_changes_the_address(tmp_path: Path) -> None:
+    digests = {key().digest()}
+    for field in ("kind", "model", "data", "point", "name", "params", "code"):
+        digests.add(key(**{field: "other"}).digest())
+    assert len(digests) == 8
+
+
+def test_partial_and_corrupt_entries_are_not_reused(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    k = key()
+    path = store.put(k, {"x": 1})
+    stray = path.with_name("." + path.name + ".abc.tmp")  # what a killed writer leaves behind
+    stray.write_bytes(b"{half")
+    assert store.get(k) == ({"x": 1}, {})
+    path.write_bytes(b"{not json")
+    assert store.get(k) is None
+    k2 = key(point="q")
+    store.put(k2, {"x": 2}, {"a": np.zeros(2)})
+    store._path(k2, ".npz").unlink()
+    assert store.get(k2) is None
+
+
+def test_code_fingerprint_is_stable() -> None:
+    assert code_fingerprint() == code_fingerprint() and len(code_fingerprint()) == 64
