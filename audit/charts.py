@@ -222,7 +222,8 @@ def heatmap(
     if not rows or not cols:
         return None
     top = 110
-    width = label_w + cell_w * len(cols) + 120  # room for the last rotated column label
+    # room for the last rotated column label and for the legend
+    width = max(label_w + cell_w * len(cols) + 120, label_w + 6 * 34 + 20)
     height = top + cell_h * len(rows) + 40
     cells = []
     for r in range(len(rows)):
@@ -244,8 +245,8 @@ def heatmap(
                 }
             )
     legend = [
-        {"x": label_w + i * 30, "y": height - 24, "fill": sparsity_colour(i / 10), "label": f"{i * 10}"}
-        for i in range(0, 11, 2)
+        {"x": label_w + k * 34, "y": height - 24, "fill": sparsity_colour(k / 5), "label": f"{k * 20}"}
+        for k in range(6)
     ]
     return {
         "title": title,

@@ -51,10 +51,12 @@ DISPARATE_TOLERANCE = 0.02
 """A group whose loss exceeds the overall loss by more than this is flagged (Tran et al. 2022)."""
 DISPARATE_MIN_N = 30
 MAX_GROUP_ROWS = 30
+MAX_FINDINGS = 25
 MAX_EXAMPLE_ROWS = 8
 MAX_EXAMPLE_COLUMNS = 8
 MAX_CELL_CHARS = 240
 MAX_STAT_ROWS = 200
+_STALE_SKIP = re.compile(r"^rule \S+ \(.*\) skipped: ")
 
 
 # -- formatting ----------------------------------------------------------------------
@@ -538,8 +540,8 @@ def _suite_sections(result: RunResult, cat: dict[str, MetricInfo]) -> list[dict[
     """One section per suite (the standard ones always, absent ones marked), tables per dataset."""
     by_suite: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for mid in _ordered_ids(result):
-        suite, dataset, _ = mid.split("/", 2) if mid.count("/") >= 2 else (mid, "", "")
-        by_suite[suite][dataset].append(mid)
+        suite, _, rest = mid.partition("/")
+        by_suite[suite][rest.rpartition("/")[0]].append(mid)
     examples: dict[str, list[tuple[VariantResult, list[dict[str, Any]]]]] = defaultdict(list)
     for v in result.all_variants():
         for suite, rows in v.examples.items():
@@ -912,6 +914,8 @@ def limitations(result: RunResult) -> list[str]:
     """What this run does not cover: stored limitations, skipped rules, suites not run, errors."""
     out: dict[str, None] = {}
     for line in result.limitations:
+        if _STALE_SKIP.match(line):  # written by older runners; skipped rules now come from the verdict
+            continue
         out.setdefault(line, None)
     suites = {m.suite for v in result.all_variants() for m in v.measurements}
     suites |= {s.get("name") for s in result.config.get("suites", []) if isinstance(s, dict)}  # type: ignore[misc]
@@ -977,7 +981,8 @@ def build_view(result: RunResult) -> dict[str, Any]:
         "sweeps": _sweep_charts(result, cat),
         "suites": suites,
         "groups": group_tables,
-        "disparate": findings,
+        "disparate": findings[:MAX_FINDINGS],
+        "disparate_more": max(0, len(findings) - MAX_FINDINGS),
         "regressions": [rule_row(r) for r in rules if r.status in ("FAIL", "ERROR", "WARN")],
         "rules": [rule_row(r) for r in rules],
         "protocol": _protocol(result, cat),
