@@ -36,7 +36,7 @@ def test_run_then_check_then_report(tiny_model_dir: Path, tiny_data_dir: Path, t
     assert res.schema_version == "1.0"
     assert r.returncode == res.verdict.exit_code
     html = (out / "report.html").read_text()
-    assert "<h2>Verdict</h2>" in html and res.verdict.status in html and "magnitude-s0.90-seed0" in html
+    assert "<h2>Verdict at a glance</h2>" in html and res.verdict.status in html and "magnitude-s0.90-seed0" in html
     assert "http://" not in html and "https://" not in html  # self-contained
 
     # re-gating needs no model: works on a copy of results.json alone
