@@ -1044,7 +1044,8 @@ def build_summary(result: RunResult, *, max_rows: int = 30) -> dict[str, Any]:
         "regressions": regressions[:max_rows],
         "regressions_more": max(0, len(regressions) - max_rows),
         "key_metrics": key_ids,
-        "key_rows": key_rows,
+        "key_rows": key_rows[: max_rows + 1],  # the dense row plus max_rows variants
+        "key_rows_more": max(0, len(key_rows) - max_rows - 1),
         "n_variants": len(result.variants),
         "limitations": limitations(result),
     }

@@ -355,3 +355,22 @@ def test_check_under_each_shipped_policy(cli, rendered, tmp_path: Path) -> None:
     none.write_text("name: none\nrules:\n  - {id: r, metric: toxicity/*/rate, max: 0.5}\n")
     r = cli("check", str(res), "--policy", str(none))
     assert r.returncode == 5 and "NO_RESULTS" in r.stdout
+
+
+def test_markdown_summary_stays_within_a_pr_comment_for_large_sweeps() -> None:
+    from results_factory import rich_run, rich_variant
+
+    from audit.policy import evaluate_policy, load_policy
+    from reports.markdown import render
+
+    big = rich_run()
+    big.variants = [
+        rich_variant(mth, s, seed)
+        for mth in ("magnitude", "wanda", "heads")
+        for s in (0.1, 0.3, 0.5, 0.7, 0.9)
+        for seed in range(4)
+    ]
+    big.verdict = evaluate_policy(load_policy("strict")[0], big)
+    md = render(big)
+    assert len(md) < 65_536  # GitHub's limit for a comment
+    assert "… and 30 more variants" in md and "more (see the HTML report or junit.xml)" in md
