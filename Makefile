@@ -7,7 +7,7 @@ CONSTRAINTS ?= constraints.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint lock bench clean
+.PHONY: install demo test lint lock bench clean browser schemas golden
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,27 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/prune-audit demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# The HTML report's browser test drives Debian's chromium through Playwright; no browser is
+# downloaded (`playwright install` is never run). Installed with apt when missing and root.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the report's browser test"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	  else \
+	    echo "chromium is missing and cannot be installed here: the browser test will fail" >&2; \
+	  fi; }
+
+# Regenerate the published policy JSON Schema (a test fails when it drifts from the models).
+schemas: $(STAMP)
+	$(BIN)/prune-audit schema policy --output policies/policy.schema.json
+
+# Regenerate the golden JSON/JUnit/Markdown/model-card files; review the diff before committing.
+golden: $(STAMP)
+	PRUNE_AUDIT_UPDATE_GOLDEN=1 $(BIN)/python -m pytest tests/test_report.py -k golden -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check audit suites reports policies tests bench

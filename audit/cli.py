@@ -81,6 +81,44 @@ def _print_outcome(outcome: object) -> None:
         typer.echo(f"{name}: {path}")
 
 
+FormatOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--format", "-f", help="Reporter to write (repeatable): json, html, junit, markdown, model-card, all."
+    ),
+]
+JunitOpt = Annotated[Optional[Path], typer.Option("--junit", help="Also write JUnit XML to this path.")]
+MarkdownOpt = Annotated[
+    Optional[Path], typer.Option("--markdown", help="Also write the Markdown summary to this path.")
+]
+CardVariantOpt = Annotated[
+    Optional[str], typer.Option("--card-variant", help="Variant id the model card describes (default: recommended).")
+]
+
+
+def _output_paths(junit: Path | None, markdown: Path | None) -> dict[str, Path]:
+    paths = {}
+    if junit is not None:
+        paths["junit"] = junit.resolve()
+    if markdown is not None:
+        paths["markdown"] = markdown.resolve()
+    return paths
+
+
+def _github(result: object) -> None:
+    """Annotations on stdout and the step summary, when running under GitHub Actions."""
+    from audit.results import RunResult
+    from reports import github
+
+    assert isinstance(result, RunResult)
+    if github.is_github_actions():
+        for line in github.annotations(result):
+            typer.echo(line)
+    summary = github.append_step_summary(result)
+    if summary is not None:
+        log.info("appended the summary to %s", summary)
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Option("--config", "-c", help="Audit config YAML.")],
@@ -90,10 +128,21 @@ def run(
     offline: Annotated[
         Optional[bool], typer.Option("--offline/--online", help="Override the config's offline flag.")
     ] = None,
+    format: FormatOpt = None,
+    junit: JunitOpt = None,
+    markdown: MarkdownOpt = None,
 ) -> None:
-    """Run an audit as the config describes; exit code is the policy verdict."""
-    from audit.config import load_config
+    """Run an audit as the config describes; exit code is the policy verdict.
 
+    Writes the config's report formats (or --format) to the output directory; --junit
+    and --markdown write those two to paths of their own (for CI). Under GitHub
+    Actions, failures are printed as annotations and the summary is appended to
+    $GITHUB_STEP_SUMMARY.
+    """
+    from audit.config import load_config
+    from reports.writer import expand_formats
+
+    formats = expand_formats(format) if format else None
     overrides: dict[str, object] = {}
     if output_dir is not None:
         overrides["output_dir"] = str(output_dir.resolve())
@@ -106,8 +155,9 @@ def run(
     cfg = load_config(config, overrides)
     from audit.runner import run_audit
 
-    outcome = run_audit(cfg, command=_command_line())
+    outcome = run_audit(cfg, command=_command_line(), formats=formats, paths=_output_paths(junit, markdown))
     _print_outcome(outcome)
+    _github(outcome.result)
     raise typer.Exit(int(outcome.exit_code))
 
 
@@ -134,6 +184,9 @@ def demo(
     raise typer.Exit(int(ExitCode.NO_RESULTS if code == ExitCode.NO_RESULTS else ExitCode.OK))
 
 
+DEFAULT_CHECK_FORMATS = ["json", "html", "junit", "markdown"]
+
+
 @app.command()
 def check(
     results: Annotated[Path, typer.Argument(help="results.json written by `run`.")],
@@ -141,16 +194,31 @@ def check(
     output_dir: Annotated[
         Optional[Path], typer.Option("--output-dir", "-o", help="Also write re-gated reports here.")
     ] = None,
-    format: Annotated[
-        Optional[list[str]], typer.Option("--format", "-f", help="Reporters to write with --output-dir.")
-    ] = None,
+    format: FormatOpt = None,
+    junit: JunitOpt = None,
+    markdown: MarkdownOpt = None,
+    card_variant: CardVariantOpt = None,
 ) -> None:
-    """Re-gate saved results under a policy, without loading any model."""
+    """Re-gate saved results under a policy, without loading any model (seconds, no torch).
+
+    Prints the verdict, every FAIL/ERROR/WARN and the max compliant sparsity per method;
+    exit code 0 pass, 1 fail, 5 nothing evaluated. With --output-dir, writes the
+    re-gated reports (default: json, html, junit, markdown; --format picks).
+    """
     from audit.policy import evaluate_policy, load_policy
     from audit.results import load_results
+    from reports.writer import expand_formats
 
+    if format and output_dir is None:
+        raise UsageError("--format needs --output-dir", hint="add --output-dir DIR")
+    formats = expand_formats(format or DEFAULT_CHECK_FORMATS) if output_dir is not None else []
     pol, label = load_policy(policy)
     res = load_results(results)
+    if card_variant is not None and card_variant not in {v.id for v in res.variants}:
+        raise UsageError(
+            f"--card-variant {card_variant!r} is not a variant of these results",
+            hint="variants: " + ", ".join(v.id for v in res.variants),
+        )
     verdict = evaluate_policy(pol, res, policy_label=label)
     res = res.model_copy(update={"verdict": verdict})
     counts = ", ".join(f"{k} {n}" for k, n in verdict.counts.items() if n)
@@ -160,11 +228,14 @@ def check(
             typer.echo(f"  {r.status:5} {r.rule} [{r.variant}] {r.metric}: {r.message}")
     for method, s in sorted(verdict.max_compliant_sparsity.items()):
         typer.echo(f"max compliant sparsity for {method}: {'none' if s is None else f'{s:.2f}'}")
-    if output_dir is not None:
-        from audit.runner import write_reports
+    paths = _output_paths(junit, markdown)
+    if formats or paths:
+        from reports.writer import write_reports
 
-        for name, path in write_reports(res, output_dir, format or ["json", "html"]).items():
+        options = {"model-card": {"variant": card_variant}} if card_variant else None
+        for name, path in write_reports(res, output_dir, formats, paths=paths, options=options).items():
             typer.echo(f"{name}: {path}")
+    _github(res)
     raise typer.Exit(verdict.exit_code)
 
 
@@ -172,18 +243,26 @@ def check(
 def report(
     results: Annotated[Path, typer.Argument(help="results.json written by `run`.")],
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to write.")] = Path("."),
-    format: Annotated[Optional[list[str]], typer.Option("--format", "-f", help="Reporter names.")] = None,
+    format: FormatOpt = None,
+    junit: JunitOpt = None,
+    markdown: MarkdownOpt = None,
+    card_variant: CardVariantOpt = None,
 ) -> None:
-    """Re-render reports from saved results (no computation)."""
-    from audit.registry import REPORTERS
+    """Re-render reports from saved results (no computation; the stored verdict is kept)."""
     from audit.results import load_results
-    from audit.runner import write_reports
+    from reports.writer import expand_formats, write_reports
 
-    formats = format or ["html"]
-    for f in formats:
-        REPORTERS.get(f)
+    formats = expand_formats(format or ["html"])
     res = load_results(results)
-    for name, path in write_reports(res, output_dir, formats).items():
+    if card_variant is not None and card_variant not in {v.id for v in res.variants}:
+        raise UsageError(
+            f"--card-variant {card_variant!r} is not a variant of these results",
+            hint="variants: " + ", ".join(v.id for v in res.variants),
+        )
+    options = {"model-card": {"variant": card_variant}} if card_variant else None
+    for name, path in write_reports(
+        res, output_dir, formats, paths=_output_paths(junit, markdown), options=options
+    ).items():
         typer.echo(f"{name}: {path}")
 
 
@@ -231,21 +310,33 @@ class _SchemaKind(str, Enum):
 @app.command()
 def schema(
     kind: Annotated[_SchemaKind, typer.Argument(help="config, policy or results.")] = _SchemaKind.config,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write the schema to this file instead of stdout.")
+    ] = None,
 ) -> None:
-    """Print the JSON Schema of the config, policy or results format."""
+    """Print (or write) the JSON Schema of the config, policy or results format.
+
+    `prune-audit schema policy -o policies/policy.schema.json` regenerates the
+    published policy schema (also `make schemas`).
+    """
     if kind is _SchemaKind.config:
         from audit.config import config_schema
 
-        out = config_schema()
+        text = json.dumps(config_schema(), indent=2) + "\n"
     elif kind is _SchemaKind.policy:
-        from audit.policy import policy_schema
+        from audit.policy import policy_schema_text
 
-        out = policy_schema()
+        text = policy_schema_text()
     else:
         from audit.results import results_schema
 
-        out = results_schema()
-    typer.echo(json.dumps(out, indent=2))
+        text = json.dumps(results_schema(), indent=2) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    from audit.atomic import atomic_write_text
+
+    typer.echo(f"{kind.value} schema: {atomic_write_text(output, text)}")
 
 
 class _What(str, Enum):

@@ -351,7 +351,7 @@ class ExecutorConfig(StrictModel):
 class ReportConfig(StrictModel):
     """Which reporters render the finished run."""
 
-    formats: list[str] = Field(default_factory=lambda: ["json", "html"])
+    formats: list[str] = Field(default_factory=lambda: ["json", "html", "junit", "markdown", "model-card"])
     title: str | None = None
 
     @field_validator("formats")

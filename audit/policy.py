@@ -5,6 +5,11 @@ groups, compares to an absolute bound or to the dense baseline, and yields PASS,
 WARN, FAIL, ERROR or SKIP per variant. A metric that is missing, or a suite that
 crashed, is ERROR, which fails the gate unless ``fail_on_error: false``.
 
+Besides the suites' measurements, a variant's :class:`~audit.results.DeploymentRecord`
+is exposed to rules as the ``deployment/kernel/*`` metrics (speed-up, size ratio,
+equivalence with the masked dense model), so speed and size are gated like any other
+metric.
+
 This module never imports torch: ``prune-audit check`` re-gates a saved
 ``results.json`` in well under a second.
 """
@@ -23,15 +28,33 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from audit.atomic import atomic_write_text
 from audit.errors import ConfigError, ExitCode
-from audit.results import RuleResult, RunResult, VariantResult, Verdict
+from audit.registry import MetricSpec
+from audit.results import (
+    GroupValue,
+    Measurement,
+    MetricInfo,
+    RuleResult,
+    RunResult,
+    VariantResult,
+    Verdict,
+    WaiverInfo,
+)
 from audit.yamlio import YamlDocument, load_yaml, parse_yaml, validation_to_config_error
+
+SCHEMA_ID = "https://prune-audit.dev/schemas/policy.schema.json"
 
 
 def _policy_dir() -> Path:
     from importlib.resources import files
 
     return Path(str(files("policies")))
+
+
+def schema_path() -> Path:
+    """Where the published policy JSON Schema lives (``policies/policy.schema.json``)."""
+    return _policy_dir() / "policy.schema.json"
 
 
 Aggregate = Literal["overall", "worst_group", "difference", "ratio"]
@@ -49,8 +72,8 @@ class _Strict(BaseModel):
 class SparsityRange(_Strict):
     """Inclusive sparsity range."""
 
-    min: float = Field(0.0, ge=0.0, le=1.0)
-    max: float = Field(1.0, ge=0.0, le=1.0)
+    min: float = Field(0.0, ge=0.0, le=1.0, description="Lowest sparsity judged (inclusive).")
+    max: float = Field(1.0, ge=0.0, le=1.0, description="Highest sparsity judged (inclusive).")
 
     @model_validator(mode="after")
     def _order(self) -> SparsityRange:
@@ -64,31 +87,56 @@ class AppliesTo(_Strict):
 
     methods: list[str] | None = Field(None, description="Method names or labels (globs); default all.")
     variants: list[str] | None = Field(None, description="Variant id globs; default all.")
-    sparsity: SparsityRange = Field(default_factory=SparsityRange)
+    sparsity: SparsityRange = Field(default_factory=SparsityRange, description="Sparsity range judged.")
     baseline: bool = Field(False, description="Also judge the dense baseline (absolute rules only).")
 
 
 class Rule(_Strict):
-    """One threshold. See ``policies/default.yaml`` for annotated examples."""
+    """One threshold. See ``policies/default.yaml`` for annotated examples.
 
-    id: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    ```yaml
+    - id: worst-group-accuracy-drop
+      metric: performance/*/accuracy
+      aggregate: worst_group          # per group, the worst one
+      comparison: delta_vs_baseline   # each group's change vs the same group on dense
+      min: -0.05
+      min_group_n: 30
+      severity: fail
+      rationale: No group of at least 30 examples may lose more than 5 points.
+    ```
+    """
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Unique rule id (letters, digits, . _ -).")
     metric: str = Field(description="Metric id glob: suite/dataset/metric, e.g. `performance/*/accuracy`.")
-    aggregate: Aggregate = "overall"
+    aggregate: Aggregate = Field(
+        "overall",
+        description="overall: the metric's value; worst_group: the worst group's value; difference: largest "
+        "minus smallest group value (0 = parity); ratio: smallest over largest group value (1 = parity).",
+    )
     feature: str | None = Field(None, description="Sensitive feature for group aggregates (default: all).")
-    comparison: Comparison = "absolute"
-    min: float | None = None
-    max: float | None = None
-    use: Literal["point", "ci_lower", "ci_upper"] = "point"
-    severity: Literal["fail", "warn"] = "fail"
-    applies_to: AppliesTo = Field(default_factory=AppliesTo)
+    comparison: Comparison = Field(
+        "absolute",
+        description="absolute: bound the aggregate itself; delta_vs_baseline: bound (variant - dense); "
+        "relative_to_baseline: bound (variant / dense - 1). With worst_group, each group is compared with the "
+        "same group on the dense model.",
+    )
+    min: float | None = Field(None, description="Lowest acceptable value (for higher-is-better quantities).")
+    max: float | None = Field(None, description="Highest acceptable value (for lower-is-better quantities).")
+    use: Literal["point", "ci_lower", "ci_upper"] = Field(
+        "point",
+        description="Judge the point estimate or an end of the variant's confidence interval (ci_lower of a "
+        "higher-is-better metric is the cautious choice). The dense value is always the point estimate.",
+    )
+    severity: Literal["fail", "warn"] = Field("fail", description="A violation FAILs the gate or only WARNs.")
+    applies_to: AppliesTo = Field(default_factory=AppliesTo, description="Which variants the rule judges.")
     required: bool = Field(True, description="Missing metric is ERROR (true) or SKIP (false).")
     min_group_n: int = Field(0, ge=0, description="Ignore smaller groups in group aggregates.")
-    rationale: str = ""
+    rationale: str = Field("", description="Why the rule exists; shown next to every violation.")
 
     @field_validator("metric")
     @classmethod
     def _metric_shape(cls, value: str) -> str:
-        if value.count("/") != 2:
+        if value.count("/") != 2 or any(not part for part in value.split("/")):
             raise _err(
                 "metric_id",
                 f"metric must look like suite/dataset/metric (globs allowed), found {value!r}",
@@ -111,26 +159,16 @@ class Rule(_Strict):
                 f"rule {self.id!r} compares to the baseline, so it cannot judge the baseline itself",
                 "set applies_to.baseline: false",
             )
-        direction = effective_direction(self, _registry_direction(self.metric))
-        if direction is True and self.max is not None and self.min is None:
+        known, hib = _declared_direction(self.metric)
+        if known and hib is None and self.aggregate == "worst_group":
             raise _err(
-                "bound_direction",
-                f"rule {self.id!r}: {self.metric} ({self.aggregate}) is higher-is-better, so a max "
-                "bound points the wrong way",
-                "use min: (the lowest acceptable value)",
+                "worst_group_direction",
+                f"rule {self.id!r}: {self.metric} has no better direction, so its worst group is undefined",
+                "use aggregate: difference or ratio",
             )
-        if direction is False and self.min is not None and self.max is None:
-            raise _err(
-                "bound_direction",
-                f"rule {self.id!r}: {self.metric} ({self.aggregate}) is lower-is-better, so a min "
-                "bound points the wrong way",
-                "use max: (the highest acceptable value)",
-            )
-        if direction is not None and self.min is not None and self.max is not None:
-            raise _err(
-                "bound_direction",
-                f"rule {self.id!r}: {self.metric} has a direction; give only {'min' if direction else 'max'}",
-            )
+        problem = direction_problem(self, hib)
+        if problem is not None:
+            raise _err("bound_direction", *problem)
         return self
 
     def bound_text(self) -> str:
@@ -143,24 +181,28 @@ class Rule(_Strict):
 
 
 class Waiver(_Strict):
-    """An approved exception to a rule for some variants, until it expires."""
+    """An approved exception to a rule for some variants, until it expires.
 
-    rule: str
-    variants: list[str] = Field(default_factory=lambda: ["*"])
-    metric: str = "*"
-    approver: str = Field(min_length=1)
-    reason: str = Field(min_length=1)
-    expires: _dt.date
+    A waived FAIL or ERROR becomes a WARN that names the approver; after ``expires``
+    the waiver no longer applies and the verdict notes that it expired.
+    """
+
+    rule: str = Field(description="Id of the waived rule.")
+    variants: list[str] = Field(default_factory=lambda: ["*"], description="Variant id globs it covers.")
+    metric: str = Field("*", description="Metric id glob it covers.")
+    approver: str = Field(min_length=1, description="Who approved the exception.")
+    reason: str = Field(min_length=1, description="Why the exception is acceptable.")
+    expires: _dt.date = Field(description="Last day the waiver applies (YYYY-MM-DD).")
 
 
 class Policy(_Strict):
     """A named set of rules and waivers."""
 
-    name: str
-    description: str = ""
-    fail_on_error: bool = True
-    rules: list[Rule] = Field(min_length=1)
-    waivers: list[Waiver] = Field(default_factory=list)
+    name: str = Field(description="Policy name, shown in verdicts and reports.")
+    description: str = Field("", description="What the policy is for.")
+    fail_on_error: bool = Field(True, description="Whether an ERROR (missing metric, crashed suite) fails the gate.")
+    rules: list[Rule] = Field(min_length=1, description="The thresholds.")
+    waivers: list[Waiver] = Field(default_factory=list, description="Approved, expiring exceptions.")
 
     @model_validator(mode="after")
     def _unique(self) -> Policy:
@@ -177,24 +219,121 @@ class Policy(_Strict):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
+# -- deployment metrics ----------------------------------------------------------------
+
+DEPLOYMENT_SUITE = "deployment"
+DEPLOYMENT_DATASET = "kernel"
+DEPLOYMENT_METRICS = (
+    MetricSpec(
+        "speedup_b1",
+        "Dense latency over deployed latency at batch size 1 (measured side by side); above 1 is faster.",
+        higher_is_better=True,
+        range=(0.0, None),
+        unit="x",
+    ),
+    MetricSpec(
+        "speedup_b32",
+        "Deployed throughput over dense throughput at batch size 32; above 1 is faster.",
+        higher_is_better=True,
+        range=(0.0, None),
+        unit="x",
+    ),
+    MetricSpec(
+        "size_ratio",
+        "Bytes of the deployed weights over bytes of the dense weights; below 1 is smaller.",
+        higher_is_better=False,
+        range=(0.0, None),
+        unit="x",
+    ),
+    MetricSpec(
+        "max_abs_logit_diff",
+        "Largest absolute logit difference between the deployed model and the masked dense model on the "
+        "probe batch (kernel equivalence).",
+        higher_is_better=False,
+        range=(0.0, None),
+    ),
+    MetricSpec(
+        "equivalence_agreement",
+        "Share of probe inputs on which the deployed model predicts the same class as the masked dense model.",
+        higher_is_better=True,
+    ),
+)
+
+
+def deployment_catalog() -> dict[str, MetricInfo]:
+    """Metric declarations of the ``deployment/kernel/*`` metrics, keyed ``deployment/<name>``."""
+    return {
+        f"{DEPLOYMENT_SUITE}/{m.name}": MetricInfo(
+            suite=DEPLOYMENT_SUITE,
+            name=m.name,
+            meaning=m.meaning,
+            higher_is_better=m.higher_is_better,
+            range=list(m.range),
+            unit=m.unit,
+        )
+        for m in DEPLOYMENT_METRICS
+    }
+
+
+def deployment_measurements(variant: VariantResult) -> list[Measurement]:
+    """The variant's deployment record as ``deployment/kernel/*`` measurements (none without a record)."""
+    d = variant.deployment
+    if d is None:
+        return []
+    values: dict[str, float | None] = {}
+    if d.speed is not None:
+        values["speedup_b1"] = d.speed.speedup_b1
+        values["speedup_b32"] = d.speed.speedup_b32
+    if d.weight_bytes_dense > 0 and d.weight_bytes_deployed > 0:
+        values["size_ratio"] = d.weight_bytes_deployed / d.weight_bytes_dense
+    if d.equivalence is not None:
+        values["max_abs_logit_diff"] = d.equivalence.max_abs_logit_diff
+        values["equivalence_agreement"] = d.equivalence.agreement
+    n = d.equivalence.n if d.equivalence is not None else 0
+    return [
+        Measurement(suite=DEPLOYMENT_SUITE, dataset=DEPLOYMENT_DATASET, metric=k, value=v, n=n)
+        for k, v in values.items()
+        if v is not None
+    ]
+
+
+def variant_measurements(variant: VariantResult) -> list[Measurement]:
+    """What rules can judge on a variant: its measurements plus its deployment metrics.
+
+    A suite that reports a ``deployment/kernel/*`` measurement itself takes precedence.
+    """
+    own = {m.id for m in variant.measurements}
+    return [*variant.measurements, *(m for m in deployment_measurements(variant) if m.id not in own)]
+
+
 # -- metric directions ---------------------------------------------------------------
 
 
-def _registry_direction(metric_glob: str) -> bool | None:
-    """Direction of a metric from the installed suites' declarations (None if unknown)."""
+def _declared_direction(metric_glob: str) -> tuple[bool, bool | None]:
+    """(known, higher_is_better) of a metric from the installed suites' declarations.
+
+    ``known`` is False when no installed suite declares the metric, or when the glob
+    matches declarations that disagree; the direction is then None.
+    """
     from audit.registry import SUITES
 
     suite_pat, _, rest = metric_glob.partition("/")
     name_pat = rest.rsplit("/", 1)[-1]
     if any(ch in name_pat for ch in "*?["):
-        return None
+        return False, None
     found = set()
     for spec in SUITES:
         if fnmatch.fnmatchcase(spec.name, suite_pat):
             m = spec.metric(name_pat)
             if m is not None:
                 found.add(m.higher_is_better)
-    return found.pop() if len(found) == 1 else None
+    if fnmatch.fnmatchcase(DEPLOYMENT_SUITE, suite_pat):
+        for m in DEPLOYMENT_METRICS:
+            if m.name == name_pat:
+                found.add(m.higher_is_better)
+    if len(found) == 1:
+        return True, found.pop()
+    return False, None
 
 
 def effective_direction(rule: Rule, metric_higher_is_better: bool | None) -> bool | None:
@@ -204,6 +343,55 @@ def effective_direction(rule: Rule, metric_higher_is_better: bool | None) -> boo
     if rule.aggregate == "ratio":
         return True
     return metric_higher_is_better
+
+
+def direction_problem(rule: Rule, metric_higher_is_better: bool | None) -> tuple[str, str] | None:
+    """(message, hint) when the rule's bound points against the metric's direction, else None."""
+    direction = effective_direction(rule, metric_higher_is_better)
+    what = f"{rule.metric} ({rule.aggregate})"
+    if direction is True and rule.max is not None and rule.min is None:
+        return (
+            f"rule {rule.id!r}: {what} is higher-is-better, so a max bound points the wrong way",
+            "use min: (the lowest acceptable value)",
+        )
+    if direction is False and rule.min is not None and rule.max is None:
+        return (
+            f"rule {rule.id!r}: {what} is lower-is-better, so a min bound points the wrong way",
+            "use max: (the highest acceptable value)",
+        )
+    if direction is not None and rule.min is not None and rule.max is not None:
+        return (
+            f"rule {rule.id!r}: {what} has a direction; give only {'min' if direction else 'max'}",
+            "a two-sided bound only makes sense for a metric without a better direction",
+        )
+    return None
+
+
+def check_against_results(policy: Policy, result: RunResult, *, where: str | None = None) -> None:
+    """Check every rule's bound against the directions the *results* declare.
+
+    Loading a policy checks directions against the installed suites; results written
+    by suites that are not installed here carry their own metric catalog, which this
+    checks too. Raises :class:`ConfigError` on the first bound that points the wrong way.
+    """
+    catalog = {**deployment_catalog(), **result.metrics}
+    for rule in policy.rules:
+        suite_pat, _, rest = rule.metric.partition("/")
+        name_pat = rest.rsplit("/", 1)[-1]
+        directions = {
+            info.higher_is_better
+            for info in catalog.values()
+            if fnmatch.fnmatchcase(info.suite, suite_pat) and fnmatch.fnmatchcase(info.name, name_pat)
+        }
+        if len(directions) != 1:
+            continue
+        problem = direction_problem(rule, directions.pop())
+        if problem is not None:
+            raise ConfigError(
+                f"{problem[0]} (as declared in the results' metric catalog)",
+                file=where or policy.name,
+                hint=problem[1],
+            )
 
 
 # -- loading -------------------------------------------------------------------------
@@ -255,11 +443,22 @@ def policy_from_text(text: str, name: str = "<policy>") -> Policy:
 
 
 def policy_schema() -> dict[str, Any]:
+    """The JSON Schema of a policy file, generated from the pydantic models."""
     schema = Policy.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://prune-audit.dev/schemas/policy.schema.json"
+    schema["$id"] = SCHEMA_ID
     schema["title"] = "prune-audit policy"
     return schema
+
+
+def policy_schema_text() -> str:
+    """The published ``policies/policy.schema.json``, byte for byte."""
+    return json.dumps(policy_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_policy_schema(path: str | Path | None = None) -> Path:
+    """(Re)write the published policy schema (default: ``policies/policy.schema.json``)."""
+    return atomic_write_text(Path(path) if path is not None else schema_path(), policy_schema_text())
 
 
 # -- evaluation ----------------------------------------------------------------------
@@ -269,7 +468,9 @@ def _suites_run(result: RunResult) -> set[str]:
     names = {s.get("name") for s in result.config.get("suites", []) if isinstance(s, dict)}
     for v in result.all_variants():
         names.update(m.suite for m in v.measurements)
-        names.update(e.suite for e in v.errors)
+        names.update(e.suite for e in v.errors if e.suite != "pruning")
+        if v.deployment is not None:
+            names.add(DEPLOYMENT_SUITE)
     return {n for n in names if n}
 
 
@@ -295,63 +496,95 @@ def _pick(value: float | None, lo: float | None, hi: float | None, use: str) -> 
     return value
 
 
-def _aggregate(rule: Rule, m: Any, higher_is_better: bool | None) -> tuple[float | None, str]:
-    """The rule's aggregate of measurement ``m``; returns (value, note)."""
-    if rule.aggregate == "overall":
-        return _pick(m.value, m.ci_low, m.ci_high, rule.use), ""
+def _usable_groups(rule: Rule, m: Measurement) -> tuple[dict[str, dict[str, GroupValue]], str | None, int]:
+    """Per feature, the groups a group aggregate may use; (groups, problem, n ignored)."""
     feats = m.groups
     if rule.feature is not None:
         if rule.feature not in feats:
-            return None, f"no groups for feature {rule.feature!r} (have {sorted(feats)})"
+            return {}, f"no groups for feature {rule.feature!r} (have {sorted(feats)})", 0
         feats = {rule.feature: feats[rule.feature]}
     if not feats:
-        return None, "no per-group values"
-    best: float | None = None
-    worst_where = ""
-    skipped = 0
+        return {}, "no per-group values", 0
+    out: dict[str, dict[str, GroupValue]] = {}
+    ignored = 0
     for feat, groups in feats.items():
-        vals = []
+        keep = {}
         for g, gv in groups.items():
             if gv.value is None or gv.n < rule.min_group_n:
-                skipped += 1
+                ignored += 1
                 continue
-            vals.append((g, gv))
+            keep[g] = gv
+        out[feat] = keep
+    return out, None, ignored
+
+
+def _spread(rule: Rule, vals: list[GroupValue]) -> float | None:
+    """Difference (largest minus smallest) or ratio (smallest over largest) of group values.
+
+    ``use: ci_upper`` gives the upper end of the plausible range of the aggregate and
+    ``ci_lower`` its lower end: for a difference, the largest plausible gap is
+    ``max(ci_high) - min(ci_low)``; for a ratio, the smallest plausible ratio is
+    ``min(ci_low) / max(ci_high)``.
+    """
+
+    def lo(gv: GroupValue) -> float:
+        return gv.ci_low if gv.ci_low is not None else gv.value  # type: ignore[return-value]
+
+    def hi(gv: GroupValue) -> float:
+        return gv.ci_high if gv.ci_high is not None else gv.value  # type: ignore[return-value]
+
+    pts = [gv.value for gv in vals if gv.value is not None]
+    # which ends of the group CIs give the widest (wide=True) or narrowest spread
+    wide = (rule.use == "ci_upper") if rule.aggregate == "difference" else (rule.use == "ci_lower")
+    if rule.use == "point":
+        tops, bottoms = pts, pts
+    elif wide:
+        tops, bottoms = [hi(gv) for gv in vals], [lo(gv) for gv in vals]
+    else:
+        tops, bottoms = [lo(gv) for gv in vals], [hi(gv) for gv in vals]
+    if rule.aggregate == "difference":
+        return max(0.0, max(tops) - min(bottoms))
+    top = max(tops)
+    return min(1.0, min(bottoms) / top) if top > 0 else None
+
+
+def _aggregate(rule: Rule, m: Measurement, higher_is_better: bool | None) -> tuple[float | None, str]:
+    """The rule's aggregate of measurement ``m``; returns (value, note)."""
+    if rule.aggregate == "overall":
+        v = _pick(m.value, m.ci_low, m.ci_high, rule.use)
+        if v is None and m.value is not None:
+            return None, f"the measurement has no {rule.use.replace('_', ' ')}"
+        return v, ""
+    feats, problem, ignored = _usable_groups(rule, m)
+    if problem is not None:
+        return None, problem
+    if rule.aggregate == "worst_group" and higher_is_better is None:
+        return None, f"{m.metric} has no better direction, so its worst group is undefined"
+    best: float | None = None
+    where = ""
+    for feat, groups in feats.items():
+        vals = list(groups.items())
         if len(vals) < (1 if rule.aggregate == "worst_group" else 2):
             continue
         if rule.aggregate == "worst_group":
-            hib = True if higher_is_better is None else higher_is_better
             scored = [(g, _pick(gv.value, gv.ci_low, gv.ci_high, rule.use)) for g, gv in vals]
             scored = [(g, v) for g, v in scored if v is not None]
             if not scored:
                 continue
-            g, v = min(scored, key=lambda t: t[1]) if hib else max(scored, key=lambda t: t[1])
-            # across features keep the worst as well
-            if best is None or (v < best if hib else v > best):
-                best, worst_where = v, f"{feat}={g}"
+            g, v = (min if higher_is_better else max)(scored, key=lambda t: t[1])
+            if best is None or (v < best if higher_is_better else v > best):
+                best, where = v, f"{feat}={g}"
         else:
-            # spread between groups; with CIs, ci_upper is the largest plausible disparity
-            # and ci_lower the smallest
-            pts = [gv.value for _, gv in vals]
-            if rule.use == "point":
-                tops, bottoms = pts, pts
-            elif rule.use == "ci_upper":
-                tops = [gv.ci_high if gv.ci_high is not None else gv.value for _, gv in vals]
-                bottoms = [gv.ci_low if gv.ci_low is not None else gv.value for _, gv in vals]
-            else:
-                tops = [gv.ci_low if gv.ci_low is not None else gv.value for _, gv in vals]
-                bottoms = [gv.ci_high if gv.ci_high is not None else gv.value for _, gv in vals]
-            if rule.aggregate == "difference":
-                v = max(0.0, max(tops) - min(bottoms))
-                if best is None or v > best:
-                    best, worst_where = v, feat
-            else:  # ratio, 1 = parity
-                top = max(tops)
-                v = min(1.0, min(bottoms) / top) if top > 0 else None
-                if v is not None and (best is None or v < best):
-                    best, worst_where = v, feat
-    note = f"worst: {worst_where}" if worst_where else ""
-    if skipped and rule.min_group_n:
-        note += f"; {skipped} group(s) under n={rule.min_group_n} ignored"
+            v = _spread(rule, [gv for _, gv in vals])
+            if v is None:
+                continue
+            if best is None or (v > best if rule.aggregate == "difference" else v < best):
+                best, where = v, feat
+    note = f"worst: {where}" if where else ""
+    if ignored and rule.min_group_n:
+        note += f"; {ignored} group(s) under n={rule.min_group_n} ignored"
+    if best is None and not note:
+        note = "too few groups with values"
     return best, note.strip("; ")
 
 
@@ -367,11 +600,66 @@ def _compare(rule: Rule, observed: float, base: float | None) -> float | None:
     return observed / base - 1.0
 
 
+def _worst_group_change(
+    rule: Rule, m: Measurement, bm: Measurement, higher_is_better: bool | None
+) -> tuple[float | None, float | None, float | None, str]:
+    """Each group's change vs the same group on dense; the worst one.
+
+    Returns (observed, baseline, compared, note) for the worst group. Comparing the
+    worst group of the variant with the worst group of dense would hide a group that
+    lost much while staying above another group: this compares like with like.
+    """
+    if higher_is_better is None:
+        return None, None, None, f"{m.metric} has no better direction, so its worst group is undefined"
+    feats, problem, ignored = _usable_groups(rule, m)
+    if problem is not None:
+        return None, None, None, problem
+    worst: tuple[float, float, float, str] | None = None
+    unmatched = 0
+    for feat, groups in feats.items():
+        base_groups = bm.groups.get(feat, {})
+        for g, gv in groups.items():
+            bg = base_groups.get(g)
+            observed = _pick(gv.value, gv.ci_low, gv.ci_high, rule.use)
+            if bg is None or bg.value is None or observed is None:
+                unmatched += 1
+                continue
+            compared = _compare(rule, observed, bg.value)
+            if compared is None:
+                unmatched += 1
+                continue
+            if worst is None or (compared < worst[2] if higher_is_better else compared > worst[2]):
+                worst = (observed, bg.value, compared, f"{feat}={g}")
+    notes = []
+    if worst is not None:
+        notes.append(f"worst: {worst[3]}")
+    if ignored and rule.min_group_n:
+        notes.append(f"{ignored} group(s) under n={rule.min_group_n} ignored")
+    if unmatched:
+        notes.append(f"{unmatched} group(s) without a dense value ignored")
+    if worst is None:
+        return None, None, None, "; ".join(notes) or "no group has a value on both models"
+    return worst[0], worst[1], worst[2], "; ".join(notes)
+
+
 def _check(rule: Rule, value: float) -> bool:
     eps = 1e-12
     if rule.min is not None and value < rule.min - eps:
         return False
     return not (rule.max is not None and value > rule.max + eps)
+
+
+def _waiver_info(w: Waiver, today: _dt.date, used: bool) -> WaiverInfo:
+    return WaiverInfo(
+        rule=w.rule,
+        variants=list(w.variants),
+        metric=w.metric,
+        approver=w.approver,
+        reason=w.reason,
+        expires=w.expires.isoformat(),
+        active=w.expires >= today,
+        used=used,
+    )
 
 
 def evaluate_policy(
@@ -380,13 +668,28 @@ def evaluate_policy(
     *,
     policy_label: str | None = None,
     today: _dt.date | None = None,
+    now: _dt.datetime | None = None,
 ) -> Verdict:
-    """Judge every variant of ``result`` under ``policy``."""
+    """Judge every variant of ``result`` under ``policy``.
+
+    Args:
+        policy: The policy.
+        result: The measured run (its own ``verdict`` is ignored).
+        policy_label: Name or path recorded in the verdict (default: the policy's name).
+        today: Date that decides which waivers are active (default: today).
+        now: Time recorded as ``evaluated_at`` (default: now, UTC).
+
+    Raises:
+        ConfigError: a rule's bound points against a direction the results declare.
+    """
     today = today or _dt.date.today()
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    check_against_results(policy, result, where=policy_label)
     results: list[RuleResult] = []
     base = result.baseline
     notes: list[str] = []
     suites_run = _suites_run(result)
+    catalog = {**deployment_catalog(), **result.metrics}
     for rule in policy.rules:
         suite_pat = rule.metric.split("/", 1)[0]
         if not any(fnmatch.fnmatchcase(s, suite_pat) for s in suites_run):
@@ -406,21 +709,23 @@ def evaluate_policy(
         for variant in result.all_variants():
             if not _applies(rule, variant):
                 continue
-            results.extend(_judge(rule, variant, base, result))
+            results.extend(_judge(rule, variant, base, catalog))
     # waivers
     for w in policy.waivers:
         if w.expires < today:
             notes.append(f"waiver for rule {w.rule!r} by {w.approver} expired on {w.expires}")
     active = [w for w in policy.waivers if w.expires >= today]
+    used: set[int] = set()
     for i, rr in enumerate(results):
         if rr.status not in ("FAIL", "ERROR"):
             continue
-        for w in active:
+        for k, w in enumerate(active):
             if (
                 w.rule == rr.rule
                 and fnmatch.fnmatchcase(rr.metric, w.metric)
                 and any(fnmatch.fnmatchcase(rr.variant, v) for v in w.variants)
             ):
+                used.add(k)
                 results[i] = rr.model_copy(
                     update={
                         "status": "WARN",
@@ -429,6 +734,9 @@ def evaluate_policy(
                     }
                 )
                 break
+    for k, w in enumerate(active):
+        if k not in used:
+            notes.append(f"waiver for rule {w.rule!r} by {w.approver} matched no failure")
     counts = Counter(r.status for r in results)
     evaluated = sum(counts[s] for s in ("PASS", "WARN", "FAIL", "ERROR"))
     if evaluated == 0:
@@ -442,6 +750,7 @@ def evaluate_policy(
         status, code = "WARN", ExitCode.OK
     else:
         status, code = "PASS", ExitCode.OK
+    used_ids = {id(active[k]) for k in used}
     return Verdict(
         policy=policy_label or policy.name,
         policy_fingerprint=policy.fingerprint(),
@@ -450,54 +759,69 @@ def evaluate_policy(
         counts={k: int(counts.get(k, 0)) for k in ("PASS", "WARN", "FAIL", "ERROR", "SKIP")},
         rules=results,
         max_compliant_sparsity=max_compliant_sparsity(result, results),
-        evaluated_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        evaluated_at=now.isoformat(timespec="seconds"),
         notes=notes,
+        policy_name=policy.name,
+        policy_description=" ".join(policy.description.split()),
+        fail_on_error=policy.fail_on_error,
+        waivers=[_waiver_info(w, today, id(w) in used_ids) for w in policy.waivers],
+        policy_rules=[r.model_dump(mode="json") for r in policy.rules],
     )
 
 
-def _judge(rule: Rule, variant: VariantResult, base: VariantResult, result: RunResult) -> list[RuleResult]:
+def _judge(rule: Rule, variant: VariantResult, base: VariantResult, catalog: dict[str, MetricInfo]) -> list[RuleResult]:
     common = dict(
         rule=rule.id, variant=variant.id, severity=rule.severity, bound=rule.bound_text(), rationale=rule.rationale
     )
     suite_pat = rule.metric.split("/", 1)[0]
+    pruning_failed = [e for e in variant.errors if e.suite == "pruning"]
     crashed = [e for e in variant.errors if fnmatch.fnmatchcase(e.suite, suite_pat) or e.suite == "*"]
-    matches = [m for m in variant.measurements if fnmatch.fnmatchcase(m.id, rule.metric)]
+    matches = [m for m in variant_measurements(variant) if fnmatch.fnmatchcase(m.id, rule.metric)]
     if not matches:
-        if crashed:
-            e = crashed[0]
-            msg = f"suite {e.suite!r} crashed on this variant: {e.error_type}: {e.message}"
+        if pruning_failed or crashed:
+            e = (pruning_failed or crashed)[0]
+            what = "pruning failed" if pruning_failed else f"suite {e.suite!r} crashed"
+            msg = f"{what} on this variant: {e.error_type}: {e.message}"
             return [RuleResult(metric=rule.metric, status="ERROR", message=msg, **common)]
         if rule.required:
             return [RuleResult(metric=rule.metric, status="ERROR", message="metric missing from results", **common)]
         return [RuleResult(metric=rule.metric, status="SKIP", message="metric not measured", **common)]
+    base_measurements = {m.id: m for m in variant_measurements(base)}
     out = []
     for m in matches:
-        info = result.metric_info(m.id)
+        suite, _, rest = m.id.partition("/")
+        info = catalog.get(f"{suite}/{rest.rsplit('/', 1)[-1]}")
         hib = info.higher_is_better if info else None
-        observed, note = _aggregate(rule, m, hib)
         base_value = None
+        bm = None
         if rule.comparison != "absolute":
-            bm = base.measurement(m.id)
+            bm = base_measurements.get(m.id)
             if bm is None:
                 out.append(
                     RuleResult(
                         metric=m.id,
-                        status="ERROR",
-                        observed=observed,
-                        message="baseline has no value for this metric",
+                        status="ERROR" if rule.required else "SKIP",
+                        message="the dense baseline has no value for this metric",
                         **common,
                     )
                 )
                 continue
-            base_rule = rule.model_copy(update={"use": "point"})
-            base_value, _ = _aggregate(base_rule, bm, hib)
+        if rule.aggregate == "worst_group" and bm is not None:
+            observed, base_value, compared, note = _worst_group_change(rule, m, bm, hib)
+        else:
+            observed, note = _aggregate(rule, m, hib)
+            compared = None
+            if bm is not None:
+                base_rule = rule.model_copy(update={"use": "point"})
+                base_value, _ = _aggregate(base_rule, bm, hib)
+            if observed is not None:
+                compared = _compare(rule, observed, base_value)
         if observed is None:
             # a group aggregate on data without group columns is a coverage gap, not a crash
             no_groups = note == "no per-group values" and rule.feature is None
             status = "ERROR" if rule.required and not no_groups else "SKIP"
             out.append(RuleResult(metric=m.id, status=status, message=f"no value ({note or 'undefined'})", **common))
             continue
-        compared = _compare(rule, observed, base_value)
         if compared is None:
             status = "ERROR" if rule.required else "SKIP"
             out.append(
@@ -506,7 +830,7 @@ def _judge(rule: Rule, variant: VariantResult, base: VariantResult, result: RunR
                     status=status,
                     observed=observed,
                     baseline=base_value,
-                    message="cannot compare to the baseline (missing or zero)",
+                    message="cannot compare to the dense baseline (missing or zero)",
                     **common,
                 )
             )
@@ -518,7 +842,7 @@ def _judge(rule: Rule, variant: VariantResult, base: VariantResult, result: RunR
             "delta_vs_baseline": "change vs dense",
             "relative_to_baseline": "relative change vs dense",
         }[rule.comparison]
-        agg = "" if rule.aggregate == "overall" else f"{rule.aggregate} "
+        agg = "" if rule.aggregate == "overall" else f"{rule.aggregate.replace('_', ' ')} "
         use = "" if rule.use == "point" else f" ({rule.use.replace('_', ' ')})"
         msg = f"{agg}{what}{use} {compared:+.4g} {'meets' if ok else 'violates'} {rule.bound_text()}"
         if note:
@@ -540,14 +864,17 @@ def _judge(rule: Rule, variant: VariantResult, base: VariantResult, result: RunR
 def max_compliant_sparsity(result: RunResult, rules: list[RuleResult]) -> dict[str, float | None]:
     """Per method label: the highest sparsity such that it and every lower level pass every rule.
 
-    A level passes when every seed's variant has no FAIL or ERROR (waived results count
-    as passing). ``None`` means even the lowest level fails.
+    A level passes when every seed's variant was judged by at least one rule and has
+    no FAIL or ERROR (waived results count as passing). A level no rule judged is not
+    evidence of compliance, so it ends the envelope too. ``None`` means even the
+    lowest level does not pass.
     """
     bad = {r.variant for r in rules if r.status in ("FAIL", "ERROR")}
+    judged = {r.variant for r in rules if r.status in ("PASS", "WARN", "FAIL", "ERROR")}
     levels: dict[str, dict[float, bool]] = defaultdict(dict)
     for v in result.variants:
         label = v.point.label or v.point.method
-        ok = v.id not in bad and not v.errors
+        ok = v.id not in bad and v.id in judged and not v.errors
         levels[label][v.point.sparsity] = levels[label].get(v.point.sparsity, True) and ok
     out: dict[str, float | None] = {}
     for label, by_s in levels.items():

@@ -270,6 +270,19 @@ class RuleResult(Record):
     waived_by: str | None = None
 
 
+class WaiverInfo(Record):
+    """A policy waiver as applied to a run (for the report's audit trail)."""
+
+    rule: str
+    variants: list[str] = Field(default_factory=list)
+    metric: str = "*"
+    approver: str
+    reason: str
+    expires: str
+    active: bool = Field(description="Not expired on the day of evaluation.")
+    used: bool = Field(False, description="Turned at least one FAIL or ERROR into a WARN.")
+
+
 class Verdict(Record):
     """The gate decision."""
 
@@ -282,6 +295,13 @@ class Verdict(Record):
     max_compliant_sparsity: dict[str, float | None] = Field(default_factory=dict)
     evaluated_at: str = ""
     notes: list[str] = Field(default_factory=list)
+    policy_name: str = ""
+    policy_description: str = ""
+    fail_on_error: bool = True
+    waivers: list[WaiverInfo] = Field(default_factory=list)
+    policy_rules: list[dict[str, Any]] = Field(
+        default_factory=list, description="The policy's rules as evaluated (for the report's protocol and charts)."
+    )
 
 
 class RunResult(Record):

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from audit import provenance
-from audit.atomic import atomic_write_text
 from audit.config import AuditConfig
 from audit.data import EvalSet, check_data_files, load_split
 from audit.env import configure_offline
@@ -28,8 +27,8 @@ from audit.errors import ExitCode, UsageError
 from audit.fingerprint import texts_sha256
 from audit.model_io import check_model_dir
 from audit.plan import SweepPoint, canonical_json, plan, sha256_text
-from audit.policy import Policy, evaluate_policy, load_policy, skipped_rules
-from audit.registry import PRUNERS, REPORTERS, SUITES
+from audit.policy import Policy, evaluate_policy, load_policy
+from audit.registry import PRUNERS, SUITES
 from audit.results import (
     CalibrationRecord,
     DatasetIdentity,
@@ -134,6 +133,8 @@ def run_audit(
     *,
     command: str | None = None,
     write: bool = True,
+    formats: list[str] | None = None,
+    paths: dict[str, Path] | None = None,
 ) -> RunOutcome:
     """Run the whole audit described by ``config``."""
     started_at = provenance.now_iso()
@@ -303,10 +304,9 @@ def run_audit(
     verdict = None
     if policy is not None:
         verdict = evaluate_policy(policy, result, policy_label=policy_label)
-        result.verdict = verdict
-        result.limitations.extend(skipped_rules(verdict))
+        result.verdict = verdict  # skipped rules are listed by the report, from the verdict
     out_dir = config.output_path()
-    files = write_reports(result, out_dir, config.report.formats) if write else {}
+    files = write_reports(result, out_dir, formats or config.report.formats, paths=paths) if write else {}
     log.info("audit finished in %.1fs", time.perf_counter() - t_run)
     return RunOutcome(result=result, verdict=verdict, output_dir=out_dir, files=files)
 
@@ -327,13 +327,8 @@ def _limitations(config: AuditConfig, eval_set: EvalSet, results: list[VariantRe
     return out
 
 
-def write_reports(result: RunResult, out_dir: Path, formats: list[str]) -> dict[str, Path]:
-    """Render every requested reporter and write each file atomically."""
-    files = {}
-    rendered = {}
-    for name in formats:  # render everything first: a failing reporter writes nothing
-        spec = REPORTERS.get(name)
-        rendered[name] = (spec, spec.load()(result))
-    for name, (spec, text) in rendered.items():
-        files[name] = atomic_write_text(out_dir / spec.filename, text)
-    return files
+def write_reports(result: RunResult, out_dir: Path, formats: list[str], **kw: Any) -> dict[str, Path]:
+    """Render every requested reporter and write each file atomically (see :mod:`reports.writer`)."""
+    from reports.writer import write_reports as _write
+
+    return _write(result, out_dir, formats, **kw)

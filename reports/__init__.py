@@ -1,8 +1,17 @@
 """Reporters: render a finished :class:`~audit.results.RunResult`; they never compute.
 
 Each reporter is a function ``render(result, **options) -> str`` registered with a
-:class:`~audit.registry.ReporterSpec`; the caller writes the text atomically to
-``spec.filename`` in the output directory. Templates live in ``reports/templates``.
+:class:`~audit.registry.ReporterSpec`; :func:`reports.writer.write_reports` writes the
+text atomically to ``spec.filename`` in the output directory. View models come from
+:mod:`audit.views`; templates live in ``reports/templates``.
+
+| name | file | for |
+|---|---|---|
+| ``json`` | ``results.json`` | machines: the full run in its versioned schema |
+| ``html`` | ``report.html`` | people: the self-contained transparency report |
+| ``junit`` | ``junit.xml`` | CI test views: one test case per rule × variant |
+| ``markdown`` | ``summary.md`` | CI step summaries and PR comments |
+| ``model-card`` | ``model-card.md`` | publishing: HF ``model-index`` YAML plus Markdown |
 """
 
 from __future__ import annotations
@@ -23,5 +32,29 @@ HTML = REPORTERS.register(
         impl="reports.html:render",
         summary="report.html: self-contained transparency report (Jinja2, inline CSS/SVG).",
         filename="report.html",
+    )
+)
+JUNIT = REPORTERS.register(
+    ReporterSpec(
+        name="junit",
+        impl="reports.junit:render",
+        summary="junit.xml: one test case per rule x variant, for CI test views.",
+        filename="junit.xml",
+    )
+)
+MARKDOWN = REPORTERS.register(
+    ReporterSpec(
+        name="markdown",
+        impl="reports.markdown:render",
+        summary="summary.md: verdict, max compliant sparsity, regressions (CI step summary, PR comment).",
+        filename="summary.md",
+    )
+)
+MODEL_CARD = REPORTERS.register(
+    ReporterSpec(
+        name="model-card",
+        impl="reports.model_card:render",
+        summary="model-card.md: HF model-index YAML plus Markdown for publishing the pruned model.",
+        filename="model-card.md",
     )
 )

@@ -1,4 +1,9 @@
-"""The HTML reporter: one self-contained file rendered with Jinja2 (autoescape, StrictUndefined)."""
+"""The HTML reporter: one self-contained file rendered with Jinja2 (autoescape, StrictUndefined).
+
+Inline CSS and SVG only; a Content-Security-Policy meta tag forbids every network
+request, scripts included. Every string from data or models goes through Jinja's
+autoescaping, so a dataset row containing ``<script>`` renders as text.
+"""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def test_run_then_check_then_report(tiny_model_dir: Path, tiny_data_dir: Path, t
     assert res.schema_version == "1.0"
     assert r.returncode == res.verdict.exit_code
     html = (out / "report.html").read_text()
-    assert "<h2>Verdict</h2>" in html and res.verdict.status in html and "magnitude-s0.90-seed0" in html
+    assert "<h2>Verdict at a glance</h2>" in html and res.verdict.status in html and "magnitude-s0.90-seed0" in html
     assert "http://" not in html and "https://" not in html  # self-contained
 
     # re-gating needs no model: works on a copy of results.json alone
@@ -92,12 +92,18 @@ def test_usage_errors_exit_4_and_version() -> None:
 def test_validate_schema_ls_check_do_not_import_torch(tmp_path: Path) -> None:
     cfg = tmp_path / "ok.yaml"
     cfg.write_text("model: {path: m}\ndata: {files: {test: t.csv}}\n")
+    from results_factory import judged_rich_run
+
+    results = tmp_path / "results.json"
+    results.write_text(judged_rich_run().to_json(), encoding="utf-8")
+    out = tmp_path / "regated"
     code = (
         "import sys\n"
         "from audit.cli import main\n"
         f"rc = [main(['validate', {str(cfg)!r}]), main(['schema', 'policy']), main(['ls', 'metrics']),"
-        " main(['ls', 'policies']), main(['validate', 'policies/default.yaml'])]\n"
-        "assert rc == [0, 0, 0, 0, 0], rc\n"
+        " main(['ls', 'policies']), main(['validate', 'policies/default.yaml']),"
+        f" main(['check', {str(results)!r}, '--policy', 'strict', '-o', {str(out)!r}, '-f', 'all'])]\n"
+        "assert rc == [0, 0, 0, 0, 0, 1], rc\n"
         "heavy = [m for m in ('torch', 'transformers', 'datasets', 'textattack') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
@@ -105,6 +111,14 @@ def test_validate_schema_ls_check_do_not_import_torch(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "HEAVY []" in r.stdout
     assert "valid config; 1 sweep points + dense baseline" in r.stdout
+    assert "verdict: FAIL under policy strict" in r.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "junit.xml",
+        "model-card.md",
+        "report.html",
+        "results.json",
+        "summary.md",
+    ]
 
 
 def test_schema_commands_print_json() -> None:

@@ -34,7 +34,13 @@ def test_pipeline_end_to_end_in_process(tiny_model_dir: Path, tiny_data_dir: Pat
     assert res.metrics["performance/accuracy"].higher_is_better is True
     # outputs: written atomically, valid against the schema, nothing else left behind
     out = cfg.output_path()
-    assert sorted(p.name for p in out.iterdir()) == ["report.html", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "junit.xml",
+        "model-card.md",
+        "report.html",
+        "results.json",
+        "summary.md",
+    ]
     again = load_results(out / "results.json")
     assert again.verdict is not None and again.verdict.status == outcome.verdict.status
     assert int(outcome.exit_code) == again.verdict.exit_code

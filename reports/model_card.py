@@ -1,0 +1,58 @@
+"""The model-card reporter: a fragment for publishing a pruned model on the Hugging Face Hub.
+
+The YAML front matter is the Hub's ``model-index`` (eval results) written by
+``huggingface_hub.ModelCardData``; the Markdown body states how the model was pruned,
+the audit verdict, its results next to the dense model's, the worst groups and the
+limitations. By default the card describes the recommended variant: the method with
+the highest max compliant sparsity, at that sparsity (``--card-variant`` picks another).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from audit.results import RunResult
+from audit.views import build_card
+from reports.markdown import environment
+
+TASK_TYPE = "text-classification"
+
+
+def front_matter(result: RunResult, view: dict[str, Any]) -> str:
+    """``model-index`` YAML of the card's variant (tags only when no variant is described)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    variant = view["variant"]
+    tags = ["prune-audit", "pruned"]
+    if variant is not None:
+        tags += [variant["method"], f"sparsity-{variant['sparsity']}"]
+    eval_results = [
+        EvalResult(
+            task_type=TASK_TYPE,
+            task_name="Text Classification",
+            dataset_type=r["dataset"],
+            dataset_name=r["dataset"],
+            dataset_split=r["split"],
+            metric_type=r["metric"],
+            metric_name=f"{r['suite']} {r['metric']}",
+            metric_value=r["value"],
+            verified=False,
+        )
+        for r in view["results_meta"]
+    ]
+    model_cfg = result.config.get("model") if isinstance(result.config.get("model"), dict) else {}
+    data = ModelCardData(
+        model_name=f"{view['model_name']}-{variant['id']}" if variant is not None else view["model_name"],
+        base_model=(model_cfg or {}).get("hub_id") or None,
+        library_name="transformers",
+        pipeline_tag=TASK_TYPE,
+        tags=tags,
+        eval_results=eval_results or None,
+    )
+    return data.to_yaml()
+
+
+def render(result: RunResult, *, variant: str | None = None) -> str:
+    view = build_card(result, variant)
+    body = environment().get_template("model_card.md.j2").render(v=view)
+    return f"---\n{front_matter(result, view)}\n---\n\n{body}"
