@@ -48,3 +48,16 @@ def test_partial_and_corrupt_entries_are_not_reused(tmp_path: Path) -> None:
 
 def test_code_fingerprint_is_stable() -> None:
     assert code_fingerprint() == code_fingerprint() and len(code_fingerprint()) == 64
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path: Path) -> None:
+    import os
+
+    from audit.atomic import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "report.html", "x")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
