@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("spmm.cpp")
 LIB_NAME = "libpa_spmm.so"
-BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
+BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-math-errno")
 ARCH_FLAGS = ("-march=native",)
 OMP_FLAGS = ("-fopenmp",)
 _P = ctypes.c_void_p
@@ -82,15 +82,19 @@ class KernelLib:
         lib.pa_has_openmp.restype = ctypes.c_int
         self._local = threading.local()
 
-    def _workspace(self, floats: int) -> torch.Tensor | None:
-        """A grow-only scratch buffer per calling thread (avoids page faults on every call)."""
-        if floats <= 0:
+    def workspace(self, n: int, in_features: int) -> int | None:
+        """Address of a scratch buffer for ``n`` tokens (grow-only, one per calling thread)."""
+        if n <= 1:
             return None
-        buf = getattr(self._local, "buf", None)
-        if buf is None or buf.numel() < floats:
-            buf = torch.empty(int(floats * 1.25) + 64, dtype=torch.float32)
-            self._local.buf = buf
-        return buf
+        local = self._local
+        cap = getattr(local, "cap", 0)
+        if (n, in_features) != getattr(local, "last", None):
+            floats = int(self.lib.pa_work_floats(n, in_features))
+            if floats > cap:
+                local.buf = torch.empty(int(floats * 1.25) + 64, dtype=torch.float32)
+                local.cap = local.buf.numel()
+            local.last = (n, in_features)
+        return local.buf.data_ptr()
 
     def spmm(
         self,
@@ -104,7 +108,7 @@ class KernelLib:
         """``x @ W.T + bias`` for a 2-D contiguous fp32 ``x``; W given as CSR arrays."""
         n, in_features = x.shape
         y = torch.empty((n, out_features), dtype=torch.float32)
-        work = self._workspace(int(self.lib.pa_work_floats(n, in_features)))
+        work = self.workspace(n, in_features)
         fn = self.lib.pa_spmm_u16 if cols.dtype == torch.int16 else self.lib.pa_spmm_i32
         fn(
             rowptr.data_ptr(),
@@ -117,7 +121,7 @@ class KernelLib:
             in_features,
             out_features,
             torch.get_num_threads(),
-            work.data_ptr() if work is not None else None,
+            work,
         )
         return y
 

@@ -119,13 +119,10 @@ class DeployedLinear(nn.Module):
         return int(torch.count_nonzero(self.dense_weight()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        if torch.is_grad_enabled() and x2.requires_grad:
-            y = _InputGrad.apply(x2, self)
-        else:
-            y = self._run(x2)
-        return y.reshape(*lead, self.out_features)
+        flat = x.dim() == 2
+        x2 = x if flat else x.reshape(-1, self.in_features)
+        y = _InputGrad.apply(x2, self) if x2.requires_grad and torch.is_grad_enabled() else self._run(x2)
+        return y if flat else y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}"
@@ -133,6 +130,11 @@ class DeployedLinear(nn.Module):
 
 class KernelLinear(DeployedLinear):
     """CSR weight (int32 row pointers, uint16 column indices) run by the compiled kernel."""
+
+    def __getstate__(self) -> dict[str, Any]:  # deepcopy / pickle: the bound pointers are per object
+        state = self.__dict__.copy()
+        state["_call"] = None
+        return state
 
     format_name = "kernel"
 
@@ -151,6 +153,7 @@ class KernelLinear(DeployedLinear):
         self.register_buffer("cols", cols.contiguous())
         self.register_buffer("values", values.to(torch.float32).contiguous())
         self.register_buffer("bias", None if bias is None else bias.to(torch.float32).contiguous())
+        self._call: tuple[Any, ...] | None = None
 
     @staticmethod
     def index_dtype(in_features: int) -> torch.dtype:
@@ -180,12 +183,38 @@ class KernelLinear(DeployedLinear):
             return self.cols.to(torch.int64) & 0xFFFF
         return self.cols.to(torch.int64)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> KernelLinear:  # .to(), .float(), ...: re-read pointers
+        self._call = None
+        return super()._apply(fn, recurse)
+
+    def _bind(self) -> Any:
+        """The kernel entry point with this layer's constant arguments bound (data pointers)."""
+        lib = _kernel()
+        for name, t in (("rowptr", self.rowptr), ("cols", self.cols), ("values", self.values)):
+            if t.device.type != "cpu" or not t.is_contiguous():
+                raise RuntimeError(f"KernelLinear.{name} must be a contiguous CPU tensor")
+        fn = lib.lib.pa_spmm_u16 if self.cols.dtype == torch.int16 else lib.lib.pa_spmm_i32
+        const = (
+            self.rowptr.data_ptr(),
+            self.cols.data_ptr(),
+            self.values.data_ptr(),
+            self.bias.data_ptr() if self.bias is not None else None,
+        )
+        keep = (self.rowptr, self.cols, self.values, self.bias)  # the pointers stay valid while these live
+        self._call = (lib, fn, const, keep)
+        return self._call
+
     def _run(self, x2d: torch.Tensor) -> torch.Tensor:
-        if x2d.device.type != "cpu":
-            raise RuntimeError("the compiled sparse kernel runs on CPU only")
+        call = self.__dict__.get("_call") or self._bind()
+        lib, fn, const, _ = call
         dtype = x2d.dtype
-        x = x2d.to(torch.float32).contiguous()
-        y = _kernel().spmm(self.rowptr, self.cols, self.values, self.bias, x, self.out_features)
+        x = x2d if dtype == torch.float32 and x2d.is_contiguous() else x2d.to(torch.float32).contiguous()
+        if x.device.type != "cpu":
+            raise RuntimeError("the compiled sparse kernel runs on CPU only")
+        n = x.shape[0]
+        y = torch.empty((n, self.out_features), dtype=torch.float32)
+        work = lib.workspace(n, self.in_features)
+        fn(*const, x.data_ptr(), y.data_ptr(), n, self.in_features, self.out_features, torch.get_num_threads(), work)
         return y if dtype == torch.float32 else y.to(dtype)
 
     def dense_weight(self) -> torch.Tensor:
