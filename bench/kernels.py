@@ -62,10 +62,13 @@ BSR_BLOCKS = (8, 32)
 # -- part 1: layers ----------------------------------------------------------------------
 
 
-def _time(fn: Any, min_time: float, threads: int) -> float:
-    from audit.deploy.choose import time_call
+def _time(fn: Any, min_time: float, threads: int) -> tuple[float, float]:
+    """(median, fastest) seconds per call over ``torch.utils.benchmark`` blocks."""
+    from torch.utils.benchmark import Timer
 
-    return time_call(fn, min_time=min_time, threads=threads)
+    fn()
+    m = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(min_run_time=min_time)
+    return float(m.median), float(min(m.times))
 
 
 def layer_cell(
@@ -100,12 +103,13 @@ def layer_cell(
             err = float((mod(x) - nn.functional.linear(x, wf, b)).abs().max())
             if not err < 1e-3:
                 raise AssertionError(f"{name} {shape} s={sparsity}: max error {err}")
-            t = _time(lambda m=mod: m(x), min_time, threads)
+            t, t_min = _time(lambda m=mod: m(x), min_time, threads)
             nbytes = mod.stored_bytes()
-            cell["formats"][name] = {"seconds": t, "bytes": nbytes, "max_abs_err": err}
+            cell["formats"][name] = {"seconds": t, "seconds_min": t_min, "bytes": nbytes, "max_abs_err": err}
         t_after = _time(lambda: dense(x), min_time, threads)
-    cell["dense_seconds"] = min(t_before, t_after)
-    cell["dense_spread"] = abs(t_before - t_after) / min(t_before, t_after)
+    cell["dense_seconds"] = min(t_before[0], t_after[0])
+    cell["dense_seconds_min"] = min(t_before[1], t_after[1])
+    cell["dense_spread"] = abs(t_before[0] - t_after[0]) / cell["dense_seconds"]
     for f in cell["formats"].values():
         f["speedup"] = cell["dense_seconds"] / f["seconds"]
         f["memory_limit"] = dense_bytes / f["bytes"]
@@ -287,6 +291,8 @@ def run_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     spec = PRUNERS.get("magnitude")
     pruner = spec.load()(spec, spec.params.model_validate({}))
+    # format timings are measured afresh in this run (never read from, or written to, the user's cache)
+    cache = TimingCache(None)
     for label, force in (("unstructured-90%-measured-choice", None), ("unstructured-90%-torch-csr-forced", "csr")):
         model = copy.deepcopy(dense)
         pr = pruner.prune(model, PruneContext(sparsity=0.9, seed=0, layers=LayerSelection()))
@@ -328,7 +334,7 @@ def run_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
         extra = {"simulated": True, **simulate_structured(model, 0.5)}
         model.eval()
     ctx = DeployContext(
-        converter=Converter(DeployOptions(threads=args.threads), TimingCache.default()),
+        converter=Converter(DeployOptions(threads=args.threads), cache),
         probe=probe,
         dense=dense,
         measure_speed=False,

@@ -124,6 +124,17 @@ def test_suites_run_on_the_deployed_modules(
     assert again.variants[0].deployment == dep
     html = (out / "report.html").read_text()
     assert "kernel×12" in html and "max |Δlogit|" in html
+    # a policy can require a minimum speed-up or a maximum size of the deployed model
+    from audit.policy import evaluate_policy, policy_from_text
+
+    gate = policy_from_text(
+        "name: ship\nrules:\n"
+        "  - {id: small, metric: deployment/weights/size_ratio, max: 0.01}\n"
+        "  - {id: fast, metric: deployment/*/speedup_b1, min: 0.0}\n"
+    )
+    verdict = evaluate_policy(gate, res)
+    status = {r.rule: r.status for r in verdict.rules}
+    assert status == {"small": "FAIL", "fast": "PASS"}
 
 
 def test_measured_choice_is_recorded_per_layer(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from audit.deploy.convert import Conversion, Converter, DeployOptions
+from audit.deploy.modules import DENSE
 from audit.deploy.spec import SUITE
 from audit.deploy.speed import measure_speed, model_bytes
 from audit.deploy.verify import compare, probe_logits
@@ -78,6 +79,11 @@ def _fill_layer_records(pruning: PruningRecord | None, conversion: Conversion) -
             continue
         rec.format = dep.format
         rec.format_reason = dep.reason
+        if rec.shape_after is not None and dep.format == DENSE and dep.density == 1.0:
+            rec.format_reason = (
+                f"structured: physically smaller dense layer ({'x'.join(map(str, rec.shape))} -> "
+                f"{'x'.join(map(str, rec.shape_after))}), no zeros to skip"
+            )
         rec.bytes_dense = dep.bytes_dense
         rec.bytes_deployed = dep.bytes_deployed
         rec.format_speedup = dep.speedup
