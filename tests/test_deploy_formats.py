@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,9 @@ def test_every_format_equals_masked_dense_linear(fmt: str) -> None:
     assert format_of(mod) == fmt
     torch.testing.assert_close(mod(x), nn.functional.linear(x, w, b), atol=1e-5, rtol=1e-5)
     assert torch.equal(mod.dense_weight(), w)
+    twin = copy.deepcopy(mod)  # variants are deep-copied; a copy must own its arrays and still run
+    assert twin.values.data_ptr() != mod.values.data_ptr()
+    torch.testing.assert_close(twin(x), mod(x), atol=0, rtol=0)
     nb = build_module(fmt, w, None)
     torch.testing.assert_close(nb(x), nn.functional.linear(x, w), atol=1e-5, rtol=1e-5)
 
