@@ -342,6 +342,7 @@ def run_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
     dep = deploy_variant(model, None, ctx)  # the reference of a structured variant is itself
     assert dep.passed, dep.record.equivalence
     extra["formats"] = dep.record.formats
+    extra["equivalence"] = dep.record.equivalence.model_dump()
     record("structured-50%", model, extra)
     return out
 

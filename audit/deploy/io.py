@@ -147,8 +147,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_deployed(path: str | Path) -> nn.Module:
-    """Rebuild a model saved by :func:`save_deployed` (CPU, eval mode)."""
+def load_deployed(path: str | Path, *, device: str = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save_deployed`, in eval mode, on ``device``.
+
+    ``kernel`` layers run on CPU only; ``semi24`` layers need ``device="cuda"``.
+    """
     import transformers
     from safetensors.torch import load_file
 
@@ -170,6 +173,8 @@ def load_deployed(path: str | Path) -> nn.Module:
             continue
         prefix = name + "."
         own = {k[len(prefix) :]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
+        if spec["format"] == "semi24":
+            own = {k: v.to(device) for k, v in own.items()}
         try:
             module = format_class(spec["format"]).from_state(in_f, out_f, own, spec.get("meta", {}))
         except (KeyError, RuntimeError) as exc:
@@ -194,7 +199,7 @@ def load_deployed(path: str | Path) -> nn.Module:
             where=str(root / WEIGHTS),
         )
     model.eval()
-    return model
+    return model.to(device) if device != "cpu" else model
 
 
 def _set(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -33,7 +33,7 @@ class DeployContext:
     converter: Converter
     probe: list[dict[str, torch.Tensor]]
     dense: nn.Module
-    tolerance: float = 1e-3
+    tolerance: float = 1e-4
     measure_speed: bool = True
     speed_seq_len: int = 128
     speed_batch_size: int = 32
