@@ -217,97 +217,89 @@ def run_audit(
         pruners[point.label].validate(dense, prune_ctx(point))
 
     deploy_ctx = _deploy_context(config, eval_set, predictor, dense) if len(points) > 1 else None
-    staging = config.output_path() / f".variants-{uuid.uuid4().hex[:8]}"
-    saved: dict[str, Path] = {}
 
     baseline_artifacts: dict[str, dict[str, Any]] = {}
     results: list[VariantResult] = []
     extra_datasets: dict[str, DatasetIdentity] = {}
-    try:
-        for i, point in enumerate(points, start=1):
-            t0 = time.perf_counter()
-            vr = VariantResult(id=point.id, point=point.record())
-            model = dense
+    for i, point in enumerate(points, start=1):
+        t0 = time.perf_counter()
+        vr = VariantResult(id=point.id, point=point.record())
+        model = dense
+        try:
+            if not point.is_baseline:
+                torch.manual_seed(point.seed)
+                model = copy.deepcopy(dense)
+                vr.pruning = pruners[point.label].prune(model, prune_ctx(point))
+                model.eval()
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one broken point must not lose the others
+            log.error("[%d/%d] %s: pruning failed: %s", i, len(points), point.id, exc)
+            vr.errors.append(
+                SuiteError(
+                    suite="pruning", error_type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc()
+                )
+            )
+            results.append(vr)
+            continue
+        if deploy_ctx is not None and not point.is_baseline:
+            if not _deploy(model, vr, deploy_ctx, f"[{i}/{len(points)}] {point.id}"):
+                # an unverified deployment is never audited: its suites' numbers would not be the shipped model's
+                vr.wall_time_s = time.perf_counter() - t0
+                results.append(vr)
+                del model
+                gc.collect()
+                continue
+            if write and config.deploy.save_variants and vr.deployment is not None:
+                from audit.deploy.io import save_deployed
+
+                # written as it is made (each directory atomically): deployed variants are large
+                vr.deployment.saved_to = f"variants/{point.id}"
+                save_deployed(
+                    model,
+                    config.output_path() / vr.deployment.saved_to,
+                    tokenizer=loaded.tokenizer,
+                    record=vr.deployment,
+                )
+        variant = Variant(point=point, model=model, pruning=vr.pruning, deployment=vr.deployment)
+        for suite in suites:
+            ts = time.perf_counter()
+            ctx = base_ctx.for_suite(None if point.is_baseline else baseline_artifacts.get(suite.name))
             try:
-                if not point.is_baseline:
-                    torch.manual_seed(point.seed)
-                    model = copy.deepcopy(dense)
-                    vr.pruning = pruners[point.label].prune(model, prune_ctx(point))
-                    model.eval()
+                out: SuiteOutput = suite.run(variant, ctx)
             except UsageError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - one broken point must not lose the others
-                log.error("[%d/%d] %s: pruning failed: %s", i, len(points), point.id, exc)
+            except Exception as exc:  # noqa: BLE001 - a crashed suite is an ERROR in the verdict
+                log.error("[%d/%d] %s: suite %s crashed: %s", i, len(points), point.id, suite.name, exc)
                 vr.errors.append(
                     SuiteError(
-                        suite="pruning",
+                        suite=suite.name,
                         error_type=type(exc).__name__,
                         message=str(exc),
                         traceback=traceback.format_exc(),
                     )
                 )
-                results.append(vr)
                 continue
-            if deploy_ctx is not None and not point.is_baseline:
-                if not _deploy(model, vr, deploy_ctx, f"[{i}/{len(points)}] {point.id}"):
-                    # an unverified deployment is never audited: its suites' numbers would not be the shipped model's
-                    vr.wall_time_s = time.perf_counter() - t0
-                    results.append(vr)
-                    del model
-                    gc.collect()
-                    continue
-                if write and config.deploy.save_variants and vr.deployment is not None:
-                    from audit.deploy.io import save_deployed
-
-                    saved[point.id] = save_deployed(
-                        model, staging / point.id, tokenizer=loaded.tokenizer, record=vr.deployment
-                    )
-                    vr.deployment.saved_to = f"variants/{point.id}"
-            variant = Variant(point=point, model=model, pruning=vr.pruning, deployment=vr.deployment)
-            for suite in suites:
-                ts = time.perf_counter()
-                ctx = base_ctx.for_suite(None if point.is_baseline else baseline_artifacts.get(suite.name))
-                try:
-                    out: SuiteOutput = suite.run(variant, ctx)
-                except UsageError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a crashed suite is an ERROR in the verdict
-                    log.error("[%d/%d] %s: suite %s crashed: %s", i, len(points), point.id, suite.name, exc)
-                    vr.errors.append(
-                        SuiteError(
-                            suite=suite.name,
-                            error_type=type(exc).__name__,
-                            message=str(exc),
-                            traceback=traceback.format_exc(),
-                        )
-                    )
-                    continue
-                vr.measurements.extend(out.measurements)
-                vr.warnings.extend(out.warnings)
-                for d in out.datasets:
-                    extra_datasets.setdefault(d.id, d)
-                if out.examples:
-                    vr.examples[suite.name] = out.examples
-                if point.is_baseline:
-                    baseline_artifacts[suite.name] = out.artifacts
-                log.debug("%s: %s took %.1fs", point.id, suite.name, time.perf_counter() - ts)
-            vr.wall_time_s = time.perf_counter() - t0
-            results.append(vr)
-            summary = ""
-            acc = next((m for m in vr.measurements if m.metric == "accuracy"), None)
-            if acc is not None and acc.value is not None:
-                summary = f" accuracy {acc.value:.3f}"
-            achieved = f" sparsity {vr.pruning.achieved_sparsity:.3f}" if vr.pruning else ""
-            log.info("[%d/%d] %s:%s%s (%.1fs)", i, len(points), point.id, achieved, summary, vr.wall_time_s)
-            if model is not dense:
-                del model, variant
-                gc.collect()
-    except BaseException:
-        if saved:
-            import shutil
-
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
+            vr.measurements.extend(out.measurements)
+            vr.warnings.extend(out.warnings)
+            for d in out.datasets:
+                extra_datasets.setdefault(d.id, d)
+            if out.examples:
+                vr.examples[suite.name] = out.examples
+            if point.is_baseline:
+                baseline_artifacts[suite.name] = out.artifacts
+            log.debug("%s: %s took %.1fs", point.id, suite.name, time.perf_counter() - ts)
+        vr.wall_time_s = time.perf_counter() - t0
+        results.append(vr)
+        summary = ""
+        acc = next((m for m in vr.measurements if m.metric == "accuracy"), None)
+        if acc is not None and acc.value is not None:
+            summary = f" accuracy {acc.value:.3f}"
+        achieved = f" sparsity {vr.pruning.achieved_sparsity:.3f}" if vr.pruning else ""
+        log.info("[%d/%d] %s:%s%s (%.1fs)", i, len(points), point.id, achieved, summary, vr.wall_time_s)
+        if model is not dense:
+            del model, variant
+            gc.collect()
 
     cfg_json = config.model_dump(mode="json")
     prov = provenance.collect(
@@ -349,8 +341,6 @@ def run_audit(
         result.limitations.extend(skipped_rules(verdict))
     out_dir = config.output_path()
     files = write_reports(result, out_dir, config.report.formats) if write else {}
-    if saved:
-        _publish_variants(staging, out_dir / "variants", list(saved))
     log.info("audit finished in %.1fs", time.perf_counter() - t_run)
     return RunOutcome(result=result, verdict=verdict, output_dir=out_dir, files=files)
 
@@ -427,19 +417,6 @@ def _deploy(model: Any, vr: VariantResult, ctx: Any, label: str) -> bool:
         vr.errors.append(SuiteError(suite="deployment", error_type="EquivalenceError", message=msg))
         return False
     return True
-
-
-def _publish_variants(staging: Path, target: Path, ids: list[str]) -> None:
-    """Move saved variants from the run's staging directory into ``<output_dir>/variants``."""
-    import shutil
-
-    target.mkdir(parents=True, exist_ok=True)
-    for vid in ids:
-        dst = target / vid
-        if dst.exists():
-            shutil.rmtree(dst)
-        (staging / vid).replace(dst)
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _limitations(config: AuditConfig, eval_set: EvalSet, results: list[VariantResult]) -> list[str]:
