@@ -144,7 +144,7 @@ def test_converter_uses_cached_timings_and_records_reasons(tmp_path: Path) -> No
     assert "bsr4: " in by_name["0"].reason  # why BSR was not tried on an unstructured mask
     assert result.formats() == {"dense": 2, "kernel": 1}
     assert by_name["0"].bytes_deployed < by_name["0"].bytes_dense == 48 * 64 * 4
-    assert any("semi24" in n and "CUDA" in n for n in result.notes)
+    assert not any("semi24" in n for n in result.notes)  # not a 2:4 mask: 2:4 kernels are irrelevant here
     torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
 
 

@@ -131,7 +131,9 @@ class Converter:
         for fmt in self.options.formats:
             why = self._globally_unavailable(fmt, device, weight.dtype)
             if why is not None:
-                self.unavailable.setdefault(fmt, why)
+                # 2:4 kernels only matter for 2:4 weights: say why they were not used only then
+                if fmt != "semi24" or SemiStructuredLinear.is_2_4(weight):
+                    self.unavailable.setdefault(fmt, why)
                 continue
             if fmt == "bsr":
                 for b in self.options.bsr_blocks:
@@ -167,9 +169,8 @@ class Converter:
             names = [f for f, _ in cands]
             if forced in names or forced == DENSE:
                 return Decision(forced, f"forced by deploy.force_format={forced}"), density
-            why = self.unavailable.get(forced.rstrip("0123456789")) or next(
-                (s for s in skipped if s.startswith(forced)), "not applicable"
-            )
+            base = "bsr" if forced.startswith("bsr") else forced
+            why = self.unavailable.get(base) or next((s for s in skipped if s.startswith(forced)), "not applicable")
             return Decision(DENSE, f"kept dense: forced format {forced} does not apply ({why})"), density
         if density > self.options.max_density:
             return (
