@@ -222,7 +222,10 @@ def simulate_structured(model: nn.Module, fraction: float) -> dict[str, Any]:
     for i, layer in enumerate(enc.layer):
         att = layer.attention.self
         norms = [
-            sum(float(m.weight[h * head_dim : (h + 1) * head_dim].norm()) for m in (att.query, att.key, att.value))
+            sum(
+                float(m.weight.detach()[h * head_dim : (h + 1) * head_dim].norm())
+                for m in (att.query, att.key, att.value)
+            )
             for h in range(n_heads)
         ]
         heads[i] = sorted(sorted(range(n_heads), key=lambda h: norms[h])[:drop_heads])
