@@ -306,9 +306,7 @@ def run_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
         model = copy.deepcopy(dense)
         pr = pruner.prune(model, PruneContext(sparsity=0.9, seed=0, layers=LayerSelection()))
         opts = DeployOptions(threads=args.threads, force_format=force)
-        ctx = DeployContext(
-            converter=Converter(opts, TimingCache.default()), probe=probe, dense=dense, measure_speed=False
-        )
+        ctx = DeployContext(converter=Converter(opts, cache), probe=probe, dense=dense, measure_speed=False)
         dep = deploy_variant(model, pr, ctx)
         eq = dep.record.equivalence
         assert eq is not None and eq.passed, eq
