@@ -364,10 +364,13 @@ def ls_(what: Annotated[_What, typer.Argument(help="What to list.")] = _What.pru
         for r in REPORTERS:
             typer.echo(f"{r.name:<14} {r.filename:<16} {r.summary}")
     elif what is _What.metrics:
-        for s in SUITES:
-            for m in s.metrics:
-                d = "↑" if m.higher_is_better else "↓" if m.higher_is_better is False else "·"
-                typer.echo(f"{s.name}/*/{m.name:<24} {d} {m.meaning}")
+        from audit.deploy.spec import METRICS as DEPLOY_METRICS
+        from audit.deploy.spec import SUITE as DEPLOY_SUITE
+
+        rows = [(s.name, m) for s in SUITES for m in s.metrics] + [(DEPLOY_SUITE, m) for m in DEPLOY_METRICS]
+        for suite, m in rows:
+            d = "↑" if m.higher_is_better else "↓" if m.higher_is_better is False else "·"
+            typer.echo(f"{suite}/*/{m.name:<24} {d} {m.meaning}")
     else:
         from audit.policy import builtin_policies, load_policy
 

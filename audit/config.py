@@ -365,6 +365,83 @@ class ReportConfig(StrictModel):
         return values
 
 
+DEPLOY_FORMATS = ("kernel", "csr", "bsr", "semi24")
+
+
+class DeployConfig(StrictModel):
+    """How each pruned variant is deployed, proven equivalent and measured.
+
+    Every pruned variant is converted to the form that ships before any suite runs:
+    layers without zeros stay dense (structured pruning), other layers get the fastest
+    format measured for their shape and density (``kernel``: the compiled sparse kernel;
+    ``csr``/``bsr``: torch's CSR/BSR; ``semi24``: 2:4 on CUDA), or stay dense where no
+    sparse format is at least ``min_speedup`` times faster. The deployed model must
+    match its masked-dense reference on a probe batch within ``tolerance``, else the
+    variant is an ERROR.
+
+    ```yaml
+    deploy:
+      formats: [kernel, csr, bsr]
+      tolerance: 1.0e-4
+      speed_seq_len: 128
+      save_variants: true     # <output_dir>/variants/<variant id>/ (safetensors + config)
+    ```
+    """
+
+    enabled: bool = Field(True, description="Deploy, verify and measure every pruned variant.")
+    formats: list[Literal["kernel", "csr", "bsr", "semi24"]] = Field(
+        default_factory=lambda: list(DEPLOY_FORMATS), description="Sparse formats that may be chosen."
+    )
+    bsr_blocks: list[int] = Field(default_factory=lambda: [4, 8, 16, 32], description="BSR block sizes to try.")
+    force_format: str | None = Field(
+        None,
+        pattern=r"^(dense|kernel|csr|bsr[0-9]+|semi24)$",
+        description="Use this format wherever it applies, without timing (for inspection; skips the speed guard).",
+    )
+    min_speedup: float = Field(
+        1.1, ge=1.0, description="A sparse format must be this much faster than dense at every timed token count."
+    )
+    max_density: float = Field(0.5, gt=0.0, le=1.0, description="Denser layers stay dense without timing.")
+    max_block_density: float = Field(0.5, gt=0.0, le=1.0, description="BSR is tried up to this block density.")
+    choose_tokens: list[int] = Field(
+        default_factory=lambda: [128, 1024], description="Token counts (batch x sequence) at which formats are timed."
+    )
+    timing_min_s: float = Field(0.2, gt=0.0, le=60.0, description="Minimum timing time per format and token count.")
+    timing_cache: bool = Field(True, description="Reuse format timings across runs (user cache directory).")
+    probe_size: int = Field(64, ge=1, le=100_000, description="Eval examples in the equivalence probe batch.")
+    tolerance: float = Field(
+        1e-4,
+        gt=0.0,
+        description="Largest allowed |deployed - masked-dense| logit difference (fp32 kernels differ by ~1e-7; "
+        "raise it for fp16/bf16 models).",
+    )
+    measure_speed: bool = Field(True, description="Time batch-1 latency and batch throughput, dense vs deployed.")
+    speed_seq_len: int = Field(128, ge=1, le=8192)
+    speed_batch_size: int = Field(32, ge=1, le=4096)
+    speed_min_time_s: float = Field(1.0, gt=0.0, le=600.0, description="Minimum timing time per measurement.")
+    speed_rounds: int = Field(2, ge=1, le=20, description="Alternating dense/deployed rounds (best kept).")
+    save_variants: bool = Field(False, description="Save each deployed variant under <output_dir>/variants/<id>/.")
+
+    @field_validator("bsr_blocks")
+    @classmethod
+    def _blocks(cls, values: list[int]) -> list[int]:
+        if not values or any(not (2 <= v <= 256) for v in values):
+            raise _err("bsr_blocks", f"bsr_blocks must be block sizes between 2 and 256, found {values}")
+        return sorted(set(values))
+
+    @field_validator("choose_tokens")
+    @classmethod
+    def _tokens(cls, values: list[int]) -> list[int]:
+        if not values or any(v < 1 for v in values):
+            raise _err("choose_tokens", f"choose_tokens must list positive token counts, found {values}")
+        return sorted(set(values))
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, values: list[str]) -> list[str]:
+        return list(dict.fromkeys(values))
+
+
 class AuditConfig(StrictModel):
     """Everything one audit run needs."""
 
@@ -379,6 +456,7 @@ class AuditConfig(StrictModel):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
     _base_dir: str | None = PrivateAttr(None)
 
     @field_validator("suites", mode="before")

@@ -5,10 +5,10 @@ groups, compares to an absolute bound or to the dense baseline, and yields PASS,
 WARN, FAIL, ERROR or SKIP per variant. A metric that is missing, or a suite that
 crashed, is ERROR, which fails the gate unless ``fail_on_error: false``.
 
-Besides the suites' measurements, a variant's :class:`~audit.results.DeploymentRecord`
-is exposed to rules as the ``deployment/kernel/*`` metrics (speed-up, size ratio,
-equivalence with the masked dense model), so speed and size are gated like any other
-metric.
+Deployment is measured like a suite: every deployed variant carries
+``deployment/<dataset>/<metric>`` measurements (speed-up, latency, size, equivalence with
+the masked dense model; declared in :mod:`audit.deploy.spec`), so speed and size are
+gated like any other metric.
 
 This module never imports torch: ``prune-audit check`` re-gates a saved
 ``results.json`` in well under a second.
@@ -30,7 +30,6 @@ from pydantic_core import PydanticCustomError
 
 from audit.atomic import atomic_write_text
 from audit.errors import ConfigError, ExitCode
-from audit.registry import MetricSpec
 from audit.results import (
     GroupValue,
     Measurement,
@@ -222,46 +221,16 @@ class Policy(_Strict):
 # -- deployment metrics ----------------------------------------------------------------
 
 DEPLOYMENT_SUITE = "deployment"
-DEPLOYMENT_DATASET = "kernel"
-DEPLOYMENT_METRICS = (
-    MetricSpec(
-        "speedup_b1",
-        "Dense latency over deployed latency at batch size 1 (measured side by side); above 1 is faster.",
-        higher_is_better=True,
-        range=(0.0, None),
-        unit="x",
-    ),
-    MetricSpec(
-        "speedup_b32",
-        "Deployed throughput over dense throughput at batch size 32; above 1 is faster.",
-        higher_is_better=True,
-        range=(0.0, None),
-        unit="x",
-    ),
-    MetricSpec(
-        "size_ratio",
-        "Bytes of the deployed weights over bytes of the dense weights; below 1 is smaller.",
-        higher_is_better=False,
-        range=(0.0, None),
-        unit="x",
-    ),
-    MetricSpec(
-        "max_abs_logit_diff",
-        "Largest absolute logit difference between the deployed model and the masked dense model on the "
-        "probe batch (kernel equivalence).",
-        higher_is_better=False,
-        range=(0.0, None),
-    ),
-    MetricSpec(
-        "equivalence_agreement",
-        "Share of probe inputs on which the deployed model predicts the same class as the masked dense model.",
-        higher_is_better=True,
-    ),
-)
 
 
 def deployment_catalog() -> dict[str, MetricInfo]:
-    """Metric declarations of the ``deployment/kernel/*`` metrics, keyed ``deployment/<name>``."""
+    """Declarations of the ``deployment/<dataset>/<metric>`` measurements the runner records
+    for every deployed variant (from :mod:`audit.deploy.spec`, torch-free), keyed ``deployment/<name>``.
+
+    Results files carry these in their own catalog; this is the fallback for files that do not.
+    """
+    from audit.deploy.spec import METRICS
+
     return {
         f"{DEPLOYMENT_SUITE}/{m.name}": MetricInfo(
             suite=DEPLOYMENT_SUITE,
@@ -271,39 +240,8 @@ def deployment_catalog() -> dict[str, MetricInfo]:
             range=list(m.range),
             unit=m.unit,
         )
-        for m in DEPLOYMENT_METRICS
+        for m in METRICS
     }
-
-
-def deployment_measurements(variant: VariantResult) -> list[Measurement]:
-    """The variant's deployment record as ``deployment/kernel/*`` measurements (none without a record)."""
-    d = variant.deployment
-    if d is None:
-        return []
-    values: dict[str, float | None] = {}
-    if d.speed is not None:
-        values["speedup_b1"] = d.speed.speedup_b1
-        values["speedup_b32"] = d.speed.speedup_b32
-    if d.weight_bytes_dense > 0 and d.weight_bytes_deployed > 0:
-        values["size_ratio"] = d.weight_bytes_deployed / d.weight_bytes_dense
-    if d.equivalence is not None:
-        values["max_abs_logit_diff"] = d.equivalence.max_abs_logit_diff
-        values["equivalence_agreement"] = d.equivalence.agreement
-    n = d.equivalence.n if d.equivalence is not None else 0
-    return [
-        Measurement(suite=DEPLOYMENT_SUITE, dataset=DEPLOYMENT_DATASET, metric=k, value=v, n=n)
-        for k, v in values.items()
-        if v is not None
-    ]
-
-
-def variant_measurements(variant: VariantResult) -> list[Measurement]:
-    """What rules can judge on a variant: its measurements plus its deployment metrics.
-
-    A suite that reports a ``deployment/kernel/*`` measurement itself takes precedence.
-    """
-    own = {m.id for m in variant.measurements}
-    return [*variant.measurements, *(m for m in deployment_measurements(variant) if m.id not in own)]
 
 
 # -- metric directions ---------------------------------------------------------------
@@ -328,7 +266,9 @@ def _declared_direction(metric_glob: str) -> tuple[bool, bool | None]:
             if m is not None:
                 found.add(m.higher_is_better)
     if fnmatch.fnmatchcase(DEPLOYMENT_SUITE, suite_pat):
-        for m in DEPLOYMENT_METRICS:
+        from audit.deploy.spec import METRICS
+
+        for m in METRICS:
             if m.name == name_pat:
                 found.add(m.higher_is_better)
     if len(found) == 1:
@@ -774,19 +714,20 @@ def _judge(rule: Rule, variant: VariantResult, base: VariantResult, catalog: dic
         rule=rule.id, variant=variant.id, severity=rule.severity, bound=rule.bound_text(), rationale=rule.rationale
     )
     suite_pat = rule.metric.split("/", 1)[0]
-    pruning_failed = [e for e in variant.errors if e.suite == "pruning"]
+    # a variant whose pruning or deployment failed was never audited: every rule is an ERROR naming why
+    pruning_failed = [e for e in variant.errors if e.suite in ("pruning", "deployment")]
     crashed = [e for e in variant.errors if fnmatch.fnmatchcase(e.suite, suite_pat) or e.suite == "*"]
-    matches = [m for m in variant_measurements(variant) if fnmatch.fnmatchcase(m.id, rule.metric)]
+    matches = [m for m in variant.measurements if fnmatch.fnmatchcase(m.id, rule.metric)]
     if not matches:
         if pruning_failed or crashed:
             e = (pruning_failed or crashed)[0]
-            what = "pruning failed" if pruning_failed else f"suite {e.suite!r} crashed"
+            what = f"{e.suite} failed" if pruning_failed else f"suite {e.suite!r} crashed"
             msg = f"{what} on this variant: {e.error_type}: {e.message}"
             return [RuleResult(metric=rule.metric, status="ERROR", message=msg, **common)]
         if rule.required:
             return [RuleResult(metric=rule.metric, status="ERROR", message="metric missing from results", **common)]
         return [RuleResult(metric=rule.metric, status="SKIP", message="metric not measured", **common)]
-    base_measurements = {m.id: m for m in variant_measurements(base)}
+    base_measurements = {m.id: m for m in base.measurements}
     out = []
     for m in matches:
         suite, _, rest = m.id.partition("/")

@@ -84,6 +84,11 @@ class LayerRecord(Record):
     neurons_removed: int = 0
     format: str | None = None
     format_reason: str | None = None
+    bytes_dense: int | None = Field(None, description="Bytes of the weight stored densely.")
+    bytes_deployed: int | None = Field(None, description="Bytes of the weight in its deployed format.")
+    format_speedup: float | None = Field(
+        None, description="Dense time / deployed-format time for this layer, as measured when choosing."
+    )
 
 
 class CalibrationRecord(Record):
@@ -128,6 +133,10 @@ class EquivalenceRecord(Record):
     agreement: float
     tolerance: float
     passed: bool
+    nonfinite: int = Field(0, description="Probe examples with a non-finite deployed logit.")
+    flipped_beyond_tolerance: int = Field(
+        0, description="Predictions that differ although the reference was not a near-tie."
+    )
 
 
 class SpeedRecord(Record):
@@ -141,6 +150,8 @@ class SpeedRecord(Record):
     throughput_b32_deployed: float | None = None
     speedup_b1: float | None = None
     speedup_b32: float | None = None
+    batch_size: int = Field(32, description="Batch size of the throughput measurement.")
+    rounds: int = Field(1, description="Alternating dense/deployed rounds; the best of each is kept.")
 
 
 class DeploymentRecord(Record):
@@ -153,6 +164,13 @@ class DeploymentRecord(Record):
     speed: SpeedRecord | None = None
     saved_to: str | None = None
     notes: list[str] = Field(default_factory=list)
+    device: str = "cpu"
+    kernel: str | None = Field(None, description="The compiled kernel's build, or why it is unavailable.")
+    linear_bytes_dense: int = Field(0, description="Bytes of all Linear weights stored densely.")
+    linear_bytes_deployed: int = Field(0, description="Bytes of all Linear weights as deployed.")
+    timings_measured: int = Field(0, description="Format timings measured for this variant (not from the cache).")
+    timings_cached: int = Field(0, description="Format timings taken from the timing cache.")
+    wall_time_s: float = 0.0
 
 
 class SuiteError(Record):

@@ -111,8 +111,21 @@ def _calibration(config: AuditConfig, predictor: Any, id2label: dict[int, str]) 
     )
 
 
-def _metric_catalog(config: AuditConfig) -> dict[str, MetricInfo]:
+def _metric_catalog(config: AuditConfig, *, deployed: bool = False) -> dict[str, MetricInfo]:
     out = {}
+    if deployed:
+        from audit.deploy import spec as deploy_spec
+
+        for m in deploy_spec.METRICS:
+            out[f"{deploy_spec.SUITE}/{m.name}"] = MetricInfo(
+                suite=deploy_spec.SUITE,
+                name=m.name,
+                meaning=m.meaning,
+                higher_is_better=m.higher_is_better,
+                range=list(m.range),
+                unit=m.unit,
+                citation=m.citation,
+            )
     for s in config.suites:
         spec = SUITES.get(s.name)
         for m in spec.metrics:
@@ -204,6 +217,8 @@ def run_audit(
     for point in points[1:]:  # every point is checked before any work starts
         pruners[point.label].validate(dense, prune_ctx(point))
 
+    deploy_ctx = _deploy_context(config, eval_set, predictor, dense) if len(points) > 1 else None
+
     baseline_artifacts: dict[str, dict[str, Any]] = {}
     results: list[VariantResult] = []
     extra_datasets: dict[str, DatasetIdentity] = {}
@@ -228,6 +243,25 @@ def run_audit(
             )
             results.append(vr)
             continue
+        if deploy_ctx is not None and not point.is_baseline:
+            if not _deploy(model, vr, deploy_ctx, f"[{i}/{len(points)}] {point.id}"):
+                # an unverified deployment is never audited: its suites' numbers would not be the shipped model's
+                vr.wall_time_s = time.perf_counter() - t0
+                results.append(vr)
+                del model
+                gc.collect()
+                continue
+            if write and config.deploy.save_variants and vr.deployment is not None:
+                from audit.deploy.io import save_deployed
+
+                # written as it is made (each directory atomically): deployed variants are large
+                vr.deployment.saved_to = f"variants/{point.id}"
+                save_deployed(
+                    model,
+                    config.output_path() / vr.deployment.saved_to,
+                    tokenizer=loaded.tokenizer,
+                    record=vr.deployment,
+                )
         variant = Variant(point=point, model=model, pruning=vr.pruning, deployment=vr.deployment)
         for suite in suites:
             ts = time.perf_counter()
@@ -296,7 +330,7 @@ def run_audit(
         config=cfg_json,
         model=loaded.identity,
         datasets=datasets,
-        metrics=_metric_catalog(config),
+        metrics=_metric_catalog(config, deployed=deploy_ctx is not None),
         baseline=results[0],
         variants=results[1:],
         limitations=_limitations(config, eval_set, results),
@@ -311,8 +345,84 @@ def run_audit(
     return RunOutcome(result=result, verdict=verdict, output_dir=out_dir, files=files)
 
 
+def _deploy_context(config: AuditConfig, eval_set: EvalSet, predictor: Any, dense: Any) -> Any:
+    """Probe batch, converter and speed settings shared by every variant (None if disabled)."""
+    dc = config.deploy
+    if not dc.enabled:
+        return None
+    from audit.deploy.convert import DeployOptions
+    from audit.deploy.pipeline import DeployContext
+
+    k = min(dc.probe_size, len(eval_set))
+    probe = eval_set.subset(np.arange(k), name=eval_set.name)
+    batches = predictor.encode(probe.texts, probe.text_pairs).batches
+    options = DeployOptions(
+        formats=tuple(dc.formats),
+        bsr_blocks=tuple(dc.bsr_blocks),
+        min_speedup=dc.min_speedup,
+        max_density=dc.max_density,
+        max_block_density=dc.max_block_density,
+        tokens=tuple(dc.choose_tokens),
+        timing_min_s=dc.timing_min_s,
+        threads=config.runtime.threads,
+        timing_cache=dc.timing_cache,
+        force_format=dc.force_format,
+    )
+    return DeployContext.create(
+        options,
+        batches,
+        dense,
+        tolerance=dc.tolerance,
+        measure_speed=dc.measure_speed,
+        speed_seq_len=dc.speed_seq_len,
+        speed_batch_size=dc.speed_batch_size,
+        speed_min_time=dc.speed_min_time_s,
+        speed_rounds=dc.speed_rounds,
+        threads=config.runtime.threads,
+    )
+
+
+def _deploy(model: Any, vr: VariantResult, ctx: Any, label: str) -> bool:
+    """Deploy a pruned model in place; False (and an error on ``vr``) if it cannot be trusted."""
+    from audit.deploy.pipeline import deploy_variant
+    from audit.deploy.verify import failure_message
+
+    try:
+        deployed = deploy_variant(model, vr.pruning, ctx)
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed deployment is an ERROR of this variant
+        log.error("%s: deployment failed: %s", label, exc)
+        vr.errors.append(
+            SuiteError(
+                suite="deployment", error_type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc()
+            )
+        )
+        return False
+    vr.deployment = deployed.record
+    vr.measurements.extend(deployed.measurements)
+    eq = deployed.record.equivalence
+    assert eq is not None
+    log.info(
+        "%s: deployed as %s; max |dlogit| %.1e, agreement %.3f%s",
+        label,
+        ", ".join(f"{k}x{n}" for k, n in deployed.record.formats.items()),
+        eq.max_abs_logit_diff,
+        eq.agreement,
+        f", speed-up b1 {deployed.record.speed.speedup_b1:.2f}x" if deployed.record.speed else "",
+    )
+    if not deployed.passed:
+        msg = failure_message(eq)
+        log.error("%s: %s", label, msg)
+        vr.errors.append(SuiteError(suite="deployment", error_type="EquivalenceError", message=msg))
+        return False
+    return True
+
+
 def _limitations(config: AuditConfig, eval_set: EvalSet, results: list[VariantResult]) -> list[str]:
     out = []
+    notes = {n for v in results if v.deployment is not None for n in v.deployment.notes}
+    out.extend(f"deployment: {n}" for n in sorted(notes))
     if not config.data.columns.groups:
         out.append("No sensitive-group columns were configured: no per-group results.")
     for w in eval_set.warnings:

@@ -19,7 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 from audit.charts import Point, Series, Threshold, heatmap, line_chart
-from audit.policy import deployment_catalog, skipped_rules, variant_measurements
+from audit.policy import deployment_catalog, skipped_rules
 from audit.results import Measurement, MetricInfo, RuleResult, RunResult, VariantResult
 
 STATUS_ORDER = {"FAIL": 0, "ERROR": 1, "WARN": 2, "PASS": 3, "SKIP": 4}
@@ -161,13 +161,13 @@ def _worse(delta: float | None, info: MetricInfo | None, eps: float = 1e-12) -> 
 
 
 def _by_id(v: VariantResult) -> dict[str, Measurement]:
-    return {m.id: m for m in variant_measurements(v)}
+    return {m.id: m for m in v.measurements}
 
 
 def _ordered_ids(result: RunResult) -> list[str]:
     ids: dict[str, None] = {}
     for v in result.all_variants():
-        for m in variant_measurements(v):
+        for m in v.measurements:
             ids.setdefault(m.id, None)
     return list(ids)
 
@@ -1092,7 +1092,7 @@ def build_card(result: RunResult, variant_id: str | None = None) -> dict[str, An
     results_meta = []
     datasets = {d.id: d for d in result.datasets}
     if chosen is not None:
-        for m in variant_measurements(chosen):
+        for m in chosen.measurements:
             info = metric_info(cat, m.id)
             b = base.get(m.id)
             delta = m.value - b.value if m.value is not None and b is not None and b.value is not None else None

@@ -70,6 +70,19 @@ def build_tiny_model(
     return out_dir
 
 
+# Deployment as in a real run, with timings cut to the bone (the tests assert behaviour, never speed).
+FAST_DEPLOY = (
+    "deploy:\n"
+    "  choose_tokens: [16]\n"
+    "  timing_min_s: 0.002\n"
+    "  probe_size: 32\n"
+    "  speed_min_time_s: 0.002\n"
+    "  speed_rounds: 1\n"
+    "  speed_batch_size: 2\n"
+    "  speed_seq_len: 16\n"
+)
+
+
 def write_config(path: Path, model_dir: Path, data_dir: Path, **overrides: Any) -> Path:
     """A valid audit config for the tiny model; ``overrides`` replace top-level sections (YAML text)."""
     sections = {
@@ -85,6 +98,7 @@ def write_config(path: Path, model_dir: Path, data_dir: Path, **overrides: Any) 
         "policy": "policy: default\n",
         "output_dir": f"output_dir: {path.parent / 'out'}\n",
         "runtime": "runtime:\n  n_boot: 50\n  batch_size: 64\n",
+        "deploy": FAST_DEPLOY,
     }
     for key, text in overrides.items():
         sections[key] = text

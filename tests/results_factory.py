@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from audit.deploy.spec import measurements_of
 from audit.results import (
     CalibrationRecord,
     DatasetIdentity,
@@ -281,7 +282,7 @@ def rich_variant(method: str, s: float, seed: int) -> VariantResult:
         point=PointRecord(id=vid, method=method, label=method, sparsity=s, seed=seed, key=vid),
         pruning=_pruning(method, s, seed),
         deployment=_deployment(s),
-        measurements=_measurements(method, s, seed),
+        measurements=[*_measurements(method, s, seed), *measurements_of(_deployment(s))],
         wall_time_s=12.5,
         examples={
             "performance": [
@@ -415,7 +416,7 @@ rules:
     min: -0.1
     rationale: Robustness to attacks may not collapse.
   - id: equivalence
-    metric: deployment/*/equivalence_agreement
+    metric: deployment/*/prediction_agreement
     min: 0.999
     rationale: The deployed kernel predicts like the masked model.
   - id: toxicity

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from results_factory import m, rich_run, run, variant
 
+from audit.deploy.spec import measurements_of
 from audit.errors import ConfigError, ExitCode
 from audit.policy import (
     builtin_policies,
-    deployment_measurements,
     evaluate_policy,
     load_policy,
     policy_from_text,
@@ -114,28 +114,29 @@ def test_deployment_record_is_gated_like_a_metric() -> None:
         equivalence=EquivalenceRecord(n=64, max_abs_logit_diff=3e-3, agreement=0.98, tolerance=1e-4, passed=False),
         speed=SpeedRecord(seq_len=64, threads=2, speedup_b1=0.9, speedup_b32=1.4),
     )
-    v = variant("v", "magnitude", 0.5, [m("accuracy", 0.9)])
+    v = variant("v", "magnitude", 0.5, [m("accuracy", 0.9), *measurements_of(dep)])
     v.deployment = dep
-    got = {x.metric: x.value for x in deployment_measurements(v)}
+    got = {x.id: x.value for x in v.measurements if x.suite == "deployment"}
     assert got == {
-        "speedup_b1": 0.9,
-        "speedup_b32": 1.4,
-        "size_ratio": pytest.approx(0.4),
-        "max_abs_logit_diff": 3e-3,
-        "equivalence_agreement": 0.98,
+        "deployment/seq64/speedup_b1": 0.9,
+        "deployment/seq64/speedup_b32": 1.4,
+        "deployment/weights/size_ratio": pytest.approx(0.4),
+        "deployment/weights/weight_bytes": 400,
+        "deployment/probe/max_abs_logit_diff": 3e-3,
+        "deployment/probe/prediction_agreement": 0.98,
     }
     pol = policy_from_text(
         "name: p\nrules:\n"
-        "  - {id: eq, metric: deployment/*/equivalence_agreement, min: 0.999}\n"
+        "  - {id: eq, metric: deployment/*/prediction_agreement, min: 0.999}\n"
         "  - {id: fast, metric: deployment/*/speedup_b1, min: 1.0, severity: warn}\n"
         "  - {id: small, metric: deployment/*/size_ratio, max: 0.5}\n"
     )
     verdict = evaluate_policy(pol, run([m("accuracy", 0.9)], [v]))
     st = {r.rule: r.status for r in verdict.rules}
     assert st == {"eq": "FAIL", "fast": "WARN", "small": "PASS"}
-    # without any deployment record, deployment rules are skipped as "not part of this run"
-    v.deployment = None
-    skipped = evaluate_policy(pol, run([m("accuracy", 0.9)], [v]))
+    # without deployment (deploy.enabled: false), deployment rules are skipped as "not part of this run"
+    plain = variant("v", "magnitude", 0.5, [m("accuracy", 0.9)])
+    skipped = evaluate_policy(pol, run([m("accuracy", 0.9)], [plain]))
     assert {r.status for r in skipped.rules} == {"SKIP"} and "'deployment' was not part" in skipped.rules[0].message
     with pytest.raises(ConfigError, match="lower-is-better, so a min bound"):
         policy_from_text("name: p\nrules:\n  - {id: r, metric: deployment/*/size_ratio, min: 0.5}\n")

@@ -152,6 +152,11 @@ suites:
 policy: default
 output_dir: .
 seed: 0
+deploy:                  # every variant runs on its deployed sparse kernel; timings kept short for the demo
+  choose_tokens: [128]
+  timing_min_s: 0.1
+  speed_min_time_s: 0.2
+  speed_rounds: 1
 report:
   title: "prune-audit demo: MiniLM-L6 sentiment classifier"
 """

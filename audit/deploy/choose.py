@@ -1,0 +1,305 @@
+"""Per-layer format choice: measure each candidate format once, cache it, keep the fastest.
+
+A layer's candidates are timed on a synthetic weight of the same shape and density
+(for BSR: the same block density), at each configured token count, against dense
+``nn.Linear`` timed before and after them (the smaller dense time is used, which
+favours dense). Timings are cached in ``<cache>/deploy/timings.json``, keyed by format,
+shape, density, bias, token count, threads, CPU, torch version and kernel build, so a
+shape/density pair is measured once per machine.
+
+The decision (:func:`decide`) is a pure function of the timings: a sparse format is
+chosen only if it is at least ``min_speedup`` times faster than dense at *every*
+measured token count; among those, the one with the best geometric-mean speed-up
+wins. Otherwise the layer stays dense, and the reason says by how much the best
+sparse format lost. Sparse is therefore never chosen where it was measured slower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from audit.deploy.modules import (
+    DENSE,
+    KernelLinear,
+    SemiStructuredLinear,
+    TorchBSRLinear,
+    TorchCSRLinear,
+)
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+# -- the decision ------------------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    """The format chosen for one layer and why."""
+
+    format: str
+    reason: str
+    speedup: float | None = None
+    """Dense time / chosen time at the first token count (None when kept dense untimed)."""
+    timings: dict[str, dict[int, float]] = field(default_factory=dict)
+
+
+def _fmt_time(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.3g} µs"
+
+
+def decide(timings: dict[str, dict[int, float]], *, min_speedup: float = 1.1) -> Decision:
+    """Pick a format from measured seconds per call: ``{format: {tokens: seconds}}``.
+
+    ``timings`` must hold ``dense``. A sparse format qualifies when dense/format ≥
+    ``min_speedup`` at every token count that dense was measured at; the qualifying
+    format with the highest geometric-mean speed-up is chosen, else dense.
+    """
+    if DENSE not in timings or not timings[DENSE]:
+        raise ValueError("decide() needs dense timings to compare against")
+    dense = timings[DENSE]
+    tokens = sorted(dense)
+    scores: dict[str, tuple[float, float]] = {}  # format -> (worst ratio, geometric mean ratio)
+    for fmt, by_tokens in timings.items():
+        if fmt == DENSE:
+            continue
+        ratios = [dense[t] / by_tokens[t] if by_tokens.get(t) else 0.0 for t in tokens]
+        if not ratios or min(ratios) <= 0:
+            continue
+        scores[fmt] = (min(ratios), math.exp(sum(math.log(r) for r in ratios) / len(ratios)))
+
+    def detail(fmt: str) -> str:
+        parts = [
+            f"{dense[t] / timings[fmt][t]:.2f}x at {t} tokens ({_fmt_time(timings[fmt][t])} vs dense "
+            f"{_fmt_time(dense[t])})"
+            for t in tokens
+        ]
+        return f"{fmt} " + ", ".join(parts)
+
+    others = sorted(scores, key=lambda f: -scores[f][1])
+    qualified = [f for f in others if scores[f][0] >= min_speedup]
+    if qualified:
+        best = qualified[0]
+        rest = [f"{f} {scores[f][1]:.2f}x" for f in others if f != best]
+        reason = f"fastest measured: {detail(best)}"
+        if rest:
+            reason += f"; other candidates: {', '.join(rest)}"
+        first = tokens[0]
+        return Decision(best, reason, dense[first] / timings[best][first], timings)
+    if not others:
+        return Decision(DENSE, "kept dense: no sparse format could be timed", None, timings)
+    best = others[0]
+    return Decision(
+        DENSE,
+        f"kept dense: no sparse format is >= {min_speedup:g}x faster than dense at every token count "
+        f"(best: {detail(best)})",
+        1.0,
+        timings,
+    )
+
+
+# -- the timing cache ------------------------------------------------------------------
+
+
+def _cache_file() -> Path:
+    from audit.demo import cache_root
+
+    return cache_root() / "deploy" / "timings.json"
+
+
+class TimingCache:
+    """Seconds per call, keyed by :func:`timing_key`; persisted as JSON (merged on save)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.data: dict[str, float] = {}
+        self.hits = 0
+        self.measured = 0
+        self._lock = threading.Lock()
+        if path is not None and path.is_file():
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+                if raw.get("version") == CACHE_VERSION:
+                    self.data = {str(k): float(v) for k, v in raw.get("timings", {}).items()}
+            except (OSError, ValueError, AttributeError) as exc:
+                log.warning("ignoring unreadable timing cache %s: %s", path, exc)
+
+    @classmethod
+    def default(cls) -> TimingCache:
+        return cls(_cache_file())
+
+    def get(self, key: str) -> float | None:
+        value = self.data.get(key)
+        if value is not None:
+            self.hits += 1
+        return value
+
+    def put(self, key: str, seconds: float, *, measured: bool = True) -> None:
+        self.measured += int(measured)
+        self.data[key] = float(seconds)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        from audit.atomic import atomic_write_text
+        from audit.demo import _lock as file_lock
+
+        with self._lock, file_lock(self.path.with_name(".timings.lock")):
+            merged: dict[str, float] = {}
+            if self.path.is_file():
+                try:
+                    raw = json.loads(self.path.read_text(encoding="utf-8"))
+                    if raw.get("version") == CACHE_VERSION:
+                        merged.update(raw.get("timings", {}))
+                except (OSError, ValueError, AttributeError):
+                    pass
+            merged.update(self.data)
+            text = json.dumps({"version": CACHE_VERSION, "timings": merged}, indent=0, sort_keys=True)
+            atomic_write_text(self.path, text + "\n")
+
+
+def environment_key(threads: int, device: str) -> str:
+    """What makes a timing from one machine invalid on another."""
+    from audit.deploy.kernel import cpu_identity, kernel_status
+
+    cpu = cpu_identity()
+    parts = {
+        "cpu": cpu["model"],
+        "cpu_flags": hashlib.sha256(cpu["flags"].encode()).hexdigest()[:12],
+        "torch": torch.__version__,
+        "threads": threads,
+        "device": device,
+        "kernel": (kernel_status().key or "none")[:16],
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        parts["gpu"] = torch.cuda.get_device_name()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def timing_key(fmt: str, shape: tuple[int, int], density: float, bias: bool, tokens: int, env: str) -> str:
+    return f"{fmt}|{shape[0]}x{shape[1]}|d{density:.3f}|b{int(bias)}|n{tokens}|{env}"
+
+
+# -- measuring ---------------------------------------------------------------------------
+
+
+def quantize_density(density: float, step: float = 0.01) -> float:
+    """Round a density to the cache's grid (never to 0: a layer with non-zeros keeps some)."""
+    q = round(density / step) * step
+    return max(step, min(1.0, q))
+
+
+def synthetic_weight(
+    shape: tuple[int, int], density: float, *, block: int = 1, seed: int = 0, device: str = "cpu", dtype: Any = None
+) -> torch.Tensor:
+    """A random weight with exactly round(density · blocks) non-zero ``block x block`` blocks."""
+    gen = torch.Generator().manual_seed(seed)
+    out_f, in_f = shape
+    w = torch.randn(out_f, in_f, generator=gen)
+    nb_r, nb_c = out_f // block, in_f // block
+    nblocks = nb_r * nb_c
+    keep = max(1, int(round(density * nblocks)))
+    mask = torch.zeros(nblocks, dtype=torch.bool)
+    mask[torch.randperm(nblocks, generator=gen)[:keep]] = True
+    mask = mask.reshape(nb_r, nb_c)
+    if block > 1:
+        mask = mask.repeat_interleave(block, 0).repeat_interleave(block, 1)
+    w = w * mask
+    return w.to(device=device, dtype=dtype or torch.float32)
+
+
+def synthetic_2_4(shape: tuple[int, int], *, seed: int = 0, device: str = "cpu", dtype: Any = None) -> torch.Tensor:
+    """A random weight with exactly 2 non-zeros in every group of 4 inputs."""
+    gen = torch.Generator().manual_seed(seed)
+    out_f, in_f = shape
+    w = torch.randn(out_f, in_f, generator=gen)
+    scores = torch.rand(out_f, in_f // 4, 4, generator=gen)
+    keep = scores.argsort(dim=-1)[..., 2:]
+    mask = torch.zeros(out_f, in_f // 4, 4, dtype=torch.bool).scatter_(-1, keep, True)
+    return (w * mask.reshape(out_f, in_f)).to(device=device, dtype=dtype or torch.float16)
+
+
+def build_module(fmt: str, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """A deployed module of format ``fmt`` (``dense`` gives an ``nn.Linear``) for a weight."""
+    if fmt == DENSE:
+        lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device)
+        with torch.no_grad():
+            lin.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+            if bias is not None:
+                lin.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        return lin
+    if fmt == "kernel":
+        return KernelLinear.from_linear(weight, bias)
+    if fmt == "csr":
+        return TorchCSRLinear.from_linear(weight, bias)
+    if fmt.startswith("bsr"):
+        return TorchBSRLinear.from_linear(weight, bias, block=int(fmt[3:]))
+    if fmt == "semi24":
+        return SemiStructuredLinear.from_linear(weight, bias)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def time_call(fn: Any, *, min_time: float, threads: int, statistic: str = "median") -> float:
+    """Seconds per call (``torch.utils.benchmark``; CUDA-synchronised when relevant).
+
+    ``statistic`` is ``median`` (of the timed blocks) or ``min``: the fastest block, which
+    is what the format choice uses, since other processes only ever make a block slower.
+    """
+    from torch.utils.benchmark import Timer
+
+    fn()  # warm-up: lazy inits, page faults, workspace growth
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    m = timer.blocked_autorange(min_run_time=min_time)
+    return float(min(m.times) if statistic == "min" else m.median)
+
+
+@dataclass
+class LayerTimer:
+    """Measures (or recalls) one layer configuration per format."""
+
+    cache: TimingCache
+    threads: int
+    device: str = "cpu"
+    min_time: float = 0.2
+    _env: str | None = None
+
+    @property
+    def env(self) -> str:
+        if self._env is None:
+            self._env = environment_key(self.threads, self.device)
+        return self._env
+
+    def key(self, fmt: str, shape: tuple[int, int], density: float, bias: bool, tokens: int) -> str:
+        return timing_key(fmt, shape, 1.0 if fmt == DENSE else density, bias, tokens, self.env)
+
+    def cached(self, fmt: str, shape: tuple[int, int], density: float, bias: bool, tokens: int) -> float | None:
+        return self.cache.get(self.key(fmt, shape, density, bias, tokens))
+
+    def measure(
+        self, fmt: str, shape: tuple[int, int], density: float, bias: bool, tokens: int, *, dtype: Any = None
+    ) -> float:
+        """Time ``fmt`` now on a synthetic weight of this shape and density; stores it in the cache."""
+        if fmt == "semi24":
+            w = synthetic_2_4(shape, device=self.device, dtype=dtype)
+        else:
+            block = int(fmt[3:]) if fmt.startswith("bsr") else 1
+            dens = 1.0 if fmt == DENSE else density
+            w = synthetic_weight(shape, dens, block=block, device=self.device, dtype=dtype)
+        b = torch.randn(shape[0], device=self.device, dtype=w.dtype) if bias else None
+        module = build_module(fmt, w, b)
+        x = torch.randn(tokens, shape[1], device=self.device, dtype=w.dtype)
+        with torch.inference_mode():
+            seconds = time_call(lambda: module(x), min_time=self.min_time, threads=self.threads, statistic="min")
+        self.cache.put(self.key(fmt, shape, density, bias, tokens), seconds)
+        return seconds

@@ -1,0 +1,262 @@
+"""Convert a pruned model, in place, into its deployed form: one format per Linear layer.
+
+Each ``nn.Linear`` is looked at once: a layer without zeros stays dense (structured
+variants are already physically smaller), a layer that is too dense stays dense
+without timing, and every other layer gets the format :func:`audit.deploy.choose.decide`
+picks from measured timings. The original module is replaced, so the masked-dense
+weights are freed as the conversion goes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from audit.deploy.choose import (
+    Decision,
+    LayerTimer,
+    TimingCache,
+    build_module,
+    decide,
+    quantize_density,
+)
+from audit.deploy.modules import DENSE, DeployedLinear, SemiStructuredLinear, TorchBSRLinear, stored_bytes
+
+log = logging.getLogger(__name__)
+
+ALL_FORMATS = ("kernel", "csr", "bsr", "semi24")
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """How layers are deployed (see ``deploy:`` in the audit config)."""
+
+    formats: tuple[str, ...] = ALL_FORMATS
+    """Sparse formats that may be chosen (dense is always allowed)."""
+    bsr_blocks: tuple[int, ...] = (4, 8, 16, 32)
+    min_speedup: float = 1.1
+    """A sparse format must be at least this much faster than dense at every token count."""
+    max_density: float = 0.5
+    """Layers denser than this stay dense without timing (sparse formats cannot win there)."""
+    max_block_density: float = 0.5
+    """BSR is only tried when at most this share of its blocks hold a non-zero."""
+    tokens: tuple[int, ...] = (128, 1024)
+    """Token counts (batch x sequence) at which formats are timed."""
+    timing_min_s: float = 0.2
+    threads: int | None = None
+    timing_cache: bool = True
+    force_format: str | None = None
+    """Use this format wherever it applies, without timing (inspection and tests)."""
+
+
+@dataclass
+class LayerDeployment:
+    """What deployment did to one Linear layer."""
+
+    name: str
+    format: str
+    reason: str
+    shape: tuple[int, int]
+    density: float
+    bytes_dense: int
+    bytes_deployed: int
+    speedup: float | None = None
+
+
+@dataclass
+class Conversion:
+    """The result of converting a model."""
+
+    layers: list[LayerDeployment] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    timings_measured: int = 0
+    timings_cached: int = 0
+
+    def formats(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for layer in self.layers:
+            out[layer.format] = out.get(layer.format, 0) + 1
+        return dict(sorted(out.items()))
+
+
+def _device_of(module: nn.Module) -> str:
+    p = next(module.parameters(), None)
+    return p.device.type if p is not None else "cpu"
+
+
+class Converter:
+    """Chooses formats and swaps modules; one instance can serve every variant of a run."""
+
+    def __init__(self, options: DeployOptions, cache: TimingCache | None = None) -> None:
+        self.options = options
+        self.cache = (
+            cache if cache is not None else (TimingCache.default() if options.timing_cache else TimingCache(None))
+        )
+        self._timers: dict[tuple[int, str], LayerTimer] = {}
+        self.unavailable: dict[str, str] = {}
+
+    def timer(self, device: str) -> LayerTimer:
+        threads = self.options.threads or torch.get_num_threads()
+        key = (threads, device)
+        if key not in self._timers:
+            self._timers[key] = LayerTimer(self.cache, threads, device, self.options.timing_min_s)
+        return self._timers[key]
+
+    # -- candidates ----------------------------------------------------------------------
+    def _globally_unavailable(self, fmt: str, device: str, dtype: torch.dtype) -> str | None:
+        if fmt == "kernel":
+            if device != "cpu":
+                return "kernel: CPU only"
+            if dtype != torch.float32:
+                return f"kernel: fp32 only (weights are {dtype})"
+            from audit.deploy.kernel import kernel_status
+
+            status = kernel_status()
+            return None if status.available else f"kernel: {status.describe()}"
+        if fmt == "semi24":
+            if device != "cuda":
+                return "semi24: PyTorch's 2:4 semi-structured kernels need a CUDA device (none here)"
+            if dtype not in (torch.float16, torch.bfloat16):
+                return f"semi24: needs fp16/bf16 weights for 2:4 (weights are {dtype})"
+        return None
+
+    def candidates(self, weight: torch.Tensor, density: float) -> tuple[list[tuple[str, float]], list[str]]:
+        """(format, density to time at) pairs that apply to this weight, and why others do not."""
+        device = weight.device.type
+        out: list[tuple[str, float]] = []
+        skipped: list[str] = []
+        for fmt in self.options.formats:
+            why = self._globally_unavailable(fmt, device, weight.dtype)
+            if why is not None:
+                # 2:4 kernels only matter for 2:4 weights: say why they were not used only then
+                if fmt != "semi24" or SemiStructuredLinear.is_2_4(weight):
+                    self.unavailable.setdefault(fmt, why)
+                continue
+            if fmt == "bsr":
+                for b in self.options.bsr_blocks:
+                    if weight.shape[0] % b or weight.shape[1] % b:
+                        skipped.append(f"bsr{b}: shape not divisible by {b}")
+                        continue
+                    bd = float(TorchBSRLinear.block_mask(weight, b).float().mean())
+                    if bd > self.options.max_block_density:
+                        skipped.append(f"bsr{b}: {bd:.0%} of blocks hold a non-zero")
+                        continue
+                    out.append((f"bsr{b}", quantize_density(bd)))
+            elif fmt == "semi24":
+                if not SemiStructuredLinear.is_2_4(weight):
+                    skipped.append("semi24: weight is not 2:4 sparse")
+                    continue
+                out.append(("semi24", 0.5))
+            else:
+                out.append((fmt, quantize_density(density)))
+        return out, skipped
+
+    # -- choosing ------------------------------------------------------------------------
+    def choose(self, weight: torch.Tensor, has_bias: bool) -> tuple[Decision, float]:
+        """The decision for one weight, and its density."""
+        total = weight.numel()
+        nnz = int(torch.count_nonzero(weight))
+        density = nnz / total if total else 1.0
+        if nnz == total:
+            return Decision(DENSE, "no zeros to skip: stays dense"), density
+        cands, skipped = self.candidates(weight, density)
+        note = f"; not tried: {', '.join(skipped)}" if skipped else ""
+        forced = self.options.force_format
+        if forced is not None:
+            names = [f for f, _ in cands]
+            if forced in names or forced == DENSE:
+                return Decision(forced, f"forced by deploy.force_format={forced}"), density
+            base = "bsr" if forced.startswith("bsr") else forced
+            why = self.unavailable.get(base) or next((s for s in skipped if s.startswith(forced)), "not applicable")
+            return Decision(DENSE, f"kept dense: forced format {forced} does not apply ({why})"), density
+        if density > self.options.max_density:
+            return (
+                Decision(
+                    DENSE,
+                    f"kept dense without timing: density {density:.2f} is above deploy.max_density "
+                    f"{self.options.max_density:g}",
+                ),
+                density,
+            )
+        if not cands:
+            return Decision(DENSE, f"kept dense: no sparse format applies{note}"), density
+        timer = self.timer(weight.device.type)
+        shape = (int(weight.shape[0]), int(weight.shape[1]))
+        timings: dict[str, dict[int, float]] = {DENSE: {}}
+        for fmt, _ in cands:
+            timings[fmt] = {}
+        for tokens in self.options.tokens:
+            cached = {f: timer.cached(f, shape, d, has_bias, tokens) for f, d in [(DENSE, 1.0), *cands]}
+            if all(v is not None for v in cached.values()):
+                for f, v in cached.items():
+                    timings[f][tokens] = float(v)  # type: ignore[arg-type]
+                continue
+            # dense before and after the candidates; the faster dense time is kept (favours dense)
+            before = timer.measure(DENSE, shape, 1.0, has_bias, tokens, dtype=weight.dtype)
+            for fmt, d in cands:
+                timings[fmt][tokens] = timer.measure(fmt, shape, d, has_bias, tokens, dtype=weight.dtype)
+            after = timer.measure(DENSE, shape, 1.0, has_bias, tokens, dtype=weight.dtype)
+            timings[DENSE][tokens] = min(before, after)
+            timer.cache.put(timer.key(DENSE, shape, 1.0, has_bias, tokens), timings[DENSE][tokens], measured=False)
+        decision = decide(timings, min_speedup=self.options.min_speedup)
+        decision.reason += note
+        return decision, density
+
+    # -- converting ----------------------------------------------------------------------
+    def convert(self, model: nn.Module) -> Conversion:
+        """Replace every ``nn.Linear`` of ``model`` by its deployed module (in place)."""
+        result = Conversion()
+        hits0, measured0 = self.cache.hits, self.cache.measured
+        names = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, DeployedLinear))]
+        for name, module in names:
+            if isinstance(module, DeployedLinear):
+                result.layers.append(
+                    LayerDeployment(
+                        name,
+                        module.format,
+                        "already deployed",
+                        (module.out_features, module.in_features),
+                        module.nnz / (module.out_features * module.in_features),
+                        module.out_features * module.in_features * 4,
+                        module.stored_bytes(),
+                    )
+                )
+                continue
+            weight = module.weight.detach()
+            decision, density = self.choose(weight, module.bias is not None)
+            bytes_dense = weight.numel() * weight.element_size()
+            if decision.format == DENSE:
+                new: nn.Module = module
+            else:
+                new = build_module(decision.format, weight, None if module.bias is None else module.bias.detach())
+                _set_submodule(model, name, new)
+            result.layers.append(
+                LayerDeployment(
+                    name=name,
+                    format=decision.format,
+                    reason=decision.reason,
+                    shape=(int(weight.shape[0]), int(weight.shape[1])),
+                    density=density,
+                    bytes_dense=bytes_dense,
+                    bytes_deployed=stored_bytes(new),
+                    speedup=decision.speedup,
+                )
+            )
+            del weight, module, new
+        result.timings_measured = self.cache.measured - measured0
+        result.timings_cached = self.cache.hits - hits0
+        if result.timings_measured:
+            self.cache.save()
+        for fmt, why in sorted(self.unavailable.items()):
+            if fmt in self.options.formats:
+                result.notes.append(why)
+        return result
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

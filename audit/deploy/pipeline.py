@@ -1,0 +1,136 @@
+"""One pruned variant, deployed: convert, prove equivalence, measure speed and size.
+
+:func:`deploy_variant` is what the runner calls after pruning a point. The model is
+converted in place, so afterwards only the deployed model exists: the masked-dense
+weights are gone and every suite runs on the deployed modules.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from audit.deploy.convert import Conversion, Converter, DeployOptions
+from audit.deploy.modules import DENSE
+from audit.deploy.spec import measurements_of
+from audit.deploy.speed import measure_speed, model_bytes
+from audit.deploy.verify import compare, probe_logits
+from audit.results import DeploymentRecord, Measurement, PruningRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeployContext:
+    """What deployment needs for every variant of a run."""
+
+    converter: Converter
+    probe: list[dict[str, torch.Tensor]]
+    dense: nn.Module
+    tolerance: float = 1e-4
+    measure_speed: bool = True
+    speed_seq_len: int = 128
+    speed_batch_size: int = 32
+    speed_min_time: float = 1.0
+    speed_rounds: int = 2
+    threads: int | None = None
+    _dense_bytes: int | None = field(default=None, repr=False)
+
+    @property
+    def dense_bytes(self) -> int:
+        if self._dense_bytes is None:
+            self._dense_bytes = model_bytes(self.dense)
+        return self._dense_bytes
+
+    @classmethod
+    def create(
+        cls, options: DeployOptions, probe: list[dict[str, torch.Tensor]], dense: nn.Module, **kw: Any
+    ) -> DeployContext:
+        return cls(converter=Converter(options), probe=probe, dense=dense, **kw)
+
+
+@dataclass
+class Deployed:
+    """The outcome for one variant."""
+
+    record: DeploymentRecord
+    measurements: list[Measurement]
+    conversion: Conversion
+
+    @property
+    def passed(self) -> bool:
+        eq = self.record.equivalence
+        return eq is not None and eq.passed
+
+
+def _fill_layer_records(pruning: PruningRecord | None, conversion: Conversion) -> None:
+    if pruning is None:
+        return
+    by_name = {layer.name: layer for layer in conversion.layers}
+    for rec in pruning.layers:
+        dep = by_name.get(rec.name)
+        if dep is None:
+            continue
+        rec.format = dep.format
+        rec.format_reason = dep.reason
+        if rec.shape_after is not None and dep.format == DENSE and dep.density == 1.0:
+            rec.format_reason = (
+                f"structured: physically smaller dense layer ({'x'.join(map(str, rec.shape))} -> "
+                f"{'x'.join(map(str, rec.shape_after))}), no zeros to skip"
+            )
+        rec.bytes_dense = dep.bytes_dense
+        rec.bytes_deployed = dep.bytes_deployed
+        rec.format_speedup = dep.speedup
+
+
+def deploy_variant(model: nn.Module, pruning: PruningRecord | None, ctx: DeployContext) -> Deployed:
+    """Convert ``model`` in place, verify it against its own masked-dense logits, measure it.
+
+    Speed is only measured once equivalence has passed: numbers of an unverified
+    deployment are not presented.
+    """
+    from audit.deploy.kernel import kernel_status
+
+    t0 = time.perf_counter()
+    reference = probe_logits(model, ctx.probe)
+    conversion = ctx.converter.convert(model)
+    gc.collect()
+    deployed_logits = probe_logits(model, ctx.probe)
+    eq = compare(reference, deployed_logits, tolerance=ctx.tolerance)
+    _fill_layer_records(pruning, conversion)
+    linear_dense = sum(layer.bytes_dense for layer in conversion.layers)
+    linear_deployed = sum(layer.bytes_deployed for layer in conversion.layers)
+    device = next(model.parameters()).device.type
+    record = DeploymentRecord(
+        formats=conversion.formats(),
+        weight_bytes_dense=ctx.dense_bytes,
+        weight_bytes_deployed=model_bytes(model),
+        equivalence=eq,
+        notes=list(conversion.notes),
+        device=device,
+        kernel=kernel_status().describe() if device == "cpu" else None,
+        linear_bytes_dense=linear_dense,
+        linear_bytes_deployed=linear_deployed,
+        timings_measured=conversion.timings_measured,
+        timings_cached=conversion.timings_cached,
+    )
+    if eq.passed and ctx.measure_speed:
+        record.speed = measure_speed(
+            ctx.dense,
+            model,
+            seq_len=ctx.speed_seq_len,
+            batch_size=ctx.speed_batch_size,
+            threads=ctx.threads,
+            min_time=ctx.speed_min_time,
+            rounds=ctx.speed_rounds,
+        )
+    elif not eq.passed:
+        record.notes.append("speed not measured: the deployed model failed its equivalence check")
+    record.wall_time_s = time.perf_counter() - t0
+    return Deployed(record=record, measurements=measurements_of(record), conversion=conversion)

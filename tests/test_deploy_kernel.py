@@ -1,0 +1,118 @@
+"""The compiled sparse kernel: build cache, numerics against torch, and the fallback path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from audit.deploy import kernel as kmod
+from audit.deploy.modules import KernelLinear, csr_arrays
+
+needs_compiler = pytest.mark.skipif(
+    kmod._compiler() is None, reason="no C++ compiler on this machine: the fallback test covers this case"
+)
+
+
+def _masked(shape: tuple[int, int], density: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g)
+    return w * (torch.rand(shape, generator=g) < density)
+
+
+@needs_compiler
+def test_kernel_builds_once_and_is_cached_per_cpu() -> None:
+    lib = kmod.load_kernel()
+    status = kmod.kernel_status()
+    assert lib is not None and status.available, status.reason
+    assert status.simd_width in (4, 8, 16) and status.openmp is True
+    assert "-march=native" in status.flags
+    build_dir = kmod._kernel_dir() / f"spmm-{status.key[:16]}"
+    meta = json.loads((build_dir / "build.json").read_text())
+    assert meta["cpu"] == kmod.cpu_identity()
+    mtime = (build_dir / kmod.LIB_NAME).stat().st_mtime_ns
+    kmod._reset_for_tests()
+    assert kmod.load_kernel() is not None  # loaded again from the cache, not rebuilt
+    assert (build_dir / kmod.LIB_NAME).stat().st_mtime_ns == mtime
+    # a -march=native build is keyed on the CPU: another CPU (or other flags) gets another build
+    src = kmod.SOURCE.read_text()
+    cpu = kmod.cpu_identity()
+    base = kmod.build_key(src, "c++", "v", status.flags, cpu)
+    assert kmod.build_key(src, "c++", "v", status.flags, {**cpu, "flags": "sse2"}) != base
+    assert kmod.build_key(src, "c++", "v", status.flags, {**cpu, "model": "other"}) != base
+    assert kmod.build_key(src + " ", "c++", "v", status.flags, cpu) != base
+
+
+@needs_compiler
+@pytest.mark.parametrize("in_features,out_features", [(37, 45), (64, 130), (300, 17)])
+@pytest.mark.parametrize("n", [1, 2, 17, 40, 130, 300])
+def test_kernel_matches_dense_linear(in_features: int, out_features: int, n: int) -> None:
+    w = _masked((out_features, in_features), 0.2, seed=n)
+    w[3] = 0.0  # an empty row
+    b = torch.randn(out_features)
+    x = torch.randn(n, in_features)
+    ref = torch.nn.functional.linear(x, w, b)
+    mod = KernelLinear.from_linear(w, b)
+    assert mod.cols.dtype == torch.int16  # uint16 column indices
+    torch.testing.assert_close(mod(x), ref, atol=1e-5, rtol=1e-5)
+    nobias = KernelLinear.from_linear(w, None)
+    torch.testing.assert_close(nobias(x), torch.nn.functional.linear(x, w), atol=1e-5, rtol=1e-5)
+
+
+@needs_compiler
+def test_kernel_int32_indices_and_edge_cases() -> None:
+    lib = kmod.load_kernel()
+    assert lib is not None
+    w = _masked((20, 70), 0.3)
+    rowptr, cols, vals = csr_arrays(w)
+    x = torch.randn(33, 70)
+    y = lib.spmm(rowptr, cols.to(torch.int32), vals, None, x, 20)
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, w), atol=1e-5, rtol=1e-5)
+    # an all-zero weight gives the bias
+    z = KernelLinear.from_linear(torch.zeros(5, 8), torch.arange(5.0))
+    assert torch.equal(z(torch.randn(3, 8)), torch.arange(5.0).expand(3, 5))
+    # columns above 32767 survive the uint16 round trip
+    wide = torch.zeros(2, 40000)
+    wide[0, 39999] = 2.0
+    wide[1, 32768] = -1.0
+    m = KernelLinear.from_linear(wide, None)
+    xw = torch.randn(4, 40000)
+    torch.testing.assert_close(m(xw), torch.nn.functional.linear(xw, wide))
+    assert torch.equal(m.dense_weight(), wide)
+
+
+def test_unavailable_kernel_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRUNE_AUDIT_KERNEL", "off")
+    kmod._reset_for_tests()
+    try:
+        assert kmod.load_kernel() is None
+        assert "disabled by PRUNE_AUDIT_KERNEL" in kmod.kernel_status().describe()
+        with pytest.raises(RuntimeError, match="unavailable"):
+            KernelLinear.from_linear(torch.eye(4), None)
+        monkeypatch.delenv("PRUNE_AUDIT_KERNEL")
+        monkeypatch.setenv("CXX", "/nonexistent/c++")
+        kmod._reset_for_tests()
+        assert kmod.load_kernel() is None
+        assert "no C++ compiler found" in kmod.kernel_status().reason
+    finally:
+        monkeypatch.undo()
+        kmod._reset_for_tests()
+
+
+@needs_compiler
+def test_failed_build_falls_back_with_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A compiler that rejects every flag set: the kernel is unavailable and the error is kept."""
+    fake = tmp_path / "bad-cxx"
+    fake.write_text("#!/bin/sh\necho 'error: unsupported option' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    kmod._reset_for_tests()
+    try:
+        assert kmod.load_kernel() is None
+        reason = kmod.kernel_status().reason
+        assert reason.startswith("build failed") and "unsupported option" in reason
+    finally:
+        monkeypatch.undo()
+        kmod._reset_for_tests()
