@@ -181,7 +181,7 @@ def test_sparsegpt_beats_magnitude_on_the_layerwise_objective(dense, calib, laye
     for chunk in X.split(100):
         stat.add(chunk)
     H = stat.H
-    assert torch.allclose(H, 2 * X.T @ X / X.shape[0], atol=1e-8)
+    assert torch.allclose(H, 2 * X.T @ X / X.shape[0], rtol=1e-5, atol=1e-6)
     W = dict(dense.named_modules())[layer].weight.detach()
     n, m = pattern or (None, None)
     W_sgpt, _ = sparsegpt_prune(W, H, 0.5, n=n, m=m, blocksize=16)
@@ -216,7 +216,7 @@ def test_sparsegpt_updates_are_exact_when_pruned_weights_precede_kept_ones(dense
     cols = W.shape[1]
     W[:, : cols // 2] *= 1e-4  # the adaptive criterion now picks the first half of every row
     percdamp = 0.01
-    W_sgpt, _ = sparsegpt_prune(W, H, 0.5, blocksize=cols, percdamp=percdamp)
+    W_sgpt, _ = sparsegpt_prune(W, H, 0.5, blocksize=cols, percdamp=percdamp, dtype=torch.float64)
     keep = W_sgpt != 0
     assert bool(keep[:, cols // 2 :].all()) and not bool(keep[:, : cols // 2].any())
     Hd = H + percdamp * H.diagonal().mean() * torch.eye(cols, dtype=H.dtype)
@@ -230,9 +230,9 @@ def test_sparsegpt_lazy_block_updates_equal_column_by_column_updates(dense, cali
     X = _block_inputs(dense, layer, calib)
     H = 2 * X.T @ X / X.shape[0]
     W = dict(dense.named_modules())[layer].weight.detach()
-    one_block, _ = sparsegpt_prune(W, H, 0.5, n=2, m=4, blocksize=W.shape[1])
+    one_block, _ = sparsegpt_prune(W, H, 0.5, n=2, m=4, blocksize=W.shape[1], dtype=torch.float64)
     for bs in (4, 16):
-        blocks, _ = sparsegpt_prune(W, H, 0.5, n=2, m=4, blocksize=bs)
+        blocks, _ = sparsegpt_prune(W, H, 0.5, n=2, m=4, blocksize=bs, dtype=torch.float64)
         assert torch.equal(blocks != 0, one_block != 0)
         assert torch.allclose(blocks, one_block, atol=1e-5)
 

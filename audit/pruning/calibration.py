@@ -301,5 +301,5 @@ class Hessian:
             return
         self.H *= self.tokens / (self.tokens + t)
         self.tokens += t
-        x = x.double() * (2.0 / self.tokens) ** 0.5
-        self.H += x.T @ x
+        x = x.float()
+        self.H += (x.T @ x).double() * (2.0 / self.tokens)

@@ -18,8 +18,8 @@ least-squares problem ``min ||W X - Ŵ X||²`` subject to the sparsity pattern:
 
 Adaptations, stated: the unstructured mask of a block removes exactly
 ``round(sparsity · rows · blocksize)`` weights (the reference removes those ``<=`` a
-threshold, which can overshoot by ties); statistics are accumulated in float64; padded
-token positions are excluded from ``H``.
+threshold, which can overshoot by ties); ``H`` is accumulated in float64 from float32
+products (the reference keeps it in float32); padded token positions are excluded from ``H``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def sparsegpt_prune(
     m: int | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, float]:
     """Prune and reconstruct one weight matrix.
 
@@ -55,13 +56,14 @@ def sparsegpt_prune(
         m: Group size of the N:M pattern, or None.
         blocksize: Columns per lazy-update block.
         percdamp: Dampening, as a fraction of the mean diagonal of ``H``.
+        dtype: Working precision (float32 as in the reference; float64 for exactness checks).
 
     Returns:
         The new weight (same dtype and device as ``weight``) and the OBS loss estimate
         ``Σ (w - q)² / (2 U_jj²)`` summed over rows.
     """
-    W = weight.detach().clone().double()
-    H = hessian.detach().clone().double()
+    W = weight.detach().clone().to(dtype)
+    H = hessian.detach().clone().to(dtype)
     rows, cols = W.shape
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
@@ -70,44 +72,48 @@ def sparsegpt_prune(
     diag = torch.arange(cols, device=H.device)
     H[diag, diag] += damp
     L = torch.linalg.cholesky(H)
-    Hinv = torch.cholesky_inverse(L)
+    # = torch.cholesky_inverse(L) as in the reference; cholesky_solve is the same H⁻¹ but
+    # avoids LAPACK potri, which stalls (10-100x) with several threads on a busy CPU
+    Hinv = torch.cholesky_solve(torch.eye(cols, dtype=H.dtype, device=H.device), L)
     Hinv = torch.linalg.cholesky(Hinv, upper=True)
     nm = n is not None and m is not None
     prune_per_group = (m - n) if nm else 0  # type: ignore[operator]
-    losses = torch.zeros(rows, dtype=torch.float64, device=W.device)
+    # Work on Wᵀ so that "column j of W" is a contiguous row: same arithmetic as the
+    # reference, but each rank-1 update touches contiguous memory (about 10x faster on CPU).
+    Wt = W.t().contiguous()
+    losses = torch.zeros(rows, dtype=dtype, device=W.device)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
-        W1 = W[:, i1:i2].clone()
+        W1 = Wt[i1:i2].clone()
         Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
-        Losses1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
+        dinv = torch.diag(Hinv1).reshape(-1, 1)
         if nm:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         else:
-            tmp = W1**2 / (torch.diag(Hinv1).reshape(1, -1)) ** 2
+            tmp = W1**2 / dinv**2
             k = int(round(tmp.numel() * sparsity))
             mask1 = torch.zeros(tmp.numel(), dtype=torch.bool, device=W.device)
             if k > 0:
                 mask1[torch.topk(tmp.flatten(), k, largest=False).indices] = True
             mask1 = mask1.reshape(tmp.shape)
         for i in range(count):
-            w = W1[:, i]
+            w = W1[i]
             d = Hinv1[i, i]
             if nm and i % m == 0:  # type: ignore[operator]
-                tmp = W1[:, i : i + m] ** 2 / (torch.diag(Hinv1)[i : i + m].reshape(1, -1)) ** 2
-                mask1.scatter_(1, i + torch.topk(tmp, prune_per_group, dim=1, largest=False).indices, True)
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            Losses1[:, i] = (w - q) ** 2 / d**2
+                tmp = W1[i : i + m] ** 2 / dinv[i : i + m] ** 2
+                mask1.scatter_(0, i + torch.topk(tmp, prune_per_group, dim=0, largest=False).indices, True)
+            q = w.masked_fill(mask1[i], 0.0)
+            Q1[i] = q
             err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err1
-        W[:, i1:i2] = Q1
-        losses += torch.sum(Losses1, 1) / 2
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+            W1[i:].addr_(Hinv1[i, i:], err1, alpha=-1.0)  # W[:, i:] -= err1 ⊗ Hinv1[i, i:]
+            Err1[i] = err1
+        Wt[i1:i2] = Q1
+        losses += torch.sum(Err1**2, 0) / 2  # (w - q)² / d² = err1²
+        Wt[i2:] -= Hinv[i1:i2, i2:].t().matmul(Err1)  # lazy batch update of the later columns
+    W = Wt.t()
     return W.to(dtype=weight.dtype, device=weight.device), float(losses.sum())
 
 

@@ -1,0 +1,278 @@
+"""Accuracy vs sparsity for every pruning method on two real models.
+
+Models: the embedded demo classifier (MiniLM-L6 fine-tuned on the generated reviews;
+evaluated on its test split) and MiniLM-L6 fine-tuned on SST-2 (evaluated on GLUE
+dev). Calibration examples come from each model's train split. Every number comes
+from the real pipeline: one ``run_audit`` per model with the ``performance`` suite
+(accuracy with a bootstrap CI; accuracy_delta vs dense with a paired CI and McNemar).
+
+Run (from the repository root)::
+
+    .venv/bin/python -m bench.pruning_accuracy                       # everything
+    .venv/bin/python -m bench.pruning_accuracy --models demo --methods magnitude,wanda,sparsegpt
+
+It prints an accuracy table per model and writes JSON (default
+``bench/results/pruning_accuracy.json``), then says whether Wanda and SparseGPT keep
+accuracy better than magnitude at 50 % unstructured sparsity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from audit.atomic import atomic_write_text
+from bench.common import ROOT, SHARED_DATA, demo_model, other_cpu_load, setup_logging, sst2_minilm
+
+log = logging.getLogger("bench.pruning_accuracy")
+
+# label -> sweep entry (YAML flow mapping); the label is what the table shows
+METHODS: dict[str, str] = {
+    "magnitude": "{name: magnitude}",
+    "magnitude-global": "{name: magnitude, params: {scope: global}}",
+    "nm-2:4": "{name: nm, params: {n: 2, m: 4}}",
+    "nm-4:8": "{name: nm, params: {n: 4, m: 8}}",
+    "wanda": "{name: wanda}",
+    "wanda-2:4": "{name: wanda, params: {n: 2, m: 4}}",
+    "sparsegpt": "{name: sparsegpt}",
+    "sparsegpt-2:4": "{name: sparsegpt, params: {n: 2, m: 4}}",
+    "gradient": "{name: gradient}",
+    "structured-l2": "{name: structured}",
+    "structured-importance": "{name: structured, params: {criterion: importance}}",
+    "gradual": "{name: gradual}",
+}
+
+
+def _model_setup(name: str) -> dict[str, Any]:
+    if name == "demo":
+        assets = demo_model()
+        data = assets["data"]
+        return {
+            "model": assets["model"],
+            "data": (
+                f"  name: demo-reviews\n  files: {{train: {data['train']}, test: {data['test']}}}\n"
+                "  columns: {text: text, label: label}\n  splits: {eval: test, calibration: train}\n"
+            ),
+            "eval": "test",
+        }
+    if name == "sst2":
+        model_dir, _card = sst2_minilm()
+        d = SHARED_DATA / "sst2"
+        return {
+            "model": model_dir,
+            "data": (
+                f"  name: sst2\n  files: {{train: {d / 'train.tsv'}, dev: {d / 'dev.tsv'}}}\n"
+                "  format: tsv\n  columns: {text: sentence, label: label}\n  splits: {eval: dev, calibration: train}\n"
+            ),
+            "eval": "dev",
+        }
+    raise SystemExit(f"unknown model {name!r}; use demo or sst2")
+
+
+def _config_text(setup: dict[str, Any], methods: list[str], args: argparse.Namespace, out_dir: Path) -> str:
+    entries = "\n".join(f"    - {METHODS[m]}" for m in methods)
+    return (
+        f"model:\n  path: {setup['model']}\n  max_length: {args.max_length}\n"
+        f"data:\n{setup['data']}"
+        + (f"  max_eval_examples: {args.max_eval}\n" if args.max_eval else "")
+        + f"sweep:\n  methods:\n{entries}\n"
+        f"  sparsities: [{', '.join(str(s) for s in args.sparsities)}]\n"
+        f"  seeds: [{', '.join(str(s) for s in args.seeds)}]\n"
+        f"  calibration: {{n: {args.calib_n}, seed: 0}}\n"
+        "suites:\n  performance: {}\n"
+        "policy: null\n"
+        f"output_dir: {out_dir}\n"
+        f"runtime:\n  batch_size: 32\n  n_boot: {args.n_boot}\n"
+        + (f"  threads: {args.threads}\n" if args.threads else "")
+        + "report:\n  formats: [json]\n"
+    )
+
+
+def _labels(methods: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(bench label, method name, normalised params) of each benchmarked method."""
+    import yaml
+
+    from audit.config import MethodConfig
+
+    out = []
+    for m in methods:
+        entry = MethodConfig.model_validate(yaml.safe_load(METHODS[m]))
+        out.append((m, entry.name, entry.params))
+    return out
+
+
+def _label_of(method: str, params: dict[str, Any], labels: list[tuple[str, str, dict[str, Any]]]) -> str:
+    for label, name, p in labels:
+        if name == method and p == params:
+            return label
+    return method
+
+
+def _metric(variant: Any, name: str) -> Any:
+    """The performance suite's ``name`` on the evaluated split (first dataset it measured)."""
+    return next((m for m in variant.measurements if m.suite == "performance" and m.metric == name), None)
+
+
+def run_model(name: str, methods: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    from audit.config import config_from_text
+    from audit.runner import run_audit
+
+    setup = _model_setup(name)
+    with tempfile.TemporaryDirectory(prefix="bench-pruning-") as tmp:
+        text = _config_text(setup, methods, args, Path(tmp) / "out")
+        cfg = config_from_text(text, name=f"<bench {name}>")
+        t0 = time.perf_counter()
+        outcome = run_audit(cfg, command=f"bench.pruning_accuracy --models {name}", write=False)
+        wall = time.perf_counter() - t0
+    res = outcome.result
+    labels = _labels(methods)
+    rows = []
+    for v in res.all_variants():
+        acc = _metric(v, "accuracy")
+        delta = _metric(v, "accuracy_delta")
+        p = v.pruning
+        rows.append(
+            {
+                "method": "dense" if v.is_baseline else _label_of(v.point.method, v.point.params, labels),
+                "point": v.id,
+                "sparsity": v.point.sparsity,
+                "seed": v.point.seed,
+                "accuracy": acc.value if acc else None,
+                "ci": [acc.ci_low, acc.ci_high] if acc else None,
+                "n": acc.n if acc else None,
+                "delta": delta.value if delta else None,
+                "delta_ci": [delta.ci_low, delta.ci_high] if delta else None,
+                "mcnemar_p": (delta.details.get("mcnemar") or {}).get("p_value") if delta else None,
+                "achieved_sparsity": p.achieved_sparsity if p else 0.0,
+                "model_sparsity": p.model_sparsity if p else 0.0,
+                "prune_wall_s": p.wall_time_s if p else 0.0,
+                "calibration": p.calibration.model_dump() if p and p.calibration else None,
+                "errors": [e.message for e in v.errors],
+            }
+        )
+    return {
+        "model": name,
+        "model_source": str(setup["model"]),
+        "model_fingerprint": res.model.fingerprint,
+        "eval_split": setup["eval"],
+        "eval_n": res.datasets[0].n if res.datasets else None,
+        "wall_s": wall,
+        "rows": rows,
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def table(result: dict[str, Any], sparsities: list[float]) -> str:
+    rows = result["rows"]
+    dense = next(r for r in rows if r["method"] == "dense")
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"))
+    levels = sorted({r["sparsity"] for r in rows if r["method"] != "dense"} | set(sparsities))
+    head = f"{'method':<24}" + "".join(f"{f's={s:.2f}':>14}" for s in levels)
+    lines = [
+        f"== {result['model']} ({result['eval_split']}, n={result['eval_n']}): dense accuracy "
+        f"{dense['accuracy']:.4f} [{dense['ci'][0]:.3f}, {dense['ci'][1]:.3f}]",
+        head,
+        "-" * len(head),
+    ]
+    for m in methods:
+        cells = []
+        for s in levels:
+            pts = [r for r in rows if r["method"] == m and abs(r["sparsity"] - s) < 1e-9]
+            acc = _mean([r["accuracy"] for r in pts])
+            if acc is None:
+                cells.append(f"{'-':>14}")
+            else:
+                ach = _mean([r["achieved_sparsity"] for r in pts])
+                cells.append(f"{acc:>8.4f} ({ach:.2f})")
+        lines.append(f"{m:<24}" + "".join(cells))
+    lines.append("cells: accuracy (achieved weight sparsity of the pruned layers), mean over seeds")
+    return "\n".join(lines)
+
+
+def verdict(result: dict[str, Any]) -> list[str]:
+    """Do Wanda and SparseGPT beat magnitude at 50 % unstructured sparsity?"""
+    rows = result["rows"]
+
+    def at(method: str) -> dict[str, Any] | None:
+        pts = [r for r in rows if r["method"] == method and abs(r["sparsity"] - 0.5) < 1e-9]
+        if not pts:
+            return None
+        return {
+            "accuracy": _mean([r["accuracy"] for r in pts]),
+            "delta": _mean([r["delta"] for r in pts]),
+            "delta_ci": pts[0]["delta_ci"] if len(pts) == 1 else None,
+        }
+
+    mag = at("magnitude")
+    out = []
+    if mag is None:
+        return ["magnitude was not run at 0.5: no comparison"]
+    for m in ("wanda", "sparsegpt"):
+        other = at(m)
+        if other is None:
+            continue
+        diff = other["accuracy"] - mag["accuracy"]
+        word = "beats" if diff > 0 else ("ties" if diff == 0 else "does NOT beat")
+        out.append(
+            f"{result['model']}: at 50% {m} {word} magnitude: {other['accuracy']:.4f} vs {mag['accuracy']:.4f} "
+            f"({diff:+.4f}); vs dense {other['delta']:+.4f} vs {mag['delta']:+.4f}"
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="demo,sst2", help="comma list of demo, sst2")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
+    ap.add_argument("--sparsities", default="0.3,0.5,0.7,0.9")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--calib-n", type=int, default=128)
+    ap.add_argument("--max-eval", type=int, default=None, help="cap on evaluated examples (default: all)")
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--n-boot", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "pruning_accuracy.json"))
+    args = ap.parse_args(argv)
+    args.sparsities = [float(s) for s in args.sparsities.split(",")]
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    setup_logging()
+    load = other_cpu_load()
+    results = []
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        log.info("model %s: %d methods × %s × seeds %s", name, len(methods), args.sparsities, args.seeds)
+        results.append(run_model(name, methods, args))
+    report = {
+        "benchmark": "pruning_accuracy",
+        "args": {k: v for k, v in vars(args).items() if k != "out"},
+        "methods": {m: METHODS[m] for m in methods},
+        "other_cpu_load_at_start": load,
+        "results": results,
+        "verdict": [line for r in results for line in verdict(r)],
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    for r in results:
+        print(table(r, args.sparsities))
+        print()
+    for line in report["verdict"]:
+        print(line)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
