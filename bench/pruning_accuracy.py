@@ -13,7 +13,10 @@ Run (from the repository root)::
 
 It prints an accuracy table per model and writes JSON (default
 ``bench/results/pruning_accuracy.json``), then says whether Wanda and SparseGPT keep
-accuracy better than magnitude at 50 % unstructured sparsity.
+accuracy better than magnitude at 50 % unstructured sparsity, with a paired comparison
+on the same examples (paired bootstrap CI of the accuracy difference, exact McNemar).
+For that the bench runs the ``performance`` suite through a bench-only subclass,
+registered like any third-party suite, that also returns each example's correctness.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ from typing import Any
 
 from audit.atomic import atomic_write_text
 from bench.common import ROOT, SHARED_DATA, demo_model, other_cpu_load, setup_logging, sst2_minilm
+from suites.performance.run import PerformanceSuite
 
 log = logging.getLogger("bench.pruning_accuracy")
+
+SUITE = "bench_performance"
 
 # label -> sweep entry (YAML flow mapping); the label is what the table shows
 METHODS: dict[str, str] = {
@@ -46,6 +52,35 @@ METHODS: dict[str, str] = {
     "structured-importance": "{name: structured, params: {criterion: importance}}",
     "gradual": "{name: gradual}",
 }
+
+
+def _register_suite() -> None:
+    """``bench_performance``: the performance suite, plus each example's correctness."""
+    from audit.registry import SUITES, SuiteSpec
+
+    if SUITE in SUITES:
+        return
+    base = SUITES.get("performance")
+    SUITES.register(
+        SuiteSpec(
+            name=SUITE,
+            impl="bench.pruning_accuracy:PerformanceWithCorrectness",
+            summary="performance suite that also returns per-example correctness (benchmark only)",
+            params=base.params,
+            metrics=base.metrics,
+        )
+    )
+
+
+class PerformanceWithCorrectness(PerformanceSuite):
+    """The performance suite; its example row carries each example's correctness ("0"/"1" string)."""
+
+    def run(self, variant: Any, ctx: Any) -> Any:
+        out = super().run(variant, ctx)
+        labels = ctx.eval_set.labels.tolist()
+        correct = "".join("1" if p == y else "0" for p, y in zip(out.artifacts["pred"], labels, strict=True))
+        out.examples = [{"correct": correct}]
+        return out
 
 
 def _model_setup(name: str) -> dict[str, Any]:
@@ -84,7 +119,7 @@ def _config_text(setup: dict[str, Any], methods: list[str], args: argparse.Names
         f"  sparsities: [{', '.join(str(s) for s in args.sparsities)}]\n"
         f"  seeds: [{', '.join(str(s) for s in args.seeds)}]\n"
         f"  calibration: {{n: {args.calib_n}, seed: 0}}\n"
-        "suites:\n  performance: {}\n"
+        f"suites:\n  {SUITE}: {{}}\n"
         "policy: null\n"
         f"output_dir: {out_dir}\n"
         f"runtime:\n  batch_size: 32\n  n_boot: {args.n_boot}\n"
@@ -115,7 +150,7 @@ def _label_of(method: str, params: dict[str, Any], labels: list[tuple[str, str, 
 
 def _metric(variant: Any, name: str) -> Any:
     """The performance suite's ``name`` on the evaluated split (first dataset it measured)."""
-    return next((m for m in variant.measurements if m.suite == "performance" and m.metric == name), None)
+    return next((m for m in variant.measurements if m.suite == SUITE and m.metric == name), None)
 
 
 def run_model(name: str, methods: list[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -153,6 +188,7 @@ def run_model(name: str, methods: list[str], args: argparse.Namespace) -> dict[s
                 "prune_wall_s": p.wall_time_s if p else 0.0,
                 "calibration": p.calibration.model_dump() if p and p.calibration else None,
                 "errors": [e.message for e in v.errors],
+                "correct": (v.examples.get(SUITE) or [{}])[0].get("correct"),
             }
         )
     return {
@@ -198,35 +234,59 @@ def table(result: dict[str, Any], sparsities: list[float]) -> str:
     return "\n".join(lines)
 
 
-def verdict(result: dict[str, Any]) -> list[str]:
-    """Do Wanda and SparseGPT beat magnitude at 50 % unstructured sparsity?"""
+def verdict(result: dict[str, Any], n_boot: int = 2000) -> list[dict[str, Any]]:
+    """Do Wanda and SparseGPT beat magnitude? Paired on the same examples, per level and seed.
+
+    The question asked of the benchmark is the 50 % level; the other levels come along.
+    """
+    import numpy as np
+
+    from audit.stats import mcnemar_exact, paired_bootstrap_delta
+
     rows = result["rows"]
 
-    def at(method: str) -> dict[str, Any] | None:
-        pts = [r for r in rows if r["method"] == method and abs(r["sparsity"] - 0.5) < 1e-9]
-        if not pts:
-            return None
-        return {
-            "accuracy": _mean([r["accuracy"] for r in pts]),
-            "delta": _mean([r["delta"] for r in pts]),
-            "delta_ci": pts[0]["delta_ci"] if len(pts) == 1 else None,
-        }
+    def at(method: str, level: float, seed: int) -> dict[str, Any] | None:
+        return next(
+            (r for r in rows if r["method"] == method and abs(r["sparsity"] - level) < 1e-9 and r["seed"] == seed),
+            None,
+        )
 
-    mag = at("magnitude")
     out = []
-    if mag is None:
-        return ["magnitude was not run at 0.5: no comparison"]
-    for m in ("wanda", "sparsegpt"):
-        other = at(m)
-        if other is None:
+    seeds = sorted({r["seed"] for r in rows if r["method"] == "magnitude"})
+    levels = sorted({r["sparsity"] for r in rows if r["method"] == "magnitude"}, key=lambda x: (x != 0.5, x))
+    for level, m, seed in ((lv, m, sd) for lv in levels for m in ("wanda", "sparsegpt") for sd in seeds):
+        mag, other = at("magnitude", level, seed), at(m, level, seed)
+        if mag is None or other is None or mag["correct"] is None or other["correct"] is None:
             continue
-        diff = other["accuracy"] - mag["accuracy"]
-        word = "beats" if diff > 0 else ("ties" if diff == 0 else "does NOT beat")
+        a = np.frombuffer(mag["correct"].encode(), dtype=np.uint8) == ord("1")
+        b = np.frombuffer(other["correct"].encode(), dtype=np.uint8) == ord("1")
+        diff, lo, hi = paired_bootstrap_delta(a, b, n_boot=n_boot, seed=0)
+        test = mcnemar_exact(a, b)
         out.append(
-            f"{result['model']}: at 50% {m} {word} magnitude: {other['accuracy']:.4f} vs {mag['accuracy']:.4f} "
-            f"({diff:+.4f}); vs dense {other['delta']:+.4f} vs {mag['delta']:+.4f}"
+            {
+                "model": result["model"],
+                "method": m,
+                "sparsity": level,
+                "seed": seed,
+                "accuracy": other["accuracy"],
+                "magnitude_accuracy": mag["accuracy"],
+                "difference": diff,
+                "ci": [lo, hi],
+                "mcnemar": test,
+                "beats_magnitude": bool(lo is not None and lo > 0),
+            }
         )
     return out
+
+
+def _verdict_line(v: dict[str, Any]) -> str:
+    lo, hi = v["ci"]
+    word = "beats" if v["beats_magnitude"] else ("is not distinguishable from" if lo <= 0 <= hi else "is worse than")
+    return (
+        f"{v['model']} seed {v['seed']}: at {v['sparsity']:.0%} {v['method']} {word} magnitude: {v['accuracy']:.4f} vs "
+        f"{v['magnitude_accuracy']:.4f}, paired difference {v['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}], "
+        f"McNemar p={v['mcnemar']['p_value']:.3g} ({v['mcnemar']['gained']} gained / {v['mcnemar']['lost']} lost)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
     setup_logging()
+    _register_suite()
     load = other_cpu_load()
     results = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
@@ -260,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "methods": {m: METHODS[m] for m in methods},
         "other_cpu_load_at_start": load,
         "results": results,
-        "verdict": [line for r in results for line in verdict(r)],
+        "verdict": [v for r in results for v in verdict(r)],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -268,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(table(r, args.sparsities))
         print()
-    for line in report["verdict"]:
-        print(line)
+    for v in report["verdict"]:
+        print(_verdict_line(v))
     print(f"\nwrote {out}")
     return 0
 

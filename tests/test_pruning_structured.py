@@ -65,8 +65,10 @@ def test_heads_and_neurons_are_removed_physically(model, dense, calib) -> None:
     assert rec.params_total == n_before
     assert rec.params_nonzero == sum(int(torch.count_nonzero(p)) for p in model.parameters())
     assert rec.model_sparsity > 0
-    # still a working classifier
+    # still a working classifier; the dense model it was copied from is untouched
     assert _logits(model, calib).shape == (64, 2)
+    assert dense.config.pruned_heads == {} and dense.config.intermediate_size == 64
+    assert not hasattr(dense.config, FFN_WIDTHS_KEY)
 
 
 def test_save_and_load_round_trip_to_an_identical_model(model, calib, tmp_path: Path) -> None:
