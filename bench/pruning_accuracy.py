@@ -10,11 +10,13 @@ Run (from the repository root)::
 
     .venv/bin/python -m bench.pruning_accuracy                       # everything
     .venv/bin/python -m bench.pruning_accuracy --models demo --methods magnitude,wanda,sparsegpt
+    .venv/bin/python -m bench.pruning_accuracy --reprint bench/results/pruning_accuracy.json
 
 It prints an accuracy table per model and writes JSON (default
 ``bench/results/pruning_accuracy.json``), then says whether Wanda and SparseGPT keep
 accuracy better than magnitude at 50 % unstructured sparsity, with a paired comparison
-on the same examples (paired bootstrap CI of the accuracy difference, exact McNemar).
+on the same examples (paired bootstrap CI of the accuracy difference and exact McNemar;
+"beats" needs both: CI above 0 and p < 0.05).
 For that the bench runs the ``performance`` suite through a bench-only subclass,
 registered like any third-party suite, that also returns each example's correctness.
 """
@@ -273,7 +275,9 @@ def verdict(result: dict[str, Any], n_boot: int = 2000) -> list[dict[str, Any]]:
                 "difference": diff,
                 "ci": [lo, hi],
                 "mcnemar": test,
-                "beats_magnitude": bool(lo is not None and lo > 0),
+                # both the paired bootstrap CI and the exact McNemar test must agree
+                "beats_magnitude": bool(lo is not None and lo > 0 and test["p_value"] < 0.05),
+                "worse_than_magnitude": bool(hi is not None and hi < 0 and test["p_value"] < 0.05),
             }
         )
     return out
@@ -281,7 +285,11 @@ def verdict(result: dict[str, Any], n_boot: int = 2000) -> list[dict[str, Any]]:
 
 def _verdict_line(v: dict[str, Any]) -> str:
     lo, hi = v["ci"]
-    word = "beats" if v["beats_magnitude"] else ("is not distinguishable from" if lo <= 0 <= hi else "is worse than")
+    word = (
+        "beats"
+        if v["beats_magnitude"]
+        else ("is worse than" if v["worse_than_magnitude"] else "is not distinguishable from")
+    )
     return (
         f"{v['model']} seed {v['seed']}: at {v['sparsity']:.0%} {v['method']} {word} magnitude: {v['accuracy']:.4f} vs "
         f"{v['magnitude_accuracy']:.4f}, paired difference {v['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}], "
@@ -301,7 +309,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=200)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "pruning_accuracy.json"))
+    ap.add_argument("--reprint", metavar="JSON", help="print tables and verdict of a finished run; run nothing")
     args = ap.parse_args(argv)
+    if args.reprint:
+        done = json.loads(Path(args.reprint).read_text())
+        for r in done["results"]:
+            print(table(r, done["args"]["sparsities"]))
+            print()
+        for r in done["results"]:
+            for v in verdict(r):
+                print(_verdict_line(v))
+        return 0
     args.sparsities = [float(s) for s in args.sparsities.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
