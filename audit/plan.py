@@ -79,7 +79,11 @@ class SweepPoint:
 
 
 def plan(config: AuditConfig) -> list[SweepPoint]:
-    """Dense baseline first, then methods × sparsities × seeds in config order."""
+    """Dense baseline first, then methods × sparsities × seeds in config order.
+
+    A method whose params fix its sparsity (an N:M pattern: ``1 - n/m``) gets one point
+    per seed at that level instead of one per listed sparsity.
+    """
     sweep = config.sweep
     layers = sweep.layers.model_dump(mode="json")
     calib = sweep.calibration.model_dump(mode="json")
@@ -89,7 +93,10 @@ def plan(config: AuditConfig) -> list[SweepPoint]:
     seen: set[str] = {BASELINE_ID}
     for method in sweep.methods:
         variant = _variant_label(method.name, method.params)
-        for sparsity in sweep.sparsities:
+        # a method whose params fix the sparsity (an N:M pattern) runs once per seed at that level
+        implied = PRUNERS.get(method.name).implied_sparsity(method.params)
+        levels = [implied] if implied is not None else sweep.sparsities
+        for sparsity in levels:
             for seed in sweep.seeds:
                 point = SweepPoint(
                     method=method.name,

@@ -99,6 +99,14 @@ class PrunerSpec(PluginSpec):
     needs_labels: bool = False
     criterion: str = ""
 
+    def implied_sparsity(self, params: dict[str, Any]) -> float | None:
+        """The sparsity fixed by ``params`` (e.g. an N:M pattern), or None when the sweep level applies.
+
+        A params model opts in by defining ``implied_sparsity() -> float | None``.
+        """
+        fn = getattr(self.params.model_validate(params), "implied_sparsity", None)
+        return fn() if callable(fn) else None
+
 
 @dataclass(frozen=True)
 class SuiteSpec(PluginSpec):

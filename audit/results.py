@@ -92,13 +92,21 @@ class LayerRecord(Record):
 
 
 class CalibrationRecord(Record):
-    """Which examples a data-aware pruner saw."""
+    """Which examples a data-aware pruner saw.
+
+    The sample is drawn with ``numpy.random.default_rng([seed, point_seed])``: the
+    configured calibration seed and the sweep point's seed, so that each seed of the
+    sweep sees its own calibration sample.
+    """
 
     dataset: str
     split: str
     n: int
     seed: int
     fingerprint: str
+    point_seed: int | None = None
+    batches: int | None = None
+    tokens: int | None = None
 
 
 class PruningRecord(Record):

@@ -24,13 +24,11 @@ from audit.config import AuditConfig
 from audit.data import EvalSet, check_data_files, load_split
 from audit.env import configure_offline
 from audit.errors import ExitCode, UsageError
-from audit.fingerprint import texts_sha256
 from audit.model_io import check_model_dir
 from audit.plan import SweepPoint, canonical_json, plan, sha256_text
 from audit.policy import Policy, evaluate_policy, load_policy
 from audit.registry import PRUNERS, SUITES
 from audit.results import (
-    CalibrationRecord,
     DatasetIdentity,
     MetricInfo,
     RunResult,
@@ -80,34 +78,20 @@ def preflight(config: AuditConfig) -> tuple[Policy | None, str | None]:
 
 
 def _calibration(config: AuditConfig, predictor: Any, id2label: dict[int, str]) -> Any:
-    """Tokenized calibration batches drawn from the configured split (or None)."""
-    import torch
+    """A :class:`~audit.pruning.calibration.CalibrationSampler` over the configured split (or None).
 
-    from audit.pruning.base import CalibrationData
+    The split is loaded here, before any pruning, so that a bad split fails early;
+    each sweep seed gets its own sample (see :mod:`audit.pruning.calibration`).
+    """
+    from audit.pruning.calibration import CalibrationSampler
 
     calib_cfg = config.sweep.calibration
     split = calib_cfg.split or config.data.splits.calibration
     if split is None:
         return None
     es = load_split(config, split, id2label)
-    rng = np.random.default_rng(calib_cfg.seed)
-    n = min(calib_cfg.n, len(es))
-    idx = np.sort(rng.choice(len(es), size=n, replace=False))
-    sub = es.subset(idx, name=es.name)
-    enc = predictor.encode(sub.texts, sub.text_pairs)
-    labels = torch.from_numpy(sub.labels)
-    batch_labels = [
-        labels[torch.from_numpy(enc.order[i : i + predictor.batch_size])] for i in range(0, n, predictor.batch_size)
-    ]
-    record = CalibrationRecord(
-        dataset=config.data.name or split,
-        split=split,
-        n=n,
-        seed=calib_cfg.seed,
-        fingerprint=texts_sha256(sub.texts, sub.labels.tolist()),
-    )
-    return CalibrationData(
-        texts=sub.texts, labels=sub.labels, batches=enc.batches, batch_labels=batch_labels, record=record
+    return CalibrationSampler(
+        es, predictor, n=calib_cfg.n, seed=calib_cfg.seed, dataset=config.data.name or split, split=split
     )
 
 
@@ -185,7 +169,7 @@ def run_audit(
             spec = PRUNERS.get(point.method)
             cls = spec.load()
             pruners[point.label] = cls(spec, spec.params.model_validate(point.params))
-    needs_calibration = any(p.spec.needs_calibration for p in pruners.values())
+    needs_calibration = any(p.needs_calibration for p in pruners.values())
     calibration = _calibration(config, predictor, id2label) if needs_calibration else None
 
     base_ctx = SuiteContext(
@@ -211,7 +195,11 @@ def run_audit(
             sparsity=point.sparsity,
             seed=point.seed,
             layers=LayerSelection.model_validate(point.layers),
-            calibration=calibration,
+            calibration=(
+                calibration(point.seed)
+                if calibration is not None and not point.is_baseline and pruners[point.label].needs_calibration
+                else None
+            ),
         )
 
     for point in points[1:]:  # every point is checked before any work starts
@@ -313,15 +301,17 @@ def run_audit(
     prov.finished_at = provenance.now_iso()
     datasets = [eval_set.identity] if eval_set.identity else []
     if calibration is not None:
-        datasets.append(
-            DatasetIdentity(
-                id=f"calibration:{calibration.record.dataset}",
-                source=calibration.record.split,
-                split=calibration.record.split,
-                n=calibration.record.n,
-                fingerprint=calibration.record.fingerprint,
+        for sample in calibration.drawn.values():
+            rec = sample.record
+            datasets.append(
+                DatasetIdentity(
+                    id=f"calibration:{rec.dataset}:seed{rec.point_seed}",
+                    source=rec.split,
+                    split=rec.split,
+                    n=rec.n,
+                    fingerprint=rec.fingerprint,
+                )
             )
-        )
     datasets.extend(extra_datasets.values())
     result = RunResult(
         run_id=uuid.uuid4().hex[:12],

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 from audit.config import LayerSelection
 from audit.errors import UsageError
@@ -59,14 +60,47 @@ class Pruner:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether this method, with these params, needs calibration data."""
+        from audit.pruning.specs import uses_calibration
+
+        return uses_calibration(self.spec, self.params)
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether this method, with these params, needs labelled calibration data."""
+        from audit.pruning.specs import uses_labels
+
+        return uses_labels(self.spec, self.params)
+
     def validate(self, model: nn.Module, ctx: PruneContext) -> None:
-        """Raise :class:`UsageError` if this point cannot run (called before any pruning)."""
-        if self.spec.needs_calibration and ctx.calibration is None:
+        """Raise :class:`UsageError` if this point cannot run (called before any pruning).
+
+        Subclasses add their shape-dependent checks after calling this.
+        """
+        s = ctx.sparsity
+        if not (isinstance(s, (int, float)) and 0.0 <= float(s) < 1.0):
+            raise UsageError(
+                f"sparsity must be in [0, 1), found {s!r}",
+                where=f"method {self.name!r}",
+                hint="0.5 means half of the weights are zero",
+            )
+        check_overrides(ctx.layers)
+        if self.needs_calibration and ctx.calibration is None:
             raise UsageError(
                 f"method {self.name!r} needs calibration data but none is configured",
                 where="sweep.calibration",
                 hint="set data.splits.calibration (or sweep.calibration.split) to a split with examples",
             )
+        if self.needs_labels and ctx.calibration is not None and ctx.calibration.labels is None:
+            raise UsageError(
+                f"method {self.name!r} needs labelled calibration data but the calibration set has no labels",
+                where="sweep.calibration",
+                hint="use a calibration split with a label column",
+            )
+        if self.needs_calibration and ctx.calibration is not None and not ctx.calibration.batches:
+            raise UsageError(f"method {self.name!r}: the calibration set is empty", where="sweep.calibration")
         layers = select_layers(model, ctx.layers)
         if not layers:
             raise UsageError(
@@ -125,6 +159,65 @@ def check_overrides(selection: LayerSelection) -> None:
             )
 
 
+def apply_mask(module: nn.Module, keep: torch.Tensor) -> None:
+    """Zero ``module.weight`` where ``keep`` is False, through ``torch.nn.utils.prune``
+    (``custom_from_mask`` then ``remove``), leaving a plain dense parameter with zeros.
+    """
+    torch_prune.custom_from_mask(module, "weight", keep.to(device=module.weight.device, dtype=torch.bool))
+    torch_prune.remove(module, "weight")
+
+
+def row_keep_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask that drops the ``round(sparsity * in)`` lowest scores of every output row."""
+    rows, cols = scores.shape
+    k = int(round(sparsity * cols))
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if k > 0:
+        idx = torch.topk(scores, k, dim=1, largest=False).indices
+        keep.scatter_(1, idx, False)
+    return keep
+
+
+def nm_keep_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep-mask with the ``n`` highest scores of every ``m`` consecutive inputs of each row."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise UsageError(f"N:M with m={m} needs an input width divisible by m, found {cols}")
+    groups = scores.reshape(rows, cols // m, m)
+    idx = torch.topk(groups, n, dim=2, largest=True).indices
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(2, idx, True)
+    return keep.reshape(rows, cols)
+
+
+def check_nm(layers: list[tuple[str, nn.Module]], ctx: PruneContext, method: str, n: int | None, m: int | None) -> None:
+    """Shape and sweep checks of an N:M pattern (nothing to do when ``n``/``m`` are unset)."""
+    if n is None or m is None:
+        return
+    implied = 1.0 - n / m
+    if abs(ctx.sparsity - implied) > 1e-9:
+        raise UsageError(
+            f"{n}:{m} fixes the sparsity at {implied:g}, but this point asks for {ctx.sparsity:g}",
+            where=f"method {method!r}",
+            hint="the sweep runs N:M methods at 1 - n/m; call them with that sparsity",
+        )
+    for pattern, value in ctx.layers.overrides.items():
+        if float(value) not in (0.0, implied):
+            raise UsageError(
+                f"an override of {value:g} cannot be met by a {n}:{m} pattern (only {implied:g}, or 0 to keep "
+                "a layer dense)",
+                where=f"sweep.layers.overrides[{pattern!r}]",
+            )
+    for name, module in layers:
+        cols = module.weight.shape[1]
+        if cols % m:
+            raise UsageError(
+                f"{n}:{m} needs every pruned layer's input width to be divisible by {m}, but {name} has {cols} inputs",
+                where=f"method {method!r}",
+                hint="exclude that layer (sweep.layers.exclude) or pick an m that divides it",
+            )
+
+
 def count_params(model: nn.Module) -> tuple[int, int]:
     """(total, non-zero) over every parameter of the model."""
     total = 0
@@ -146,6 +239,12 @@ def mask_fingerprint(layers: list[tuple[str, nn.Module]]) -> str:
     return h.hexdigest()
 
 
+def _used_calibration(spec: PrunerSpec, params: PluginParams) -> bool:
+    from audit.pruning.specs import uses_calibration
+
+    return uses_calibration(spec, params)
+
+
 def build_record(
     *,
     model: nn.Module,
@@ -157,6 +256,7 @@ def build_record(
     started: float,
     original_shapes: dict[str, list[int]] | None = None,
     original_totals: dict[str, int] | None = None,
+    original_params_total: int | None = None,
     heads_removed: dict[str, list[int]] | None = None,
     neurons_removed: dict[str, int] | None = None,
     layer_extra: dict[str, dict[str, Any]] | None = None,
@@ -166,7 +266,8 @@ def build_record(
 
     For structured pruning, ``original_shapes``/``original_totals`` give the layer
     sizes before removal, so achieved sparsity counts removed weights as zeros;
-    ``heads_removed``/``neurons_removed`` are keyed by transformer block and
+    ``original_params_total`` is the model's parameter count before removal (biases
+    included); ``heads_removed``/``neurons_removed`` are keyed by transformer block and
     ``layer_extra`` adds per-Linear details.
     """
     layer_records = []
@@ -201,6 +302,8 @@ def build_record(
     if original_totals:
         removed_total = sum(original_totals.values()) - sum(m.weight.numel() for _, m in layers)
     params_total += removed_total
+    if original_params_total is not None:
+        params_total = int(original_params_total)
     return PruningRecord(
         method=spec.name,
         params=params.model_dump(mode="json"),
@@ -217,7 +320,7 @@ def build_record(
         layers=layer_records,
         heads_removed={k: list(v) for k, v in heads_removed.items()},
         neurons_removed=dict(neurons_removed),
-        calibration=ctx.calibration.record if ctx.calibration is not None else None,
+        calibration=ctx.calibration.record if ctx.calibration is not None and _used_calibration(spec, params) else None,
         mask_fingerprint=mask_fingerprint(layers),
         wall_time_s=float(time.perf_counter() - started),
         notes=list(notes or []),

@@ -1,19 +1,39 @@
 """Specs of the built-in pruning methods: params models and metadata, no torch.
 
-Each params model's docstring carries a YAML example of its sweep entry.
+Each params model's docstring carries a YAML example of its sweep entry. Checks that
+need no model (an N:M pattern with ``n >= m``, a gradual schedule that starts above
+zero sparsity at ``steps: 0``) are made here, so that ``prune-audit validate`` reports
+them with the file and line of the config. Checks that need the model's shapes (an
+``m`` that does not divide a layer's input width, a head ratio that would remove every
+head) are made by each pruner's ``validate``, before any pruning starts.
+
+What "sparsity" means:
+
+- unstructured methods (``magnitude``, ``wanda``, ``sparsegpt``, ``gradient``,
+  ``gradual``): the fraction of zero weights in each pruned Linear layer (or across
+  them, with ``scope: global``);
+- N:M methods (``nm``, and ``wanda``/``sparsegpt`` with ``n``/``m`` set): at most ``n``
+  non-zero weights in every group of ``m`` consecutive input weights of a row, so the
+  pattern fixes the sparsity at ``1 - n/m``; the sweep runs such a method once per seed
+  at that level, whatever ``sweep.sparsities`` lists;
+- ``structured``: the fraction of attention heads and the fraction of FFN neurons
+  physically removed in each transformer block. The achieved *weight* sparsity is
+  counted on the real tensors against the original sizes.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from audit.registry import PRUNERS, PluginParams, PrunerSpec
 
 
 class MagnitudeParams(PluginParams):
     """Unstructured magnitude pruning (L1 of single weights).
+
+    Deterministic: the seed does not change the mask.
 
     ```yaml
     sweep:
@@ -29,6 +49,170 @@ class MagnitudeParams(PluginParams):
     )
 
 
+class _NMPattern(PluginParams):
+    """Optional N:M pattern: keep at most ``n`` weights in every ``m`` consecutive inputs."""
+
+    n: int | None = Field(None, ge=1, description="Non-zero weights kept per group (N of N:M), e.g. 2 for 2:4.")
+    m: int | None = Field(None, ge=2, le=128, description="Group size (M of N:M), e.g. 4 for 2:4.")
+
+    @model_validator(mode="after")
+    def _pattern(self) -> _NMPattern:
+        if (self.n is None) != (self.m is None):
+            raise ValueError("set both n and m for an N:M pattern (e.g. n: 2, m: 4), or neither")
+        if self.n is not None and self.m is not None and not self.n < self.m:
+            raise ValueError(f"N:M needs n < m (n weights kept of every m), found n={self.n}, m={self.m}")
+        return self
+
+    def implied_sparsity(self) -> float | None:
+        """``1 - n/m`` when an N:M pattern is set, else None (the sweep level applies)."""
+        if self.n is None or self.m is None:
+            return None
+        return 1.0 - self.n / self.m
+
+
+class NMParams(_NMPattern):
+    """N:M semi-structured magnitude pruning: in every group of ``m`` consecutive input
+    weights of each output row, the ``m - n`` smallest |w| are zeroed (2:4 and 4:8 are
+    50 % sparse and run on NVIDIA sparse tensor cores).
+
+    Deterministic: the seed does not change the mask.
+
+    ```yaml
+    sweep:
+      methods:
+        - {name: nm, params: {n: 2, m: 4}}
+        - {name: nm, params: {n: 4, m: 8}}
+    ```
+    """
+
+    n: int | None = Field(2, ge=1, description="Non-zero weights kept per group (N of N:M).")
+    m: int | None = Field(4, ge=2, le=128, description="Group size (M of N:M).")
+
+    @model_validator(mode="after")
+    def _required(self) -> NMParams:
+        if self.n is None or self.m is None:
+            raise ValueError("nm needs both n and m (e.g. n: 2, m: 4)")
+        return self
+
+
+class WandaParams(_NMPattern):
+    """Wanda (Sun et al. 2023): score ``|W_ij| * ||X_j||_2`` with ``X`` the layer's input
+    activations on the calibration set, compared within each output row; optionally
+    N:M. Blocks are processed in order, each one seeing the outputs of the already
+    pruned blocks before it.
+
+    ```yaml
+    sweep:
+      methods:
+        - wanda
+        - {name: wanda, params: {n: 2, m: 4}}
+    ```
+    """
+
+
+class SparseGPTParams(_NMPattern):
+    """SparseGPT (Frantar & Alistarh 2023): one-shot pruning with second-order weight
+    updates. ``H = 2 X X^T`` from calibration inputs, dampened by ``percdamp`` times its
+    mean diagonal; columns are processed in blocks of ``blocksize`` with lazy batched
+    updates; each block's mask is chosen adaptively by ``w^2 / [H^-1]_jj^2``; optional N:M.
+
+    ```yaml
+    sweep:
+      methods:
+        - {name: sparsegpt, params: {blocksize: 128, percdamp: 0.01}}
+        - {name: sparsegpt, params: {n: 2, m: 4}}
+    ```
+    """
+
+    blocksize: int = Field(128, ge=1, le=4096, description="Columns per lazy-update block.")
+    percdamp: float = Field(0.01, gt=0.0, le=1.0, description="Dampening: fraction of mean(diag H) added to H.")
+
+    @model_validator(mode="after")
+    def _blocks(self) -> SparseGPTParams:
+        if self.m is not None and self.blocksize % self.m != 0:
+            raise ValueError(f"blocksize ({self.blocksize}) must be a multiple of m ({self.m})")
+        return self
+
+
+class GradientParams(PluginParams):
+    """Gradient ("synaptic") importance from labelled calibration data.
+
+    ``criterion: taylor`` scores each weight by ``sum_b |w * dL_b/dw|`` over calibration
+    batches ``b`` (first-order Taylor, Molchanov et al. 2019); ``criterion: snip`` by
+    ``|w * sum_b dL_b/dw|`` (connection sensitivity, Lee et al. 2019). The lowest scores
+    are pruned per layer or across layers.
+
+    ```yaml
+    sweep:
+      methods:
+        - {name: gradient, params: {criterion: taylor, scope: layer}}
+    ```
+    """
+
+    criterion: Literal["taylor", "snip"] = "taylor"
+    scope: Literal["layer", "global"] = "layer"
+
+
+class StructuredParams(PluginParams):
+    """Structured pruning: whole attention heads and FFN neurons are removed, so the
+    matrices shrink and the HF config is patched (``pruned_heads``, per-block FFN
+    widths). The sweep level is the fraction of heads and of FFN neurons removed in
+    each block (rounded to the nearest whole head/neuron); removing every head of a
+    block is refused. Units are ranked by the L2 (or L1) norm of their weights, or by
+    an importance score from labelled calibration data: ``|sum x * dL/dx|`` of a gate
+    on each head's context / each neuron's activation (Michel et al. 2019; Molchanov
+    et al. 2017). Save and reload with :func:`audit.pruning.structured.save_pruned` /
+    :func:`~audit.pruning.structured.load_pruned`. BERT-family encoders only.
+
+    ```yaml
+    sweep:
+      methods:
+        - {name: structured, params: {units: [heads, ffn], criterion: l2}}
+        - {name: structured, params: {units: [heads], criterion: importance}}
+    ```
+    """
+
+    units: list[Literal["heads", "ffn"]] = Field(
+        default_factory=lambda: ["heads", "ffn"], min_length=1, description="What is removed."
+    )
+    criterion: Literal["l2", "l1", "importance"] = "l2"
+
+    @model_validator(mode="after")
+    def _unique(self) -> StructuredParams:
+        if len(set(self.units)) != len(self.units):
+            raise ValueError(f"units lists a unit twice: {self.units}")
+        return self
+
+    def uses_calibration(self) -> bool:
+        return self.criterion == "importance"
+
+    def uses_labels(self) -> bool:
+        return self.criterion == "importance"
+
+
+class GradualParams(PluginParams):
+    """Gradual magnitude pruning with recovery fine-tuning (Zhu & Gupta 2017): ``steps``
+    prune → fine-tune cycles following the cubic schedule
+    ``s_t = s_f + (s_i - s_f) (1 - t/steps)^3``; each cycle fine-tunes every parameter
+    for ``finetune_steps`` batches of labelled calibration data while pruned weights
+    stay at zero. Slow, so never part of a default sweep: it runs only when listed.
+
+    ```yaml
+    sweep:
+      methods:
+        - {name: gradual, params: {steps: 4, finetune_steps: 16, learning_rate: 3.0e-5}}
+    ```
+    """
+
+    steps: int = Field(4, ge=1, le=100, description="Number of prune → fine-tune cycles.")
+    initial_sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="s_i of the cubic schedule.")
+    finetune_steps: int = Field(16, ge=0, le=100_000, description="Optimizer steps per cycle.")
+    final_finetune_steps: int = Field(0, ge=0, le=100_000, description="Extra steps after the last cycle.")
+    learning_rate: float = Field(3e-5, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    scope: Literal["layer", "global"] = "layer"
+
+
 MAGNITUDE = PRUNERS.register(
     PrunerSpec(
         name="magnitude",
@@ -40,9 +224,95 @@ MAGNITUDE = PRUNERS.register(
     )
 )
 
+NM = PRUNERS.register(
+    PrunerSpec(
+        name="nm",
+        impl="audit.pruning.nm:NMPruner",
+        summary="N:M semi-structured magnitude pruning (2:4, 4:8): n kept of every m inputs per row.",
+        params=NMParams,
+        tags=("semi-structured", "n:m"),
+        criterion="|w| within each group of m consecutive inputs",
+    )
+)
+
+WANDA = PRUNERS.register(
+    PrunerSpec(
+        name="wanda",
+        impl="audit.pruning.wanda:WandaPruner",
+        summary="Wanda: |W|·||X|| with calibration activations, per output row; optionally N:M.",
+        params=WandaParams,
+        tags=("unstructured", "n:m", "calibration"),
+        needs_calibration=True,
+        criterion="|W_ij|·||X_j||_2 per output row (Sun et al. 2023)",
+    )
+)
+
+SPARSEGPT = PRUNERS.register(
+    PrunerSpec(
+        name="sparsegpt",
+        impl="audit.pruning.sparsegpt:SparseGPTPruner",
+        summary="SparseGPT one-shot second-order pruning with weight reconstruction; optionally N:M.",
+        params=SparseGPTParams,
+        tags=("unstructured", "n:m", "calibration"),
+        needs_calibration=True,
+        criterion="w²/[H⁻¹]²_jj per block with OBS updates (Frantar & Alistarh 2023)",
+    )
+)
+
+GRADIENT = PRUNERS.register(
+    PrunerSpec(
+        name="gradient",
+        impl="audit.pruning.gradient:GradientPruner",
+        summary="Gradient (synaptic) importance |w·dL/dw| from labelled calibration data (Taylor/SNIP).",
+        params=GradientParams,
+        tags=("unstructured", "calibration", "labels"),
+        needs_calibration=True,
+        needs_labels=True,
+        criterion="|w·∂L/∂w| (first-order Taylor / SNIP)",
+    )
+)
+
+STRUCTURED = PRUNERS.register(
+    PrunerSpec(
+        name="structured",
+        impl="audit.pruning.structured:StructuredPruner",
+        summary="Removes attention heads and FFN neurons physically (shapes shrink; HF config patched).",
+        params=StructuredParams,
+        tags=("structured",),
+        structured=True,
+        criterion="head / neuron weight norm, or gradient importance",
+    )
+)
+
+GRADUAL = PRUNERS.register(
+    PrunerSpec(
+        name="gradual",
+        impl="audit.pruning.gradual:GradualPruner",
+        summary="Gradual magnitude pruning on a cubic schedule with recovery fine-tuning (opt-in, slow).",
+        params=GradualParams,
+        tags=("unstructured", "calibration", "labels", "fine-tuning", "opt-in"),
+        needs_calibration=True,
+        needs_labels=True,
+        criterion="|w| after each fine-tuning cycle (Zhu & Gupta 2017)",
+    )
+)
+
+
+def uses_calibration(spec: PrunerSpec, params: PluginParams) -> bool:
+    """Whether this method with these params needs calibration data."""
+    fn = getattr(params, "uses_calibration", None)
+    return bool(spec.needs_calibration or (callable(fn) and fn()))
+
+
+def uses_labels(spec: PrunerSpec, params: PluginParams) -> bool:
+    """Whether this method with these params needs labelled calibration data."""
+    fn = getattr(params, "uses_labels", None)
+    return bool(spec.needs_labels or (callable(fn) and fn()))
+
 
 def validate_point_params(point: object) -> None:
-    """Re-validate a sweep point's params against its method's params model (torch-free).
+    """Re-validate a sweep point's params against its method's params model (torch-free),
+    and check that a method that needs calibration data has a calibration split.
 
     Raises :class:`audit.errors.UsageError` naming the point, before any work starts.
     """
@@ -52,10 +322,17 @@ def validate_point_params(point: object) -> None:
 
     spec = PRUNERS.get(point.method)  # type: ignore[attr-defined]
     try:
-        spec.params.model_validate(point.params)  # type: ignore[attr-defined]
+        params = spec.params.model_validate(point.params)  # type: ignore[attr-defined]
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         raise UsageError(
             f"invalid params for {point.method}: {first['msg']}",  # type: ignore[attr-defined]
             where=f"sweep point {point.id}",  # type: ignore[attr-defined]
         ) from None
+    calib = getattr(point, "calibration", None) or {}
+    if uses_calibration(spec, params) and not calib.get("split"):
+        raise UsageError(
+            f"method {spec.name!r} needs calibration data but no calibration split is configured",
+            where=f"sweep point {point.id}",  # type: ignore[attr-defined]
+            hint="set data.splits.calibration (or sweep.calibration.split) to a split with labelled examples",
+        )

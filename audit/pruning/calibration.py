@@ -1,0 +1,305 @@
+"""Calibration data for data-aware pruners, and the block-by-block engine that feeds
+each Linear layer's input activations to a statistic (Wanda's norms, SparseGPT's
+Hessian).
+
+Seeds: the calibration sample of a sweep point is drawn with
+``numpy.random.default_rng([calibration.seed, point.seed])``, so the seed axis of the
+sweep varies the calibration data of Wanda, SparseGPT, gradient and gradual pruning
+(and the fine-tuning order of gradual pruning). When ``calibration.n`` is at least
+the split's size, every seed sees the same examples.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from audit.fingerprint import texts_sha256
+from audit.pruning.base import CalibrationData
+from audit.results import CalibrationRecord
+
+log = logging.getLogger(__name__)
+
+
+def draw_calibration(
+    eval_set: Any,
+    predictor: Any,
+    *,
+    n: int,
+    seed: int,
+    point_seed: int,
+    dataset: str,
+    split: str,
+) -> CalibrationData:
+    """Draw ``n`` examples of ``eval_set`` (an :class:`audit.data.EvalSet`) and tokenize them.
+
+    Args:
+        eval_set: The calibration split, loaded.
+        predictor: The run's :class:`audit.inference.Predictor` (tokenizer, batch size).
+        n: Examples wanted (capped at the split's size).
+        seed: The configured calibration seed.
+        point_seed: The sweep point's seed.
+        dataset: Id of the dataset, for the record.
+        split: Name of the split, for the record.
+    """
+    rng = np.random.default_rng([int(seed), int(point_seed)])
+    n = min(int(n), len(eval_set))
+    idx = np.sort(rng.choice(len(eval_set), size=n, replace=False))
+    sub = eval_set.subset(idx, name=eval_set.name)
+    enc = predictor.encode(sub.texts, sub.text_pairs)
+    labels = torch.from_numpy(np.asarray(sub.labels)) if sub.labels is not None else None
+    bs = predictor.batch_size
+    batch_labels = (
+        [labels[torch.from_numpy(enc.order[i : i + bs])] for i in range(0, n, bs)] if labels is not None else []
+    )
+    record = CalibrationRecord(
+        dataset=dataset,
+        split=split,
+        n=n,
+        seed=int(seed),
+        point_seed=int(point_seed),
+        fingerprint=texts_sha256(sub.texts, sub.labels.tolist() if sub.labels is not None else ()),
+        batches=len(enc.batches),
+        tokens=int(sum(int(b["attention_mask"].sum()) for b in enc.batches)),
+    )
+    return CalibrationData(
+        texts=sub.texts,
+        labels=sub.labels,
+        batches=enc.batches,
+        batch_labels=batch_labels,
+        record=record,
+    )
+
+
+class CalibrationSampler:
+    """Draws (once per seed) and caches the calibration sample of each sweep seed."""
+
+    def __init__(self, eval_set: Any, predictor: Any, *, n: int, seed: int, dataset: str, split: str) -> None:
+        self.eval_set = eval_set
+        self.predictor = predictor
+        self.n = n
+        self.seed = seed
+        self.dataset = dataset
+        self.split = split
+        self.drawn: dict[int, CalibrationData] = {}
+
+    def __call__(self, point_seed: int) -> CalibrationData:
+        if point_seed not in self.drawn:
+            self.drawn[point_seed] = draw_calibration(
+                self.eval_set,
+                self.predictor,
+                n=self.n,
+                seed=self.seed,
+                point_seed=point_seed,
+                dataset=self.dataset,
+                split=self.split,
+            )
+        return self.drawn[point_seed]
+
+
+class InputStat(Protocol):
+    """A statistic of one Linear layer's inputs, fed ``[tokens, in_features]`` chunks."""
+
+    def add(self, x: torch.Tensor) -> None: ...
+
+
+class _Stop(Exception):
+    """Raised by a hook to stop a forward pass once the wanted inputs are captured."""
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The transformer blocks: the longest ``ModuleList`` of same-type modules holding Linear layers."""
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        kinds = {type(m) for m in module}
+        if len(kinds) != 1 or not any(isinstance(x, nn.Linear) for x in module[0].modules()):
+            continue
+        if best is None or len(module) > len(best[1]):
+            best = (name, module)
+    return best
+
+
+def tokens_of(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``[tokens, features]`` rows of ``x``; padded positions dropped when ``mask`` fits."""
+    if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+        return x[mask]
+    return x.reshape(-1, x.shape[-1])
+
+
+@dataclass
+class _State:
+    mask: torch.Tensor | None = None
+
+
+def _hook_inputs(
+    modules: list[tuple[str, nn.Module]], stats: dict[str, InputStat], state: _State
+) -> list[torch.utils.hooks.RemovableHandle]:
+    handles = []
+    for name, module in modules:
+        stat = stats[name]
+
+        def hook(_mod: nn.Module, inp: tuple[torch.Tensor, ...], _out: Any, stat: InputStat = stat) -> None:
+            stat.add(tokens_of(inp[0].detach(), state.mask))
+
+        handles.append(module.register_forward_hook(hook))
+    return handles
+
+
+def _hidden(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def sequential_calibrate(
+    model: nn.Module,
+    layers: list[tuple[str, nn.Module]],
+    calibration: CalibrationData,
+    *,
+    make_stat: Callable[[str, nn.Module], InputStat],
+    finish: Callable[[str, nn.Module, InputStat], None],
+) -> list[str]:
+    """Feed each selected layer's calibration inputs to a statistic, then let ``finish`` prune it.
+
+    Blocks are processed in order, as in the reference SparseGPT and Wanda code: the
+    inputs of the first block are captured once; for each block the statistics of all
+    its selected layers are collected in one pass over the (still dense) block, the
+    layers are pruned, and the pruned block's outputs become the next block's inputs.
+    Selected layers outside the blocks (or every layer, when the model has no block
+    list) are handled last with full forward passes through the pruned model. Padded
+    token positions never enter a statistic.
+
+    Returns:
+        Notes for the :class:`~audit.results.PruningRecord`.
+    """
+    device = model_device(model)
+    found = find_blocks(model)
+    by_block: dict[int, list[tuple[str, nn.Module]]] = {}
+    rest: list[tuple[str, nn.Module]] = []
+    if found is not None:
+        prefix, blocks = found
+        for name, module in layers:
+            head = f"{prefix}."
+            if name.startswith(head):
+                by_block.setdefault(int(name[len(head) :].split(".", 1)[0]), []).append((name, module))
+            else:
+                rest.append((name, module))
+    else:
+        rest = list(layers)
+    notes = []
+    state = _State()
+    batches = [to_device(b, device) for b in calibration.batches]
+    masks = [b["attention_mask"].bool() if "attention_mask" in b else None for b in batches]
+    if by_block:
+        assert found is not None
+        prefix, blocks = found
+        captured: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+        def catch(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured.append((args, kwargs))
+            raise _Stop
+
+        handle = blocks[0].register_forward_pre_hook(catch, with_kwargs=True)
+        try:
+            for batch in batches:
+                try:
+                    model(**batch)
+                except _Stop:
+                    pass
+        finally:
+            handle.remove()
+        last = max(by_block)
+        for i in range(last + 1):
+            block = blocks[i]
+            chosen = by_block.get(i, [])
+            if chosen:
+                stats = {name: make_stat(name, module) for name, module in chosen}
+                handles = _hook_inputs(chosen, stats, state)
+                try:
+                    for (args, kwargs), mask in zip(captured, masks, strict=True):
+                        state.mask = mask
+                        block(*args, **kwargs)
+                finally:
+                    for h in handles:
+                        h.remove()
+                for name, module in chosen:
+                    finish(name, module, stats.pop(name))
+            if i == last:
+                break
+            nxt = []
+            for args, kwargs in captured:
+                hidden = _hidden(block(*args, **kwargs))
+                if args:
+                    nxt.append(((hidden, *args[1:]), kwargs))
+                else:
+                    nxt.append(((), {**kwargs, "hidden_states": hidden}))
+            captured = nxt
+        notes.append(
+            f"layers pruned block by block through {prefix} ({len(by_block)} blocks); each block's inputs come "
+            "from the already pruned blocks before it"
+        )
+    if rest:
+        stats = {name: make_stat(name, module) for name, module in rest}
+        handles = _hook_inputs(rest, stats, state)
+        try:
+            for batch, mask in zip(batches, masks, strict=True):
+                state.mask = mask
+                model(**batch)
+        finally:
+            for h in handles:
+                h.remove()
+        for name, module in rest:
+            finish(name, module, stats.pop(name))
+        notes.append(f"{len(rest)} layer(s) outside the transformer blocks calibrated from full forward passes")
+    return notes
+
+
+class SquaredNorm:
+    """Per-input-feature sum of squares over calibration tokens (``||X_j||_2^2``)."""
+
+    def __init__(self, in_features: int, device: torch.device) -> None:
+        self.sum_sq = torch.zeros(in_features, dtype=torch.float64, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        self.sum_sq += x.double().pow(2).sum(dim=0)
+        self.tokens += x.shape[0]
+
+    def norm(self) -> torch.Tensor:
+        return self.sum_sq.sqrt()
+
+
+class Hessian:
+    """``H = 2/N sum_t x_t x_t^T`` over calibration tokens, as SparseGPT's ``add_batch``."""
+
+    def __init__(self, in_features: int, device: torch.device) -> None:
+        self.H = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        t = x.shape[0]
+        if t == 0:
+            return
+        self.H *= self.tokens / (self.tokens + t)
+        self.tokens += t
+        x = x.float()
+        self.H += (x.T @ x).double() * (2.0 / self.tokens)

@@ -1,0 +1,150 @@
+"""Gradual magnitude pruning with recovery fine-tuning (Zhu & Gupta 2017, "To prune, or
+not to prune", arXiv:1710.01878).
+
+At steps ``t = 0..n`` the sparsity follows ``s_t = s_f + (s_i - s_f)(1 - t/n)^3`` (the
+step ``t = 0`` is skipped when ``s_i = 0``). Each step prunes the smallest-magnitude
+surviving weights up to ``s_t`` with ``torch.nn.utils.prune`` (masks compose, so pruned
+weights stay pruned) and then fine-tunes every parameter of the model for a few
+batches of labelled calibration data, with the masks in place so pruned weights stay
+zero. Per-layer override targets follow the same schedule shape. The seed fixes the
+batch order and dropout of the fine-tuning, and selects the calibration sample.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune
+
+from audit.errors import UsageError
+from audit.pruning.base import PruneContext, Pruner, build_record, layer_targets, select_layers
+from audit.pruning.calibration import model_device, to_device
+from audit.results import PruningRecord
+
+
+def cubic_schedule(initial: float, final: float, steps: int) -> list[float]:
+    """Sparsity after each step ``t = 0..steps`` of the cubic schedule (``t = 0`` dropped when it is 0)."""
+    values = [final + (initial - final) * (1.0 - t / steps) ** 3 for t in range(steps + 1)]
+    values[-1] = final
+    return values if initial > 0 else values[1:]
+
+
+def _pruned_count(module: nn.Module) -> int:
+    mask = getattr(module, "weight_mask", None)
+    return 0 if mask is None else int((mask == 0).sum())
+
+
+class GradualPruner(Pruner):
+    """Prune → fine-tune cycles on a cubic schedule."""
+
+    def validate(self, model: nn.Module, ctx: PruneContext) -> None:
+        super().validate(model, ctx)
+        if self.params.initial_sparsity > ctx.sparsity:
+            raise UsageError(
+                f"initial_sparsity {self.params.initial_sparsity:g} is above the target {ctx.sparsity:g}",
+                where=f"method {self.name!r}",
+                hint="the schedule goes from initial_sparsity up to the sweep level",
+            )
+
+    def prune(self, model: nn.Module, ctx: PruneContext) -> PruningRecord:
+        started = time.perf_counter()
+        assert ctx.calibration is not None
+        p = self.params
+        layers = select_layers(model, ctx.layers)
+        targets = layer_targets(layers, ctx.sparsity, ctx.layers)
+        overridden = {n for n, t in targets.items() if t != ctx.sparsity}
+        shared = [(n, m) for n, m in layers if n not in overridden] if p.scope == "global" else []
+        own = [(n, m) for n, m in layers if p.scope != "global" or n in overridden]
+        schedule = cubic_schedule(min(p.initial_sparsity, ctx.sparsity), ctx.sparsity, p.steps)
+        device = model_device(model)
+        batches = list(zip(ctx.calibration.batches, ctx.calibration.batch_labels, strict=True))
+        losses: list[float] = []
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(ctx.seed)
+            gen = torch.Generator().manual_seed(ctx.seed)
+            opt = torch.optim.AdamW(
+                [q for q in model.parameters() if q.requires_grad], lr=p.learning_rate, weight_decay=p.weight_decay
+            )
+            order: list[int] = []
+            try:
+                for step, level in enumerate(schedule):
+                    frac = level / ctx.sparsity if ctx.sparsity > 0 else 0.0
+                    self._prune_to(shared, own, targets, level, frac)
+                    n_steps = p.finetune_steps + (p.final_finetune_steps if step == len(schedule) - 1 else 0)
+                    losses.extend(self._finetune(model, batches, opt, n_steps, gen, order, device))
+            finally:
+                for _, m in layers:
+                    if prune.is_pruned(m) and hasattr(m, "weight_orig"):
+                        prune.remove(m, "weight")
+                opt.zero_grad(set_to_none=True)
+                model.eval()
+        notes = [
+            "cubic schedule (Zhu & Gupta 2017): " + ", ".join(f"{s:.3f}" for s in schedule),
+            f"{len(losses)} fine-tuning steps on {ctx.calibration.record.n} labelled calibration examples "
+            f"(lr {p.learning_rate:g}); every parameter is fine-tuned, pruned weights stay zero",
+        ]
+        if losses:
+            k = max(1, min(len(losses), p.finetune_steps or 1))
+            notes.append(f"fine-tuning loss: first {sum(losses[:k]) / k:.4f}, last {sum(losses[-k:]) / k:.4f}")
+        return build_record(
+            model=model,
+            spec=self.spec,
+            params=self.params,
+            ctx=ctx,
+            layers=layers,
+            targets=targets,
+            started=started,
+            notes=notes,
+        )
+
+    @staticmethod
+    def _prune_to(
+        shared: list[tuple[str, nn.Module]],
+        own: list[tuple[str, nn.Module]],
+        targets: dict[str, float],
+        level: float,
+        frac: float,
+    ) -> None:
+        if shared:
+            total = sum(m.weight.numel() for _, m in shared)
+            amount = int(round(level * total)) - sum(_pruned_count(m) for _, m in shared)
+            if amount > 0:
+                prune.global_unstructured(
+                    [(m, "weight") for _, m in shared], pruning_method=prune.L1Unstructured, amount=amount
+                )
+        for name, m in own:
+            amount = int(round(targets[name] * frac * m.weight.numel())) - _pruned_count(m)
+            if amount > 0:
+                prune.l1_unstructured(m, "weight", amount=amount)
+
+    @staticmethod
+    def _finetune(
+        model: nn.Module,
+        batches: list[tuple[dict[str, torch.Tensor], torch.Tensor]],
+        opt: torch.optim.Optimizer,
+        steps: int,
+        gen: torch.Generator,
+        order: list[int],
+        device: torch.device,
+    ) -> list[float]:
+        if steps <= 0 or not batches:
+            return []
+        model.train()
+        losses = []
+        with torch.enable_grad():
+            for _ in range(steps):
+                if not order:
+                    order.extend(torch.randperm(len(batches), generator=gen).tolist())
+                batch, labels = batches[order.pop()]
+                out = model(**to_device(batch, device))
+                logits = out.logits if hasattr(out, "logits") else out[0]
+                loss = F.cross_entropy(logits.float(), labels.to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+        model.eval()
+        return losses
