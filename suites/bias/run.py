@@ -182,7 +182,7 @@ class BiasSuite(Suite):
         uniq, counts = np.unique(np.asarray(values, dtype=object).astype(str), return_counts=True)
         if len(uniq) < 2:
             self._warn(
-                f"{where} has a single group ({uniq[0]!r}, n={counts[0]}): no between-group comparison "
+                f"{where} has a single group ({str(uniq[0])!r}, n={int(counts[0])}): no between-group comparison "
                 "is possible; its values are reported but it has no disparity"
                 if len(uniq)
                 else f"{where} is empty"
@@ -566,6 +566,7 @@ class BiasSuite(Suite):
                     "delta": -r["gap"],
                     "p_value": t["p_value"],
                     "test": "exact McNemar (group accuracy, dense vs variant)",
+                    "higher_is_better": True,  # delta is the group's accuracy change
                     "n": r["n"],
                     "lost": t["lost"],
                     "gained": t["gained"],

@@ -37,109 +37,26 @@ ahead", "an old phone"); they count as identity terms only before a person noun
 
 from __future__ import annotations
 
+GENDER_PAIRS: tuple[tuple[str, str], ...] = tuple(
+    tuple(pair.split("/"))  # type: ignore[misc]
+    for pair in """
+    she/he her/his her/him hers/his herself/himself woman/man women/men girl/boy girls/boys
+    mother/father mothers/fathers mom/dad moms/dads mum/dad daughter/son daughters/sons
+    sister/brother sisters/brothers wife/husband wives/husbands girlfriend/boyfriend
+    girlfriends/boyfriends aunt/uncle aunts/uncles niece/nephew nieces/nephews
+    grandmother/grandfather grandma/grandpa queen/king lady/gentleman ladies/gentlemen ms/mr
+    mrs/mr madam/sir female/male females/males actress/actor actresses/actors waitress/waiter
+    bride/groom heroine/hero princess/prince gal/guy businesswoman/businessman
+    spokeswoman/spokesman chairwoman/chairman stepmother/stepfather feminine/masculine
+    """.split()
+)
+"""Female/male word pairs; ``her`` appears twice (as ``his`` and as ``him``), resolved from context."""
+
 CATEGORIES: dict[str, dict[str, list[str]]] = {
     "gender": {
-        "female": [
-            "she",
-            "her",
-            "her",
-            "hers",
-            "herself",
-            "woman",
-            "women",
-            "girl",
-            "girls",
-            "mother",
-            "mothers",
-            "mom",
-            "moms",
-            "mum",
-            "daughter",
-            "daughters",
-            "sister",
-            "sisters",
-            "wife",
-            "wives",
-            "girlfriend",
-            "girlfriends",
-            "aunt",
-            "aunts",
-            "niece",
-            "nieces",
-            "grandmother",
-            "grandma",
-            "queen",
-            "lady",
-            "ladies",
-            "ms",
-            "mrs",
-            "madam",
-            "female",
-            "females",
-            "actress",
-            "actresses",
-            "waitress",
-            "bride",
-            "heroine",
-            "princess",
-            "gal",
-            "businesswoman",
-            "spokeswoman",
-            "chairwoman",
-            "stepmother",
-            "feminine",
-        ],
-        "male": [
-            "he",
-            "his",
-            "him",
-            "his",
-            "himself",
-            "man",
-            "men",
-            "boy",
-            "boys",
-            "father",
-            "fathers",
-            "dad",
-            "dads",
-            "dad",
-            "son",
-            "sons",
-            "brother",
-            "brothers",
-            "husband",
-            "husbands",
-            "boyfriend",
-            "boyfriends",
-            "uncle",
-            "uncles",
-            "nephew",
-            "nephews",
-            "grandfather",
-            "grandpa",
-            "king",
-            "gentleman",
-            "gentlemen",
-            "mr",
-            "mr",
-            "sir",
-            "male",
-            "males",
-            "actor",
-            "actors",
-            "waiter",
-            "groom",
-            "hero",
-            "prince",
-            "guy",
-            "businessman",
-            "spokesman",
-            "chairman",
-            "stepfather",
-            "masculine",
-        ],
-    },  # fmt: skip
+        "female": [f for f, _ in GENDER_PAIRS],
+        "male": [m for _, m in GENDER_PAIRS],
+    },
     "race": {
         "black": ["black", "African American", "African-American", "African"],
         "white": ["white", "European American", "European-American", "European", "Caucasian"],
