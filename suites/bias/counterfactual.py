@@ -207,13 +207,15 @@ class Lexicon:
         return out
 
     def identities(self, text: str, *, level: str = "term", categories: Sequence[str] | None = None) -> set[str]:
-        """Identity mentions of ``text`` from identity *words* (names are not identities).
+        """Identity mentions of ``text`` from identity *words* (names and pronouns are not).
 
         ``level="term"`` gives the canonical lower-case term (``"african american"``);
         ``"group"`` gives ``"category:group"`` (``"race:black"``).
         """
         out = set()
         for m in self.find(text):
+            if m.key in default_terms.PRONOUNS:
+                continue  # "she" is not a mention of an identity group
             for e in m.entries:
                 if e.kind != "word" or (categories is not None and e.category not in categories):
                     continue

@@ -151,6 +151,9 @@ NAMES: dict[str, dict[str, list[str]]] = {
 """First names by gender, then race/ethnicity. Names take part in the ``gender`` swap
 (same race, other gender) and in the ``race`` swap (same gender, other race)."""
 
+PRONOUNS = frozenset({"she", "he", "her", "his", "him", "hers", "herself", "himself"})
+"""Swapped in counterfactuals, but not identity *mentions* when subgroups are found in text."""
+
 NAME_CATEGORIES = ("gender", "race")
 """The categories whose swaps also change first names."""
 
