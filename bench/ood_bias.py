@@ -148,7 +148,7 @@ def bias_config(
         "    counterfactual: {max_per_text: 4}\n"
         "    identity_sets:\n"
         f"      - {{name: templates-id, path: {data['templates']}, identity_from_text: true, strict_terms: false}}\n"
-        f"      - {{name: wiki, path: {data['wiki']}, identity_from_text: true}}\n"
+        f"      - {{name: wiki, path: {data['wiki']}, identity_from_text: true, identity_level: group}}\n"
         "    functional_sets:\n"
         f"      - {{name: hatecheck, path: {data['hatecheck']}, columns: {{groups: [target, functionality]}}}}\n"
         "policy: null\n" + _runtime(n_boot, threads) + f"output_dir: {out}\n"

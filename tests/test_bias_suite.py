@@ -205,6 +205,8 @@ def test_identity_and_functional_sets(audit: TinyAudit, tiny_data_dir: Path, tmp
     assert ms["bias/idset/bnsp_auc"].groups["identity"]["disability_flag"].value == pytest.approx(
         roc_auc_score(y[bnsp], score[bnsp])
     )
+    # every subgroup here is smaller than min_group_n (30), so all of them enter the mean
+    assert sub.details["subgroups_in_mean"] == sorted(sub.groups["identity"])
     assert sub.value == pytest.approx(generalized_mean([gv.value for gv in sub.groups["identity"].values()]))
     assert ms["bias/idset/roc_auc"].value == pytest.approx(roc_auc_score(y, score))
     assert "religion:muslim" in ms["bias/fromtext/subgroup_auc"].groups["identity"] or any(

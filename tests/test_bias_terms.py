@@ -64,7 +64,7 @@ def test_identities_from_words_not_names(lex: Lexicon) -> None:
     assert lex.identities("Being african american is great") == {"african american"}
     assert lex.identities("Emily is a Muslim woman", level="group") == {"religion:muslim", "gender:female"}
     assert lex.identities("Greg went home") == set()
-    assert lex.identities("She told him about her Jewish friends") == {"jewish"}
+    assert lex.identities("She told her father about the Jewish actor") == {"jewish"}
 
 
 def test_default_lists_are_well_formed() -> None:

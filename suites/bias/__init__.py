@@ -253,7 +253,8 @@ METRICS = (
     MetricSpec(
         "subgroup_auc",
         "ROC AUC within each identity subgroup (per identity in groups); the value is their "
-        "generalized mean with p = −5, which is pulled towards the worst subgroup.",
+        "generalized mean with p = −5, which is pulled towards the worst subgroup (over subgroups "
+        "of at least min_group_n examples when there are any).",
         higher_is_better=True,
         citation=CITE_BORKAN,
     ),

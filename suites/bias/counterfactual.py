@@ -207,18 +207,19 @@ class Lexicon:
         return out
 
     def identities(self, text: str, *, level: str = "term", categories: Sequence[str] | None = None) -> set[str]:
-        """Identity mentions of ``text`` from identity *words* (names and pronouns are not).
+        """Identity mentions of ``text`` from identity *words* (names, pronouns and gendered
+        role nouns are not; see :data:`~suites.bias.terms.GENDER_IDENTITY_WORDS`).
 
         ``level="term"`` gives the canonical lower-case term (``"african american"``);
         ``"group"`` gives ``"category:group"`` (``"race:black"``).
         """
         out = set()
         for m in self.find(text):
-            if m.key in default_terms.PRONOUNS:
-                continue  # "she" is not a mention of an identity group
             for e in m.entries:
                 if e.kind != "word" or (categories is not None and e.category not in categories):
                     continue
+                if e.category == "gender" and m.key not in default_terms.GENDER_IDENTITY_WORDS:
+                    continue  # "she", "father", "actor": gendered, but not a mention of a group
                 out.add(m.key if level == "term" else f"{e.category}:{e.group}")
         return out
 

@@ -727,10 +727,21 @@ class BiasSuite(Suite):
                         "test": "DeLong (paired ROC AUCs)",
                         "n": int(sel.sum()),
                     }
-            gvals = [gv.value for gv in groups.values() if gv.value is not None]
-            worst = min(groups, key=lambda g: groups[g].value if groups[g].value is not None else np.inf)
+            # the power mean is pulled to the worst subgroup, so tiny subgroups (an AUC of 0
+            # from one pair) would decide it: it uses subgroups of at least min_group_n
+            # examples, all of them when none is that large
+            defined = {g: gv for g, gv in groups.items() if gv.value is not None}
+            large = {g: gv for g, gv in defined.items() if not gv.small_n}
+            in_mean = large or defined
+            worst = min(in_mean, key=lambda g: in_mean[g].value) if in_mean else None
+            over = (
+                f"subgroups of at least {self.params.min_group_n} examples"
+                if large
+                else f"all subgroups (none has {self.params.min_group_n} examples)"
+            )
             details = {
-                "aggregate": f"generalized mean, p = {GENERALIZED_MEAN_POWER:g} (Borkan et al. 2019)",
+                "aggregate": f"generalized mean, p = {GENERALIZED_MEAN_POWER:g} (Borkan et al. 2019), over {over}",
+                "subgroups_in_mean": sorted(in_mean),
                 "worst_subgroup": worst,
                 "n_subgroups": len(groups),
                 "identity_source": "text" if iset.ref.identity_from_text else "columns",
@@ -742,7 +753,7 @@ class BiasSuite(Suite):
                     suite=self.name,
                     dataset=name,
                     metric=metric,
-                    value=generalized_mean(gvals),
+                    value=generalized_mean([gv.value for gv in in_mean.values()]),
                     ci_method=self._ci_method(ctx) + ", stratified, per subgroup in groups",
                     n=len(y),
                     groups={"identity": groups},

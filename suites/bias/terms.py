@@ -151,8 +151,12 @@ NAMES: dict[str, dict[str, list[str]]] = {
 """First names by gender, then race/ethnicity. Names take part in the ``gender`` swap
 (same race, other gender) and in the ``race`` swap (same gender, other race)."""
 
-PRONOUNS = frozenset({"she", "he", "her", "his", "him", "hers", "herself", "himself"})
-"""Swapped in counterfactuals, but not identity *mentions* when subgroups are found in text."""
+GENDER_IDENTITY_WORDS = frozenset(
+    "woman women man men girl girls boy boys female females male males lady ladies gentleman gentlemen".split()
+)
+"""The gender words that count as identity *mentions* when subgroups are found in text; the
+other gendered words (pronouns, kinship and role nouns such as "she", "father", "actor") are
+swapped in counterfactuals but do not make a text about a gender group."""
 
 NAME_CATEGORIES = ("gender", "race")
 """The categories whose swaps also change first names."""
