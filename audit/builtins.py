@@ -7,4 +7,6 @@ from __future__ import annotations
 
 import audit.pruning.specs  # noqa: F401
 import reports  # noqa: F401
+import suites.bias  # noqa: F401
+import suites.ood  # noqa: F401
 import suites.performance  # noqa: F401

@@ -325,6 +325,9 @@ def run_audit(
         variants=results[1:],
         limitations=_limitations(config, eval_set, results),
     )
+    from audit.analysis import analyze_sweep  # FDR control over every variant's tests
+
+    analyze_sweep(result, alpha=round(1.0 - config.runtime.ci_level, 10))
     verdict = None
     if policy is not None:
         verdict = evaluate_policy(policy, result, policy_label=policy_label)

@@ -48,7 +48,8 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
-def _feature_columns(groups: Mapping[str, np.ndarray], intersections: bool) -> dict[str, np.ndarray]:
+def feature_columns(groups: Mapping[str, np.ndarray], intersections: bool) -> dict[str, np.ndarray]:
+    """Sensitive columns as string arrays, plus their intersection (``"a&b"``) when asked."""
     feats = {k: np.asarray(v, dtype=object).astype(str) for k, v in groups.items()}
     if intersections and len(feats) > 1:
         names = sorted(feats)
@@ -183,6 +184,7 @@ def group_measurements(
     seed: int = 0,
     intersections: bool = True,
     details: Mapping[str, dict[str, Any]] | None = None,
+    min_group_n: int = SMALL_GROUP_N,
 ) -> list[Measurement]:
     """One :class:`Measurement` per metric, overall and per group, with bootstrap CIs.
 
@@ -214,7 +216,7 @@ def group_measurements(
             n=n,
             details=dict((details or {}).get(m.name, {})),
         )
-    for feat_name, feat in _feature_columns(groups, intersections).items():
+    for feat_name, feat in feature_columns(groups, intersections).items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             mf = MetricFrame(metrics=scorers, y_true=y_true, y_pred=y_pred, sensitive_features={feat_name: feat})
@@ -234,7 +236,7 @@ def group_measurements(
                     ci_low=lo,
                     ci_high=hi,
                     n=cnt,
-                    small_n=cnt < SMALL_GROUP_N,
+                    small_n=cnt < min_group_n,
                 )
     return list(out.values())
 
@@ -261,3 +263,353 @@ def paired_bootstrap_delta(
     diff = b - a
     lo, hi = bootstrap_ci(diff, n_boot=n_boot, level=level, seed=seed)
     return float(diff.mean()) if len(diff) else float("nan"), lo, hi
+
+
+# -- resampling helpers shared by the OOD and bias suites --------------------------------
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int | np.random.Generator = 0) -> np.ndarray:
+    """``[n_boot, n]`` row indices of bootstrap resamples (empty when ``n_boot`` is 0)."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    if n == 0 or n_boot <= 0:
+        return np.zeros((0, n), dtype=np.int64)
+    return rng.integers(0, n, size=(n_boot, n))
+
+
+def percentile_ci(boot: np.ndarray, level: float = 0.95) -> tuple[float | None, float | None]:
+    """Percentile interval of bootstrap statistics (non-finite resamples are dropped)."""
+    return _ci(np.asarray(boot, dtype=np.float64), level)
+
+
+def bootstrap_p_value(point: float, boot_deltas: np.ndarray) -> float | None:
+    """Two-sided p-value of "no change" for a paired bootstrap of a difference.
+
+    Uses the normal approximation ``z = delta / sd(bootstrap deltas)`` so that
+    p-values are continuous (a percentile count bottoms out at ``1 / n_boot``,
+    which no multiple-testing correction can use).
+    """
+    from scipy.stats import norm
+
+    d = np.asarray(boot_deltas, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if not np.isfinite(point) or len(d) < 2:
+        return None
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        return 1.0 if point == 0 else 0.0
+    return float(2 * norm.sf(abs(point) / sd))
+
+
+def paired_result(
+    *,
+    baseline: float,
+    value: float,
+    boot_deltas: np.ndarray | None,
+    level: float,
+    test: str,
+    n: int,
+    p_value: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The ``details["paired"]`` record of a dense-vs-variant comparison.
+
+    ``delta`` is variant minus dense; the CI comes from paired bootstrap deltas; the
+    p-value is ``p_value`` when a dedicated test gave one (McNemar, DeLong), else the
+    bootstrap normal approximation. :mod:`audit.analysis` adds ``q_value``.
+    """
+    delta = float(value - baseline) if np.isfinite(value) and np.isfinite(baseline) else float("nan")
+    lo, hi = percentile_ci(boot_deltas, level) if boot_deltas is not None and len(boot_deltas) else (None, None)
+    if p_value is None and boot_deltas is not None:
+        p_value = bootstrap_p_value(delta, boot_deltas)
+    return {
+        "baseline": _num(baseline),
+        "delta": _num(delta),
+        "ci_low": lo,
+        "ci_high": hi,
+        "p_value": _num(p_value),
+        "test": test,
+        "n": int(n),
+        **extra,
+    }
+
+
+def _num(x: float | None) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+# -- calibration ---------------------------------------------------------------------------
+
+
+def _ece_parts(proba: np.ndarray, y_true: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    proba = np.asarray(proba, dtype=np.float64)
+    conf = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
+    # equal-width bins, right-closed: (0, 1/B], (1/B, 2/B], ... (Guo et al. 2017)
+    bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    return bins, correct - conf
+
+
+def expected_calibration_error(proba: np.ndarray, y_true: np.ndarray, *, n_bins: int = 15) -> float:
+    """Expected calibration error of the top-class confidence (Guo et al. 2017).
+
+    ``ECE = sum_b |B_b| / n * |acc(B_b) - conf(B_b)|`` over ``n_bins`` equal-width
+    confidence bins; 0 is perfectly calibrated.
+    """
+    if len(y_true) == 0:
+        return float("nan")
+    bins, gap = _ece_parts(proba, y_true, n_bins)
+    per_bin = np.bincount(bins, weights=gap, minlength=n_bins)
+    return float(np.abs(per_bin).sum() / len(gap))
+
+
+def bootstrap_ece(proba: np.ndarray, y_true: np.ndarray, index: np.ndarray, *, n_bins: int = 15) -> np.ndarray:
+    """ECE of each bootstrap resample ``index[b]`` (``[n_boot, n]`` row indices)."""
+    bins, gap = _ece_parts(proba, y_true, n_bins)
+    if index.size == 0:
+        return np.zeros(len(index))
+    b, n = index.shape
+    codes = (np.arange(b)[:, None] * n_bins + bins[index]).ravel()
+    sums = np.bincount(codes, weights=gap[index].ravel(), minlength=b * n_bins).reshape(b, n_bins)
+    return np.abs(sums).sum(axis=1) / n
+
+
+# -- ROC AUC: point values from sklearn, vectorised bootstrap, DeLong's paired test --------------
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC of ``scores`` for the boolean ``positive`` (NaN when one class is absent)."""
+    from sklearn.metrics import roc_auc_score
+
+    positive = np.asarray(positive, dtype=bool)
+    if positive.all() or not positive.any():
+        return float("nan")
+    return float(roc_auc_score(positive, np.asarray(scores, dtype=np.float64)))
+
+
+def auc_from_ranks(scores: np.ndarray, n_pos: int) -> np.ndarray:
+    """AUC per row of ``scores [B, n_pos + n_neg]`` whose first ``n_pos`` columns are positives."""
+    from scipy.stats import rankdata
+
+    n_neg = scores.shape[1] - n_pos
+    ranks = rankdata(scores, axis=1)  # average ranks: ties count one half (Mann-Whitney)
+    return (ranks[:, :n_pos].sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def bootstrap_auc(
+    scores: np.ndarray,
+    positive: np.ndarray,
+    *,
+    n_boot: int,
+    seed: int | np.random.Generator = 0,
+    paired_with: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Stratified bootstrap of ROC AUC (positives and negatives resampled separately).
+
+    Returns the ``[n_boot]`` AUCs of ``scores`` and, when ``paired_with`` (another
+    model's scores on the same rows) is given, that model's AUCs on the same resamples.
+    """
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    positive = np.asarray(positive, dtype=bool)
+    pos, neg = np.flatnonzero(positive), np.flatnonzero(~positive)
+    if n_boot <= 0 or len(pos) == 0 or len(neg) == 0:
+        return np.zeros(0), (np.zeros(0) if paired_with is not None else None)
+    chunk = max(1, 2_000_000 // len(positive))
+    out_a, out_b = [], []
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        idx = np.concatenate(
+            [pos[rng.integers(0, len(pos), size=(b, len(pos)))], neg[rng.integers(0, len(neg), size=(b, len(neg)))]],
+            axis=1,
+        )
+        out_a.append(auc_from_ranks(np.asarray(scores, dtype=np.float64)[idx], len(pos)))
+        if paired_with is not None:
+            out_b.append(auc_from_ranks(np.asarray(paired_with, dtype=np.float64)[idx], len(pos)))
+    return np.concatenate(out_a), (np.concatenate(out_b) if paired_with is not None else None)
+
+
+def delong_paired(scores_a: np.ndarray, scores_b: np.ndarray, positive: np.ndarray) -> dict[str, float | None]:
+    """DeLong's test for two correlated ROC AUCs on the same examples.
+
+    Fast algorithm of Sun & Xu (2014): the AUCs' covariance comes from the placement
+    values of positives and negatives. Returns both AUCs, their difference b − a, its
+    standard error and the two-sided p-value of "equal AUCs".
+    """
+    from scipy.stats import norm, rankdata
+
+    positive = np.asarray(positive, dtype=bool)
+    m, n = int(positive.sum()), int((~positive).sum())
+    if m < 2 or n < 2:
+        return {"auc_a": None, "auc_b": None, "delta": None, "se": None, "p_value": None}
+    s = np.stack([np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)])
+    x, y = s[:, positive], s[:, ~positive]
+    tx, ty = rankdata(x, axis=1), rankdata(y, axis=1)
+    tz = rankdata(np.concatenate([x, y], axis=1), axis=1)
+    aucs = (tz[:, :m].sum(axis=1) / m - (m + 1) / 2) / n
+    v01 = (tz[:, :m] - tx) / n
+    v10 = 1.0 - (tz[:, m:] - ty) / m
+    cov = np.cov(v01) / m + np.cov(v10) / n
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    delta = float(aucs[1] - aucs[0])
+    if var <= 1e-15:
+        p = 1.0 if abs(delta) < 1e-12 else 0.0
+        se = 0.0
+    else:
+        se = var**0.5
+        p = float(2 * norm.sf(abs(delta) / se))
+    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "delta": delta, "se": se, "p_value": p}
+
+
+# -- group disparities ----------------------------------------------------------------------------
+
+
+def _group_codes(feature: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    uniq, codes = np.unique(np.asarray(feature, dtype=object).astype(str), return_inverse=True)
+    return uniq, codes
+
+
+def disparity_differences(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    feature: np.ndarray,
+    *,
+    n_boot: int = 200,
+    level: float = 0.95,
+    seed: int | np.random.Generator = 0,
+    return_boot: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Demographic-parity and equalized-odds differences of a binary task, with CIs.
+
+    Point values come from fairlearn (``demographic_parity_difference``,
+    ``equalized_odds_difference``: the largest between-group gap in selection rate,
+    and the larger of the TPR and FPR gaps). CIs are percentile bootstraps that
+    resample examples within each group (group sizes fixed); with the same ``seed`` and
+    groups, two models get the same resamples, and ``return_boot`` adds the resampled
+    values (``"boot"``) for a paired comparison.
+    """
+    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    feature = np.asarray(feature, dtype=object).astype(str)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dp = float(demographic_parity_difference(y_true, y_pred, sensitive_features=feature))
+        eo = float(equalized_odds_difference(y_true, y_pred, sensitive_features=feature))
+    uniq, codes = _group_codes(feature)
+    dp_boot = eo_boot = None
+    if n_boot > 0 and len(uniq) > 1:
+        sel, tpr, fpr = [], [], []
+        for g in range(len(uniq)):
+            members = codes == g
+            cm = bootstrap_confusion(y_true[members], y_pred[members], 2, n_boot, rng).astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                sel.append(cm[:, :, 1].sum(axis=1) / cm.sum(axis=(1, 2)))
+                tpr.append(cm[:, 1, 1] / cm[:, 1, :].sum(axis=1))
+                fpr.append(cm[:, 0, 1] / cm[:, 0, :].sum(axis=1))
+
+        def spread(rows: list[np.ndarray]) -> np.ndarray:
+            a = np.stack(rows, axis=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return np.nanmax(a, axis=1) - np.nanmin(a, axis=1)
+
+        dp_boot = spread(sel)
+        eo_boot = np.fmax(spread(tpr), spread(fpr))
+    out = {}
+    for name, value, boot in (
+        ("demographic_parity_difference", dp, dp_boot),
+        ("equalized_odds_difference", eo, eo_boot),
+    ):
+        lo, hi = percentile_ci(boot, level) if boot is not None else (None, None)
+        out[name] = {"value": value, "ci_low": lo, "ci_high": hi, "n_groups": len(uniq)}
+        if return_boot:
+            out[name]["boot"] = boot if boot is not None else np.zeros(0)
+    return out
+
+
+def pruning_disparate_impact(
+    base_correct: np.ndarray,
+    correct: np.ndarray,
+    feature: np.ndarray,
+    *,
+    n_boot: int = 200,
+    level: float = 0.95,
+    seed: int | np.random.Generator = 0,
+) -> dict[str, Any]:
+    """Disparate impact of pruning per group (Tran et al. 2022).
+
+    For each group G, ``gap(G) = acc(dense | G) - acc(pruned | G)`` and its *excess*
+    over the overall gap, ``gap(G) - gap(all)``: positive when pruning costs G more
+    than the average. CIs come from one paired bootstrap over examples (the same
+    resample for dense and pruned, for the group and for the whole set); each group
+    also gets an exact McNemar test of its own accuracy change.
+    """
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    base = np.asarray(base_correct, dtype=np.float64)
+    new = np.asarray(correct, dtype=np.float64)
+    diff = base - new  # accuracy lost per example: 1 lost, -1 gained
+    uniq, codes = _group_codes(feature)
+    k = len(uniq)
+    n = len(diff)
+    gap_all = float(diff.mean()) if n else float("nan")
+    counts = np.bincount(codes, minlength=k)
+    gap_g = np.bincount(codes, weights=diff, minlength=k) / np.maximum(counts, 1)
+    boot_excess = None
+    if n_boot > 0 and n:
+        idx = bootstrap_indices(n, n_boot, rng)
+        b = len(idx)
+        cc = (np.arange(b)[:, None] * k + codes[idx]).ravel()
+        num = np.bincount(cc, weights=diff[idx].ravel(), minlength=b * k).reshape(b, k)
+        den = np.bincount(cc, minlength=b * k).reshape(b, k)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            boot_gap = num / den
+        boot_excess = boot_gap - diff[idx].mean(axis=1)[:, None]
+    groups = {}
+    for g, name in enumerate(uniq):
+        members = codes == g
+        lo, hi = percentile_ci(boot_excess[:, g], level) if boot_excess is not None else (None, None)
+        groups[str(name)] = {
+            "gap": float(gap_g[g]),
+            "excess": float(gap_g[g] - gap_all),
+            "ci_low": lo,
+            "ci_high": hi,
+            "n": int(counts[g]),
+            "mcnemar": mcnemar_exact(base[members] > 0, new[members] > 0),
+        }
+    return {"overall_gap": gap_all, "groups": groups}
+
+
+def benjamini_hochberg(p_values: np.ndarray, *, method: str = "bh") -> np.ndarray:
+    """Adjusted p-values (q-values) controlling the false discovery rate.
+
+    ``method="bh"`` is Benjamini–Hochberg (valid for independent or positively
+    dependent tests), ``"by"`` Benjamini–Yekutieli (any dependence); both through
+    :func:`scipy.stats.false_discovery_control`. NaNs are passed through.
+    """
+    from scipy.stats import false_discovery_control
+
+    p = np.asarray(p_values, dtype=np.float64)
+    q = np.full_like(p, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        q[ok] = false_discovery_control(np.clip(p[ok], 0.0, 1.0), method=method)
+    return q
+
+
+def confusion_from_index(y_true: np.ndarray, y_pred: np.ndarray, index: np.ndarray, num_classes: int) -> np.ndarray:
+    """``[n_boot, C, C]`` confusion matrices of the resamples ``index`` (``[n_boot, n]`` row indices).
+
+    Unlike :func:`bootstrap_confusion` the resamples are given, so two models can be
+    compared on exactly the same resamples (paired bootstrap).
+    """
+    c2 = num_classes * num_classes
+    codes = np.asarray(y_true, dtype=np.int64) * num_classes + np.asarray(y_pred, dtype=np.int64)
+    b = len(index)
+    if b == 0:
+        return np.zeros((0, num_classes, num_classes), dtype=np.int64)
+    offs = (np.arange(b)[:, None] * c2 + codes[index]).ravel()
+    return np.bincount(offs, minlength=b * c2).reshape(b, num_classes, num_classes)

@@ -74,6 +74,53 @@ def yelp_shen() -> list[dict[str, Any]]:
     return rows
 
 
+def cad_imdb(kind: str = "orig", split: str = "test") -> list[dict[str, Any]]:
+    """CAD-IMDb reviews (Kaushik et al. 2020): ``kind`` orig (IMDb) or revised (label-flipping human
+    edits), split dev or test. Quoted tab-separated fields; ``<br />`` tags become spaces."""
+    path = SHARED_DATA / "cad_imdb" / f"{kind}_{split}.tsv"
+    with path.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    return [
+        {"text": " ".join(r["Text"].replace("<br />", " ").split()), "label": int(r["Sentiment"] == "Positive")}
+        for r in rows
+    ]
+
+
+def jigsaw_templates() -> list[dict[str, Any]]:
+    """Jigsaw identity-term sentence templates (Dixon et al. 2018): label 1 = toxic."""
+    path = SHARED_DATA / "jigsaw_sentence_templates" / "en_sentence_templates.csv"
+    with path.open(encoding="utf-8", newline="") as fh:
+        return [
+            {"text": r["phrase"], "label": int(r["toxicity"] == "toxic"), "template": r["template"]}
+            for r in csv.DictReader(fh)
+        ]
+
+
+def hatecheck() -> list[dict[str, Any]]:
+    """HateCheck functional tests (Röttger et al. 2021): label 1 = hateful; target ``none`` when empty."""
+    path = SHARED_DATA / "hatecheck" / "test_suite_cases.csv"
+    with path.open(encoding="utf-8", newline="") as fh:
+        return [
+            {
+                "text": r["test_case"].strip(),
+                "label": int(r["label_gold"] == "hateful"),
+                "target": r["target_ident"] or "none",
+                "functionality": r["functionality"],
+            }
+            for r in csv.DictReader(fh)
+        ]
+
+
+def wiki_toxicity(fuzzed: bool = False) -> list[dict[str, Any]]:
+    """Wikipedia talk comments of the identity-term test set (Dixon et al. 2018): label 1 = toxic."""
+    name = "toxicity_fuzzed_testset.csv" if fuzzed else "toxicity_nonfuzzed_testset.csv"
+    with (SHARED_DATA / "wiki_toxicity_fuzzed" / name).open(encoding="utf-8", newline="") as fh:
+        return [
+            {"text": " ".join(r["comment"].split()), "label": int(r["toxic"] == "True"), "rev_id": r["rev_id"]}
+            for r in csv.DictReader(fh)
+        ]
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
