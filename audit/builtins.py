@@ -7,4 +7,5 @@ from __future__ import annotations
 
 import audit.pruning.specs  # noqa: F401
 import reports  # noqa: F401
+import suites.adversarial  # noqa: F401
 import suites.performance  # noqa: F401
