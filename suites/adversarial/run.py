@@ -149,7 +149,7 @@ class AdversarialSuite(Suite):
                     )
                 timing[recipe] = time.perf_counter() - t0
                 records_out[recipe] = [r.to_dict() for r in records]
-                out.measurements.extend(self._direct_measurements(recipe, records, groups, ctx, variant))
+                out.measurements.extend(self._direct_measurements(recipe, records, groups, ctx, timing[recipe]))
                 out.examples.extend(self._examples(recipe, "direct", records, ctx))
                 skipped_time = sum(r.status == NOT_ATTACKED for r in records)
                 if skipped_time:
@@ -196,7 +196,7 @@ class AdversarialSuite(Suite):
         records: list[AttackRecord],
         groups: dict[str, np.ndarray],
         ctx: SuiteContext,
-        variant: Variant,
+        seconds: float,
     ) -> list[Any]:
         p = self.params
         status = np.array([r.status for r in records], dtype=object)
@@ -211,6 +211,8 @@ class AdversarialSuite(Suite):
             "n_sampled": len(records),
             "query_budget": p.query_budget,
             "seed": self.seed,
+            "seconds": round(seconds, 3),
+            "attacks_per_minute": round(60.0 * int(attacked.sum()) / seconds, 2) if seconds > 0 else None,
         }
         kw = {"n_boot": ctx.n_boot, "level": ctx.ci_level, "seed": self.seed}
 
