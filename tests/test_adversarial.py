@@ -381,6 +381,36 @@ def test_input_embedding_neighbours_and_antonym_refusal(env: dict[str, Any]) -> 
     assert c._check_constraint(ref.replace_word_at_index(3, "fine"), ref)
 
 
+def test_text_pairs_are_attacked_and_replayed(env: dict[str, Any]) -> None:
+    from audit.data import EvalSet
+    from audit.suite import SuiteContext
+
+    base = env["ctx"].eval_set
+    n = 40
+    es = EvalSet(
+        name="pairs",
+        texts=["Review:"] * n,
+        labels=base.labels[:n].copy(),
+        text_pairs=base.texts[:n],
+    )
+    ctx = SuiteContext(
+        config=env["cfg"], eval_set=es, predictor=env["ctx"].predictor, id2label=env["ctx"].id2label, n_boot=50
+    )
+    suite = make_suite(recipes=["deepwordbug"], n_examples=4, query_budget=60, time_budget_s=None)
+    suite.setup(ctx)
+    dense = suite.run(env["dense"], ctx.for_suite(None))
+    recs = dense.artifacts["records"]["deepwordbug"]
+    assert all(len(r["original"]) == 2 for r in recs)
+    assert any(r["status"] == "success" for r in recs)
+    for r in recs:
+        if r["status"] == "success":
+            assert len(r["perturbed"]) == 2
+            p = ctx.proba(env["dense"], [r["perturbed"][0]], [r["perturbed"][1]])
+            assert int(p.argmax()) == r["pert_pred"] != r["label"]
+    out = suite.run(env["pruned"], ctx.for_suite(dense.artifacts))
+    assert by_id(out)["adversarial/deepwordbug/transfer_accuracy"].n == 4
+
+
 def test_sentence_encoder_constraint_loads_offline_and_filters() -> None:
     from textattack.shared import AttackedText
 
