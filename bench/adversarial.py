@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-budget-s", type=float, default=None, help="per variant (default: unlimited)")
     ap.add_argument("--recipes", nargs="+", default=ALL_RECIPES, choices=ALL_RECIPES)
     ap.add_argument("--sparsities", nargs="+", type=float, default=SPARSITIES)
-    ap.add_argument("--speed-examples", type=int, default=25)
+    ap.add_argument("--speed-examples", type=int, default=10)
     ap.add_argument("--speed-recipes", nargs="+", default=ALL_RECIPES, choices=ALL_RECIPES)
     ap.add_argument("--no-capped-baseline", dest="capped_baseline", action="store_false")
     ap.add_argument("--skip-audit", action="store_true")
