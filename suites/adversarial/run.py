@@ -238,8 +238,17 @@ class AdversarialSuite(Suite):
                 details={**common, "clean_accuracy": float(tried.sum() / max(attacked.sum(), 1))},
                 **kw,
             ),
-            mean_measurement(recipe=recipe, metric="perturbed_words_pct", values=pct[success], details=common, **kw),
-            mean_measurement(recipe=recipe, metric="avg_queries", values=queries[tried], details=common, **kw),
+            mean_measurement(
+                recipe=recipe,
+                metric="perturbed_words_pct",
+                values=pct[success],
+                groups=sub(success),
+                details=common,
+                **kw,
+            ),
+            mean_measurement(
+                recipe=recipe, metric="avg_queries", values=queries[tried], groups=sub(tried), details=common, **kw
+            ),
         ]
 
     def _paired(self, recipe: str, base: list[AttackRecord], records: list[AttackRecord], ctx: SuiteContext) -> Any:
