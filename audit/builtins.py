@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import audit.pruning.specs  # noqa: F401
 import reports  # noqa: F401
+import suites.adversarial  # noqa: F401
 import suites.bias  # noqa: F401
 import suites.ood  # noqa: F401
 import suites.performance  # noqa: F401
