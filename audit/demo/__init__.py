@@ -133,6 +133,7 @@ def demo_config_text(assets: dict[str, Any]) -> str:
     """The audit config the demo runs (also written next to its report)."""
     data = assets["data"]
     return f"""# Audit config of `prune-audit demo` (generated; edit and re-run with `prune-audit run -c`).
+# Budgets are small so that the demo finishes in a few minutes on 2 cores; raise them for a real audit.
 model:
   path: {assets["model"]}
   max_length: 64
@@ -143,12 +144,28 @@ data:
     test: {data["test"]}
   columns: {{text: text, label: label, id: id, groups: [gender, race, identity]}}
   splits: {{eval: test, calibration: train}}
+  max_eval_examples: 600
 sweep:
-  methods: [magnitude]
+  methods: [magnitude, wanda, sparsegpt]
   sparsities: [0.3, 0.5, 0.7, 0.9]
   seeds: [0]
+  calibration: {{n: 64, seed: 0}}
 suites:
   performance: {{}}
+  ood:
+    shifted:                 # hotel and book reviews: domains the model was not fine-tuned on
+      - {{name: other-domains, path: {data["ood"]}, max_examples: 600}}
+    corruptions:
+      - {{kind: typo, rate: 0.1}}
+      - {{kind: synonym, rate: 0.2}}
+  bias:
+    min_group_n: 30
+    counterfactual: {{categories: [gender, race], max_texts: 300}}
+  adversarial:
+    recipes: [deepwordbug, pwws]
+    n_examples: 12
+    query_budget: 200
+    time_budget_s: 20
 policy: default
 output_dir: .
 seed: 0

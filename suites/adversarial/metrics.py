@@ -44,7 +44,7 @@ def mean_measurement(
         details=dict(details or {}),
     )
     if groups and n:
-        for feat_name, feat in stats._feature_columns(groups, intersections).items():
+        for feat_name, feat in stats.feature_columns(groups, intersections).items():
             for group in sorted(set(feat.tolist())):
                 members = feat == group
                 cnt = int(members.sum())
