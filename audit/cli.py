@@ -131,6 +131,10 @@ def run(
     format: FormatOpt = None,
     junit: JunitOpt = None,
     markdown: MarkdownOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Reuse finished work from an interrupted run into the same output dir.")
+    ] = False,
+    executor: Annotated[Optional[str], typer.Option("--executor", help="Override executor.kind: local or ray.")] = None,
 ) -> None:
     """Run an audit as the config describes; exit code is the policy verdict.
 
@@ -152,10 +156,14 @@ def run(
         overrides["policy"] = str(Path(policy).resolve()) if Path(policy).exists() else policy
     if offline is not None:
         overrides["offline"] = offline
+    if executor is not None:
+        overrides["executor"] = {"kind": executor}
     cfg = load_config(config, overrides)
     from audit.runner import run_audit
 
-    outcome = run_audit(cfg, command=_command_line(), formats=formats, paths=_output_paths(junit, markdown))
+    outcome = run_audit(
+        cfg, command=_command_line(), formats=formats, paths=_output_paths(junit, markdown), resume=resume
+    )
     _print_outcome(outcome)
     _github(outcome.result)
     raise typer.Exit(int(outcome.exit_code))
@@ -434,7 +442,11 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(f"error: {exc}", err=True)
         return int(exc.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted; outputs are written atomically, so nothing is half-written", err=True)
+        typer.echo(
+            "interrupted; outputs are written atomically, so nothing is half-written; "
+            "finished work is kept: run again with --resume to continue",
+            err=True,
+        )
         return int(ExitCode.INTERRUPTED)
     except Exception as exc:  # noqa: BLE001
         import traceback

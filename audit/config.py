@@ -344,8 +344,11 @@ class ExecutorConfig(StrictModel):
     """Where sweep points run."""
 
     kind: Literal["local", "ray"] = "local"
-    address: str | None = Field(None, description="Ray cluster address (default: local ray.init()).")
-    num_cpus_per_task: float = Field(1.0, gt=0)
+    address: str | None = Field(
+        None, description="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance is started)."
+    )
+    num_cpus_per_task: float = Field(1.0, gt=0, description="CPUs each sweep-point task reserves (its torch threads).")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (default: all).")
 
 
 class ReportConfig(StrictModel):
@@ -521,7 +524,11 @@ class AuditConfig(StrictModel):
 def _validate(doc: YamlDocument, base_dir: str | None, overrides: dict[str, Any] | None) -> AuditConfig:
     data = dict(doc.data)
     if overrides:
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        for k, v in overrides.items():
+            if v is None:
+                continue
+            # a mapping override (e.g. executor: {kind: ray}) changes only the keys it names
+            data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
     try:
         cfg = AuditConfig.model_validate(data)
     except ValidationError as exc:

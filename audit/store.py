@@ -54,6 +54,86 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
+def file_fingerprint(path: Path) -> str:
+    """sha256 of a file's bytes (read in blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_ND = "__ndarray__"
+_TUPLE = "__tuple__"
+_ITEMS = "__items__"
+
+
+def encode_tree(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
+    """Split a tree of dicts, lists, tuples, scalars, strings and numpy arrays into JSON and arrays.
+
+    Arrays are replaced by ``{"__ndarray__": name}`` references into the returned mapping
+    (stored as ``.npz`` without pickle); object arrays and anything else raise ``TypeError``,
+    so that nothing is ever stored that would need pickle to be read back.
+    """
+    arrays: dict[str, np.ndarray] = {}
+
+    def enc(v: Any) -> Any:
+        if v is None or isinstance(v, (bool, str)):
+            return v
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            return int(v)
+        if isinstance(v, (float, np.floating)):
+            f = float(v)
+            if f != f or f in (float("inf"), float("-inf")):
+                name = f"a{len(arrays)}"
+                arrays[name] = np.asarray(f)
+                return {_ND: name}
+            return f
+        if isinstance(v, np.bool_):
+            return bool(v)
+        if isinstance(v, np.ndarray):
+            if v.dtype.hasobject:
+                raise TypeError("object arrays cannot be stored without pickle")
+            name = f"a{len(arrays)}"
+            arrays[name] = v
+            return {_ND: name}
+        if isinstance(v, Mapping):
+            if all(isinstance(k, str) for k in v) and not ({_ND, _TUPLE, _ITEMS} & set(v)):
+                return {k: enc(x) for k, x in v.items()}
+            return {_ITEMS: [[enc(k), enc(x)] for k, x in v.items()]}
+        if isinstance(v, tuple):
+            return {_TUPLE: [enc(x) for x in v]}
+        if isinstance(v, list):
+            return [enc(x) for x in v]
+        raise TypeError(f"cannot store a {type(v).__name__} without pickle")
+
+    return enc(value), arrays
+
+
+def decode_tree(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    """Inverse of :func:`encode_tree`."""
+
+    def dec(v: Any) -> Any:
+        if isinstance(v, list):
+            return [dec(x) for x in v]
+        if isinstance(v, dict):
+            if _ND in v and len(v) == 1:
+                a = arrays[v[_ND]]
+                return a.item() if a.ndim == 0 and a.dtype.kind == "f" else a
+            if _TUPLE in v and len(v) == 1:
+                return tuple(dec(x) for x in v[_TUPLE])
+            if _ITEMS in v and len(v) == 1:
+                return {_hashable(dec(k)): dec(x) for k, x in v[_ITEMS]}
+            return {k: dec(x) for k, x in v.items()}
+        return v
+
+    return dec(value)
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(_hashable(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
 @dataclass(frozen=True)
 class StoreKey:
     """What a stored entry depends on."""

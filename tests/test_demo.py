@@ -60,8 +60,15 @@ def test_demo_builds_once_caches_and_audits(tmp_path: Path, monkeypatch: pytest.
     again = demo.ensure_demo_assets()
     assert again["root"] == assets["root"] and again["card"] == card
 
+    # the demo's own config and suites, on a shrunken sweep and budget (the full demo is `make demo`)
+    monkeypatch.setattr(demo, "DEMO_SWEEP", {"methods": ["magnitude", "wanda"], "sparsities": [0.9]})
+    small = {"eval": 48, "shifted": 32, "counterfactual": 24, "attacked": 2, "queries": 20}
+    monkeypatch.setattr(demo, "DEMO_BUDGET", small)
     outcome = demo.run_demo(tmp_path / "demo-out")
     assert outcome.files["html"].is_file() and outcome.files["json"].is_file()
     assert (tmp_path / "demo-out" / "audit.yaml").is_file()
-    assert [v.id for v in outcome.result.variants][-1] == "magnitude-s0.90-seed0"
+    assert [v.id for v in outcome.result.variants] == ["magnitude-s0.90-seed0", "wanda-s0.90-seed0"]
+    suites = {m.suite for v in outcome.result.all_variants() for m in v.measurements}
+    assert {"performance", "ood", "bias", "adversarial", "deployment"} <= suites
+    assert not [e for v in outcome.result.all_variants() for e in v.errors]
     assert outcome.result.model.params_total > 20_000_000  # the real MiniLM-L6, not a toy

@@ -117,6 +117,7 @@ def test_suites_run_on_the_deployed_modules(
     # the saved variant is the audited one
     out = cfg.output_path()
     assert sorted(p.name for p in out.iterdir()) == [
+        ".prune-audit-store",
         "junit.xml",
         "model-card.md",
         "report.html",

@@ -35,12 +35,14 @@ def test_pipeline_end_to_end_in_process(tiny_model_dir: Path, tiny_data_dir: Pat
     # outputs: written atomically, valid against the schema, nothing else left behind
     out = cfg.output_path()
     assert sorted(p.name for p in out.iterdir()) == [
+        ".prune-audit-store",  # finished units of work, for --resume
         "junit.xml",
         "model-card.md",
         "report.html",
         "results.json",
         "summary.md",
     ]
+    assert not list(out.rglob("*.tmp"))
     again = load_results(out / "results.json")
     assert again.verdict is not None and again.verdict.status == outcome.verdict.status
     assert int(outcome.exit_code) == again.verdict.exit_code

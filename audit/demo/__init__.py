@@ -129,9 +129,18 @@ def ensure_demo_assets(*, rebuild: bool = False) -> dict[str, Any]:
     }
 
 
+DEMO_SWEEP: dict[str, Any] = {"methods": ["magnitude", "wanda", "sparsegpt"], "sparsities": [0.3, 0.5, 0.7, 0.9]}
+"""The demo's sweep: dense + 3 methods × 4 sparsities."""
+DEMO_BUDGET: dict[str, int] = {"eval": 600, "shifted": 600, "counterfactual": 300, "attacked": 12, "queries": 200}
+"""Example and query budgets that keep the demo to a few minutes on 2 cores."""
+
+
 def demo_config_text(assets: dict[str, Any]) -> str:
     """The audit config the demo runs (also written next to its report)."""
     data = assets["data"]
+    b = DEMO_BUDGET
+    methods = ", ".join(DEMO_SWEEP["methods"])
+    sparsities = ", ".join(str(s) for s in DEMO_SWEEP["sparsities"])
     return f"""# Audit config of `prune-audit demo` (generated; edit and re-run with `prune-audit run -c`).
 # Budgets are small so that the demo finishes in a few minutes on 2 cores; raise them for a real audit.
 model:
@@ -144,27 +153,27 @@ data:
     test: {data["test"]}
   columns: {{text: text, label: label, id: id, groups: [gender, race, identity]}}
   splits: {{eval: test, calibration: train}}
-  max_eval_examples: 600
+  max_eval_examples: {b["eval"]}
 sweep:
-  methods: [magnitude, wanda, sparsegpt]
-  sparsities: [0.3, 0.5, 0.7, 0.9]
+  methods: [{methods}]
+  sparsities: [{sparsities}]
   seeds: [0]
   calibration: {{n: 64, seed: 0}}
 suites:
   performance: {{}}
   ood:
     shifted:                 # hotel and book reviews: domains the model was not fine-tuned on
-      - {{name: other-domains, path: {data["ood"]}, max_examples: 600}}
+      - {{name: other-domains, path: {data["ood"]}, max_examples: {b["shifted"]}}}
     corruptions:
       - {{kind: typo, rate: 0.1}}
       - {{kind: synonym, rate: 0.2}}
   bias:
     min_group_n: 30
-    counterfactual: {{categories: [gender, race], max_texts: 300}}
+    counterfactual: {{categories: [gender, race], max_texts: {b["counterfactual"]}}}
   adversarial:
     recipes: [deepwordbug, pwws]
-    n_examples: 12
-    query_budget: 200
+    n_examples: {b["attacked"]}
+    query_budget: {b["queries"]}
     time_budget_s: 20
 policy: default
 output_dir: .

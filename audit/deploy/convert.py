@@ -210,6 +210,7 @@ class Converter:
         """Replace every ``nn.Linear`` of ``model`` by its deployed module (in place)."""
         result = Conversion()
         hits0, measured0 = self.cache.hits, self.cache.measured
+        self.unavailable = {}  # notes are about this model's layers, not earlier conversions'
         names = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, DeployedLinear))]
         for name, module in names:
             if isinstance(module, DeployedLinear):
