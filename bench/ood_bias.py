@@ -163,7 +163,7 @@ def _run(config_text: str, path: Path) -> Any:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config_text, encoding="utf-8")
     t0 = time.perf_counter()
-    outcome = run_audit(load_config(path), command="bench.ood_bias")
+    outcome = run_audit(load_config(path), command="bench.ood_bias", resume=True)  # an interrupted bench resumes
     log.info("audit %s took %.0fs", path.name, time.perf_counter() - t0)
     return outcome.result
 

@@ -19,15 +19,8 @@ from audit.store import ResultStore, StoreKey, decode_tree, encode_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SWEEP = "sweep:\n  methods: [magnitude, wanda]\n  sparsities: [0.3, 0.6, 0.9]\n  seeds: [0]\n  calibration: {n: 32}\n"
-SUITES = (
-    "suites:\n"
-    "  performance: {}\n"
-    "  ood:\n"
-    "    corruptions: [{kind: typo, rate: 0.2}, {kind: casing}]\n"
-    "  bias:\n"
-    "    counterfactual: {categories: [gender]}\n"
-)
+SWEEP = "sweep:\n  methods: [magnitude, wanda]\n  sparsities: [0.5, 0.9]\n  seeds: [0]\n  calibration: {n: 32}\n"
+SUITES = "suites:\n  performance: {}\n  bias:\n    counterfactual: {categories: [gender]}\n"
 # one kernel for every layer: the format choice is by timing, which is the one thing that may differ
 DEPLOY = FAST_DEPLOY + "  force_format: kernel\n"
 
@@ -90,19 +83,19 @@ def test_sigkill_mid_sweep_then_resume_gives_the_uninterrupted_results(
     (out / "results.json").rename(tmp_path / "reference.json")
     store = ResultStore(out / ".prune-audit-store")
     total = store.entries()
-    assert total == 3 + 6 * 4  # dense: 3 suites; each variant: its pruning/deployment + 3 suites
+    assert total == 2 + 4 * 3  # dense: 2 suites; each variant: its pruning/deployment + 2 suites
     store.clear()
 
     # 2. the same run, killed with SIGKILL once some (not all) points are finished
     proc = subprocess.Popen(_cli(cfg), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
-    while store.entries() < 8 and proc.poll() is None and time.monotonic() < deadline:
+    while store.entries() < 5 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     kept = store.entries()
-    assert 8 <= kept < total, f"the kill did not land mid-sweep ({kept}/{total} units)"
+    assert 5 <= kept < total, f"the kill did not land mid-sweep ({kept}/{total} units)"
     assert not (out / "results.json").exists()  # nothing half-written: the results are written at the end
     assert not [p for p in out.rglob("*") if p.is_file() and p.suffix == ".json" and p.stat().st_size == 0]
 
@@ -119,7 +112,7 @@ def test_sigkill_mid_sweep_then_resume_gives_the_uninterrupted_results(
         == json.loads((tmp_path / "reference.json").read_text())["run_id"]
     )
     # non-TTY progress: plain lines with an ETA, no carriage returns
-    assert "\r" not in resumed.stderr and "sweep: 1/7" in resumed.stderr and "ETA" in resumed.stderr
+    assert "\r" not in resumed.stderr and "sweep: 1/5" in resumed.stderr and "ETA" in resumed.stderr
 
 
 def test_resume_recomputes_only_what_changed(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path) -> None:
