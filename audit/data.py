@@ -589,7 +589,7 @@ def record_truncation(es: EvalSet, predictor: Any) -> int:
         es.identity.max_length = int(predictor.max_length)
     if enc.truncated:
         log.warning(
-            "dataset %s: %d of %d texts are longer than max_length=%d tokens and were truncated (rows %s)",
+            "dataset %s: %d of %d texts are longer than max_length=%d tokens and were truncated (rows %s of the set)",
             es.name,
             enc.truncated,
             len(es),

@@ -400,3 +400,48 @@ def test_saved_variants_stay_inside_the_output_directory(tmp_path: Path) -> None
     with pytest.raises(UnsafePathError, match="symbolic link"):
         save_deployed(torch.nn.Linear(2, 2), "variants/magnitude-s0.50-seed0", root=out)
     assert os.listdir(outside) == []
+
+
+# -- checkpoints: remote code is off by default ---------------------------------------------------
+
+
+def test_custom_code_in_a_checkpoint_never_runs_by_default(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``model.trust_remote_code`` is false by default: code shipped with a checkpoint is not imported.
+
+    (Pickle weights being refused unless allowed is tested in test_model_io.py.)
+    """
+    import shutil
+
+    from audit.errors import ModelError
+    from audit.model_io import load_model
+
+    marker = tmp_path / "pwned"
+    code = f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import BertConfig as EvilConfig\n"
+
+    def checkpoint(name: str, model_type: str) -> Path:
+        d = tmp_path / name
+        shutil.copytree(tiny_model_dir, d)
+        (d / "evil_code.py").write_text(code)
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["model_type"] = model_type
+        cfg["auto_map"] = {
+            "AutoConfig": "evil_code.EvilConfig",
+            "AutoModelForSequenceClassification": "evil_code.EvilModel",
+        }
+        (d / "config.json").write_text(json.dumps(cfg))
+        return d
+
+    def load(path: Path, extra: str = "") -> object:
+        return load_model(
+            config_from_text(
+                f"model: {{path: {path}{extra}}}\ndata: {{files: {{test: t.csv}}, splits: {{eval: test}}}}\n"
+            )
+        )
+
+    # a known architecture with custom code attached: the library's own class is used, the code is not run
+    loaded = load(checkpoint("known", "bert"))
+    assert type(loaded.model).__module__.startswith("transformers.") and not marker.exists()
+    # an architecture only the custom code defines: refused with a clear error, the code is not run
+    with pytest.raises(ModelError, match="custom code.*set model.trust_remote_code: true only if you trust it"):
+        load(checkpoint("custom", "evil-net"))
+    assert not marker.exists()
