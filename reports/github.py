@@ -23,8 +23,8 @@ MAX_ANNOTATIONS = 50
 
 
 def escape_data(text: str) -> str:
-    text = visible(text)
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    # escaped first (CR and LF survive as %0D/%0A), then the remaining controls made visible
+    return visible(text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A"))
 
 
 def escape_property(text: str) -> str:
