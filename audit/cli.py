@@ -34,10 +34,26 @@ log = logging.getLogger("audit")
 _state = {"verbosity": 0}
 
 
+def _say(text: str, *, err: bool = False) -> None:
+    """Echo a human-readable line whose values may come from data (control characters made visible)."""
+    from audit.textsafe import visible
+
+    typer.echo(visible(text), err=err)
+
+
+class _VisibleFormatter(logging.Formatter):
+    """Log lines never carry raw escape sequences or carriage returns from data."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from audit.textsafe import visible
+
+        return visible(super().format(record))
+
+
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(_VisibleFormatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
@@ -74,11 +90,11 @@ def _print_outcome(outcome: object) -> None:
     v = outcome.verdict
     if v is not None:
         counts = ", ".join(f"{k} {n}" for k, n in v.counts.items() if n)
-        typer.echo(f"verdict: {v.status} under policy {v.policy} ({counts})")
+        _say(f"verdict: {v.status} under policy {v.policy} ({counts})")
         for method, s in sorted(v.max_compliant_sparsity.items()):
             typer.echo(f"max compliant sparsity for {method}: {'none' if s is None else f'{s:.2f}'}")
     for name, path in outcome.files.items():
-        typer.echo(f"{name}: {path}")
+        _say(f"{name}: {path}")
 
 
 FormatOpt = Annotated[
@@ -230,10 +246,10 @@ def check(
     verdict = evaluate_policy(pol, res, policy_label=label)
     res = res.model_copy(update={"verdict": verdict})
     counts = ", ".join(f"{k} {n}" for k, n in verdict.counts.items() if n)
-    typer.echo(f"verdict: {verdict.status} under policy {pol.name} ({counts})")
+    _say(f"verdict: {verdict.status} under policy {pol.name} ({counts})")
     for r in verdict.rules:
         if r.status in ("FAIL", "ERROR", "WARN"):
-            typer.echo(f"  {r.status:5} {r.rule} [{r.variant}] {r.metric}: {r.message}")
+            _say(f"  {r.status:5} {r.rule} [{r.variant}] {r.metric}: {r.message}")
     for method, s in sorted(verdict.max_compliant_sparsity.items()):
         typer.echo(f"max compliant sparsity for {method}: {'none' if s is None else f'{s:.2f}'}")
     paths = _output_paths(junit, markdown)
@@ -242,7 +258,7 @@ def check(
 
         options = {"model-card": {"variant": card_variant}} if card_variant else None
         for name, path in write_reports(res, output_dir, formats, paths=paths, options=options).items():
-            typer.echo(f"{name}: {path}")
+            _say(f"{name}: {path}")
     _github(res)
     raise typer.Exit(verdict.exit_code)
 
@@ -271,7 +287,7 @@ def report(
     for name, path in write_reports(
         res, output_dir, formats, paths=_output_paths(junit, markdown), options=options
     ).items():
-        typer.echo(f"{name}: {path}")
+        _say(f"{name}: {path}")
 
 
 class _Kind(str, Enum):
@@ -296,7 +312,7 @@ def validate(
         from audit.policy import load_policy
 
         pol, _ = load_policy(str(file))
-        typer.echo(f"{file}: valid policy {pol.name!r} ({len(pol.rules)} rules, {len(pol.waivers)} waivers)")
+        _say(f"{file}: valid policy {pol.name!r} ({len(pol.rules)} rules, {len(pol.waivers)} waivers)")
     else:
         from audit.config import load_config
         from audit.plan import plan
@@ -431,15 +447,15 @@ def main(argv: list[str] | None = None) -> int:
         if show is not None:
             show(file=sys.stderr)
         else:
-            typer.echo(f"error: {exc}", err=True)
+            _say(f"error: {exc}", err=True)
         if type(exc).__name__ == "NoArgsIsHelpError":
             return int(ExitCode.OK)
         return int(ExitCode.USAGE_ERROR)
     except UsageError as exc:
-        typer.echo(f"error: {exc.format()}", err=True)
+        _say(f"error: {exc.format()}", err=True)
         return int(exc.exit_code)
     except AuditError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        _say(f"error: {exc}", err=True)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo(
@@ -452,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         traceback.print_exc(file=sys.stderr)
-        typer.echo(f"internal error: {type(exc).__name__}: {exc} (please report this)", err=True)
+        _say(f"internal error: {type(exc).__name__}: {exc} (please report this)", err=True)
         return int(ExitCode.INTERNAL_ERROR)
 
 

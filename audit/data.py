@@ -3,12 +3,27 @@
 Every problem a user can cause (missing file, missing column, unknown label, empty
 split, undecodable bytes) is a :class:`DataError` naming the dataset, the file and
 what was expected.
+
+Hostile input (see the README's "Hostile input" section):
+
+* text files (csv, tsv, json/jsonl) must be UTF-8 (a UTF-8 byte-order mark is fine);
+  anything else is refused before parsing, naming the byte offset and line of the first
+  undecodable byte, or the UTF-16/UTF-32 byte-order mark found;
+* a null (missing) text is an error naming the column and the first rows; empty and
+  whitespace-only texts are evaluated as given and counted in a warning;
+* texts with control characters, bidi controls or non-characters are evaluated as
+  given (the audit measures the model on the input it gets) and counted in a warning;
+  reports show those characters as visible stand-ins (:mod:`audit.textsafe`);
+* how many texts the tokenizer truncated to ``model.max_length`` is recorded on the
+  dataset's identity by :func:`record_truncation`.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +34,24 @@ from audit.config import AuditConfig, ColumnMap, DatasetRef, HubDataset, TableSo
 from audit.errors import DataError
 from audit.fingerprint import texts_sha256
 from audit.results import DatasetIdentity
+from audit.textsafe import has_unsafe
 
 log = logging.getLogger(__name__)
 
 MISSING_GROUP = "(missing)"
+MAX_ROWS_SHOWN = 10
+"""How many row numbers an error or warning lists."""
+_TEXT_FORMATS = ("csv", "tsv", "json")
+_CHUNK = 1 << 20
+_BOMS = (  # longest first: the UTF-32-LE mark starts with the UTF-16-LE one
+    (codecs.BOM_UTF32_LE, "UTF-32-LE"),
+    (codecs.BOM_UTF32_BE, "UTF-32-BE"),
+    (codecs.BOM_UTF16_LE, "UTF-16-LE"),
+    (codecs.BOM_UTF16_BE, "UTF-16-BE"),
+)
+_REENCODE = "re-encode the file as UTF-8, e.g. `iconv -f {enc} -t UTF-8 {name} > {stem}.utf8{suffix}`"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_utf8_checked: set[tuple[str, int, int]] = set()
 _EXT_FORMAT = {
     ".csv": "csv",
     ".tsv": "tsv",
@@ -98,11 +127,70 @@ def infer_format(path: Path, declared: str | None) -> str:
     return fmt
 
 
+def _reencode_hint(path: Path, enc: str) -> str:
+    return _REENCODE.format(enc=enc, name=path.name, stem=path.stem, suffix=path.suffix)
+
+
+def check_utf8(path: Path, where: str) -> None:
+    """Refuse a text data file that is not UTF-8, naming the first undecodable byte.
+
+    A UTF-8 byte-order mark is accepted (the parsers skip it). A UTF-16 or UTF-32
+    byte-order mark, a file that is mostly NUL bytes (UTF-16/32 without a mark, or
+    binary data) and the first byte sequence that is not UTF-8 (with its offset and
+    line) are :class:`DataError` exceptions. The file is read in 1 MiB chunks; a file already
+    checked (same path, size and modification time) is not read again.
+    """
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _utf8_checked:
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    lines = 0
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(_CHUNK)
+            if offset == 0:
+                for bom, enc in _BOMS:
+                    if chunk.startswith(bom):
+                        raise DataError(
+                            f"{path.name} is {enc} (byte-order mark at offset 0), not UTF-8",
+                            where=where,
+                            hint=_reencode_hint(path, enc),
+                        )
+                head = chunk[:65536]
+                if head and head.count(0) * 10 > len(head):
+                    raise DataError(
+                        f"{path.name} is not UTF-8 text: {100 * head.count(0) / len(head):.0f}% of its first "
+                        f"{len(head)} bytes are NUL (UTF-16/UTF-32 without a byte-order mark, or a binary file)",
+                        where=where,
+                        hint=_reencode_hint(path, "UTF-16"),
+                    )
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                at = offset - pending + exc.start
+                line = lines + chunk[: max(0, at - offset)].count(b"\n") + 1
+                bad = exc.object[exc.start]
+                raise DataError(
+                    f"{path.name} is not UTF-8: byte 0x{bad:02x} at offset {at} (line {line}) is not valid UTF-8",
+                    where=where,
+                    hint=_reencode_hint(path, "<its encoding, e.g. LATIN1 or CP1252>"),
+                ) from None
+            if not chunk:
+                break
+            offset += len(chunk)
+            lines += chunk.count(b"\n")
+    _utf8_checked.add(key)
+
+
 def _quiet_datasets() -> None:
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    # parser failures become DataErrors with the parser's message; datasets' own log lines would repeat them
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
 
 
 def _load_local(path: Path, source: TableSource, split: str, where: str) -> Any:
@@ -117,6 +205,8 @@ def _load_local(path: Path, source: TableSource, split: str, where: str) -> Any:
     if path.stat().st_size == 0:
         raise DataError(f"data file is empty: {path}", where=where)
     fmt = infer_format(path, source.format)
+    if fmt in _TEXT_FORMATS:
+        check_utf8(path, where)
     kwargs: dict[str, Any] = {}
     builder = fmt
     if fmt in ("csv", "tsv"):
@@ -139,15 +229,18 @@ def _load_local(path: Path, source: TableSource, split: str, where: str) -> Any:
             hint="re-encode the file as UTF-8",
         ) from None
     except Exception as exc:  # noqa: BLE001 - datasets wraps parser errors in many types
-        cause = exc
-        while cause.__cause__ is not None or cause.__context__ is not None:
-            nxt = cause.__cause__ or cause.__context__
-            if isinstance(nxt, UnicodeDecodeError):
-                raise DataError(f"{path.name} is not UTF-8", where=where, hint="re-encode the file as UTF-8") from None
-            cause = nxt
+        chain: list[BaseException] = [exc]
+        while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+            chain.append(nxt)
+        if any(isinstance(c, UnicodeDecodeError) for c in chain):
+            raise DataError(
+                f"{path.name} is not UTF-8", where=where, hint=_reencode_hint(path, "<its encoding>")
+            ) from None
         if "corresponds to no data" in str(exc):
             raise DataError("the split has no rows", where=where, hint="point at a non-empty file or split") from None
-        raise DataError(f"cannot parse {path.name} as {fmt}: {_first_line(exc)}", where=where) from None
+        # the parser's own error (e.g. pyarrow's "JSON parse error: ... in row 3") says what and where
+        parser = next((c for c in chain if type(c).__name__ != "DatasetGenerationError"), exc)
+        raise DataError(f"cannot parse {path.name} as {fmt}: {_first_line(parser)}", where=where) from None
 
 
 def _load_hub(hub: HubDataset, split: str, offline: bool, where: str) -> Any:
@@ -259,6 +352,87 @@ def _identity(es: EvalSet, source: str, split: str | None, columns: dict[str, An
     )
 
 
+def _rows(index: list[int]) -> str:
+    """``3, 7, 12`` (1-based data rows, at most :data:`MAX_ROWS_SHOWN`, then ``...``)."""
+    shown = ", ".join(str(i + 1) for i in index[:MAX_ROWS_SHOWN])
+    return shown + (", ..." if len(index) > MAX_ROWS_SHOWN else "")
+
+
+def _column(ds: Any, column: str, where: str) -> list[Any]:
+    """Column ``column`` as a Python list; strings that are not UTF-8 (parquet can hold them) are errors."""
+    try:
+        return list(ds[column])
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"column {column!r} holds strings that are not UTF-8 (byte 0x{exc.object[exc.start]:02x}: {exc.reason})",
+            where=where,
+            hint="write the file's strings as UTF-8",
+        ) from None
+
+
+def _text_column(ds: Any, column: str, role: str, where: str) -> list[str]:
+    """Column ``column`` as a list of strings; nulls, non-text values and undecodable bytes are errors."""
+    raw = _column(ds, column, where)
+    texts: list[str] = []
+    nulls: list[int] = []
+    wrong: list[int] = []
+    wrong_type = ""
+    for i, t in enumerate(raw):
+        if isinstance(t, str):
+            texts.append(t)
+        elif t is None:
+            nulls.append(i)
+            texts.append("")
+        elif isinstance(t, (bool, int, float, np.integer, np.floating)):
+            texts.append(str(t))
+        else:
+            wrong.append(i)
+            wrong_type = wrong_type or type(t).__name__
+            texts.append("")
+    if nulls:
+        raise DataError(
+            f"{len(nulls)} of {len(texts)} rows have no text (null) in column {column!r} ({role}): "
+            f"data rows {_rows(nulls)} (1-based, header not counted)",
+            where=where,
+            hint="drop those rows or fill them in; an empty string is evaluated as given",
+        )
+    if wrong:
+        raise DataError(
+            f"column {column!r} ({role}) must hold text, found {wrong_type} values in data rows {_rows(wrong)}",
+            where=where,
+            hint="point the column map at a text column",
+        )
+    bad = [i for i, t in enumerate(texts) if _SURROGATE.search(t)]
+    if bad:
+        raise DataError(
+            f"column {column!r} ({role}) holds unpaired UTF-16 surrogates (not text) in data rows {_rows(bad)}",
+            where=where,
+            hint="fix the producer of the file; surrogates cannot be tokenized or written as UTF-8",
+        )
+    return texts
+
+
+def _text_warnings(texts: list[str], column: str, *, with_rows: bool) -> list[str]:
+    """Counts of empty and of control-character texts (evaluated as given)."""
+    out = []
+    for index, what, consequence in (
+        (
+            [i for i, t in enumerate(texts) if not t.strip()],
+            "are empty or whitespace-only",
+            "evaluated as given",
+        ),
+        (
+            [i for i, t in enumerate(texts) if has_unsafe(t)],
+            "hold control characters, bidi controls or non-characters",
+            "the model sees them as given; reports show them as visible stand-ins",
+        ),
+    ):
+        if index:
+            where_rows = f" (data rows {_rows(index)})" if with_rows else ""
+            out.append(f"{len(index)} of {len(texts)} texts in column {column!r} {what}{where_rows}; {consequence}")
+    return out
+
+
 def table_to_evalset(
     ds: Any,
     *,
@@ -277,34 +451,26 @@ def table_to_evalset(
     _check_columns(ds, cols, where, need_label)
     if len(ds) == 0:
         raise DataError("the split has no rows", where=where, hint="point at a non-empty file or split")
-    if max_examples is not None and len(ds) > max_examples:
+    # checked on every row, before any sampling: a file with missing texts is refused as a whole
+    texts = _text_column(ds, cols.text, "columns.text", where)
+    pairs = _text_column(ds, cols.text_pair, "columns.text_pair", where) if cols.text_pair else None
+    sampled = max_examples is not None and len(ds) > max_examples
+    if sampled:
         ds = ds.shuffle(seed=seed).select(range(max_examples))
-    warnings: list[str] = []
-    raw_texts = ds[cols.text]
-    texts = []
-    n_missing = 0
-    for t in raw_texts:
-        if t is None:
-            n_missing += 1
-            texts.append("")
-        else:
-            texts.append(str(t))
-    if n_missing:
-        warnings.append(f"{n_missing} rows have no text in column {cols.text!r}; evaluated as empty")
-    pairs = None
-    if cols.text_pair:
-        pairs = ["" if t is None else str(t) for t in ds[cols.text_pair]]
+        texts = _text_column(ds, cols.text, "columns.text", where)
+        pairs = _text_column(ds, cols.text_pair, "columns.text_pair", where) if cols.text_pair else None
+    warnings = _text_warnings(texts, cols.text, with_rows=not sampled)
     if need_label:
-        labels = encode_labels(list(ds[cols.label]), id2label, source.label_map, where)
+        labels = encode_labels(_column(ds, cols.label, where), id2label, source.label_map, where)
     else:
         labels = np.full(len(texts), -1, dtype=np.int64)
     groups = {}
     for g in cols.groups:
-        values = np.asarray([MISSING_GROUP if v is None or v == "" else str(v) for v in ds[g]], dtype=object)
-        groups[g] = values
-    ids = [str(v) for v in ds[cols.id]] if cols.id else [str(i) for i in range(len(texts))]
+        values = [MISSING_GROUP if v is None or v == "" else str(v) for v in _column(ds, g, where)]
+        groups[g] = np.asarray(values, dtype=object)
+    ids = [str(v) for v in _column(ds, cols.id, where)] if cols.id else [str(i) for i in range(len(texts))]
     used = {cols.text, cols.label, cols.text_pair, cols.id, *cols.groups}
-    extra = {c: list(ds[c]) for c in ds.column_names if c not in used}
+    extra = {c: _column(ds, c, where) for c in ds.column_names if c not in used}
     es = EvalSet(
         name=name,
         texts=texts,
@@ -382,7 +548,7 @@ def load_ref(ref: DatasetRef, config: AuditConfig, id2label: dict[int, str], *, 
 
 
 def check_data_files(config: AuditConfig) -> None:
-    """Cheap pre-flight (no imports of datasets): every configured file exists and is non-empty."""
+    """Cheap pre-flight (no imports of datasets): configured files exist, are non-empty, text ones UTF-8."""
     data = config.data
     if data.files is None:
         return
@@ -398,4 +564,36 @@ def check_data_files(config: AuditConfig) -> None:
             raise DataError(f"{path} is a directory; expected a data file", where=where)
         if path.stat().st_size == 0:
             raise DataError(f"data file is empty: {path}", where=where)
-        infer_format(path, data.format)
+        if infer_format(path, data.format) in _TEXT_FORMATS:
+            check_utf8(path, where)
+
+
+def record_truncation(es: EvalSet, predictor: Any) -> int:
+    """Tokenize ``es`` through ``predictor`` and record on its identity how many texts were truncated.
+
+    The encoding is the predictor's own (cached by content), so the suites reuse it:
+    nothing is tokenized twice. Sets ``es.identity.truncated`` (counted in tokens:
+    texts, with their pairs, longer than ``predictor.max_length``) and
+    ``es.identity.max_length``; logs a warning naming the first rows when any text was cut.
+
+    Args:
+        es: An evaluated set (the eval split, a suite's extra dataset, a corrupted copy).
+        predictor: The run's :class:`~audit.inference.Predictor`.
+
+    Returns:
+        The number of truncated texts.
+    """
+    enc = predictor.encode(es.texts, es.text_pairs)
+    if es.identity is not None:
+        es.identity.truncated = int(enc.truncated)
+        es.identity.max_length = int(predictor.max_length)
+    if enc.truncated:
+        log.warning(
+            "dataset %s: %d of %d texts are longer than max_length=%d tokens and were truncated (rows %s of the set)",
+            es.name,
+            enc.truncated,
+            len(es),
+            predictor.max_length,
+            _rows(sorted(int(i) for i in enc.truncated_index)),
+        )
+    return int(enc.truncated)

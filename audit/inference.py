@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,10 @@ class Encoded:
     order: np.ndarray  # position in batches -> original index
     n: int
     truncated: int
+    """How many texts (with their pairs) had more than ``max_length`` tokens and were cut."""
     lengths: np.ndarray
+    truncated_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    """Original indices of the truncated texts."""
 
 
 def _key(texts: list[str], pairs: list[str] | None, max_length: int, batch_size: int) -> str:
@@ -92,18 +95,7 @@ class Predictor:
             return_length=True,
         )
         lengths = np.asarray(tok["length"], dtype=int)
-        # a token covers at least one character, so only long texts can have been cut
-        long_idx = [i for i, t in enumerate(texts) if len(t) + (len(pairs[i]) if pairs else 0) > self.max_length - 3]
-        truncated = 0
-        if long_idx:
-            full = self.tokenizer(
-                [texts[i] for i in long_idx],
-                [pairs[i] for i in long_idx] if pairs is not None else None,
-                truncation=False,
-                return_length=True,
-                verbose=False,
-            )["length"]
-            truncated = int(sum(1 for i, f in zip(long_idx, full, strict=True) if f > lengths[i]))
+        cut = self._truncated(tok, texts, pairs, lengths)
         order = np.argsort(-lengths, kind="stable")
         pad_id = self.tokenizer.pad_token_id or 0
         has_tt = "token_type_ids" in tok
@@ -124,9 +116,29 @@ class Predictor:
             if tt is not None:
                 batch["token_type_ids"] = torch.from_numpy(tt)
             batches.append(batch)
-        if truncated:
-            log.debug("%d of %d texts truncated to %d tokens", truncated, n, self.max_length)
-        return Encoded(batches=batches, order=order, n=n, truncated=truncated, lengths=lengths)
+        if len(cut):
+            log.debug("%d of %d texts truncated to %d tokens", len(cut), n, self.max_length)
+        return Encoded(batches=batches, order=order, n=n, truncated=int(len(cut)), lengths=lengths, truncated_index=cut)
+
+    def _truncated(self, tok: Any, texts: list[str], pairs: list[str] | None, lengths: np.ndarray) -> np.ndarray:
+        """Indices of the texts the tokenizer cut, counted in tokens.
+
+        A fast tokenizer keeps what it cut off as each encoding's ``overflowing``
+        encodings (also when they are not returned); a slow one is asked for the
+        untruncated lengths. Characters are no bound on tokens (a normaliser can expand
+        one character into many tokens; byte-level BPE splits one emoji into several).
+        """
+        encodings = getattr(tok, "encodings", None)
+        if encodings is not None and len(encodings) == len(texts):
+            return np.asarray([i for i, e in enumerate(encodings) if e.overflowing], dtype=int)
+        full = self.tokenizer(
+            list(texts),
+            list(pairs) if pairs is not None else None,
+            truncation=False,
+            return_length=True,
+            verbose=False,
+        )["length"]
+        return np.flatnonzero(np.asarray(full, dtype=int) > lengths).astype(int)
 
     @torch.inference_mode()
     def logits(

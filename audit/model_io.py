@@ -84,7 +84,10 @@ def load_model(config: AuditConfig) -> LoadedModel:
     try:
         hf_config = AutoConfig.from_pretrained(source, **common)
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"cannot read the model config: {_first_line(exc)}", where=where) from None
+        hint = None
+        if "custom code" in str(exc) and not spec.trust_remote_code:
+            hint = "the checkpoint ships its own code; set model.trust_remote_code: true only if you trust it"
+        raise ModelError(f"cannot read the model config: {_first_line(exc)}", where=where, hint=hint) from None
     use_safetensors = not spec.allow_pickle or (local is not None and any((local / f).is_file() for f in SAFE_FILES))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **common)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audit.config import AuditConfig
+from audit.paths import check_name
 from audit.registry import PRUNERS
 from audit.results import BASELINE_ID, PointRecord
 
@@ -83,6 +84,10 @@ def plan(config: AuditConfig) -> list[SweepPoint]:
 
     A method whose params fix its sparsity (an N:M pattern: ``1 - n/m``) gets one point
     per seed at that level instead of one per listed sparsity.
+
+    Raises:
+        audit.paths.UnsafePathError: A point id (which names ``variants/<id>/`` and report
+            anchors) would hold ``/``, ``..`` or a control character, from a param value.
     """
     sweep = config.sweep
     layers = sweep.layers.model_dump(mode="json")
@@ -91,7 +96,7 @@ def plan(config: AuditConfig) -> list[SweepPoint]:
         calib["split"] = config.data.splits.calibration
     points = [SweepPoint(method=BASELINE_ID, sparsity=0.0, seed=config.seed)]
     seen: set[str] = {BASELINE_ID}
-    for method in sweep.methods:
+    for i, method in enumerate(sweep.methods):
         variant = _variant_label(method.name, method.params)
         # a method whose params fix the sparsity (an N:M pattern) runs once per seed at that level
         implied = PRUNERS.get(method.name).implied_sparsity(method.params)
@@ -109,6 +114,7 @@ def plan(config: AuditConfig) -> list[SweepPoint]:
                 )
                 if point.id in seen:
                     continue
+                check_name(point.id, what="variant id", where=f"sweep.methods[{i}] ({method.name})")
                 seen.add(point.id)
                 points.append(point)
     return points

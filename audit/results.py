@@ -237,6 +237,23 @@ class DatasetIdentity(Record):
     n: int
     fingerprint: str
     columns: dict[str, Any] = Field(default_factory=dict)
+    max_length: int | None = None
+    """Tokenizer truncation length the texts were encoded with (None: not recorded)."""
+    truncated: int | None = None
+    """How many of the ``n`` texts (with their pairs) were longer than ``max_length``
+    tokens and were cut to it (None: not recorded)."""
+
+    @property
+    def truncation_note(self) -> str | None:
+        """A limitation line when texts were truncated, else None."""
+        if not self.truncated:
+            return None
+        share = self.truncated / self.n if self.n else 0.0
+        return (
+            f"dataset {self.id}: {self.truncated} of {self.n} texts ({share:.1%}) are longer than "
+            f"max_length={self.max_length} tokens and were truncated; the model saw only their first "
+            f"{self.max_length} tokens"
+        )
 
 
 class ModelIdentity(Record):

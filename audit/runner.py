@@ -191,6 +191,9 @@ def prepare(config: AuditConfig, *, preflighted: tuple[Policy | None, str | None
     predictor = Predictor(
         loaded.tokenizer, max_length=config.model.max_length, batch_size=config.runtime.batch_size, device=device
     )
+    from audit.data import record_truncation
+
+    record_truncation(eval_set, predictor)  # the encoding is cached: the suites reuse it
     dense = loaded.model.to(device)
     points = plan(config)
 
@@ -505,7 +508,11 @@ def _save_variant(session: Session, point: SweepPoint, model: Any, vr: VariantRe
     # written as it is made (each directory atomically): deployed variants are large
     vr.deployment.saved_to = f"variants/{point.id}"
     save_deployed(
-        model, config.output_path() / vr.deployment.saved_to, tokenizer=session.loaded.tokenizer, record=vr.deployment
+        model,
+        vr.deployment.saved_to,
+        root=config.output_path(),
+        tokenizer=session.loaded.tokenizer,
+        record=vr.deployment,
     )
 
 
@@ -543,6 +550,15 @@ def run_audit(
 
     t_run = time.perf_counter()
     preflighted = preflight(config)
+    if write:  # unsafe output paths fail before any work (torch-free)
+        from audit.paths import safe_join
+        from reports.writer import report_targets
+
+        report_targets(config.output_path(), formats or config.report.formats, paths)
+        safe_join(config.output_path(), STORE_DIR)
+        if config.deploy.save_variants:
+            for p in plan(config)[1:]:
+                safe_join(config.output_path(), "variants", p.id)
     progress = progress if progress is not None else Progress()
     session = prepare(config, preflighted=preflighted)
     session.write = write
@@ -616,7 +632,8 @@ def finish(
         metrics=_metric_catalog(config, deployed=session.deploy_ctx is not None),
         baseline=results[0],
         variants=results[1:],
-        limitations=_limitations(config, eval_set, results),
+        limitations=_limitations(config, eval_set, results)
+        + [d.truncation_note for d in datasets if d.truncation_note],
     )
     from audit.analysis import analyze_sweep  # FDR control over every variant's tests
 

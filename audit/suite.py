@@ -100,13 +100,29 @@ class SuiteContext:
         return self.predictor.proba(variant.model, texts, pairs)
 
     def load_dataset(self, ref: DatasetRef, *, need_label: bool = True) -> EvalSet:
-        """Load (once per run) an extra dataset named in suite params."""
+        """Load (once per run) an extra dataset named in suite params.
+
+        Its identity records how many texts the tokenizer truncates (see
+        :meth:`record_truncation`).
+        """
         from audit.data import load_ref
 
         key = f"{ref.name}:{need_label}:{ref.model_dump_json()}"
         if key not in self._datasets:
-            self._datasets[key] = load_ref(ref, self.config, self.id2label, need_label=need_label)
+            es = load_ref(ref, self.config, self.id2label, need_label=need_label)
+            self.record_truncation(es)
+            self._datasets[key] = es
         return self._datasets[key]
+
+    def record_truncation(self, es: EvalSet) -> int:
+        """Record on ``es.identity`` how many of its texts exceed ``max_length`` tokens (tokenized once, cached).
+
+        Suites call it for every set they build themselves (e.g. corrupted copies)
+        and return in :attr:`SuiteOutput.datasets`.
+        """
+        from audit.data import record_truncation
+
+        return record_truncation(es, self.predictor)
 
     def for_suite(self, baseline: dict[str, Any] | None) -> SuiteContext:
         """A view of this context with another suite's baseline artifacts."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from audit.charts import Point, Series, Threshold, heatmap, line_chart
 from audit.policy import deployment_catalog, skipped_rules
-from audit.results import Measurement, MetricInfo, RuleResult, RunResult, VariantResult
+from audit.results import DatasetIdentity, Measurement, MetricInfo, RuleResult, RunResult, VariantResult
 
 STATUS_ORDER = {"FAIL": 0, "ERROR": 1, "WARN": 2, "PASS": 3, "SKIP": 4}
 STATUS_ICON = {"PASS": "✅", "WARN": "⚠️", "FAIL": "❌", "ERROR": "💥", "SKIP": "⏭️", "NO_RESULTS": "∅"}
@@ -910,6 +910,14 @@ def _protocol(result: RunResult, cat: dict[str, MetricInfo]) -> dict[str, Any]:
     }
 
 
+def _truncation_cell(d: DatasetIdentity) -> str:
+    """``12 (5.0%) at 64 tokens``; empty when the run did not record truncation."""
+    if d.truncated is None:
+        return ""
+    share = d.truncated / d.n if d.n else 0.0
+    return f"{d.truncated} ({share:.1%}) at {d.max_length} tokens"
+
+
 def limitations(result: RunResult) -> list[str]:
     """What this run does not cover: stored limitations, skipped rules, suites not run, errors."""
     out: dict[str, None] = {}
@@ -917,6 +925,9 @@ def limitations(result: RunResult) -> list[str]:
         if _STALE_SKIP.match(line):  # written by older runners; skipped rules now come from the verdict
             continue
         out.setdefault(line, None)
+    for d in result.datasets:
+        if d.truncation_note:
+            out.setdefault(d.truncation_note, None)
     suites = {m.suite for v in result.all_variants() for m in v.measurements}
     suites |= {s.get("name") for s in result.config.get("suites", []) if isinstance(s, dict)}  # type: ignore[misc]
     for s in ("ood", "bias", "adversarial"):
@@ -970,6 +981,8 @@ def build_view(result: RunResult) -> dict[str, Any]:
                 "n": d.n,
                 "fingerprint": d.fingerprint[:16],
                 "columns": ", ".join(f"{k}: {clip(v, 60)}" for k, v in d.columns.items()),
+                "truncated": _truncation_cell(d),
+                "truncated_any": bool(d.truncated),
             }
             for d in result.datasets
         ],

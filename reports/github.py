@@ -4,7 +4,8 @@ Under GitHub Actions (``GITHUB_ACTIONS=true``) ``run`` and ``check`` print one
 ``::error`` annotation per FAIL or ERROR and one ``::warning`` per WARN, and append the
 Markdown summary to the file named by ``$GITHUB_STEP_SUMMARY`` when it is set.
 Values are escaped as the runner expects (``%``, CR, LF; and ``:`` ``,`` in properties)
-so that a hostile string cannot inject a second workflow command.
+so that a hostile string cannot inject a second workflow command, and control
+characters (ANSI escape sequences in group values, say) are shown as visible stand-ins.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from audit.results import RunResult
+from audit.textsafe import visible
 from audit.views import sorted_rules
 
 MAX_ANNOTATIONS = 50
@@ -21,7 +23,8 @@ MAX_ANNOTATIONS = 50
 
 
 def escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    # escaped first (CR and LF survive as %0D/%0A), then the remaining controls made visible
+    return visible(text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A"))
 
 
 def escape_property(text: str) -> str:

@@ -4,7 +4,8 @@ One ``<testsuite>`` per variant (the dense baseline included when a rule judges 
 and ``not-run`` for rules whose suite did not run). PASS is a passing case, WARN a
 passing case with the finding in ``<system-out>``, FAIL a ``<failure>``, ERROR an
 ``<error>`` and SKIP ``<skipped>``. Written with :mod:`xml.etree.ElementTree`, which
-escapes every value; characters XML 1.0 cannot carry are dropped. Deterministic: no
+escapes every value; control characters, bidi overrides and non-characters (most of
+which XML 1.0 cannot carry) are shown as visible stand-ins (:func:`audit.textsafe.visible`). Deterministic: no
 timestamps or durations, so the file can be compared with a golden copy.
 """
 
@@ -15,13 +16,14 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 
 from audit.results import RuleResult, RunResult
+from audit.textsafe import visible
 
 _INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 NOT_RUN = "not-run"
 
 
 def _x(text: object) -> str:
-    return _INVALID_XML.sub("", str(text))
+    return _INVALID_XML.sub("", visible(text))
 
 
 def _detail(r: RuleResult) -> str:
@@ -89,9 +91,9 @@ def render(result: RunResult) -> str:
             )
             message = _x(f"{r.status}: {r.message}")
             if r.status == "FAIL":
-                ET.SubElement(case, "failure", message=message, type=r.rule).text = _detail(r)
+                ET.SubElement(case, "failure", message=message, type=_x(r.rule)).text = _detail(r)
             elif r.status == "ERROR":
-                ET.SubElement(case, "error", message=message, type=r.rule).text = _detail(r)
+                ET.SubElement(case, "error", message=message, type=_x(r.rule)).text = _detail(r)
             elif r.status == "SKIP":
                 ET.SubElement(case, "skipped", message=_x(r.message))
             elif r.status == "WARN":

@@ -2,8 +2,11 @@
 
 Rendered with Jinja2 (StrictUndefined) in an environment whose ``finalize`` escapes
 every value for Markdown, the way autoescape does for HTML: a value cannot open a
-link, an HTML tag or a new table cell. Identifiers go through the ``code`` filter
-(code spans, where HTML is inert).
+link, an HTML tag or a new table cell, and its control characters, bidi overrides and
+non-characters are shown as visible stand-ins (:func:`audit.textsafe.visible`), so a
+summary printed in a terminal or a PR comment cannot carry escape sequences or
+reordered text. Identifiers go through the ``code`` filter (code spans, where HTML
+is inert).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import jinja2
 
 from audit.results import RunResult
+from audit.textsafe import visible
 from audit.views import build_summary
 
 _SPECIAL = re.compile(r"([\\`*_\[\]|~#!])")
@@ -26,7 +30,7 @@ class Raw(str):
 
 def md_escape(value: Any) -> str:
     """Escape text for Markdown (inline or in a table cell): one line, no markup, no HTML."""
-    s = " ".join(str(value).split())
+    s = " ".join(visible(value).split())
     s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _SPECIAL.sub(r"\\\1", s)
 
@@ -38,7 +42,7 @@ def md_code(value: Any) -> Raw:
     CommonMark, and entities cannot be escaped inside a code span: text with ``<``,
     ``>`` or ``&`` is rendered escaped instead, outside a code span.
     """
-    s = " ".join(str(value).split())
+    s = " ".join(visible(value).split())
     if not s:
         return Raw("")
     if any(ch in s for ch in "<>&"):

@@ -9,6 +9,7 @@ from typing import Any
 
 from audit.atomic import atomic_write_text
 from audit.errors import PluginError
+from audit.paths import safe_join
 from audit.registry import REPORTERS
 from audit.results import RunResult
 
@@ -40,6 +41,32 @@ def render_reports(
     return rendered
 
 
+def report_targets(
+    out_dir: Path | None, formats: list[str], paths: Mapping[str, Path] | None = None
+) -> dict[str, Path]:
+    """Where each requested reporter's file goes; checked, nothing is written.
+
+    ``paths`` (from the command line) are used as given; every other file goes to
+    ``out_dir / spec.filename`` through :func:`audit.paths.safe_join`, so a reporter's
+    file name cannot leave the output directory or write through a symbolic link there.
+    Call it before any work starts to fail early.
+
+    Raises:
+        PluginError: A reporter has no explicit path and there is no output directory.
+        audit.paths.UnsafePathError: A report file would leave the output directory.
+    """
+    paths = dict(paths or {})
+    targets = {}
+    for name in expand_formats([*formats, *paths]):
+        target = paths.get(name)
+        if target is None:
+            if out_dir is None:
+                raise PluginError(f"no output directory for the {name} reporter", hint="pass --output-dir")
+            target = safe_join(out_dir, REPORTERS.get(name).filename, what=f"{name} report file")
+        targets[name] = Path(target)
+    return targets
+
+
 def write_reports(
     result: RunResult,
     out_dir: Path | None,
@@ -50,20 +77,15 @@ def write_reports(
 ) -> dict[str, Path]:
     """Render every requested reporter, then write each file atomically.
 
-    Everything is rendered before anything is written, so a failing reporter writes
+    Targets are checked first (:func:`report_targets`) and everything is rendered
+    before anything is written, so a failing reporter or an unsafe path writes
     nothing. ``paths`` gives an explicit file for a reporter (``--junit PATH``); the
     others go to ``out_dir / spec.filename``.
     """
-    paths = dict(paths or {})
-    wanted = expand_formats([*formats, *paths])
-    rendered = render_reports(result, wanted, options)
+    targets = report_targets(out_dir, formats, paths)
+    rendered = render_reports(result, list(targets), options)
     files = {}
     for name, text in rendered.items():
-        target = paths.get(name)
-        if target is None:
-            if out_dir is None:
-                raise PluginError(f"no output directory for the {name} reporter", hint="pass --output-dir")
-            target = Path(out_dir) / REPORTERS.get(name).filename
-        files[name] = atomic_write_text(target, text)
-        log.debug("wrote %s", target)
+        files[name] = atomic_write_text(targets[name], text)
+        log.debug("wrote %s", targets[name])
     return files

@@ -35,6 +35,8 @@ from audit.results import DeploymentRecord
 log = logging.getLogger(__name__)
 
 MANIFEST = "deploy.json"
+VARIANTS_DIR = "variants"
+"""Saved variants go to ``<output_dir>/variants/<variant id>/``."""
 WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1
 _SCALARS = (bool, int, float)
@@ -56,17 +58,44 @@ def _scalar_attrs(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
+def variant_dir(out_dir: str | Path, variant_id: str) -> Path:
+    """``<out_dir>/variants/<variant_id>``, checked to stay inside ``out_dir`` (see :mod:`audit.paths`).
+
+    Raises:
+        audit.paths.UnsafePathError: The id cannot be a directory name, or a symbolic
+            link inside ``out_dir`` is on the way.
+    """
+    from audit.paths import check_name, safe_join
+
+    return safe_join(out_dir, VARIANTS_DIR, check_name(variant_id, what="variant id"), what="saved variant")
+
+
 def save_deployed(
     model: nn.Module,
     path: str | Path,
     *,
     tokenizer: Any = None,
     record: DeploymentRecord | None = None,
+    root: str | Path | None = None,
 ) -> Path:
-    """Write a deployed model to directory ``path`` (replaced atomically if it exists)."""
+    """Write a deployed model to directory ``path`` (replaced atomically if it exists).
+
+    Args:
+        model: The deployed model.
+        path: Target directory; relative to ``root`` when ``root`` is given.
+        tokenizer: Saved alongside when given.
+        record: The deployment record, stored in the manifest.
+        root: The output directory: ``path`` must stay inside it, through no symbolic
+            link (:func:`audit.paths.safe_join`); without it ``path`` is used as given.
+    """
     from safetensors.torch import save_file
 
-    target = Path(path)
+    if root is not None:
+        from audit.paths import safe_join
+
+        target = safe_join(root, path, what="saved variant")
+    else:
+        target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:

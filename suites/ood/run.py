@@ -93,6 +93,7 @@ class OodSuite(Suite):
                 self._setup_warnings.append(msg)
                 continue
             sub = es.subset(rows, name=es.name).with_texts([texts[i] for i in rows], name)
+            ctx.record_truncation(sub)  # a corruption can push a text over max_length
             self.sets.append(
                 ShiftedSet(name, c.kind, sub, rows=rows, changed_share=share, originals=[es.texts[i] for i in rows])
             )
