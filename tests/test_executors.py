@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +30,11 @@ class LiveModels(Suite):
         from transformers import PreTrainedModel
 
         gc.collect()
-        # whole models (a BertForSequenceClassification holds a BertModel, itself a PreTrainedModel)
-        live = sum(1 for o in gc.get_objects() if isinstance(o, PreTrainedModel) and o.base_model is not o)
+        # whole models (a BertForSequenceClassification holds a BertModel, itself a PreTrainedModel);
+        # isinstance() on every object touches torch's deprecated module attributes, hence the filter
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            live = sum(1 for o in gc.get_objects() if isinstance(o, PreTrainedModel) and o.base_model is not o)
         return SuiteOutput(
             measurements=[Measurement(suite="live", dataset="process", metric="models", value=live, n=1)]
         )
