@@ -11,7 +11,8 @@ ran the interrupted sweep.
   makes each point a Ray task. ``executor.address`` or ``RAY_ADDRESS`` names an existing
   cluster; otherwise a local Ray instance is started. Each worker prepares the run once
   (model, data, suites) and keeps it for the points it is given; results and store
-  entries come back to the driver, which writes them, so workers need no shared disk.
+  entries come back to the driver, which writes them, so workers need no shared disk
+  (except for ``deploy.save_variants``: each worker saves the variants it deployed).
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def _worker_session(config: AuditConfig, threads: int) -> Session:
         torch.set_num_threads(threads)
         _WORKER_SESSIONS.clear()  # one run at a time per worker: bounded memory
         session = prepare(config)
-        session.write = False  # the driver writes every output
+        # the driver writes the store and the reports; a worker writes only the deployed variants
+        # it made (deploy.save_variants), which on a multi-node cluster needs a shared output_dir
         _WORKER_SESSIONS[key] = session
     return _WORKER_SESSIONS[key]
 
