@@ -158,3 +158,50 @@ class Suite:
 
     def run(self, variant: Variant, ctx: SuiteContext) -> SuiteOutput:
         raise NotImplementedError
+
+
+def accuracy_delta_measurement(
+    suite: str,
+    dataset: str,
+    labels: np.ndarray,
+    pred: np.ndarray,
+    base_pred: np.ndarray,
+    ctx: SuiteContext,
+    *,
+    seed: int,
+) -> Measurement:
+    """``<suite>/<dataset>/accuracy_delta``: variant minus dense accuracy on the same examples.
+
+    Paired bootstrap CI; the exact McNemar test's p-value, lost and gained counts go in
+    ``details["paired"]``, where :mod:`audit.analysis` finds them for the FDR control.
+    """
+    from audit import stats
+
+    correct, base_correct = pred == labels, base_pred == labels
+    delta, lo, hi = stats.paired_bootstrap_delta(
+        base_correct, correct, n_boot=max(ctx.n_boot, 1), level=ctx.ci_level, seed=seed
+    )
+    test = stats.mcnemar_exact(base_correct, correct)
+    return Measurement(
+        suite=suite,
+        dataset=dataset,
+        metric="accuracy_delta",
+        value=delta,
+        ci_low=lo,
+        ci_high=hi,
+        ci_method=f"paired bootstrap, {ctx.n_boot} resamples",
+        n=len(labels),
+        details={
+            "paired": {
+                "baseline": float(base_correct.mean()),
+                "delta": delta,
+                "ci_low": lo,
+                "ci_high": hi,
+                "p_value": test["p_value"],
+                "test": "exact McNemar",
+                "n": len(labels),
+                "lost": test["lost"],
+                "gained": test["gained"],
+            }
+        },
+    )

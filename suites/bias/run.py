@@ -26,7 +26,7 @@ from audit import stats
 from audit.data import MISSING_GROUP, EvalSet
 from audit.errors import DataError, UsageError
 from audit.results import DatasetIdentity, GroupValue, Measurement
-from audit.suite import Suite, SuiteContext, SuiteOutput, Variant
+from audit.suite import Suite, SuiteContext, SuiteOutput, Variant, accuracy_delta_measurement
 from suites.bias import BiasParams, IdentitySetRef
 
 log = logging.getLogger(__name__)
@@ -780,36 +780,7 @@ class BiasSuite(Suite):
         )
         if base_pred is None:
             return out
-        correct, base_correct = pred == fes.labels, base_pred == fes.labels
-        delta, lo, hi = stats.paired_bootstrap_delta(
-            base_correct, correct, n_boot=max(ctx.n_boot, 1), level=ctx.ci_level, seed=ctx.seed + k
-        )
-        t = stats.mcnemar_exact(base_correct, correct)
-        out.append(
-            Measurement(
-                suite=self.name,
-                dataset=fes.name,
-                metric="accuracy_delta",
-                value=delta,
-                ci_low=lo,
-                ci_high=hi,
-                ci_method=f"paired bootstrap, {ctx.n_boot} resamples",
-                n=len(fes),
-                details={
-                    "paired": {
-                        "baseline": float(base_correct.mean()),
-                        "delta": delta,
-                        "ci_low": lo,
-                        "ci_high": hi,
-                        "p_value": t["p_value"],
-                        "test": "exact McNemar",
-                        "n": len(fes),
-                        "lost": t["lost"],
-                        "gained": t["gained"],
-                    }
-                },
-            )
-        )
+        out.append(accuracy_delta_measurement(self.name, fes.name, fes.labels, pred, base_pred, ctx, seed=ctx.seed + k))
         di = self._disparate_impact(ctx, fes.name, fes.labels, pred, base_pred, fes.groups, intersections=False)
         if di is not None:
             out.append(di)

@@ -20,7 +20,7 @@ from audit import stats
 from audit.data import EvalSet
 from audit.errors import DataError
 from audit.results import DatasetIdentity, Measurement
-from audit.suite import Suite, SuiteContext, SuiteOutput, Variant
+from audit.suite import Suite, SuiteContext, SuiteOutput, Variant, accuracy_delta_measurement
 from suites.ood import Corruption, OodParams
 
 log = logging.getLogger(__name__)
@@ -183,35 +183,8 @@ class OodSuite(Suite):
             test="paired bootstrap (normal approximation)",
             n=len(es),
         )
-        correct, base_correct = pred == es.labels, base_pred == es.labels
-        delta, lo, hi = stats.paired_bootstrap_delta(
-            base_correct, correct, n_boot=max(ctx.n_boot, 1), level=ctx.ci_level, seed=ctx.seed + set_index
-        )
-        test = stats.mcnemar_exact(base_correct, correct)
         ms.append(
-            Measurement(
-                suite=self.name,
-                dataset=s.name,
-                metric="accuracy_delta",
-                value=delta,
-                ci_low=lo,
-                ci_high=hi,
-                ci_method=f"paired bootstrap, {ctx.n_boot} resamples",
-                n=len(es),
-                details={
-                    "paired": {
-                        "baseline": float(base_correct.mean()),
-                        "delta": delta,
-                        "ci_low": lo,
-                        "ci_high": hi,
-                        "p_value": test["p_value"],
-                        "test": "exact McNemar",
-                        "n": len(es),
-                        "lost": test["lost"],
-                        "gained": test["gained"],
-                    }
-                },
-            )
+            accuracy_delta_measurement(self.name, s.name, es.labels, pred, base_pred, ctx, seed=ctx.seed + set_index)
         )
         return ms
 
