@@ -175,7 +175,6 @@ def run_layers(args: argparse.Namespace) -> list[dict[str, Any]]:
                 for batch in args.batches:
                     tokens = batch * args.seq
                     load = wait_quiet(args.quiet_threshold, args.quiet_timeout)
-                    steady = wait_steady(args.threads, timeout=args.quiet_timeout)
                     t0 = time.perf_counter()
                     cell = layer_cell(
                         shape,
@@ -191,8 +190,6 @@ def run_layers(args: argparse.Namespace) -> list[dict[str, Any]]:
                     cell["batch"] = batch
                     cell["other_load_before"] = load
                     cell["other_load_after"] = other_cpu_load(0.3)
-                    cell["steady_before"] = steady
-                    cell["steady_after"] = wait_steady(args.threads, timeout=0)
                     cells.append(cell)
                     log.info(
                         "%s %s s=%.2f b=%d: kernel %.2fx (csr %.2fx, bsr8 %.2fx, bsr32 %.2fx) in %.1fs",
@@ -215,7 +212,7 @@ def print_layers(cells: list[dict[str, Any]]) -> None:
     print("   limit = dense bytes / stored bytes (the memory-traffic limit); bsr* use a block mask")
     head = (
         f"{'shape (out x in)':<18}{'s':>5}{'tokens':>7}{'dense ms':>10}{'csr':>7}{'bsr8*':>7}{'bsr32*':>7}"
-        f"{'kernel':>8}{'k/csr':>7}{'k limit':>8}{'k %lim':>7}{'load':>6}{'2t/1t':>7}"
+        f"{'kernel':>8}{'k/csr':>7}{'k limit':>8}{'k %lim':>7}{'load':>6}{'redo':>6}"
     )
     print(head)
     print("-" * len(head))
@@ -227,7 +224,7 @@ def print_layers(cells: list[dict[str, Any]]) -> None:
             f"{f['bsr32']['speedup']:>7.2f}{f['kernel']['speedup']:>8.2f}{c['kernel_vs_csr']:>7.2f}"
             f"{f['kernel']['memory_limit']:>8.2f}{100 * f['kernel']['of_limit']:>6.0f}%"
             f"{max(c['other_load_before'], c['other_load_after']):>6.2f}"
-            f"{max(c['steady_before']['parallel_ratio'], c['steady_after']['parallel_ratio']):>7.2f}"
+            f"{len(c['rounds_discarded']):>6}"
         )
 
 
