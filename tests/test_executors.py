@@ -87,28 +87,16 @@ def test_ray_executor_gives_the_local_results(
     # a forced format (the format choice is timed) and one thread in both (float sums in the same order)
     deploy_fixed = FAST_DEPLOY + "  force_format: kernel\n"
     runtime = "runtime:\n  n_boot: 50\n  batch_size: 64\n  threads: 1\n"
+    common = {"sweep": RAY_SWEEP, "suites": suites, "deploy": deploy_fixed, "runtime": runtime}
     local = run_audit(
-        load_config(
-            write_config(
-                tmp_path / "l.yaml",
-                tiny_model_dir,
-                tiny_data_dir,
-                sweep=RAY_SWEEP,
-                suites=suites,
-                deploy=deploy_fixed,
-                runtime=runtime,
-            )
-        ),
+        load_config(write_config(tmp_path / "l.yaml", tiny_model_dir, tiny_data_dir, **common)),
         formats=["json"],
     )
     ray_cfg = write_config(
         tmp_path / "r.yaml",
         tiny_model_dir,
         tiny_data_dir,
-        sweep=RAY_SWEEP,
-        suites=suites,
-        deploy=deploy_fixed,
-        runtime=runtime,
+        **common,
         output_dir=f"output_dir: {tmp_path / 'ray-out'}\n",
         executor="executor: {kind: ray, num_cpus: 2, num_cpus_per_task: 1}\n",
     )
