@@ -19,7 +19,8 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 from helpers import build_tiny_model, demo_rows, write_jsonl  # noqa: E402
 
-SHARED = ROOT.parent / "shared"
+# ../shared beside the checkout; .ci/run tests a clone elsewhere and names it with PRUNE_AUDIT_SHARED.
+SHARED = Path(os.environ.get("PRUNE_AUDIT_SHARED") or ROOT.parent / "shared")
 
 
 @pytest.fixture(scope="session", autouse=True)
