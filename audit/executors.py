@@ -124,6 +124,19 @@ def _ray_point(
     return run_point(session, point, baseline, lookup=lookup, label=f"[ray] {point.id}")
 
 
+def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a Ray worker gets: this checkout first on ``PYTHONPATH``, and every
+    variable of :data:`audit.cache.RUN_ENV_VARS` that is set here (caches, NLTK data, kernel, compiler, offline).
+    """
+    from audit.cache import run_environment
+
+    env = dict(os.environ) if environ is None else environ
+    root = str(Path(__file__).resolve().parent.parent)
+    out = {"PYTHONPATH": os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)}
+    out.update(run_environment(env))
+    return out
+
+
 def _get(ray: Any, ref: Any) -> Any:
     """``ray.get`` that re-raises a task's own exception (a UsageError stays exit code 4)."""
     try:
@@ -151,13 +164,8 @@ class RayExecutor:
         address = self.config.executor.address or os.environ.get("RAY_ADDRESS")
         if ray.is_initialized():
             return ray
-        root = str(Path(__file__).resolve().parent.parent)
-        env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
-        for var in ("NLTK_DATA", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "PRUNE_AUDIT_CACHE"):
-            if os.environ.get(var):
-                env[var] = os.environ[var]
         kwargs: dict[str, Any] = {
-            "runtime_env": {"env_vars": env},
+            "runtime_env": {"env_vars": worker_env()},
             "include_dashboard": False,
             "log_to_driver": True,
             "logging_level": logging.WARNING,
