@@ -176,6 +176,10 @@ class RayExecutor:
         else:
             ray.init(num_cpus=self.config.executor.num_cpus or os.cpu_count(), **kwargs)
         self._started = True
+        from audit import interrupt
+
+        if interrupt.installed():  # ray.init replaced the SIGTERM handler with one that exits with code 15
+            interrupt.install()
         return ray
 
     def run(self, session: Session, *, store: ResultStore | None, resume: bool, progress: Any) -> list[PointOutcome]:
@@ -225,11 +229,30 @@ class RayExecutor:
             pending = {
                 task.remote(config_ref, i, baseline_ref, stored_for(p), threads): p for i, p in enumerate(points) if i
             }
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                point = pending.pop(done[0])
-                out = gathered(_get(ray, done[0]))
-                outcomes.append(out)
-                log.info("[ray] %s: %s (%.1fs)", point.id, summary(out.result), out.result.wall_time_s)
-                stage.advance(f"{point.id}: {summary(out.result)}")
+            try:
+                while pending:
+                    done, _ = ray.wait(list(pending), num_returns=1)
+                    point = pending.pop(done[0])
+                    out = gathered(_get(ray, done[0]))
+                    outcomes.append(out)
+                    log.info("[ray] %s: %s (%.1fs)", point.id, summary(out.result), out.result.wall_time_s)
+                    stage.advance(f"{point.id}: {summary(out.result)}")
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what finished, stop the rest
+                self._stop(ray, pending, gathered)
+                raise
         return outcomes
+
+    @staticmethod
+    def _stop(ray: Any, pending: dict[Any, Any], gathered: Any) -> None:
+        """Store the points that finished but were not gathered yet, and cancel the others."""
+        if not pending:
+            return
+        ready, running = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        for ref in ready:
+            try:
+                gathered(_get(ray, ref))
+            except Exception as exc:  # noqa: BLE001 - a failed point has nothing to keep
+                log.debug("not keeping %s: %s", pending[ref].id, exc)
+        for ref in running:
+            ray.cancel(ref, force=True)
+        log.info("interrupted: kept %d finished point(s), cancelled %d", len(ready), len(running))

@@ -643,7 +643,12 @@ def finish(
         verdict = evaluate_policy(session.policy, result, policy_label=session.policy_label)
         result.verdict = verdict  # skipped rules are listed by the report, from the verdict
     out_dir = config.output_path()
-    files = write_reports(result, out_dir, formats or config.report.formats, paths=paths) if write else {}
+    files = {}
+    if write:
+        from audit.interrupt import deferred
+
+        with deferred():  # all the reports or none: a signal now waits until they are written
+            files = write_reports(result, out_dir, formats or config.report.formats, paths=paths)
     return RunOutcome(result=result, verdict=verdict, output_dir=out_dir, files=files)
 
 
