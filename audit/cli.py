@@ -238,6 +238,9 @@ def check(
     formats = expand_formats(format or DEFAULT_CHECK_FORMATS) if output_dir is not None else []
     pol, label = load_policy(policy)
     res = load_results(results)
+    from audit.policy_metrics import check_rule_metrics
+
+    check_rule_metrics(pol, policy, catalog=res.metrics)  # installed suites' metrics + the results' own
     if card_variant is not None and card_variant not in {v.id for v in res.variants}:
         raise UsageError(
             f"--card-variant {card_variant!r} is not a variant of these results",
@@ -310,8 +313,10 @@ def validate(
         k = "policy" if "rules" in doc.data and "model" not in doc.data else "config"
     if k == "policy":
         from audit.policy import load_policy
+        from audit.policy_metrics import check_rule_metrics
 
         pol, _ = load_policy(str(file))
+        check_rule_metrics(pol, str(file))
         _say(f"{file}: valid policy {pol.name!r} ({len(pol.rules)} rules, {len(pol.waivers)} waivers)")
     else:
         from audit.config import load_config
