@@ -617,9 +617,11 @@ def record_truncation(es: EvalSet, predictor: Any) -> int:
         The number of truncated texts.
     """
     enc = predictor.encode(es.texts, es.text_pairs)
+    conflicts = truncation_conflicts(es, enc) if enc.truncated else []
     if es.identity is not None:
         es.identity.truncated = int(enc.truncated)
         es.identity.max_length = int(predictor.max_length)
+        es.identity.truncation_conflicts = [len(conflicts), sum(len(g) for g in conflicts)]
     if enc.truncated:
         log.warning(
             "dataset %s: %d of %d texts are longer than max_length=%d tokens and were truncated (rows %s of the set)",
@@ -629,4 +631,42 @@ def record_truncation(es: EvalSet, predictor: Any) -> int:
             predictor.max_length,
             _rows(sorted(int(i) for i in enc.truncated_index)),
         )
+    if conflicts:
+        log.warning(
+            "dataset %s: %d group(s) of different texts become identical at max_length=%d tokens but carry "
+            "different labels (first rows of the set: %s)",
+            es.name,
+            len(conflicts),
+            predictor.max_length,
+            "; ".join(_rows(g) for g in conflicts[:3]),
+        )
     return int(enc.truncated)
+
+
+def truncation_conflicts(es: EvalSet, enc: Any) -> list[list[int]]:
+    """Groups (row indices, sorted) of different inputs whose encodings, as truncated in ``enc``, are
+    identical, that hold a truncated input and more than one label (ignoring unlabelled rows, label -1).
+    """
+    keys: dict[bytes, list[int]] = {}
+    start = 0
+    for batch in enc.batches:
+        ids = batch["input_ids"].numpy()
+        mask = batch["attention_mask"].numpy()
+        tt = batch["token_type_ids"].numpy() if "token_type_ids" in batch else None
+        for row in range(ids.shape[0]):
+            i = int(enc.order[start + row])
+            width = int(mask[row].sum())
+            key = ids[row, :width].tobytes() + (tt[row, :width].tobytes() if tt is not None else b"")
+            keys.setdefault(key, []).append(i)
+        start += ids.shape[0]
+    truncated = {int(i) for i in enc.truncated_index}
+    pairs = es.text_pairs
+    out = []
+    for rows in keys.values():
+        if len(rows) < 2 or not truncated.intersection(rows):
+            continue
+        labelled = [i for i in rows if int(es.labels[i]) >= 0]
+        inputs = {(es.texts[i], pairs[i] if pairs is not None else None) for i in labelled}
+        if len({int(es.labels[i]) for i in labelled}) > 1 and len(inputs) > 1:
+            out.append(sorted(rows))
+    return sorted(out)
