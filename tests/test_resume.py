@@ -219,3 +219,43 @@ def test_a_signal_mid_sweep_exits_2_keeps_finished_units_and_resume_reuses_them(
     assert reused == kept  # every unit that finished before the signal, and no other
     assert store.entries() == total
     assert {"results.json", "summary.md", "junit.xml"} <= {p.name for p in out.iterdir()}
+
+
+@pytest.mark.slow
+def test_sigterm_under_ray_exits_2_stops_ray_and_keeps_the_finished_points(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("ray", reason="the [ray] extra is installed by `make test`")
+    psutil = pytest.importorskip("psutil")
+    cfg = write_config(
+        tmp_path / "audit.yaml",
+        tiny_model_dir,
+        tiny_data_dir,
+        sweep=SWEEP,
+        suites=SUITES,
+        deploy=DEPLOY,
+        executor="executor: {kind: ray, num_cpus: 1, num_cpus_per_task: 1}\n",
+    )
+    out = tmp_path / "out"
+    store = ResultStore(out / ".prune-audit-store")
+    proc = subprocess.Popen(_cli(cfg), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 400
+    while store.entries() < 5 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ray_processes = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=180)
+    kept = store.entries()
+    assert 5 <= kept < 2 + 4 * 3, f"the signal did not land mid-sweep ({kept} units)\n{stderr[-2000:]}"
+    assert proc.returncode == 2, stderr[-3000:]  # Ray's own SIGTERM handler would exit with 15
+    assert "interrupted by SIGTERM" in stderr
+    assert ray_processes, "Ray started no processes"
+    _, alive = psutil.wait_procs(ray_processes, timeout=60)
+    assert [p.pid for p in alive] == []  # Ray was shut down, its workers with it
+    assert not (out / "results.json").exists()
+    # the store is the same whichever executor wrote it: resume in process
+    resumed = subprocess.run(
+        _cli(cfg, "--resume", "--executor", "local"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode in (0, 1), resumed.stderr[-3000:]
+    assert sum(int(n) for n in re.findall(r"(\d+) unit\(s\) reused", resumed.stderr)) == kept
