@@ -238,6 +238,9 @@ def check(
     formats = expand_formats(format or DEFAULT_CHECK_FORMATS) if output_dir is not None else []
     pol, label = load_policy(policy)
     res = load_results(results)
+    from audit.policy_metrics import check_rule_metrics
+
+    check_rule_metrics(pol, policy, catalog=res.metrics)  # installed suites' metrics + the results' own
     if card_variant is not None and card_variant not in {v.id for v in res.variants}:
         raise UsageError(
             f"--card-variant {card_variant!r} is not a variant of these results",
@@ -310,8 +313,10 @@ def validate(
         k = "policy" if "rules" in doc.data and "model" not in doc.data else "config"
     if k == "policy":
         from audit.policy import load_policy
+        from audit.policy_metrics import check_rule_metrics
 
         pol, _ = load_policy(str(file))
+        check_rule_metrics(pol, str(file))
         _say(f"{file}: valid policy {pol.name!r} ({len(pol.rules)} rules, {len(pol.waivers)} waivers)")
     else:
         from audit.config import load_config
@@ -432,16 +437,28 @@ def _command_line() -> str:
     return "prune-audit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def _interrupted(signal_name: str | None) -> int:
+    typer.echo(
+        f"interrupted{f' by {signal_name}' if signal_name else ''}; outputs are written atomically, "
+        "so nothing is half-written; finished work is kept: run again with --resume to continue",
+        err=True,
+    )
+    return int(ExitCode.INTERRUPTED)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and maps every outcome to an exit code."""
+    from audit import interrupt
+
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="prune-audit")
+        if interrupt.received() is not None:  # typer turns a KeyboardInterrupt into exit code 130
+            return _interrupted(interrupt.received())
         return int(rv) if isinstance(rv, int) else 0
     except typer.Exit as exc:
         return int(exc.exit_code)
     except typer.Abort:
-        typer.echo("interrupted", err=True)
-        return int(ExitCode.INTERRUPTED)
+        return _interrupted(interrupt.received())
     except typer.TyperException as exc:  # bad flags, missing arguments, no command
         show = getattr(exc, "show", None)
         if show is not None:
@@ -457,13 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     except AuditError as exc:
         _say(f"error: {exc}", err=True)
         return int(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo(
-            "interrupted; outputs are written atomically, so nothing is half-written; "
-            "finished work is kept: run again with --resume to continue",
-            err=True,
-        )
-        return int(ExitCode.INTERRUPTED)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (audit.errors.Interrupted) outside a command
+        return _interrupted(interrupt.received())
     except Exception as exc:  # noqa: BLE001
         import traceback
 
@@ -473,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
+    """The ``prune-audit`` process: SIGTERM and SIGINT stop it cleanly with exit code 2."""
+    from audit import interrupt
+
+    interrupt.install()
     sys.exit(main())
 
 

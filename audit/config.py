@@ -115,6 +115,12 @@ class TableSource(StrictModel):
     column_names: list[str] | None = Field(
         None, description="For files without a header row: the names of their columns."
     )
+    quoting: Literal["csv", "none"] = Field(
+        "csv",
+        description='csv/tsv quoting. csv (default, as a CSV reader reads them): a field may be enclosed in " '
+        '(and then hold tabs, commas and newlines), with "" for a quote inside it. none: quote characters are '
+        "ordinary text (a warning counts fields that look quoted).",
+    )
     columns: ColumnMap = Field(default_factory=ColumnMap)
     label_map: dict[str, int] | None = Field(
         None, description="Raw label value -> class index, when labels are not the model's."

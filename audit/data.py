@@ -14,6 +14,8 @@ Hostile input (see the README's "Hostile input" section):
 * texts with control characters, bidi controls or non-characters are evaluated as
   given (the audit measures the model on the input it gets) and counted in a warning;
   reports show those characters as visible stand-ins (:mod:`audit.textsafe`);
+* csv and tsv fields are read with CSV quoting by default (``"`` encloses a field, ``""`` is
+  one quote; ``quoting: none`` turns it off and warns about texts that look quoted);
 * how many texts the tokenizer truncated to ``model.max_length`` is recorded on the
   dataset's identity by :func:`record_truncation`.
 """
@@ -213,13 +215,16 @@ def _load_local(path: Path, source: TableSource, split: str, where: str) -> Any:
         builder = "csv"
         if fmt == "tsv":
             kwargs["delimiter"] = "\t"
-            kwargs["quoting"] = csv.QUOTE_NONE
+        # csv: pandas' defaults, as any CSV reader: quotechar '"', "" inside a quoted field
+        kwargs["quoting"] = csv.QUOTE_NONE if source.quoting == "none" else csv.QUOTE_MINIMAL
         if source.column_names:
             kwargs["column_names"] = list(source.column_names)
             kwargs["header"] = None
         kwargs["keep_default_na"] = False
     elif source.column_names:
         raise DataError("column_names is only for csv/tsv files without a header", where=where)
+    elif source.quoting != "csv":
+        raise DataError(f"quoting: {source.quoting} is only for csv/tsv files, not {fmt}", where=where)
     try:
         return load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs)
     except UnicodeDecodeError as exc:
@@ -240,7 +245,16 @@ def _load_local(path: Path, source: TableSource, split: str, where: str) -> Any:
             raise DataError("the split has no rows", where=where, hint="point at a non-empty file or split") from None
         # the parser's own error (e.g. pyarrow's "JSON parse error: ... in row 3") says what and where
         parser = next((c for c in chain if type(c).__name__ != "DatasetGenerationError"), exc)
-        raise DataError(f"cannot parse {path.name} as {fmt}: {_first_line(parser)}", where=where) from None
+        hint = None
+        if fmt in ("csv", "tsv"):
+            hint = (
+                'quoting is off (quoting: none), so a "-quoted field that spans lines or holds the delimiter '
+                "splits the row: set quoting: csv if the file quotes fields"
+                if source.quoting == "none"
+                else 'fields are read with CSV quoting (a field starting with " runs to the closing "): '
+                "check for an unbalanced quote near that line, or set quoting: none if quotes are plain text"
+            )
+        raise DataError(f"cannot parse {path.name} as {fmt}: {_first_line(parser)}", where=where, hint=hint) from None
 
 
 def _load_hub(hub: HubDataset, split: str, offline: bool, where: str) -> Any:
@@ -433,6 +447,23 @@ def _text_warnings(texts: list[str], column: str, *, with_rows: bool) -> list[st
     return out
 
 
+def _looks_quoted(text: str) -> bool:
+    return (len(text) >= 2 and text[0] == '"' and text[-1] == '"') or '""' in text
+
+
+def _quote_warnings(texts: list[str], column: str, *, with_rows: bool) -> list[str]:
+    """With quoting off: a count of texts that look CSV-quoted (their quote characters stay in the text)."""
+    index = [i for i, t in enumerate(texts) if _looks_quoted(t)]
+    if not index:
+        return []
+    where_rows = f" (data rows {_rows(index)})" if with_rows else ""
+    return [
+        f'{len(index)} of {len(texts)} texts in column {column!r} look CSV-quoted (enclosed in " or holding "")'
+        f"{where_rows}, but quoting is off (quoting: none): the quote characters are part of the text the model "
+        "sees; set quoting: csv if the file quotes fields"
+    ]
+
+
 def table_to_evalset(
     ds: Any,
     *,
@@ -460,6 +491,8 @@ def table_to_evalset(
         texts = _text_column(ds, cols.text, "columns.text", where)
         pairs = _text_column(ds, cols.text_pair, "columns.text_pair", where) if cols.text_pair else None
     warnings = _text_warnings(texts, cols.text, with_rows=not sampled)
+    if source.quoting == "none":
+        warnings += _quote_warnings(texts, cols.text, with_rows=not sampled)
     if need_label:
         labels = encode_labels(_column(ds, cols.label, where), id2label, source.label_map, where)
     else:
@@ -584,9 +617,11 @@ def record_truncation(es: EvalSet, predictor: Any) -> int:
         The number of truncated texts.
     """
     enc = predictor.encode(es.texts, es.text_pairs)
+    conflicts = truncation_conflicts(es, enc) if enc.truncated else []
     if es.identity is not None:
         es.identity.truncated = int(enc.truncated)
         es.identity.max_length = int(predictor.max_length)
+        es.identity.truncation_conflicts = [len(conflicts), sum(len(g) for g in conflicts)]
     if enc.truncated:
         log.warning(
             "dataset %s: %d of %d texts are longer than max_length=%d tokens and were truncated (rows %s of the set)",
@@ -596,4 +631,42 @@ def record_truncation(es: EvalSet, predictor: Any) -> int:
             predictor.max_length,
             _rows(sorted(int(i) for i in enc.truncated_index)),
         )
+    if conflicts:
+        log.warning(
+            "dataset %s: %d group(s) of different texts become identical at max_length=%d tokens but carry "
+            "different labels (first rows of the set: %s)",
+            es.name,
+            len(conflicts),
+            predictor.max_length,
+            "; ".join(_rows(g) for g in conflicts[:3]),
+        )
     return int(enc.truncated)
+
+
+def truncation_conflicts(es: EvalSet, enc: Any) -> list[list[int]]:
+    """Groups (row indices, sorted) of different inputs whose encodings, as truncated in ``enc``, are
+    identical, that hold a truncated input and more than one label (ignoring unlabelled rows, label -1).
+    """
+    keys: dict[bytes, list[int]] = {}
+    start = 0
+    for batch in enc.batches:
+        ids = batch["input_ids"].numpy()
+        mask = batch["attention_mask"].numpy()
+        tt = batch["token_type_ids"].numpy() if "token_type_ids" in batch else None
+        for row in range(ids.shape[0]):
+            i = int(enc.order[start + row])
+            width = int(mask[row].sum())
+            key = ids[row, :width].tobytes() + (tt[row, :width].tobytes() if tt is not None else b"")
+            keys.setdefault(key, []).append(i)
+        start += ids.shape[0]
+    truncated = {int(i) for i in enc.truncated_index}
+    pairs = es.text_pairs
+    out = []
+    for rows in keys.values():
+        if len(rows) < 2 or not truncated.intersection(rows):
+            continue
+        labelled = [i for i in rows if int(es.labels[i]) >= 0]
+        inputs = {(es.texts[i], pairs[i] if pairs is not None else None) for i in labelled}
+        if len({int(es.labels[i]) for i in labelled}) > 1 and len(inputs) > 1:
+            out.append(sorted(rows))
+    return sorted(out)

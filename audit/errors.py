@@ -89,7 +89,12 @@ class PluginError(UsageError):
     """An unknown or broken plugin (pruner, suite, reporter)."""
 
 
-class Interrupted(AuditError):
-    """Raised on SIGTERM so that finished work is flushed before exit."""
+class Interrupted(KeyboardInterrupt):
+    """Raised on SIGTERM and SIGINT (see :mod:`audit.interrupt`); exit code 2, finished work kept.
+
+    A ``KeyboardInterrupt`` rather than an :class:`AuditError`, so that no ``except Exception``
+    (a suite's, a library's, the runner's "one broken point must not lose the others") takes
+    it for a crash and carries on.
+    """
 
     exit_code = ExitCode.INTERRUPTED

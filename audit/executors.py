@@ -124,6 +124,19 @@ def _ray_point(
     return run_point(session, point, baseline, lookup=lookup, label=f"[ray] {point.id}")
 
 
+def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a Ray worker gets: this checkout first on ``PYTHONPATH``, and every
+    variable of :data:`audit.cache.RUN_ENV_VARS` that is set here (caches, NLTK data, kernel, compiler, offline).
+    """
+    from audit.cache import run_environment
+
+    env = dict(os.environ) if environ is None else environ
+    root = str(Path(__file__).resolve().parent.parent)
+    out = {"PYTHONPATH": os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)}
+    out.update(run_environment(env))
+    return out
+
+
 def _get(ray: Any, ref: Any) -> Any:
     """``ray.get`` that re-raises a task's own exception (a UsageError stays exit code 4)."""
     try:
@@ -151,13 +164,8 @@ class RayExecutor:
         address = self.config.executor.address or os.environ.get("RAY_ADDRESS")
         if ray.is_initialized():
             return ray
-        root = str(Path(__file__).resolve().parent.parent)
-        env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
-        for var in ("NLTK_DATA", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "PRUNE_AUDIT_CACHE"):
-            if os.environ.get(var):
-                env[var] = os.environ[var]
         kwargs: dict[str, Any] = {
-            "runtime_env": {"env_vars": env},
+            "runtime_env": {"env_vars": worker_env()},
             "include_dashboard": False,
             "log_to_driver": True,
             "logging_level": logging.WARNING,
@@ -168,6 +176,10 @@ class RayExecutor:
         else:
             ray.init(num_cpus=self.config.executor.num_cpus or os.cpu_count(), **kwargs)
         self._started = True
+        from audit import interrupt
+
+        if interrupt.installed():  # ray.init replaced the SIGTERM handler with one that exits with code 15
+            interrupt.install()
         return ray
 
     def run(self, session: Session, *, store: ResultStore | None, resume: bool, progress: Any) -> list[PointOutcome]:
@@ -217,11 +229,30 @@ class RayExecutor:
             pending = {
                 task.remote(config_ref, i, baseline_ref, stored_for(p), threads): p for i, p in enumerate(points) if i
             }
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                point = pending.pop(done[0])
-                out = gathered(_get(ray, done[0]))
-                outcomes.append(out)
-                log.info("[ray] %s: %s (%.1fs)", point.id, summary(out.result), out.result.wall_time_s)
-                stage.advance(f"{point.id}: {summary(out.result)}")
+            try:
+                while pending:
+                    done, _ = ray.wait(list(pending), num_returns=1)
+                    point = pending.pop(done[0])
+                    out = gathered(_get(ray, done[0]))
+                    outcomes.append(out)
+                    log.info("[ray] %s: %s (%.1fs)", point.id, summary(out.result), out.result.wall_time_s)
+                    stage.advance(f"{point.id}: {summary(out.result)}")
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what finished, stop the rest
+                self._stop(ray, pending, gathered)
+                raise
         return outcomes
+
+    @staticmethod
+    def _stop(ray: Any, pending: dict[Any, Any], gathered: Any) -> None:
+        """Store the points that finished but were not gathered yet, and cancel the others."""
+        if not pending:
+            return
+        ready, running = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        for ref in ready:
+            try:
+                gathered(_get(ray, ref))
+            except Exception as exc:  # noqa: BLE001 - a failed point has nothing to keep
+                log.debug("not keeping %s: %s", pending[ref].id, exc)
+        for ref in running:
+            ray.cancel(ref, force=True)
+        log.info("interrupted: kept %d finished point(s), cancelled %d", len(ready), len(running))

@@ -67,7 +67,7 @@ def default_dir() -> Path:
     venv_dir = Path(sys.prefix) / "share" / "nltk_data"
     if sys.prefix != sys.base_prefix or venv_dir.exists():
         return venv_dir
-    from audit.demo import cache_root
+    from audit.cache import cache_root
 
     return cache_root() / "nltk_data"
 

@@ -242,6 +242,10 @@ class DatasetIdentity(Record):
     truncated: int | None = None
     """How many of the ``n`` texts (with their pairs) were longer than ``max_length``
     tokens and were cut to it (None: not recorded)."""
+    truncation_conflicts: list[int] | None = None
+    """``[groups, texts]``: groups of different inputs that are identical once truncated to
+    ``max_length`` tokens yet carry different labels, and how many texts they hold (the model
+    cannot tell them apart; None: not recorded)."""
 
     @property
     def truncation_note(self) -> str | None:
@@ -249,11 +253,18 @@ class DatasetIdentity(Record):
         if not self.truncated:
             return None
         share = self.truncated / self.n if self.n else 0.0
-        return (
+        note = (
             f"dataset {self.id}: {self.truncated} of {self.n} texts ({share:.1%}) are longer than "
             f"max_length={self.max_length} tokens and were truncated; the model saw only their first "
             f"{self.max_length} tokens"
         )
+        if self.truncation_conflicts and self.truncation_conflicts[0]:
+            groups, texts = self.truncation_conflicts
+            note += (
+                f"; {groups} group(s) of different texts ({texts} texts) become identical once truncated "
+                "but carry different labels, so no model can classify all of them correctly"
+            )
+        return note
 
 
 class ModelIdentity(Record):

@@ -68,7 +68,10 @@ def preflight(config: AuditConfig) -> tuple[Policy | None, str | None]:
 
     policy = label = None
     if config.policy is not None:
+        from audit.policy_metrics import check_rule_metrics
+
         policy, label = load_policy(config.policy, config.base_dir)
+        check_rule_metrics(policy, config.policy, base_dir=config.base_dir)  # a typo'd metric: before any work
     if config.model.path is not None:
         path = config.resolve(config.model.path)
         assert path is not None
@@ -554,6 +557,7 @@ def run_audit(
         from audit.paths import safe_join
         from reports.writer import report_targets
 
+        check_output_dir(config.output_path())
         report_targets(config.output_path(), formats or config.report.formats, paths)
         safe_join(config.output_path(), STORE_DIR)
         if config.deploy.save_variants:
@@ -570,6 +574,20 @@ def run_audit(
     outcome = finish(session, outcomes, command=command, write=write, formats=formats, paths=paths)
     log.info("audit finished in %.1fs", time.perf_counter() - t_run)
     return outcome
+
+
+def check_output_dir(out: Path) -> None:
+    """The output directory must be a directory, or creatable as one: nothing on its path is a file."""
+    p = out
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        what = "is" if p == out else f"would be inside {p}, which is"
+        raise UsageError(
+            f"output_dir {what} a file, not a directory",
+            where=str(out),
+            hint="set output_dir (or --output-dir) to a directory",
+        )
 
 
 STORE_DIR = ".prune-audit-store"
@@ -643,7 +661,12 @@ def finish(
         verdict = evaluate_policy(session.policy, result, policy_label=session.policy_label)
         result.verdict = verdict  # skipped rules are listed by the report, from the verdict
     out_dir = config.output_path()
-    files = write_reports(result, out_dir, formats or config.report.formats, paths=paths) if write else {}
+    files = {}
+    if write:
+        from audit.interrupt import deferred
+
+        with deferred():  # all the reports or none: a signal now waits until they are written
+            files = write_reports(result, out_dir, formats or config.report.formats, paths=paths)
     return RunOutcome(result=result, verdict=verdict, output_dir=out_dir, files=files)
 
 

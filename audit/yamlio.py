@@ -20,6 +20,8 @@ from pydantic import BaseModel, ValidationError
 from audit.errors import ConfigError
 
 MAX_YAML_BYTES = 5 * 1024 * 1024
+MAX_YAML_VALUES = 1_000_000
+"""The most values a document may hold once its aliases are expanded (a bigger one is an alias bomb)."""
 
 
 @dataclass
@@ -105,6 +107,67 @@ def _check_duplicates(node: yaml.Node | None, path: str, seen_nodes: set[int] | 
             stack.extend(current.value)
 
 
+def _check_alias_expansion(root: yaml.Node | None, path: str) -> None:
+    """Refuse a document whose aliases expand to more than :data:`MAX_YAML_VALUES` values
+    (a "billion laughs" bomb), or that refers to itself; names the top-level key that does.
+
+    Counted over the node graph without expanding it (each distinct node once, iteratively).
+    """
+    if root is None:
+        return
+    size: dict[int, int] = {}
+    on_stack: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in size:
+            continue
+        kids = _children(node)
+        if children_done:
+            on_stack.discard(id(node))
+            size[id(node)] = min(1 + sum(size[id(k)] for k in kids), MAX_YAML_VALUES + 1)
+            continue
+        if id(node) in on_stack:
+            raise ConfigError(
+                "YAML alias refers to a value that contains it (a recursive structure)",
+                file=path,
+                line=node.start_mark.line + 1,
+                column=node.start_mark.column + 1,
+            )
+        on_stack.add(id(node))
+        stack.append((node, True))
+        for k in kids:
+            if id(k) in on_stack:
+                raise ConfigError(
+                    "YAML alias refers to a value that contains it (a recursive structure)",
+                    file=path,
+                    line=k.start_mark.line + 1,
+                    column=k.start_mark.column + 1,
+                )
+            if id(k) not in size:
+                stack.append((k, False))
+    if size[id(root)] <= MAX_YAML_VALUES:
+        return
+    where = root
+    if isinstance(root, yaml.MappingNode):  # point at the first top-level value that is too big
+        where = next((v for _, v in root.value if size[id(v)] > MAX_YAML_VALUES), root)
+    raise ConfigError(
+        f"YAML aliases expand to more than {MAX_YAML_VALUES:,} values (an alias bomb)",
+        file=path,
+        line=where.start_mark.line + 1,
+        column=where.start_mark.column + 1,
+        hint="write the values out instead of repeating anchors",
+    )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
 def load_yaml(path: str | Path, *, what: str = "file") -> YamlDocument:
     """Read a YAML mapping from ``path`` with location info; every failure is a :class:`ConfigError`."""
     p = Path(path)
@@ -140,6 +203,7 @@ def parse_yaml(raw: bytes | str, shown: str, *, what: str = "file") -> YamlDocum
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         _check_duplicates(root, shown)
+        _check_alias_expansion(root, shown)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

@@ -136,3 +136,74 @@ def test_check_on_garbage_results_exit_4(tmp_path: Path) -> None:
     p.write_text(json.dumps({"schema_version": "9.0"}))
     r = cli("check", str(p))
     assert r.returncode == 4 and "schema_version 9.0" in r.stderr
+
+
+def test_output_dir_that_is_a_file_exits_4_before_the_model_loads(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory\n")
+    for out, said in ((taken, "output_dir is"), (taken / "sub", f"output_dir would be inside {taken}, which is")):
+        cfg = write_config(tmp_path / "a.yaml", tiny_model_dir, tiny_data_dir, output_dir=f"output_dir: {out}\n")
+        r = cli("run", "-c", str(cfg))
+        assert r.returncode == 4, r.stderr[-2000:]
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        hint = "(hint: set output_dir (or --output-dir) to a directory)"
+        assert errors == [f"error: {out}: {said} a file, not a directory {hint}"]
+        assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+        assert "loading" not in r.stderr.lower()  # the pre-flight stops it before the model loads
+        assert taken.read_text() == "not a directory\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.yaml", "taken"]
+
+
+def test_a_policy_rule_on_no_known_metric_is_a_config_error_with_its_line(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    policy = tmp_path / "typo.yaml"
+    policy.write_text(
+        "name: typo\nrules:\n"
+        "  - {id: floor, metric: performance/*/accuracy, min: 0.0}\n"
+        "  - {id: speed, metric: deployment/*/speedup_b1, min: 0.5, severity: warn}\n"
+        "  - {id: ood-floor, metric: ood/*/accuracy_delta, min: -0.5}\n"  # installed, not in this run: SKIP
+        "  - id: typo\n"
+        "    metric: nosuch/*/thing\n"
+        "    min: 0\n"
+    )
+    cfg = write_config(tmp_path / "a.yaml", tiny_model_dir, tiny_data_dir, policy=f"policy: {policy}\n")
+    out = tmp_path / "out"
+    want = f"error: {policy}:7:13: rule 'typo': metric 'nosuch/*/thing' matches no metric"
+    for cmd in (["run", "-c", str(cfg)], ["validate", str(policy)]):
+        r = cli(*cmd)
+        assert r.returncode == 4, r.stderr[-2000:]
+        assert r.stderr.strip().splitlines()[-1].startswith(want), r.stderr[-2000:]
+        assert "Traceback" not in r.stderr
+    assert not out.exists()  # found before any work: nothing written
+
+    # a near miss gets a suggestion
+    policy.write_text("name: near\nrules:\n  - {id: floor, metric: performance/*/acuracy, min: 0.0}\n")
+    r = cli("validate", str(policy))
+    assert r.returncode == 4 and f"{policy}:3:" in r.stderr and "did you mean 'performance/*/accuracy'?" in r.stderr
+
+
+def test_check_refuses_a_rule_on_no_known_metric_and_accepts_the_results_own_catalog(tmp_path: Path) -> None:
+    from results_factory import m, run
+
+    res = run([m("accuracy", 0.9), m("score", 0.7, suite="thirdparty")], [], suites=("performance", "thirdparty"))
+    res.metrics["thirdparty/score"] = res.metrics["performance/accuracy"].model_copy(
+        update={"suite": "thirdparty", "name": "score"}
+    )
+    path = tmp_path / "results.json"
+    path.write_text(res.model_dump_json())
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "name: p\nrules:\n  - {id: plugin, metric: thirdparty/*/score, min: 0.5, applies_to: {baseline: true}}\n"
+    )
+    ok = cli("check", str(path), "--policy", str(policy))  # a suite not installed here, known from the results
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "verdict: PASS under policy p" in ok.stdout
+    policy.write_text("name: p\nrules:\n  - {id: nope, metric: thirdparty/*/scroe, min: 0.0}\n")
+    r = cli("check", str(path), "--policy", str(policy), "--output-dir", str(tmp_path / "re"))
+    assert r.returncode == 4
+    assert f"error: {policy}:3:" in r.stderr and "rule 'nope': metric 'thirdparty/*/scroe'" in r.stderr
+    assert "did you mean 'thirdparty/*/score'?" in r.stderr
+    assert not (tmp_path / "re").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -144,11 +145,20 @@ def test_yaml_bombs_and_deep_nesting_are_refused_cleanly() -> None:
     )
     deep = "model: " + "[" * 5000 + "]" * 5000 + "\n"
     into_fields = bomb + "model: {path: m}\ndata: {files: {test: a}}\nsweep: {sparsities: *i}\n"
-    for text in (bomb, bomb + "model: *i\ndata: *i\n", into_fields, deep):
-        try:
+    # line 7 holds g, the first anchor whose expansion (8**7 values) is over the limit
+    for text in (bomb, bomb + "model: *i\ndata: *i\n", into_fields):
+        with pytest.raises(ConfigError, match="an alias bomb") as caught:
             config_from_text(text, "hostile.yaml")
-        except UsageError as exc:
-            _check_error(exc)
+        _check_error(caught.value)
+        assert (caught.value.file, caught.value.line) == ("hostile.yaml", 7)
+    with pytest.raises(ConfigError, match="invalid YAML: RecursionError") as caught:
+        config_from_text(deep, "hostile.yaml")
+    _check_error(caught.value)
+    with pytest.raises(ConfigError, match="recursive structure") as caught:
+        config_from_text("model: &m {path: x, sub: [*m]}\n", "hostile.yaml")
+    assert caught.value.line == 1
+    # anchors used as intended stay fine
+    assert parse_yaml("s: &s [0.5, 0.9]\nt: *s\n", "ok.yaml").data == {"s": [0.5, 0.9], "t": [0.5, 0.9]}
 
 
 def test_cli_validate_on_hostile_files_exits_4_without_traceback(tmp_path) -> None:

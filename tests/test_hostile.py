@@ -82,7 +82,14 @@ def _nasty_run():
     from audit.policy import Policy, evaluate_policy
 
     policy = Policy.model_validate(
-        {"name": "p", "rules": [{"id": "floor", "metric": "performance/*/accuracy_delta", "min": -0.05}]}
+        {
+            "name": "p",
+            "rules": [
+                {"id": "floor", "metric": "performance/*/accuracy_delta", "min": -0.05},
+                # an ERROR whose finding carries the crashed suite's message, NASTY included
+                {"id": "ood-floor", "metric": "ood/*/accuracy_delta", "min": -0.1},
+            ],
+        }
     )
     result.verdict = evaluate_policy(policy, result)
     return result
@@ -110,8 +117,9 @@ def test_every_report_stays_valid_and_inert_with_control_characters(tmp_path: Pa
     assert "\x1b" not in rendered["json"] and "\x00" not in rendered["json"]
     # JUnit parses as XML 1.0; the values are there, made visible
     root = ET.fromstring(rendered["junit"].encode("utf-8"))
-    assert root.get("failures") == "1"
-    assert "\u241b" in rendered["junit"] or NASTY not in rendered["junit"]
+    assert root.get("failures") == "1" and root.get("errors") == "1"
+    error = root.find(".//testcase/error")
+    assert error is not None and f"crashed on {visible(NASTY)}" in error.text
     # no raw control, bidi or non-character anywhere in what people read
     for name in ("html", "markdown", "model-card", "junit"):
         assert not RAW_CONTROL.search(rendered[name]), name

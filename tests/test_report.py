@@ -352,7 +352,9 @@ def test_check_under_each_shipped_policy(cli, rendered, tmp_path: Path) -> None:
     ok.write_text("name: ok\nrules:\n  - {id: r, metric: performance/*/accuracy, min: 0.5}\n")
     assert cli("check", str(res), "--policy", str(ok)).returncode == 0
     none = tmp_path / "none.yaml"
-    none.write_text("name: none\nrules:\n  - {id: r, metric: toxicity/*/rate, max: 0.5}\n")
+    none.write_text(
+        "name: none\nrules:\n  - {id: r, metric: performance/*/accuracy, min: 0.5, applies_to: {methods: [nosuch]}}\n"
+    )
     r = cli("check", str(res), "--policy", str(none))
     assert r.returncode == 5 and "NO_RESULTS" in r.stdout
 

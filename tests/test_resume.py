@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -181,3 +182,80 @@ def test_store_trees_round_trip_without_pickle(tmp_path: Path) -> None:
     path = next(tmp_path.rglob("*.json"))
     path.write_bytes(path.read_bytes()[:10])
     assert store.get(key) is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_mid_sweep_exits_2_keeps_finished_units_and_resume_reuses_them(
+    sig: signal.Signals, tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    cfg = write_config(
+        tmp_path / "audit.yaml", tiny_model_dir, tiny_data_dir, sweep=SWEEP, suites=SUITES, deploy=DEPLOY
+    )
+    out = tmp_path / "out"
+    store = ResultStore(out / ".prune-audit-store")
+    total = 2 + 4 * 3
+    cli = _cli(cfg, "--format", "markdown", "--format", "junit")
+    proc = subprocess.Popen(cli, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while store.entries() < 5 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    kept = store.entries()
+    assert 5 <= kept < total, f"the signal did not land mid-sweep ({kept}/{total} units)\n{stderr[-2000:]}"
+    assert proc.returncode == 2, stderr[-3000:]
+    assert f"interrupted by {sig.name}" in stderr and "--resume" in stderr
+    assert "Traceback" not in stderr and "internal error" not in stderr
+    # nothing partial: no results, no report, no verdict on stdout, no temp file left by a write
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert [p for p in written if not p.startswith(".prune-audit-store/")] == []
+    assert [p for p in written if p.endswith(".tmp")] == []
+    assert "verdict" not in stdout
+
+    resumed = subprocess.run(cli + ["--resume"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode in (0, 1), resumed.stderr[-3000:]
+    assert f"resuming: {kept} finished unit(s)" in resumed.stderr
+    reused = sum(int(n) for n in re.findall(r"(\d+) unit\(s\) reused", resumed.stderr))
+    assert reused == kept  # every unit that finished before the signal, and no other
+    assert store.entries() == total
+    assert {"results.json", "summary.md", "junit.xml"} <= {p.name for p in out.iterdir()}
+
+
+@pytest.mark.slow
+def test_sigterm_under_ray_exits_2_stops_ray_and_keeps_the_finished_points(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("ray", reason="the [ray] extra is installed by `make test`")
+    psutil = pytest.importorskip("psutil")
+    cfg = write_config(
+        tmp_path / "audit.yaml",
+        tiny_model_dir,
+        tiny_data_dir,
+        sweep=SWEEP,
+        suites=SUITES,
+        deploy=DEPLOY,
+        executor="executor: {kind: ray, num_cpus: 1, num_cpus_per_task: 1}\n",
+    )
+    out = tmp_path / "out"
+    store = ResultStore(out / ".prune-audit-store")
+    proc = subprocess.Popen(_cli(cfg), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 400
+    while store.entries() < 5 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ray_processes = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=180)
+    kept = store.entries()
+    assert 5 <= kept < 2 + 4 * 3, f"the signal did not land mid-sweep ({kept} units)\n{stderr[-2000:]}"
+    assert proc.returncode == 2, stderr[-3000:]  # Ray's own SIGTERM handler would exit with 15
+    assert "interrupted by SIGTERM" in stderr
+    assert ray_processes, "Ray started no processes"
+    _, alive = psutil.wait_procs(ray_processes, timeout=60)
+    assert [p.pid for p in alive] == []  # Ray was shut down, its workers with it
+    assert not (out / "results.json").exists()
+    # the store is the same whichever executor wrote it: resume in process
+    resumed = subprocess.run(
+        _cli(cfg, "--resume", "--executor", "local"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode in (0, 1), resumed.stderr[-3000:]
+    assert sum(int(n) for n in re.findall(r"(\d+) unit\(s\) reused", resumed.stderr)) == kept

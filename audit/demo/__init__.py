@@ -8,38 +8,30 @@ code, the base weights, the hyperparameters and the torch/transformers versions.
 A second run reuses them.
 
 The cache root is ``$PRUNE_AUDIT_CACHE_DIR`` if set, else the platform's user cache
-directory (``~/.cache/prune-audit`` on Linux).
+directory (``~/.cache/prune-audit`` on Linux); see :mod:`audit.cache` (``cache_root`` and
+``_lock`` are re-exported here for existing callers).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from audit.atomic import atomic_write_text
+from audit.cache import cache_root  # also re-exported for existing callers
+from audit.cache import file_lock as _lock  # re-exported for existing callers
 from audit.fingerprint import dir_sha256, file_sha256
 from audit.plan import canonical_json, sha256_text
 
 log = logging.getLogger(__name__)
 
 DEMO_SEED = 0
-
-
-def cache_root() -> Path:
-    env = os.environ.get("PRUNE_AUDIT_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("prune-audit"))
 
 
 def demo_fingerprint() -> str:
@@ -63,19 +55,6 @@ def demo_fingerprint() -> str:
         except metadata.PackageNotFoundError:
             parts[pkg] = None
     return sha256_text(canonical_json(parts))
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def ensure_demo_assets(*, rebuild: bool = False) -> dict[str, Any]:

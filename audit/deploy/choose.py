@@ -113,7 +113,7 @@ def decide(timings: dict[str, dict[int, float]], *, min_speedup: float = 1.1) ->
 
 
 def _cache_file() -> Path:
-    from audit.demo import cache_root
+    from audit.cache import cache_root
 
     return cache_root() / "deploy" / "timings.json"
 
@@ -153,7 +153,7 @@ class TimingCache:
         if self.path is None:
             return
         from audit.atomic import atomic_write_text
-        from audit.demo import _lock as file_lock
+        from audit.cache import file_lock
 
         with self._lock, file_lock(self.path.with_name(".timings.lock")):
             merged: dict[str, float] = {}

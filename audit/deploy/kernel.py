@@ -178,7 +178,7 @@ def build_key(source: str, cxx: str, version: str, flags: list[str], cpu: dict[s
 
 
 def _kernel_dir() -> Path:
-    from audit.demo import cache_root
+    from audit.cache import cache_root
 
     return cache_root() / "kernels"
 
@@ -248,7 +248,7 @@ def _build_and_load() -> tuple[KernelLib | None, KernelStatus]:
         d = _kernel_dir() / f"spmm-{key[:16]}"
         path = d / LIB_NAME
         status = KernelStatus(True, "", str(path), key, compiler=version, flags=flags)
-        from audit.demo import _lock as file_lock
+        from audit.cache import file_lock
 
         with file_lock(d / ".lock"):
             if not path.is_file():
