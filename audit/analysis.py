@@ -54,15 +54,21 @@ class FoundTest:
 
 
 def iter_tests(result: RunResult) -> Iterator[FoundTest]:
-    """Every dict with a ``p_value`` key inside any measurement's details, in a stable order."""
+    """Every dict with a ``p_value`` key inside any measurement's details, in a stable order.
+
+    Walks dicts and lists, and into a test dict too (a test may carry sub-tests), so no
+    p-value a suite emits escapes the family.
+    """
 
     def walk(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
         if isinstance(node, dict):
             if "p_value" in node:
                 yield path, node
-                return
             for k in node:
                 yield from walk(node[k], (*path, str(k)))
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                yield from walk(item, (*path, str(i)))
 
     for v in result.all_variants():
         for m in v.measurements:
