@@ -33,7 +33,7 @@ def _p_values(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def test_every_p_value_of_every_suite_gets_a_q_value(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (tiny_data_dir / "test.jsonl").read_text().splitlines()]
-    extra = tmp_path / "identity.jsonl"
+    extra = tmp_path / "x.jsonl"
     extra.write_text("".join(json.dumps(r) + "\n" for r in rows))
     suites = (
         "suites:\n"
@@ -42,9 +42,10 @@ def test_every_p_value_of_every_suite_gets_a_q_value(tiny_model_dir: Path, tiny_
         f"    shifted: [{{name: ood, path: {tiny_data_dir / 'ood.jsonl'}}}]\n"
         "    corruptions: [{kind: typo, rate: 0.2}]\n"
         "  bias:\n"
-        "    counterfactual: {categories: [gender]}\n"
-        f"    identity_sets: [{{name: idset, path: {extra}, columns: {{text: text, label: label, groups: [identity]}}}}]\n"
-        f"    functional_sets: [{{name: func, path: {extra}, columns: {{text: text, label: label, groups: [domain]}}}}]\n"
+        "    counterfactual: {categories: [gender, race], max_texts: 60}\n"  # race: several targets per text
+        f"    identity_sets: [{{name: ids, path: {extra}, columns: {{text: text, label: label, groups: [identity]}}}}]"
+        "\n"
+        f"    functional_sets: [{{name: fn, path: {extra}, columns: {{text: text, label: label, groups: [domain]}}}}]\n"
         "  adversarial:\n"
         "    recipes: [deepwordbug]\n"
         "    n_examples: 4\n"
@@ -80,6 +81,11 @@ def test_every_p_value_of_every_suite_gets_a_q_value(tiny_model_dir: Path, tiny_
     suites_with_tests = {p.split("/")[0] for p in found}
     assert suites_with_tests == {s.name for s in SUITES}  # each suite emitted at least one test
     assert res.statistics["multiple_testing"]["n_tests"] == len(found)
+    # the overall counterfactual flip test takes texts as clusters, not counterfactuals as independent
+    flips = res.variants[0].measurement("bias/test/counterfactual_flip_rate")
+    assert flips is not None and flips.n > flips.details["n_texts"]  # several counterfactuals per text
+    assert flips.details["paired"]["test"].startswith("clustered McNemar")
+    assert flips.details["paired"]["n_texts"] == flips.details["n_texts"]
 
 
 def test_p_values_in_lists_and_nested_tests_join_the_family() -> None:

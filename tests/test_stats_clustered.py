@@ -74,3 +74,53 @@ def test_no_resamples_give_no_interval() -> None:
     )
     assert (m.ci_low, m.ci_high, m.ci_method) == (None, None, None)
     assert all(gv.ci_low is None and gv.ci_high is None for gv in m.groups["g"].values())
+
+
+class _Predictor:
+    """One-hot predictions: the variant's ``model`` is the array of predicted classes."""
+
+    def proba(self, model: np.ndarray, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+        return np.eye(2)[model]
+
+
+@pytest.mark.parametrize("n_boot", [0, 1000])
+def test_performance_suite_reports_no_ci_without_resamples_and_says_how_many(n_boot: int) -> None:
+    from results_factory import run, variant
+
+    from audit.analysis import analyze_sweep
+    from audit.data import EvalSet
+    from audit.plan import SweepPoint
+    from audit.registry import SUITES
+    from audit.suite import SuiteContext, Variant
+    from reports import markdown
+
+    labels = np.tile([0, 1], 40)
+    es = EvalSet(name="test", texts=[f"t{i}" for i in range(80)], labels=labels)
+    ctx = SuiteContext(config=None, eval_set=es, predictor=_Predictor(), id2label={0: "n", 1: "p"}, n_boot=n_boot)  # type: ignore[arg-type]
+    spec = SUITES.get("performance")
+    suite = spec.load()(spec, spec.params.model_validate({}))
+    pruned = labels.copy()
+    pruned[:12] = 1 - pruned[:12]
+    dense_out = suite.run(Variant(SweepPoint("dense", 0.0, 0), labels), ctx)
+    out = suite.run(Variant(SweepPoint("magnitude", 0.5, 0), pruned), ctx.for_suite(dense_out.artifacts))
+    for meas in [*dense_out.measurements, *out.measurements]:
+        if n_boot == 0:  # the bug: accuracy_delta and agreement gave [x, x] from one resample, "0 resamples"
+            assert (meas.ci_low, meas.ci_high, meas.ci_method) == (None, None, None), meas.id
+        else:
+            assert meas.ci_low is not None and meas.ci_high is not None and "1000 resamples" in meas.ci_method
+    res = run(dense_out.measurements, [variant("magnitude-s0.50-seed0", "magnitude", 0.5, out.measurements)])
+    res.config["runtime"] = {"n_boot": n_boot, "ci_level": 0.95}
+    analyze_sweep(res)
+    assert res.statistics["bootstrap"]["n_boot"] == n_boot
+    md = markdown.render(res)
+    if n_boot == 0:
+        assert "No confidence intervals: runtime.n\\_boot is 0" in md
+    else:
+        assert "bootstrap interval from 1000 resamples (each end rests on about 25 resamples beyond it)" in md
+
+
+def test_default_resample_count_puts_more_than_5_resamples_beyond_each_end() -> None:
+    from audit.config import RuntimeConfig
+
+    n = RuntimeConfig().n_boot
+    assert n * (1 - 0.95) / 2 > 5
