@@ -125,3 +125,23 @@ def test_genuine_gain_on_an_above_chance_set_is_not_flagged_anywhere() -> None:
     analyze_sweep(res)
     assert res.statistics["suspicious_gains"] == []
     assert "Suspicious gains" not in markdown.render(res) and "Suspicious gains" not in html.render(res)
+
+
+def test_shared_accuracy_delta_of_ood_and_bias_sets_is_flagged_too() -> None:
+    """The OOD suite's shifted sets (and the bias suite's functional sets) build their
+    accuracy_delta with :func:`audit.suite.accuracy_delta_measurement`: the same check applies."""
+    from audit.suite import accuracy_delta_measurement, add_prediction_details
+
+    es = EvalSet(name="shifted", texts=[f"t{i}" for i in range(100)], labels=LABELS)
+    ctx = SuiteContext(config=None, eval_set=es, predictor=_Predictor(), id2label=ID2LABEL, n_boot=50)  # type: ignore[arg-type]
+    dense, collapsed = _preds(LABELS, 40), np.zeros(100, dtype=np.int64)
+    m = accuracy_delta_measurement("ood", "shifted", LABELS, collapsed, dense, ctx, seed=0)
+    assert m.value == pytest.approx(0.1) and "collapse to 'negative'" in m.details["suspicious_gain"]
+    assert m.details["predicted_classes"] == {"negative": 1.0, "positive": 0.0}
+    genuine = accuracy_delta_measurement("ood", "shifted", LABELS, _preds(LABELS, 90), _preds(LABELS, 70), ctx, seed=0)
+    assert "suspicious_gain" not in genuine.details
+    acc = stats.group_measurements(
+        suite="ood", dataset="shifted", metrics=[stats.accuracy_metric(2)], y_true=LABELS, y_pred=collapsed, groups={}
+    )
+    add_prediction_details(acc, LABELS, collapsed, ctx)
+    assert acc[0].details["predicted_classes"] == {"negative": 1.0, "positive": 0.0}
