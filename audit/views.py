@@ -541,7 +541,11 @@ def _metric_table_rows(result: RunResult, ids: list[str], cat: dict[str, MetricI
                     "worse": _worse(delta, info),
                     "p": f"p={p:.3g}" if isinstance(p, (int, float)) else "",
                     "n": m.n if m else "",
-                    "pred": _class_shares_text(m.details.get("predicted_classes")) if m is not None else "",
+                    "pred": (
+                        _class_shares_text(m.details.get("predicted_classes"))
+                        if m is not None and m.metric == "accuracy"
+                        else ""
+                    ),
                     "suspicious": str(m.details.get("suspicious_gain") or "") if m is not None else "",
                 }
             )
