@@ -733,7 +733,7 @@ def _missing_ci(rule: Rule, m: Measurement, n_boot: int | None) -> str | None:
         if not groups or any(getattr(gv, end) is not None for gv in groups):
             return None
     why = (
-        "runtime.n_boot is 0, so no bootstrap CI was computed"
+        f"runtime.n_boot is {n_boot}, so no bootstrap CI was computed"
         if n_boot is not None and n_boot < 2
         else "no CI was computed for it"
     )
