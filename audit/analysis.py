@@ -13,7 +13,10 @@ into every test dict, and states the procedure in ``RunResult.statistics``:
   for the report;
 * ``statistics["regressions"]``: each significant change in the worse direction;
 * ``statistics["regression_onset"]``: per pruning method and metric id, the lowest
-  sparsity at which the metric's overall paired test shows a significant regression.
+  sparsity at which the metric's overall paired test shows a significant regression;
+* ``statistics["suspicious_gains"]``: accuracy gains flagged as likely drift (dense below
+  chance on the set, or the variant's predictions collapsed to one class), with the reason;
+* ``statistics["bootstrap"]``: how many resamples the run's CIs rest on.
 
 Torch-free; runs on a saved ``results.json`` as well (``analyze_sweep(load_results(p))``).
 """
@@ -51,15 +54,21 @@ class FoundTest:
 
 
 def iter_tests(result: RunResult) -> Iterator[FoundTest]:
-    """Every dict with a ``p_value`` key inside any measurement's details, in a stable order."""
+    """Every dict with a ``p_value`` key inside any measurement's details, in a stable order.
+
+    Walks dicts and lists, and into a test dict too (a test may carry sub-tests), so no
+    p-value a suite emits escapes the family.
+    """
 
     def walk(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
         if isinstance(node, dict):
             if "p_value" in node:
                 yield path, node
-                return
             for k in node:
                 yield from walk(node[k], (*path, str(k)))
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                yield from walk(item, (*path, str(i)))
 
     for v in result.all_variants():
         for m in v.measurements:
@@ -79,6 +88,59 @@ def _delta(t: FoundTest) -> float | None:
     if d is None and t.path == ("mcnemar",):
         d = t.measurement.value  # performance: the measurement is the accuracy change itself
     return None if d is None else float(d)
+
+
+def suspicious_gains(result: RunResult) -> list[dict[str, Any]]:
+    """``statistics["suspicious_gains"]``: accuracy gains the suites flagged (``details["suspicious_gain"]``).
+
+    A gain on a set where the dense model is below chance, or from a variant whose
+    predictions collapsed to one class, is more likely drift than improvement; each entry
+    gives the reason, the change and its q-value (after :func:`analyze_sweep` adjusted it).
+    """
+    out = []
+    for v in result.variants:
+        for m in v.measurements:
+            reason = m.details.get("suspicious_gain")
+            if not reason:
+                continue
+            test = next((m.details[k] for k in OVERALL_PATHS if isinstance(m.details.get(k), dict)), {})
+            out.append(
+                {
+                    "variant": v.id,
+                    "method": v.point.method,
+                    "sparsity": v.point.sparsity,
+                    "seed": v.point.seed,
+                    "metric": m.id,
+                    "delta": m.value,
+                    "q_value": test.get("q_value"),
+                    "significant": bool(test.get("significant", False)),
+                    "predicted_classes": m.details.get("predicted_classes", {}),
+                    "reason": reason,
+                }
+            )
+    out.sort(key=lambda r: (r["metric"], r["method"], r["sparsity"], r["seed"]))
+    return out
+
+
+def bootstrap_summary(result: RunResult) -> dict[str, Any]:
+    """``statistics["bootstrap"]``: how many resamples every CI of the run rests on, with a sentence."""
+    runtime = result.config.get("runtime") if isinstance(result.config, dict) else None
+    runtime = runtime if isinstance(runtime, dict) else {}
+    n_boot, level = runtime.get("n_boot"), runtime.get("ci_level", 0.95)
+    if not isinstance(n_boot, int):
+        statement = "The number of bootstrap resamples was not recorded."
+    elif n_boot < 2:
+        statement = (
+            f"No confidence intervals: runtime.n_boot is {n_boot}, so nothing was resampled; rules that judge a "
+            "CI end could not judge."
+        )
+    else:
+        tail = int(n_boot * (1 - level) / 2)
+        statement = (
+            f"Every confidence interval is a {level:.0%} bootstrap interval from {n_boot} resamples "
+            f"(each end rests on about {tail} resamples beyond it)."
+        )
+    return {"n_boot": n_boot, "ci_level": level, "statement": statement}
 
 
 def analyze_sweep(result: RunResult, *, alpha: float = 0.05, method: str = "bh") -> dict[str, Any]:
@@ -154,6 +216,8 @@ def analyze_sweep(result: RunResult, *, alpha: float = 0.05, method: str = "bh")
     }
     regressions.sort(key=lambda r: (r["metric"], r["test"], r["method"], r["sparsity"], r["seed"]))
     result.statistics["multiple_testing"] = summary
+    result.statistics["bootstrap"] = bootstrap_summary(result)
+    result.statistics["suspicious_gains"] = suspicious_gains(result)
     result.statistics["regressions"] = regressions
     result.statistics["regression_onset"] = onset
     log.info("multiple testing: %s", statement)

@@ -342,7 +342,12 @@ class RuntimeConfig(StrictModel):
     batch_size: int = Field(32, ge=1, le=4096)
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores).")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    n_boot: int = Field(200, ge=0, le=100_000, description="Bootstrap resamples for CIs.")
+    n_boot: int = Field(
+        1000,
+        ge=0,
+        le=100_000,
+        description="Bootstrap resamples for CIs (0: no CIs; rules that judge a CI end then cannot judge).",
+    )
     ci_level: float = Field(0.95, gt=0.5, lt=1.0)
 
 

@@ -649,7 +649,7 @@ def evaluate_policy(
         for variant in result.all_variants():
             if not _applies(rule, variant):
                 continue
-            results.extend(_judge(rule, variant, base, catalog))
+            results.extend(_judge(rule, variant, base, catalog, n_boot=_n_boot(result)))
     # waivers
     for w in policy.waivers:
         if w.expires < today:
@@ -709,7 +709,54 @@ def evaluate_policy(
     )
 
 
-def _judge(rule: Rule, variant: VariantResult, base: VariantResult, catalog: dict[str, MetricInfo]) -> list[RuleResult]:
+def _n_boot(result: RunResult) -> int | None:
+    runtime = result.config.get("runtime") if isinstance(result.config, dict) else None
+    value = runtime.get("n_boot") if isinstance(runtime, dict) else None
+    return value if isinstance(value, int) else None
+
+
+def _missing_ci(rule: Rule, m: Measurement, n_boot: int | None) -> str | None:
+    """Why a rule judging a CI end cannot judge ``m`` (it carries no such end), else None.
+
+    Overall aggregates need the measurement's own end; group aggregates need it on at
+    least one group. Falling back to the point estimate would quietly judge a cautious
+    rule on the less cautious number.
+    """
+    if rule.use == "point":
+        return None
+    end = "ci_low" if rule.use == "ci_lower" else "ci_high"
+    if rule.aggregate == "overall":
+        if m.value is None or getattr(m, end) is not None:
+            return None
+    else:
+        groups = [gv for gs in m.groups.values() for gv in gs.values() if gv.value is not None]
+        if not groups or any(getattr(gv, end) is not None for gv in groups):
+            return None
+    why = (
+        f"runtime.n_boot is {n_boot}, so no bootstrap CI was computed"
+        if n_boot is not None and n_boot < 2
+        else "no CI was computed for it"
+    )
+    return (
+        f"cannot judge the CI's {rule.use.split('_')[1]} end: the measurement has no confidence interval ({why}); "
+        "set runtime.n_boot (e.g. 1000) or use: point"
+    )
+
+
+def _not_applicable(rule: Rule, variant: VariantResult) -> str | None:
+    """The reasons the suites gave for not producing the metrics this rule selects, else None."""
+    reasons = sorted({r for mid, r in variant.not_applicable.items() if fnmatch.fnmatchcase(mid, rule.metric)})
+    return "; ".join(reasons) if reasons else None
+
+
+def _judge(
+    rule: Rule,
+    variant: VariantResult,
+    base: VariantResult,
+    catalog: dict[str, MetricInfo],
+    *,
+    n_boot: int | None = None,
+) -> list[RuleResult]:
     common = dict(
         rule=rule.id, variant=variant.id, severity=rule.severity, bound=rule.bound_text(), rationale=rule.rationale
     )
@@ -724,6 +771,12 @@ def _judge(rule: Rule, variant: VariantResult, base: VariantResult, catalog: dic
             what = f"{e.suite} failed" if pruning_failed else f"suite {e.suite!r} crashed"
             msg = f"{what} on this variant: {e.error_type}: {e.message}"
             return [RuleResult(metric=rule.metric, status="ERROR", message=msg, **common)]
+        # the suite ran and said why it could not produce the metric (e.g. no group columns): nothing to judge
+        not_applicable = _not_applicable(rule, variant)
+        if not_applicable is not None:
+            return [
+                RuleResult(metric=rule.metric, status="SKIP", message=f"not applicable: {not_applicable}", **common)
+            ]
         if rule.required:
             return [RuleResult(metric=rule.metric, status="ERROR", message="metric missing from results", **common)]
         return [RuleResult(metric=rule.metric, status="SKIP", message="metric not measured", **common)]
@@ -747,6 +800,11 @@ def _judge(rule: Rule, variant: VariantResult, base: VariantResult, catalog: dic
                     )
                 )
                 continue
+        no_ci = _missing_ci(rule, m, n_boot)
+        if no_ci is not None:
+            # a cautious rule that cannot see its CI end must not pass unjudged: ERROR (SKIP if not required)
+            out.append(RuleResult(metric=m.id, status="ERROR" if rule.required else "SKIP", message=no_ci, **common))
+            continue
         if rule.aggregate == "worst_group" and bm is not None:
             observed, base_value, compared, note = _worst_group_change(rule, m, bm, hib)
         else:

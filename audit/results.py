@@ -212,6 +212,11 @@ class VariantResult(Record):
     measurements: list[Measurement] = Field(default_factory=list)
     errors: list[SuiteError] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    not_applicable: dict[str, str] = Field(
+        default_factory=dict,
+        description="Metric ids a suite could not produce on this data, with the reason (e.g. no group "
+        "columns); rules on them are SKIP, not ERROR.",
+    )
     examples: dict[str, list[dict[str, Any]]] = Field(
         default_factory=dict, description="Illustrative rows per suite, for the report."
     )

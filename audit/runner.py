@@ -447,6 +447,7 @@ def run_point(
                 _save(keys.suite(point, suite.name), payload, arrays)
         vr.measurements.extend(out.measurements)
         vr.warnings.extend(out.warnings)
+        vr.not_applicable.update(out.not_applicable)
         outcome.datasets.extend(out.datasets)
         if out.examples:
             vr.examples[suite.name] = out.examples
@@ -474,6 +475,7 @@ def _suite_output_to_store(out: Any, *, keep_artifacts: bool) -> tuple[dict[str,
     payload: dict[str, Any] = {
         "measurements": [_jsonable(m) for m in out.measurements],
         "warnings": list(out.warnings),
+        "not_applicable": dict(out.not_applicable),
         "examples": json.loads(json.dumps(out.examples, default=str)),
         "datasets": [_jsonable(d) for d in out.datasets],
         "artifacts": None,
@@ -498,6 +500,7 @@ def _suite_output_from_store(payload: dict[str, Any], arrays: dict[str, Any]) ->
         artifacts=decode_tree(payload["artifacts"], arrays) if payload.get("artifacts") is not None else {},
         examples=payload["examples"],
         warnings=payload["warnings"],
+        not_applicable=payload.get("not_applicable", {}),
         datasets=[DatasetIdentity.model_validate(d) for d in payload["datasets"]],
     )
 

@@ -35,7 +35,7 @@ def bootstrap_ci(
     """Percentile bootstrap CI of ``statistic`` over the rows of ``values``."""
     values = np.asarray(values)
     n = len(values)
-    if n == 0 or n_boot <= 0:
+    if n == 0 or n_boot < 2:  # one resample's value is not an interval
         return None, None
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
@@ -46,6 +46,11 @@ def bootstrap_ci(
     alpha = (1 - level) / 2
     lo, hi = np.nanquantile(stats, [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+def ci_method(text: str, n_boot: int) -> str | None:
+    """A measurement's ``ci_method``: ``text``, or None when no resamples were drawn (no CI)."""
+    return text if n_boot >= 2 else None
 
 
 def feature_columns(groups: Mapping[str, np.ndarray], intersections: bool) -> dict[str, np.ndarray]:
@@ -164,7 +169,7 @@ def selection_rate_metric(positive: int = 1, num_classes: int = 2) -> ConfusionM
 
 def _ci(stats: np.ndarray, level: float) -> tuple[float | None, float | None]:
     stats = stats[np.isfinite(stats)]
-    if len(stats) == 0:
+    if len(stats) < 2:  # no resamples (runtime.n_boot: 0), or one: no interval
         return None, None
     alpha = (1 - level) / 2
     lo, hi = np.quantile(stats, [alpha, 1 - alpha])
@@ -198,7 +203,7 @@ def group_measurements(
     y_pred = np.asarray(y_pred, dtype=np.int64)
     n = len(y_true)
     rng = np.random.default_rng(seed)
-    method = f"percentile bootstrap, {n_boot} resamples, {level:.0%}" if n_boot else None
+    method = ci_method(f"percentile bootstrap, {n_boot} resamples, {level:.0%}", n_boot)
     scorers = {m.name: m for m in metrics}
     out: dict[str, Measurement] = {}
     boot_all = bootstrap_confusion(y_true, y_pred, metrics[0].num_classes, n_boot, rng) if n_boot and n else None
@@ -254,15 +259,116 @@ def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> dict[str, flo
     return {"lost": b01, "gained": b10, "discordant": n_disc, "p_value": p}
 
 
+def clustered_mcnemar(a: np.ndarray, b: np.ndarray, clusters: np.ndarray) -> dict[str, Any]:
+    """McNemar-type test of paired proportions when units come in correlated clusters.
+
+    Obuchowski, N. A. (1998), "On the comparison of correlated proportions for clustered
+    data", *Statistics in Medicine* 17(13):1495-1507. With ``K`` clusters, ``n_k`` units
+    in cluster ``k`` (``N`` in all), ``x_k`` and ``y_k`` the units of cluster ``k``
+    positive under ``a`` and under ``b``, ``p_a = sum x_k / N``, ``p_b = sum y_k / N``::
+
+        var(p_a - p_b) = K / ((K - 1) N^2) * sum_k (d_k - n_k (p_a - p_b))^2,   d_k = x_k - y_k
+        X^2 = (p_a - p_b)^2 / var(p_a - p_b)  ~  chi-square, 1 df
+
+    The variance is estimated between clusters, so units of one cluster that move
+    together count as one piece of evidence, not ``n_k`` (the naive McNemar test treats
+    them as independent and is anti-conservative). ``lost`` counts units positive under
+    ``a`` only, ``gained`` under ``b`` only (as :func:`mcnemar_exact`). The p-value is
+    None with fewer than two clusters (no between-cluster variance); 1.0 when no unit
+    is discordant.
+    """
+    from scipy.stats import chi2
+
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    _, codes = np.unique(np.asarray(clusters), return_inverse=True)
+    k = int(codes.max()) + 1 if len(codes) else 0
+    n_k = np.bincount(codes, minlength=k).astype(np.float64)
+    d_k = np.bincount(codes, weights=a.astype(np.float64) - b.astype(np.float64), minlength=k)
+    n = float(n_k.sum())
+    lost, gained = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    out: dict[str, Any] = {"lost": lost, "gained": gained, "discordant": lost + gained, "clusters": k}
+    if lost + gained == 0:
+        return {**out, "statistic": 0.0, "p_value": 1.0}
+    if k < 2:
+        return {**out, "statistic": None, "p_value": None}
+    diff = (lost - gained) / n
+    var = k / ((k - 1) * n * n) * float(np.sum((d_k - n_k * diff) ** 2))
+    if var <= 0.0:  # every cluster moved by the same share: no spread to test against
+        return {**out, "statistic": None, "p_value": 1.0 if diff == 0 else 0.0}
+    x2 = diff * diff / var
+    return {**out, "statistic": float(x2), "p_value": float(chi2.sf(x2, 1))}
+
+
 def paired_bootstrap_delta(
     a_correct: np.ndarray, b_correct: np.ndarray, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float | None, float | None]:
-    """Accuracy change b − a on the same examples with a paired bootstrap CI."""
+    """Accuracy change b − a on the same examples with a paired bootstrap CI.
+
+    With fewer than two resamples there is no interval (one resample's value is not a
+    CI): the CI ends are None.
+    """
     a = np.asarray(a_correct, dtype=float)
     b = np.asarray(b_correct, dtype=float)
     diff = b - a
-    lo, hi = bootstrap_ci(diff, n_boot=n_boot, level=level, seed=seed)
+    lo, hi = bootstrap_ci(diff, n_boot=n_boot, level=level, seed=seed) if n_boot >= 2 else (None, None)
     return float(diff.mean()) if len(diff) else float("nan"), lo, hi
+
+
+# -- suspicious gains ----------------------------------------------------------------------
+
+COLLAPSE_SHARE = 0.9
+"""A model whose most predicted class takes more than this share of its predictions has
+collapsed towards it (unless the labels are that skewed too)."""
+
+
+def class_shares(values: np.ndarray, num_classes: int) -> np.ndarray:
+    """Share of each class ``0..num_classes-1`` among ``values``."""
+    values = np.asarray(values, dtype=np.int64)
+    counts = np.bincount(values, minlength=num_classes)[:num_classes].astype(np.float64)
+    return counts / max(len(values), 1)
+
+
+def suspicious_gain(
+    labels: np.ndarray,
+    pred: np.ndarray,
+    base_pred: np.ndarray,
+    num_classes: int,
+    *,
+    collapse_share: float = COLLAPSE_SHARE,
+    class_names: dict[int, str] | None = None,
+) -> str | None:
+    """Why an accuracy gain of ``pred`` over ``base_pred`` on ``labels`` may not be real, else None.
+
+    A gain is suspicious when the dense model is below chance on the set (chance: the
+    accuracy of always predicting the most common label), so any drift towards that
+    label "improves" it, or when the variant's predictions collapse: one class takes
+    more than ``collapse_share`` of them while the labels give it no more than that.
+    Not a gain (variant accuracy <= dense): None.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    pred, base_pred = np.asarray(pred, dtype=np.int64), np.asarray(base_pred, dtype=np.int64)
+    if len(labels) == 0:
+        return None
+    acc, base_acc = float((pred == labels).mean()), float((base_pred == labels).mean())
+    if acc <= base_acc:
+        return None
+    names = class_names or {}
+    label_share, pred_share = class_shares(labels, num_classes), class_shares(pred, num_classes)
+    chance = float(label_share.max())
+    reasons = []
+    if base_acc < chance:
+        reasons.append(
+            f"the dense model is below chance on this set (accuracy {base_acc:.3f} < {chance:.3f}, the share of its "
+            f"most common label {names.get(int(label_share.argmax()), str(int(label_share.argmax())))!r})"
+        )
+    top = int(pred_share.argmax())
+    if pred_share[top] > collapse_share and label_share[top] <= collapse_share:
+        reasons.append(
+            f"the variant's predictions collapse to {names.get(top, str(top))!r} "
+            f"({pred_share[top]:.1%} of predictions, {label_share[top]:.1%} of labels)"
+        )
+    return "; ".join(reasons) if reasons else None
 
 
 # -- resampling helpers shared by the OOD and bias suites --------------------------------

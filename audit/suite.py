@@ -74,6 +74,10 @@ class SuiteOutput:
     """A few illustrative rows for the report (already truncated, plain strings)."""
     warnings: list[str] = field(default_factory=list)
     datasets: list[DatasetIdentity] = field(default_factory=list)
+    not_applicable: dict[str, str] = field(default_factory=dict)
+    """Metric ids (``suite/dataset/metric``) this suite could not produce on this data, with why
+    (e.g. no group columns). A policy rule on them is SKIP with the reason, not ERROR; a
+    metric the suite should have produced but did not stays an ERROR."""
 
 
 @dataclass
@@ -85,7 +89,7 @@ class SuiteContext:
     predictor: Predictor
     id2label: dict[int, str]
     seed: int = 0
-    n_boot: int = 200
+    n_boot: int = 1000
     ci_level: float = 0.95
     baseline: dict[str, Any] | None = None
     """The artifacts this suite returned for the dense baseline (None while running it)."""
@@ -160,6 +164,49 @@ class Suite:
         raise NotImplementedError
 
 
+def prediction_details(labels: np.ndarray, pred: np.ndarray, id2label: dict[int, str]) -> dict[str, Any]:
+    """``details`` entries of an accuracy measurement: the predicted-class and label distributions.
+
+    Shown next to accuracy so that a model drifting towards one class is visible
+    (``predicted_classes`` / ``label_classes``: label name -> share).
+    """
+    from audit import stats
+
+    k = len(id2label)
+    names = [id2label.get(i, str(i)) for i in range(k)]
+    pred_share, label_share = stats.class_shares(pred, k), stats.class_shares(labels, k)
+    return {
+        "predicted_classes": {n: float(x) for n, x in zip(names, pred_share, strict=True)},
+        "label_classes": {n: float(x) for n, x in zip(names, label_share, strict=True)},
+    }
+
+
+def add_prediction_details(
+    measurements: list[Measurement], labels: np.ndarray, pred: np.ndarray, ctx: SuiteContext
+) -> None:
+    """Put :func:`prediction_details` into the ``accuracy`` measurement among ``measurements``."""
+    for m in measurements:
+        if m.metric == "accuracy":
+            m.details.update(prediction_details(labels, pred, ctx.id2label))
+
+
+def flag_suspicious_gain(
+    m: Measurement, labels: np.ndarray, pred: np.ndarray, base_pred: np.ndarray, ctx: SuiteContext
+) -> None:
+    """Mark an ``accuracy_delta`` gain that rests on a below-chance dense model or collapsed predictions.
+
+    Sets ``details["suspicious_gain"]`` (the reason, see :func:`audit.stats.suspicious_gain`)
+    and the variant's predicted-class distribution; :mod:`audit.analysis` lists flagged
+    gains in ``statistics["suspicious_gains"]`` and the reports show them.
+    """
+    from audit import stats
+
+    m.details.update(prediction_details(labels, pred, ctx.id2label))
+    reason = stats.suspicious_gain(labels, pred, base_pred, ctx.num_labels, class_names=ctx.id2label)
+    if reason is not None:
+        m.details["suspicious_gain"] = reason
+
+
 def accuracy_delta_measurement(
     suite: str,
     dataset: str,
@@ -179,17 +226,17 @@ def accuracy_delta_measurement(
 
     correct, base_correct = pred == labels, base_pred == labels
     delta, lo, hi = stats.paired_bootstrap_delta(
-        base_correct, correct, n_boot=max(ctx.n_boot, 1), level=ctx.ci_level, seed=seed
+        base_correct, correct, n_boot=ctx.n_boot, level=ctx.ci_level, seed=seed
     )
     test = stats.mcnemar_exact(base_correct, correct)
-    return Measurement(
+    m = Measurement(
         suite=suite,
         dataset=dataset,
         metric="accuracy_delta",
         value=delta,
         ci_low=lo,
         ci_high=hi,
-        ci_method=f"paired bootstrap, {ctx.n_boot} resamples",
+        ci_method=stats.ci_method(f"paired bootstrap, {ctx.n_boot} resamples", ctx.n_boot),
         n=len(labels),
         details={
             "paired": {
@@ -205,3 +252,5 @@ def accuracy_delta_measurement(
             }
         },
     )
+    flag_suspicious_gain(m, labels, pred, base_pred, ctx)
+    return m

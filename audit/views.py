@@ -494,6 +494,26 @@ def _layer_views(result: RunResult) -> dict[str, Any]:
 # -- measurements --------------------------------------------------------------------
 
 
+def _class_shares_text(shares: Any) -> str:
+    """``predicted: negative 91% · positive 9%`` from a ``{class: share}`` dict (empty without one)."""
+    if not isinstance(shares, dict) or not shares:
+        return ""
+    return "predicted: " + " · ".join(f"{k} {float(v):.0%}" for k, v in shares.items())
+
+
+def _suspicious_rows(result: RunResult) -> list[dict[str, Any]]:
+    return [
+        {
+            "variant": r["variant"],
+            "metric": r["metric"],
+            "delta": fmt_signed(r.get("delta")),
+            "q": fmt(r.get("q_value")),
+            "reason": r["reason"],
+        }
+        for r in result.statistics.get("suspicious_gains") or []
+    ]
+
+
 def _metric_table_rows(result: RunResult, ids: list[str], cat: dict[str, MetricInfo]) -> list[dict[str, Any]]:
     variants = result.all_variants()
     maps = [_by_id(v) for v in variants]
@@ -521,6 +541,12 @@ def _metric_table_rows(result: RunResult, ids: list[str], cat: dict[str, MetricI
                     "worse": _worse(delta, info),
                     "p": f"p={p:.3g}" if isinstance(p, (int, float)) else "",
                     "n": m.n if m else "",
+                    "pred": (
+                        _class_shares_text(m.details.get("predicted_classes"))
+                        if m is not None and m.metric == "accuracy"
+                        else ""
+                    ),
+                    "suspicious": str(m.details.get("suspicious_gain") or "") if m is not None else "",
                 }
             )
         rows.append(
@@ -897,6 +923,7 @@ def _protocol(result: RunResult, cat: dict[str, MetricInfo]) -> dict[str, Any]:
         "metrics": metrics,
         "ci_methods": list(ci_methods),
         "n_boot": runtime.get("n_boot", ""),
+        "ci_statement": (result.statistics.get("bootstrap") or {}).get("statement", ""),
         "ci_level": runtime.get("ci_level", ""),
         "batch_size": runtime.get("batch_size", ""),
         "device": runtime.get("device", ""),
@@ -997,6 +1024,7 @@ def build_view(result: RunResult) -> dict[str, Any]:
         "disparate": findings[:MAX_FINDINGS],
         "disparate_more": max(0, len(findings) - MAX_FINDINGS),
         "regressions": [rule_row(r) for r in rules if r.status in ("FAIL", "ERROR", "WARN")],
+        "suspicious_gains": _suspicious_rows(result),
         "rules": [rule_row(r) for r in rules],
         "protocol": _protocol(result, cat),
         "provenance": {
@@ -1061,6 +1089,8 @@ def build_summary(result: RunResult, *, max_rows: int = 30) -> dict[str, Any]:
         "key_rows_more": max(0, len(key_rows) - max_rows - 1),
         "n_variants": len(result.variants),
         "limitations": limitations(result),
+        "ci_statement": (result.statistics.get("bootstrap") or {}).get("statement", ""),
+        "suspicious_gains": _suspicious_rows(result),
     }
 
 

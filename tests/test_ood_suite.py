@@ -68,6 +68,9 @@ def test_values_agree_with_sklearn_on_the_dense_model(audit: TinyAudit, outputs,
     assert acc.ci_low <= acc.value <= acc.ci_high
     assert set(acc.groups["gender"]) == set(np.unique(ood.groups["gender"]))
     assert ms["ood/ood/macro_f1"].value == pytest.approx(f1_score(ood.labels, pred, average="macro"))
+    # the predicted-class distribution sits next to accuracy on every shifted set
+    shares = {ctx.id2label[k]: float((pred == k).mean()) for k in range(ctx.num_labels)}
+    assert acc.details["predicted_classes"] == pytest.approx(shares)
     assert ms["ood/ood/ece"].value == pytest.approx(stats.expected_calibration_error(proba, ood.labels))
     assert ms["ood/test/ece"].value == pytest.approx(stats.expected_calibration_error(id_proba, es.labels))
     id_acc = float((id_proba.argmax(axis=1) == es.labels).mean())

@@ -103,7 +103,7 @@ def test_rule_on_a_ci_end_without_a_ci_is_an_error_that_says_so() -> None:
     pol = policy_from_text("name: p\nrules:\n  - {id: r, metric: performance/*/accuracy, use: ci_lower, min: 0.5}\n")
     res = run([m("accuracy", 0.9)], [variant("v", "magnitude", 0.5, [m("accuracy", 0.9)])])
     r = evaluate_policy(pol, res).rules[0]
-    assert r.status == "ERROR" and "has no ci lower" in r.message
+    assert r.status == "ERROR" and "lower end: the measurement has no confidence interval" in r.message
 
 
 def test_deployment_record_is_gated_like_a_metric() -> None:

@@ -298,8 +298,8 @@ class BiasSuite(Suite):
 
     # -- helpers ---------------------------------------------------------------------------------------
 
-    def _ci_method(self, ctx: SuiteContext) -> str:
-        return f"percentile bootstrap, {ctx.n_boot} resamples, {ctx.ci_level:.0%}"
+    def _ci_method(self, ctx: SuiteContext, suffix: str = "") -> str | None:
+        return stats.ci_method(f"percentile bootstrap, {ctx.n_boot} resamples, {ctx.ci_level:.0%}{suffix}", ctx.n_boot)
 
     def _rng(self, ctx: SuiteContext, *parts: int) -> np.random.Generator:
         return np.random.default_rng([ctx.seed, 7, *parts])
@@ -392,7 +392,7 @@ class BiasSuite(Suite):
                     value=w["value"],
                     ci_low=w["ci_low"],
                     ci_high=w["ci_high"],
-                    ci_method=self._ci_method(ctx) + ", within groups",
+                    ci_method=self._ci_method(ctx, ", within groups"),
                     n=len(y),
                     details={"feature": worst, "by_feature": feats, "positive_class": int(pos)},
                 )
@@ -474,6 +474,7 @@ class BiasSuite(Suite):
                     if metric == "counterfactual_prob_shift":
                         signed_by_pair.setdefault(cat, {})[pair] = float(signed[m].mean())
                     elif base_values is not None:
+                        # one counterfactual per text and pair (one target per pair): independent units
                         t = stats.mcnemar_exact(~base_values[m], ~values[m])
                         paired_groups.setdefault(cat, {})[pair] = {
                             "baseline": float(base_values[m].mean()),
@@ -488,15 +489,18 @@ class BiasSuite(Suite):
                 details["signed_shift"] = signed_by_pair
             if base_values is not None:
                 if metric == "counterfactual_flip_rate":
-                    t = stats.mcnemar_exact(~base_values, ~values)
+                    # one text gives several counterfactuals whose flips are correlated: the test
+                    # takes texts as clusters (Obuchowski 1998), not counterfactuals as independent
+                    t = stats.clustered_mcnemar(~base_values, ~values, cf.rows)
                     details["paired"] = stats.paired_result(
                         baseline=float(base_values.mean()),
                         value=float(values.mean()),
                         boot_deltas=boot - cluster_boot(base_values),
                         level=ctx.ci_level,
-                        test="exact McNemar on flips",
+                        test="clustered McNemar on flips, texts as clusters (Obuchowski 1998)",
                         n=len(values),
                         p_value=t["p_value"],
+                        n_texts=t["clusters"],
                         newly_flipped=t["lost"],
                         no_longer_flipped=t["gained"],
                     )
@@ -518,7 +522,9 @@ class BiasSuite(Suite):
                     value=float(values.mean()),
                     ci_low=lo,
                     ci_high=hi,
-                    ci_method=f"cluster bootstrap over texts, {ctx.n_boot} resamples, {ctx.ci_level:.0%}",
+                    ci_method=stats.ci_method(
+                        f"cluster bootstrap over texts, {ctx.n_boot} resamples, {ctx.ci_level:.0%}", ctx.n_boot
+                    ),
                     n=len(values),
                     groups=groups,
                     details=details,
@@ -585,7 +591,7 @@ class BiasSuite(Suite):
             value=worst,
             ci_low=None,
             ci_high=None,
-            ci_method="per-group paired bootstrap CIs in groups",
+            ci_method=stats.ci_method("per-group paired bootstrap CIs in groups", ctx.n_boot),
             n=len(labels),
             groups=groups,
             details={
@@ -698,7 +704,7 @@ class BiasSuite(Suite):
                 value=stats.roc_auc(scores, y),
                 ci_low=lo,
                 ci_high=hi,
-                ci_method=self._ci_method(ctx) + ", stratified",
+                ci_method=self._ci_method(ctx, ", stratified"),
                 n=len(y),
                 details=details,
             )
@@ -754,7 +760,7 @@ class BiasSuite(Suite):
                     dataset=name,
                     metric=metric,
                     value=generalized_mean([gv.value for gv in in_mean.values()]),
-                    ci_method=self._ci_method(ctx) + ", stratified, per subgroup in groups",
+                    ci_method=self._ci_method(ctx, ", stratified, per subgroup in groups"),
                     n=len(y),
                     groups={"identity": groups},
                     details=details,
@@ -784,6 +790,41 @@ class BiasSuite(Suite):
         di = self._disparate_impact(ctx, fes.name, fes.labels, pred, base_pred, fes.groups, intersections=False)
         if di is not None:
             out.append(di)
+        return out
+
+    def _not_applicable(self, ctx: SuiteContext, variant: Variant) -> dict[str, str]:
+        """Eval-set metrics this data cannot give, with why (a rule on them is SKIP, not ERROR)."""
+        es = ctx.eval_set
+        out: dict[str, str] = {}
+
+        def na(metrics: tuple[str, ...], reason: str) -> None:
+            out.update({f"{self.name}/{es.name}/{m}": reason for m in metrics})
+
+        if self.positive is None:
+            na(
+                ("fpr", "fnr", "selection_rate", "demographic_parity_difference", "equalized_odds_difference"),
+                f"the model has {ctx.num_labels} labels and suites.bias.positive_label is not set",
+            )
+        if not self.features:
+            reason = (
+                "the eval data has no sensitive-group columns (data.columns.groups and "
+                "suites.bias.sensitive_columns are empty)"
+            )
+        elif all(len(np.unique(v)) < 2 for v in self.features.values()):
+            reason = f"every sensitive column ({', '.join(sorted(self.features))}) has a single group"
+        else:
+            reason = ""
+        if reason:
+            na(("demographic_parity_difference", "equalized_odds_difference"), reason)
+            if not self.features and not variant.is_baseline:
+                na(("pruning_disparate_impact",), reason)
+        if self.cf is None:
+            na(
+                ("counterfactual_flip_rate", "counterfactual_prob_shift"),
+                "no identity terms (names, pronouns, identity words) were found in the eval texts"
+                if self.params.counterfactual.enabled
+                else "counterfactual tests are disabled (suites.bias.counterfactual.enabled: false)",
+            )
         return out
 
     # -- the suite ----------------------------------------------------------------------------------------
@@ -834,6 +875,13 @@ class BiasSuite(Suite):
             if fes.identity is not None:
                 datasets.append(fes.identity)
         warnings = list(self._setup_warnings) if variant.is_baseline else []
+        produced = {m.id for m in measurements}
+        not_applicable = {k: r for k, r in self._not_applicable(ctx, variant).items() if k not in produced}
         return SuiteOutput(
-            measurements=measurements, artifacts=artifacts, examples=examples, warnings=warnings, datasets=datasets
+            measurements=measurements,
+            artifacts=artifacts,
+            examples=examples,
+            warnings=warnings,
+            datasets=datasets,
+            not_applicable=not_applicable,
         )

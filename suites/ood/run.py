@@ -20,7 +20,7 @@ from audit import stats
 from audit.data import EvalSet
 from audit.errors import DataError
 from audit.results import DatasetIdentity, Measurement
-from audit.suite import Suite, SuiteContext, SuiteOutput, Variant, accuracy_delta_measurement
+from audit.suite import Suite, SuiteContext, SuiteOutput, Variant, accuracy_delta_measurement, add_prediction_details
 from suites.ood import Corruption, OodParams
 
 log = logging.getLogger(__name__)
@@ -145,8 +145,8 @@ class OodSuite(Suite):
             details=details,
         )
 
-    def _ci_method(self, ctx: SuiteContext) -> str:
-        return f"percentile bootstrap, {ctx.n_boot} resamples, {ctx.ci_level:.0%}"
+    def _ci_method(self, ctx: SuiteContext, suffix: str = "") -> str | None:
+        return stats.ci_method(f"percentile bootstrap, {ctx.n_boot} resamples, {ctx.ci_level:.0%}{suffix}", ctx.n_boot)
 
     def _classification(
         self,
@@ -169,6 +169,7 @@ class OodSuite(Suite):
             level=ctx.ci_level,
             seed=ctx.seed + set_index,
         )
+        add_prediction_details(ms, es.labels, pred, ctx)
         if base_pred is None:
             return ms
         idx = stats.bootstrap_indices(len(es), ctx.n_boot, self._rng(ctx, set_index, "f1"))
@@ -238,7 +239,7 @@ class OodSuite(Suite):
             value=value,
             ci_low=lo,
             ci_high=hi,
-            ci_method=self._ci_method(ctx) + (", paired rows" if s.paired_with_id else ", sets resampled separately"),
+            ci_method=self._ci_method(ctx, ", paired rows" if s.paired_with_id else ", sets resampled separately"),
             n=len(correct),
             details=details,
         )
@@ -302,8 +303,9 @@ class OodSuite(Suite):
             value=value,
             ci_low=lo,
             ci_high=hi,
-            ci_method=self._ci_method(ctx)
-            + (", paired rows" if s.paired_with_id else ", stratified (in and shifted resampled separately)"),
+            ci_method=self._ci_method(
+                ctx, ", paired rows" if s.paired_with_id else ", stratified (in and shifted resampled separately)"
+            ),
             n=len(scores),
             details=details,
         )

@@ -6,7 +6,7 @@ import numpy as np
 
 from audit import stats
 from audit.results import Measurement
-from audit.suite import Suite, SuiteContext, SuiteOutput, Variant
+from audit.suite import Suite, SuiteContext, SuiteOutput, Variant, add_prediction_details, flag_suspicious_gain
 
 
 class PerformanceSuite(Suite):
@@ -29,26 +29,27 @@ class PerformanceSuite(Suite):
             seed=ctx.seed,
             intersections=self.params.intersections,
         )
+        add_prediction_details(measurements, es.labels, pred, ctx)
         if ctx.baseline is not None:
             base_pred = np.asarray(ctx.baseline["pred"])
             base_correct = base_pred == es.labels
             delta, lo, hi = stats.paired_bootstrap_delta(
-                base_correct, correct, n_boot=max(ctx.n_boot, 1), level=ctx.ci_level, seed=ctx.seed
+                base_correct, correct, n_boot=ctx.n_boot, level=ctx.ci_level, seed=ctx.seed
             )
             test = stats.mcnemar_exact(base_correct, correct)
-            measurements.append(
-                Measurement(
-                    suite=self.name,
-                    dataset=es.name,
-                    metric="accuracy_delta",
-                    value=delta,
-                    ci_low=lo,
-                    ci_high=hi,
-                    ci_method=f"paired bootstrap, {ctx.n_boot} resamples",
-                    n=len(es),
-                    details={"mcnemar": test},
-                )
+            delta_m = Measurement(
+                suite=self.name,
+                dataset=es.name,
+                metric="accuracy_delta",
+                value=delta,
+                ci_low=lo,
+                ci_high=hi,
+                ci_method=stats.ci_method(f"paired bootstrap, {ctx.n_boot} resamples", ctx.n_boot),
+                n=len(es),
+                details={"mcnemar": test},
             )
+            flag_suspicious_gain(delta_m, es.labels, pred, base_pred, ctx)
+            measurements.append(delta_m)
             same = pred == base_pred
             lo, hi = stats.bootstrap_ci(same.astype(float), n_boot=ctx.n_boot, level=ctx.ci_level, seed=ctx.seed)
             measurements.append(
@@ -59,7 +60,7 @@ class PerformanceSuite(Suite):
                     value=float(same.mean()),
                     ci_low=lo,
                     ci_high=hi,
-                    ci_method=f"bootstrap, {ctx.n_boot} resamples",
+                    ci_method=stats.ci_method(f"bootstrap, {ctx.n_boot} resamples", ctx.n_boot),
                     n=len(es),
                 )
             )
