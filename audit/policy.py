@@ -747,6 +747,11 @@ def _judge(rule: Rule, variant: VariantResult, base: VariantResult, catalog: dic
                     )
                 )
                 continue
+        # a suite marks a measurement that rests on too few examples to judge (details["insufficient"]: why)
+        too_few = m.details.get("insufficient") or (bm.details.get("insufficient") if bm is not None else None)
+        if too_few:
+            out.append(RuleResult(metric=m.id, status="SKIP", message=f"could not judge: {too_few}", **common))
+            continue
         if rule.aggregate == "worst_group" and bm is not None:
             observed, base_value, compared, note = _worst_group_change(rule, m, bm, hib)
         else:
