@@ -800,6 +800,11 @@ def _judge(
                     )
                 )
                 continue
+        # a suite marks a measurement that rests on too few examples to judge (details["insufficient"]: why)
+        too_few = m.details.get("insufficient") or (bm.details.get("insufficient") if bm is not None else None)
+        if too_few:
+            out.append(RuleResult(metric=m.id, status="SKIP", message=f"could not judge: {too_few}", **common))
+            continue
         no_ci = _missing_ci(rule, m, n_boot)
         if no_ci is not None:
             # a cautious rule that cannot see its CI end must not pass unjudged: ERROR (SKIP if not required)

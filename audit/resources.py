@@ -3,8 +3,13 @@
 Nothing here uses NLTK's downloader. ``prune-audit resources`` (run by ``make`` during
 set-up) writes an ``nltk_data`` directory with:
 
-* ``corpora/stopwords/english``: scikit-learn's English stop-word list (an installed
-  package), in NLTK's one-word-per-line format. TextAttack loads it at import time.
+* ``corpora/stopwords/english``: NLTK's own 179-word English stop-word list, shipped with
+  this package (``audit/resources_data/nltk_stopwords_english``, attribution in
+  ``NLTK_STOPWORDS.md`` next to it) and copied byte for byte. TextAttack's recipes read
+  it through ``StopwordModification()``: words in it are never attacked, so it must be
+  NLTK's list (scikit-learn's 318-word list, for one, protects "never", "nothing" and
+  "without" and leaves "don't" and "isn't" open). A stop-word file with another content
+  counts as missing and is rewritten.
 * ``corpora/wordnet/``: the WordNet 3.0 database from Debian's ``wordnet-base`` and
   ``wordnet-sense-index`` packages: taken from ``/usr/share/wordnet`` when they are
   installed, from ``.deb`` files given with ``--wordnet-deb``, or fetched with
@@ -19,6 +24,7 @@ NLTK looks by default) when writable, else ``<cache>/nltk_data``;
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -53,6 +59,11 @@ LEXNAMES = [
     "adj.ppl 3",
 ]  # fmt: skip
 
+STOPWORDS_FILE = Path(__file__).resolve().parent / "resources_data" / "nltk_stopwords_english"
+"""NLTK's English stop-word list as shipped in this package."""
+STOPWORDS_SHA256 = "019f104ba2ed07436d05f9cdd3383034ad66014edc27fc651f837e1a038b6451"
+"""sha256 of that file (NLTK data ``corpora/stopwords/english``, 179 words; see NLTK_STOPWORDS.md)."""
+
 HOW_TO_PROVIDE = (
     "run `prune-audit resources` (or `make install`); it needs Debian's wordnet-base and "
     "wordnet-sense-index packages (apt-get install them, or pass their .deb files with --wordnet-deb)"
@@ -77,7 +88,7 @@ def status(root: Path | None = None) -> dict[str, bool]:
     root = root or default_dir()
     wn = root / "corpora" / "wordnet"
     return {
-        "stopwords": (root / "corpora" / "stopwords" / "english").is_file(),
+        "stopwords": _sha256(root / "corpora" / "stopwords" / "english") == STOPWORDS_SHA256,
         "wordnet": all((wn / f).is_file() for f in (*WORDNET_FILES, "lexnames")),
     }
 
@@ -108,14 +119,41 @@ def require(*names: str) -> Path:
     return root
 
 
-def _write_stopwords(root: Path) -> None:
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
+
+def shipped_stopwords() -> bytes:
+    """The shipped NLTK English stop-word list, checked against :data:`STOPWORDS_SHA256`."""
+    data = STOPWORDS_FILE.read_bytes()
+    if hashlib.sha256(data).hexdigest() != STOPWORDS_SHA256:
+        raise UsageError(
+            f"{STOPWORDS_FILE} is not NLTK's English stop-word list (sha256 differs)",
+            hint="reinstall prune-audit; the package's data file was changed",
+        )
+    return data
+
+
+def _write_stopwords(root: Path) -> None:
+    data = shipped_stopwords()
     d = root / "corpora" / "stopwords"
     d.mkdir(parents=True, exist_ok=True)
-    (d / "english").write_text("\n".join(sorted(ENGLISH_STOP_WORDS)) + "\n", encoding="utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=".english-", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, d / "english")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     (d / "README").write_text(
-        "English stop words from scikit-learn (ENGLISH_STOP_WORDS), provisioned by prune-audit.\n"
+        "NLTK's English stop-word list (nltk_data corpora/stopwords/english, 179 words, sha256 "
+        f"{STOPWORDS_SHA256}), copied offline from prune-audit's package data. Cite NLTK: Bird, Klein & Loper "
+        "(2009), Natural Language Processing with Python.\n",
+        encoding="utf-8",
     )
 
 
@@ -178,7 +216,7 @@ def provision(
     done: dict[str, str] = {}
     if force or not have["stopwords"]:
         _write_stopwords(root)
-        done["stopwords"] = "written from scikit-learn's ENGLISH_STOP_WORDS"
+        done["stopwords"] = "NLTK's English list (179 words) written from the package data"
     else:
         done["stopwords"] = "present"
     if force or not have["wordnet"]:

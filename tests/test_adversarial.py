@@ -3,6 +3,11 @@
 The module shares one loaded model, one pruned variant and one dense run of the suite
 (importing TextAttack and loading WordNet take seconds). While the module runs, any
 network connection or ``nltk.download`` call fails the test that made it.
+
+Whether an attack fools the tiny trained model depends on its weights, hence on the CPU
+it was trained on. Tests that need an attack to succeed (or to fail) attack a
+:class:`KeywordClassifier` instead: a victim built in code whose decision rests on known
+words, so the outcome holds by construction.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -87,6 +93,75 @@ def make_suite(**params: Any) -> Any:
     return spec.load()(spec, spec.params.model_validate(params))
 
 
+class KeywordClassifier:
+    """A victim built in code: "positive" iff ``keywords`` occur at least ``need`` times.
+
+    Logits are ``[need - 0.5, hits]``: with ``need`` keyword tokens or more it says positive,
+    with fewer negative. Any edit of a keyword (a typo, a synonym, an embedding neighbour)
+    makes the tokenizer give another token, so one edit flips a text with one keyword,
+    and no single edit flips one with ``need + 1``. With ``pair_only`` only the second
+    segment of a text pair counts (an attack must change the pair to succeed). Its input
+    embeddings (for ``textfooler_local``) are random except that each ``twins`` word is a
+    near-copy of its key, so it is that word's nearest neighbour.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        keywords: tuple[str, ...] = ("great",),
+        *,
+        need: int = 1,
+        pair_only: bool = False,
+        twins: dict[str, str] | None = None,
+    ) -> None:
+        import torch
+
+        vocab = tokenizer.get_vocab()
+        self.weight = torch.zeros(len(vocab))
+        for k in keywords:
+            self.weight[vocab[k]] = 1.0
+        self.need, self.pair_only = need, pair_only
+        self.config = SimpleNamespace(num_labels=2)
+        gen = torch.Generator().manual_seed(0)
+        emb = torch.randn(len(vocab), 16, generator=gen)
+        for key, twin in (twins or {}).items():
+            emb[vocab[twin]] = emb[vocab[key]] + 0.01 * torch.randn(16, generator=gen)
+        self.embeddings = torch.nn.Embedding.from_pretrained(emb)
+
+    def get_input_embeddings(self) -> Any:
+        return self.embeddings
+
+    def __call__(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None, **kw: Any) -> Any:
+        import torch
+
+        counted = attention_mask.float()
+        if self.pair_only:
+            counted = counted * (token_type_ids == 1).float()
+        hits = (self.weight[input_ids] * counted).sum(dim=1)
+        return SimpleNamespace(logits=torch.stack([torch.full_like(hits, self.need - 0.5), hits], dim=1))
+
+
+POSITIVE = [f"the {noun} was great" for noun in ("film", "soup", "plot", "hotel", "novel", "staff", "phone", "pasta")]
+
+
+def keyword_ctx(env: dict[str, Any], texts: list[str], pairs: list[str] | None = None) -> Any:
+    from audit.data import EvalSet
+    from audit.suite import SuiteContext
+
+    es = EvalSet(name="keywords", texts=texts, labels=np.ones(len(texts), dtype=int), text_pairs=pairs)
+    return SuiteContext(
+        config=env["cfg"], eval_set=es, predictor=env["ctx"].predictor, id2label=env["ctx"].id2label, n_boot=50
+    )
+
+
+def keyword_variants(env: dict[str, Any], model: Any) -> tuple[Any, Any]:
+    """The keyword victim as the dense point, and an identical copy as the pruned point."""
+    from audit.suite import Variant
+
+    twin = Variant(point=env["pruned"].point, model=copy.deepcopy(model))
+    return Variant(point=env["dense"].point, model=model), twin
+
+
 # The sentence-encoder constraint is exercised on its own below (all-MiniLM on CPU is slow).
 SMALL = {"n_examples": 6, "query_budget": 80, "time_budget_s": None, "n_report_examples": 2, "sentence_encoder": False}
 
@@ -156,8 +231,6 @@ def test_each_recipe_runs_on_dense_with_well_formed_results(env: dict[str, Any],
         )
     # per-group values where the eval set has group columns
     assert set(ms["adversarial/deepwordbug/success_rate"].groups) == {"gender", "identity", "gender&identity"}
-    # the tiny model is easy to fool with typos: the attacks really do something
-    assert any(ms[f"adversarial/{r}/success_rate"].value > 0 for r in ("deepwordbug", "pruthi"))
     for row in out.examples:
         assert set(row) >= {"recipe", "kind", "label", "original", "perturbed", "prediction"}
         assert all(isinstance(v, str) for v in row.values())
@@ -192,11 +265,6 @@ def test_transfer_replay_gives_the_flips_recomputed_predictions_give(
     dense_out = dense_run[1]
     for recipe in RECIPES:
         base = {r["index"]: r for r in dense_out.artifacts["records"][recipe]}
-        advs = [r for r in base.values() if r["status"] == "success"]
-        if advs:  # on dense the replay reproduces the attack's label flips
-            p = fresh.proba(env["dense"].model, [r["perturbed"][0] for r in advs])
-            assert list(p.argmax(axis=1)) == [r["pert_pred"] for r in advs]
-            assert all(r["pert_pred"] != r["label"] for r in advs)
         rows = variant_run.artifacts["transfer"][recipe]
         texts = [(base[r["index"]]["perturbed"] or base[r["index"]]["original"])[0] for r in rows]
         p = fresh.proba(env["pruned"].model, texts)
@@ -206,8 +274,34 @@ def test_transfer_replay_gives_the_flips_recomputed_predictions_give(
         fooled = (p.argmax(axis=1) != labels)[eligible]
         tsr = by_id(variant_run)[f"adversarial/{recipe}/transfer_success_rate"]
         assert tsr.n == int(eligible.sum())
-        if tsr.n:
-            assert tsr.value == pytest.approx(fooled.mean())
+        assert tsr.value == (pytest.approx(fooled.mean()) if tsr.n else None)
+
+
+def test_every_recipe_fools_a_victim_whose_decision_rests_on_one_word(env: dict[str, Any]) -> None:
+    """By construction each recipe can flip the victim with one edit of "great"; replay reproduces the flips."""
+    from audit.inference import Predictor
+
+    ctx = keyword_ctx(env, POSITIVE)
+    dense, copy_ = keyword_variants(env, KeywordClassifier(env["tokenizer"], twins={"great": "superb"}))
+    suite = make_suite(recipes=RECIPES, **{**SMALL, "n_examples": 4, "min_cos_sim": 0.99})  # only the twin is near
+    suite.setup(ctx)
+    out = suite.run(dense, ctx.for_suite(None))
+    fresh = Predictor(env["tokenizer"], max_length=64, batch_size=3)  # other batches, other padding
+    for recipe in RECIPES:
+        recs = out.artifacts["records"][recipe]
+        assert [r["status"] for r in recs] == ["success"] * 4, recipe
+        assert all("great" in r["original"][0].split() and "great" not in r["perturbed"][0].split() for r in recs)
+        assert all(r["words_changed"] == 1 and r["pert_pred"] == 0 for r in recs)
+        assert by_id(out)[f"adversarial/{recipe}/success_rate"].value == 1.0
+        # the adversarial texts replayed through another predictor flip the victim the same way
+        p = fresh.proba(dense.model, [r["perturbed"][0] for r in recs])
+        assert list(p.argmax(axis=1)) == [r["pert_pred"] for r in recs]
+    swapped = {r["perturbed"][0].split()[-1] for r in out.artifacts["records"]["textfooler_local"]}
+    assert swapped == {"superb"}  # the victim's nearest embedding neighbour of "great"
+    variant = suite.run(copy_, ctx.for_suite(out.artifacts))
+    for recipe in RECIPES:  # an identical copy is fooled by every transferred example
+        assert by_id(variant)[f"adversarial/{recipe}/transfer_success_rate"].value == 1.0
+        assert by_id(variant)[f"adversarial/{recipe}/accuracy_under_attack_delta"].value == 0.0
 
 
 # -- determinism and budgets ------------------------------------------------------------------------
@@ -240,16 +334,30 @@ def test_deterministic_under_the_seed(env: dict[str, Any], dense_run: tuple[Any,
 
 
 def test_query_budget_and_n_examples_are_respected(env: dict[str, Any]) -> None:
-    suite = make_suite(recipes=["pruthi"], n_examples=4, query_budget=15, time_budget_s=None)
-    suite.setup(env["ctx"])
-    out = suite.run(env["dense"], env["ctx"].for_suite(None))
-    recs = out.artifacts["records"]["pruthi"]
+    """Two keywords, one typo allowed: Pruthi cannot succeed, so it spends every query it is given."""
+    texts = [t.replace("great", "great and superb") for t in POSITIVE]
+    ctx = keyword_ctx(env, texts)
+    dense, _ = keyword_variants(env, KeywordClassifier(env["tokenizer"], ("great", "superb")))
+    capped = make_suite(recipes=["pruthi"], n_examples=4, query_budget=15, time_budget_s=None)
+    capped.setup(ctx)
+    recs = capped.run(dense, ctx.for_suite(None)).artifacts["records"]["pruthi"]
     assert len(recs) == 4
-    assert all(r["num_queries"] <= 15 for r in recs)
-    assert any(r["num_queries"] == 15 for r in recs)  # Pruthi needs more than 15 queries: the budget bites
+    assert [(r["status"], r["num_queries"]) for r in recs] == [("failed", 15)] * 4  # the budget bites
+    free = make_suite(recipes=["pruthi"], n_examples=4, query_budget=None, time_budget_s=None)
+    free.setup(ctx)
+    recs = free.run(dense, ctx.for_suite(None)).artifacts["records"]["pruthi"]
+    assert all(r["status"] == "failed" and r["num_queries"] > 15 for r in recs)  # Pruthi needs more than 15
 
 
-def test_time_budget_counts_unattacked_examples(env: dict[str, Any], dense_run: tuple[Any, Any]) -> None:
+def test_budgets_are_deterministic_by_default() -> None:
+    from suites.adversarial import AdversarialParams
+
+    p = AdversarialParams()
+    assert p.time_budget_s is None  # no wall-clock cap unless asked for: examples x queries decide the work
+    assert (p.n_examples, p.query_budget, p.min_paired_n) == (100, 500, 20)
+
+
+def test_time_cap_counts_unattacked_examples_and_says_so(env: dict[str, Any], dense_run: tuple[Any, Any]) -> None:
     suite = make_suite(recipes=["deepwordbug", "pruthi"], n_examples=6, time_budget_s=1e-9)
     suite.setup(env["ctx"])
     out = suite.run(env["pruned"], env["ctx"].for_suite(dense_run[1].artifacts))
@@ -257,11 +365,127 @@ def test_time_budget_counts_unattacked_examples(env: dict[str, Any], dense_run: 
     for recipe in ("deepwordbug", "pruthi"):
         counts = ms[f"adversarial/{recipe}/success_rate"].details["counts"]
         assert counts["not_attacked"] == 6
-        assert ms[f"adversarial/{recipe}/accuracy_under_attack"].n == 0
-        assert ms[f"adversarial/{recipe}/accuracy_under_attack"].value is None
-        assert any(f"adversarial/{recipe}: 6 of 6 examples not attacked" in w for w in out.warnings)
+        aua = ms[f"adversarial/{recipe}/accuracy_under_attack"]
+        assert aua.n == 0 and aua.value is None
+        assert aua.details["time_capped"] == 6
+        assert aua.details["insufficient"] == (
+            "0 attacked examples, fewer than min_paired_n=20 (the time_budget_s cap cut the attacks short)"
+        )
+        delta = ms[f"adversarial/{recipe}/accuracy_under_attack_delta"]
+        assert delta.n == 0 and delta.details["insufficient"].endswith("(the time_budget_s cap cut the attacks short)")
         # transfer still works: replaying costs no attack
         assert ms[f"adversarial/{recipe}/transfer_accuracy"].n == 6
+    assert out.warnings == [
+        f"adversarial on {env['pruned'].id}: the wall-clock cap (time_budget_s=1e-09 s) cut the attacks short, "
+        "examples not attacked: deepwordbug 6 of 6, pruthi 6 of 6; these results depend on machine load and rest "
+        "on fewer examples"
+    ]
+
+
+def test_too_few_paired_examples_are_marked_insufficient(
+    env: dict[str, Any], dense_run: tuple[Any, Any], variant_run: Any
+) -> None:
+    # the module's runs attack 6 examples, under the default min_paired_n of 20
+    for recipe in RECIPES:
+        delta = by_id(variant_run)[f"adversarial/{recipe}/accuracy_under_attack_delta"]
+        assert delta.n == 6 and delta.value is not None
+        assert delta.details["insufficient"] == (
+            "6 paired examples (attacked on dense and variant), fewer than min_paired_n=20 (raise n_examples)"
+        )
+        assert "time_capped" not in delta.details
+    enough = make_suite(recipes=["deepwordbug"], **{**SMALL, "min_paired_n": 6})
+    enough.setup(env["ctx"])
+    dense = enough.run(env["dense"], env["ctx"].for_suite(None))
+    out = enough.run(env["pruned"], env["ctx"].for_suite(dense.artifacts))
+    for m in out.measurements:
+        assert "insufficient" not in m.details, m.id
+
+
+def test_policy_rules_skip_an_insufficient_measurement() -> None:
+    import results_factory as F
+
+    from audit.policy import evaluate_policy, load_policy
+
+    def verdicts(policy: str, insufficient_on: str | None) -> dict[str, tuple[str, str]]:
+        base = [F.m("success_rate", 0.40, suite="adversarial", dataset="pwws", ci=(0.3, 0.5))]
+        var = [
+            F.m("success_rate", 0.42, suite="adversarial", dataset="pwws", ci=(0.32, 0.52)),
+            F.m("accuracy_under_attack_delta", -0.02, suite="adversarial", dataset="pwws", ci=(-0.06, 0.02)),
+        ]
+        for m in {"variant": var, "baseline": base}.get(insufficient_on or "", []):
+            m.details["insufficient"] = "9 paired examples, fewer than min_paired_n=20"
+        result = F.run(base, [F.variant("v", "magnitude", 0.5, var)], suites=("adversarial",))
+        rules = evaluate_policy(load_policy(policy)[0], result).rules
+        return {r.rule: (r.status, r.message) for r in rules if r.rule.startswith("attack-")}
+
+    judged = verdicts("strict", None)
+    assert {rule: status for rule, (status, _) in judged.items()} == {
+        "attack-robustness": "PASS",
+        "attack-success": "PASS",
+    }
+    skip = ("SKIP", "could not judge: 9 paired examples, fewer than min_paired_n=20")
+    assert verdicts("strict", "variant") == {"attack-robustness": skip, "attack-success": skip}
+    # a comparison with dense cannot judge either when the dense value rests on too few examples
+    assert verdicts("strict", "baseline")["attack-success"] == skip
+
+
+def test_a_variants_records_do_not_depend_on_what_the_suite_attacked_before(
+    env: dict[str, Any], dense_run: tuple[Any, Any], variant_run: Any
+) -> None:
+    """The module's suite attacked dense, the pruned variant and a model wrong on every sampled example (all
+    skipped: TextAttack keeps a skipped example's model output in its cache) before; a fresh suite (what a Ray
+    worker or a resumed run has) attacks only this variant. Both must give the same records: TextAttack's
+    caches are cleared when the victim changes, and textfooler_local's neighbours come from the dense model."""
+    import torch
+
+    from audit.suite import Variant
+    from suites.adversarial import recipes as R
+
+    suite, dense_out = dense_run
+    contrary = copy.deepcopy(env["dense"].model)
+    with torch.no_grad():  # negated logits: wrong wherever dense is right, i.e. on the whole sample
+        contrary.classifier.weight.neg_()
+        contrary.classifier.bias.neg_()
+    skipped = suite.run(Variant(point=env["pruned"].point, model=contrary), env["ctx"].for_suite(dense_out.artifacts))
+    for recipe in RECIPES:
+        assert {r["status"] for r in skipped.artifacts["records"][recipe]} == {"skipped"}
+    model = copy.deepcopy(env["pruned"].model)
+    with torch.no_grad():  # input embeddings unlike dense's: neighbours built from them would differ
+        w = model.get_input_embeddings().weight
+        w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(0)) * w.std())
+    variant = Variant(point=env["pruned"].point, model=model.eval())
+    after = suite.run(variant, env["ctx"].for_suite(dense_out.artifacts))
+    fresh = make_suite(recipes=RECIPES, **SMALL)
+    fresh.setup(env["ctx"])
+    alone = fresh.run(variant, env["ctx"].for_suite(dense_out.artifacts))
+
+    def records(out: Any) -> dict[str, list[dict[str, Any]]]:
+        return {
+            k: [{f: v for f, v in r.items() if f != "seconds"} for r in recs]
+            for k, recs in out.artifacts["records"].items()
+        }
+
+    assert records(after) == records(alone)
+    # the records are this variant's own outputs, not the previous victim's cached ones
+    es = env["ctx"].eval_set
+    sample = dense_out.artifacts["sample"]
+    own = env["ctx"].proba(variant, [es.texts[i] for i in sample])
+    dense_p = np.array([r["orig_proba"] for r in dense_out.artifacts["records"]["pwws"]])
+    assert np.abs(own - dense_p).max() > 1e-3  # the variant really answers differently
+    for recipe in RECIPES:
+        got = np.array([r["orig_proba"] for r in after.artifacts["records"][recipe] if r["orig_proba"]])
+        np.testing.assert_allclose(got, own[: len(got)], atol=1e-5)
+    dense_fp = R.ModelInputEmbedding.from_model(env["dense"].model, env["tokenizer"]).fingerprint()
+    assert R.ModelInputEmbedding.from_model(model, env["tokenizer"]).fingerprint() != dense_fp
+    assert fresh._embedding.fingerprint() == dense_fp == dense_out.artifacts["embedding_sha256"]
+
+
+def test_a_changed_dense_embedding_is_refused(env: dict[str, Any], dense_run: tuple[Any, Any]) -> None:
+    artifacts = {**dense_run[1].artifacts, "embedding_sha256": "0" * 64}
+    suite = make_suite(recipes=["textfooler_local"], **SMALL)
+    suite.setup(env["ctx"])
+    with pytest.raises(RuntimeError, match="input embeddings differ from those the dense baseline was attacked with"):
+        suite.run(env["pruned"], env["ctx"].for_suite(artifacts))
 
 
 # -- offline: no downloads, clear errors for missing resources -------------------------------------
@@ -275,7 +499,7 @@ def test_stock_wordnet_swap_would_download_and_ours_does_not() -> None:
         with pytest.raises(DownloadAttempted, match="omw-1.4"):
             R.WordSwapWordNet()  # TextAttack's own class calls nltk.download("omw-1.4")
         swap = R.OfflineWordSwapWordNet()
-        assert "good" in swap._get_replacement_words("well") or swap._get_replacement_words("good")
+        assert {"good", "swell", "advantageously"} <= set(swap._get_replacement_words("well"))  # WordNet synonyms
     with pytest.raises(UsageError, match="Open Multilingual Wordnet"):
         R.OfflineWordSwapWordNet(language="fra")
 
@@ -382,33 +606,26 @@ def test_input_embedding_neighbours_and_antonym_refusal(env: dict[str, Any]) -> 
 
 
 def test_text_pairs_are_attacked_and_replayed(env: dict[str, Any]) -> None:
-    from audit.data import EvalSet
-    from audit.suite import SuiteContext
-
-    base = env["ctx"].eval_set
-    n = 40
-    es = EvalSet(
-        name="pairs",
-        texts=["Review:"] * n,
-        labels=base.labels[:n].copy(),
-        text_pairs=base.texts[:n],
-    )
-    ctx = SuiteContext(
-        config=env["cfg"], eval_set=es, predictor=env["ctx"].predictor, id2label=env["ctx"].id2label, n_boot=50
-    )
+    """The victim reads only the pair's second text, so every success must have changed the pair."""
+    n = len(POSITIVE)
+    ctx = keyword_ctx(env, ["Review:"] * n, POSITIVE)
+    dense, copy_ = keyword_variants(env, KeywordClassifier(env["tokenizer"], pair_only=True))
     suite = make_suite(recipes=["deepwordbug"], n_examples=4, query_budget=60, time_budget_s=None)
     suite.setup(ctx)
-    dense = suite.run(env["dense"], ctx.for_suite(None))
-    recs = dense.artifacts["records"]["deepwordbug"]
-    assert all(len(r["original"]) == 2 for r in recs)
-    assert any(r["status"] == "success" for r in recs)
+    out = suite.run(dense, ctx.for_suite(None))
+    recs = out.artifacts["records"]["deepwordbug"]
+    assert len(recs) == 4 and all(len(r["original"]) == 2 for r in recs)
+    assert [r["status"] for r in recs] == ["success"] * 4
     for r in recs:
-        if r["status"] == "success":
-            assert len(r["perturbed"]) == 2
-            p = ctx.proba(env["dense"], [r["perturbed"][0]], [r["perturbed"][1]])
-            assert int(p.argmax()) == r["pert_pred"] != r["label"]
-    out = suite.run(env["pruned"], ctx.for_suite(dense.artifacts))
-    assert by_id(out)["adversarial/deepwordbug/transfer_accuracy"].n == 4
+        assert len(r["perturbed"]) == 2
+        assert r["perturbed"][0] == "Review:" and r["perturbed"][1] != r["original"][1]
+        p = ctx.proba(dense, [r["perturbed"][0]], [r["perturbed"][1]])  # replayed as a pair
+        assert int(p.argmax()) == r["pert_pred"] == 0 != r["label"]
+    replay = suite.run(copy_, ctx.for_suite(out.artifacts))
+    ms = by_id(replay)
+    assert ms["adversarial/deepwordbug/transfer_accuracy"].n == 4
+    assert ms["adversarial/deepwordbug/transfer_accuracy"].value == 0.0  # an identical copy: every pair fools it
+    assert [r["adv_pred"] for r in replay.artifacts["transfer"]["deepwordbug"]] == [0] * 4
 
 
 def test_sentence_encoder_constraint_loads_offline_and_filters() -> None:
@@ -431,21 +648,34 @@ def test_sentence_encoder_constraint_loads_offline_and_filters() -> None:
 def test_through_run_audit(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path) -> None:
     from audit.results import load_results
     from audit.runner import run_audit
+    from audit.views import limitations
 
-    cfg = load_config(
-        write_config(
-            tmp_path / "audit.yaml",
-            tiny_model_dir,
-            tiny_data_dir,
-            sweep="sweep:\n  methods: [magnitude]\n  sparsities: [0.9]\n  seeds: [0]\n",
-            suites="suites:\n  adversarial: {recipes: [deepwordbug], n_examples: 5, query_budget: 40}\n",
-            policy="",
+    def audit(name: str, params: str) -> Any:
+        cfg = load_config(
+            write_config(
+                tmp_path / name / "audit.yaml",
+                tiny_model_dir,
+                tiny_data_dir,
+                sweep="sweep:\n  methods: [magnitude]\n  sparsities: [0.9]\n  seeds: [0]\n",
+                suites=f"suites:\n  adversarial: {{recipes: [deepwordbug], {params}}}\n",
+            )
         )
-    )
-    outcome = run_audit(cfg)
-    res = load_results(outcome.output_dir / "results.json")
+        outcome = run_audit(cfg)
+        return load_results(outcome.output_dir / "results.json")
+
+    (tmp_path / "few").mkdir()
+    res = audit("few", "n_examples: 5, query_budget: 40")
     v = res.variants[0]
-    assert not v.errors
-    assert v.measurement("adversarial/deepwordbug/accuracy_under_attack_delta") is not None
+    assert not v.errors and not v.warnings
+    delta = v.measurement("adversarial/deepwordbug/accuracy_under_attack_delta")
+    assert delta is not None and delta.n == 5 and "fewer than min_paired_n=20" in delta.details["insufficient"]
     assert res.metrics["adversarial/success_rate"].higher_is_better is False
     assert res.baseline.measurement("adversarial/deepwordbug/success_rate").n == 5
+    rule = next(r for r in res.verdict.rules if r.rule == "attack-robustness")
+    assert rule.status == "SKIP" and rule.message.startswith("could not judge: 5 paired examples")
+    assert any(line.startswith("rule attack-robustness") and "could not judge" in line for line in limitations(res))
+
+    (tmp_path / "capped").mkdir()
+    res = audit("capped", "n_examples: 5, query_budget: 40, time_budget_s: 1.0e-9")
+    cap = [line for line in limitations(res) if line.startswith("adversarial on ")]
+    assert [line.split(":")[0] for line in cap] == [f"adversarial on {v.id}" for v in res.all_variants()]

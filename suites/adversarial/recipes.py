@@ -10,7 +10,7 @@ TextAttack's own recipes and components:
   :class:`OfflineWordSwapWordNet` in place of ``WordSwapWordNet`` (whose ``__init__``
   calls ``nltk.download("omw-1.4")``; English WordNet needs no OMW data).
 * ``textfooler_local``: TextFooler's search (``GreedyWordSwapWIR("delete")``) and
-  constraints with local resources: :class:`ModelInputEmbedding` (the audited model's
+  constraints with local resources: :class:`ModelInputEmbedding` (the dense model's
   input embeddings restricted to whole-word vocabulary entries) instead of
   counter-fitted GloVe from S3; :class:`RefuseWordNetAntonyms` because, unlike
   counter-fitted vectors, raw embeddings put antonyms close together (good/bad);
@@ -205,6 +205,15 @@ class ModelInputEmbedding(WordEmbedding):
         index2word = dict(enumerate(words))
         super().__init__(matrix.astype(np.float32), word2index, index2word, nn_matrix=None)
         self._normed = torch.from_numpy(normed)
+        self._words = list(words)
+
+    def fingerprint(self) -> str:
+        """sha256 of the vocabulary and the embedding matrix: equal fingerprints, equal neighbour sets."""
+        import hashlib
+
+        h = hashlib.sha256("\n".join(self._words).encode())
+        h.update(np.ascontiguousarray(self.embedding_matrix, dtype=np.float32).tobytes())
+        return h.hexdigest()
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any) -> ModelInputEmbedding:

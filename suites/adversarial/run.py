@@ -3,10 +3,17 @@
 Per run: the resources every chosen recipe needs are checked in :meth:`setup` (before
 any pruning or output). On the dense model the suite draws a seeded sample of examples
 it classifies correctly, builds one :class:`textattack.Attack` per recipe (they are
-reused for every variant: only the victim model behind the wrapper changes), attacks
-the sample and keeps the adversarial texts as baseline artifacts. On each variant it
-attacks the same sample in the same order (direct) and replays the dense model's
-adversarial texts (transfer), and compares with dense on the same examples (paired).
+reused for every variant: only the victim model behind the wrapper changes, and every
+cache TextAttack keeps of model outputs, transformations and constraint checks is
+cleared whenever it does), attacks the sample and keeps the adversarial texts as
+baseline artifacts. On each variant it attacks the same sample in the same order
+(direct) and replays the dense model's adversarial texts (transfer), and compares with
+dense on the same examples (paired).
+
+``textfooler_local``'s word neighbours always come from the dense model's input
+embeddings: from the baseline when this process ran it, else from the dense model
+loaded again from the config (a Ray worker, or a resumed run, may meet a variant
+first). The baseline records the embedding's sha256, and a variant checks it.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class AdversarialSuite(Suite):
         super().__init__(spec, params)
         self._attacks: dict[str, Any] = {}
         self._wrapper: Any = None
+        self._embedding: Any = None
+        self._embedding_sha256: str | None = None
         self.seed = 0
 
     # -- set-up ------------------------------------------------------------------------
@@ -55,10 +64,14 @@ class AdversarialSuite(Suite):
             raise DataError("the adversarial suite needs a non-empty eval split", where=ctx.eval_set.name)
         self.seed = ctx.seed if p.seed is None else p.seed
 
-    def _ensure_attacks(self, model: Any, ctx: SuiteContext) -> None:
-        """Build one Attack per recipe (once per run) around a wrapper pointed at ``model``."""
+    def _ensure_attacks(self, variant: Variant, ctx: SuiteContext) -> None:
+        """Point one Attack per recipe (built once per run) at ``variant``'s model, with cleared caches."""
         if self._attacks:
-            self._wrapper.set_model(model)
+            if "textfooler_local" in self.params.recipes:
+                self._dense_embedding(variant, ctx)  # checks the baseline's fingerprint
+            self._wrapper.set_model(variant.model)
+            for attack in self._attacks.values():
+                attack.clear_cache()  # TextAttack's own caches hold the previous model's outputs
             return
         from audit.inference import Predictor
 
@@ -72,19 +85,43 @@ class AdversarialSuite(Suite):
             device=str(ctx.predictor.device),
             cache_size=1,
         )
-        self._wrapper = R.PredictorModelWrapper(predictor, model)
-        embedding = encoder = None
+        self._wrapper = R.PredictorModelWrapper(predictor, variant.model)
+        encoder = None
         if "textfooler_local" in p.recipes:
-            embedding = R.ModelInputEmbedding.from_model(model, ctx.predictor.tokenizer)
+            self._dense_embedding(variant, ctx)
             if p.sentence_encoder:
                 encoder = R.build_sentence_encoder(p)
         R.warm_up(list(p.recipes))
         with no_downloads():
             for recipe in p.recipes:
                 self._attacks[recipe] = R.build_attack(
-                    recipe, self._wrapper, p, embedding=embedding, sentence_encoder=encoder
+                    recipe, self._wrapper, p, embedding=self._embedding, sentence_encoder=encoder
                 )
         log.debug("built %d attacks: %s", len(self._attacks), ", ".join(self._attacks))
+
+    def _dense_embedding(self, variant: Variant, ctx: SuiteContext) -> Any:
+        """The dense model's input embedding (textfooler_local's neighbours), whichever model came first."""
+        from . import recipes as R
+
+        if self._embedding is None:
+            if variant.is_baseline:
+                self._embedding = R.ModelInputEmbedding.from_model(variant.model, ctx.predictor.tokenizer)
+            else:
+                from audit.model_io import load_model
+
+                log.info("textfooler_local: loading the dense model for its input embeddings")
+                dense = load_model(ctx.config).model
+                self._embedding = R.ModelInputEmbedding.from_model(dense, ctx.predictor.tokenizer)
+                del dense
+            self._embedding_sha256 = self._embedding.fingerprint()
+        want = (ctx.baseline or {}).get("embedding_sha256")
+        if want is not None and want != self._embedding_sha256:
+            raise RuntimeError(
+                "adversarial/textfooler_local: the dense model's input embeddings differ from those the dense "
+                f"baseline was attacked with (sha256 {self._embedding_sha256[:12]} vs {want[:12]}); the word "
+                "neighbours would not be the baseline's"
+            )
+        return self._embedding
 
     # -- the sample ----------------------------------------------------------------------
 
@@ -123,9 +160,10 @@ class AdversarialSuite(Suite):
         records_out: dict[str, list[dict[str, Any]]] = {}
         transfer_out: dict[str, list[dict[str, Any]]] = {}
         timing: dict[str, float] = {}
+        capped: dict[str, tuple[int, int]] = {}
 
         if direct and len(sample):
-            self._ensure_attacks(variant.model, ctx)
+            self._ensure_attacks(variant, ctx)
         t_start = time.monotonic()
         deadline = t_start + p.time_budget_s if p.time_budget_s is not None else None
         for k, recipe in enumerate(p.recipes):
@@ -151,12 +189,9 @@ class AdversarialSuite(Suite):
                 records_out[recipe] = [r.to_dict() for r in records]
                 out.measurements.extend(self._direct_measurements(recipe, records, groups, ctx, timing[recipe]))
                 out.examples.extend(self._examples(recipe, "direct", records, ctx))
-                skipped_time = sum(r.status == NOT_ATTACKED for r in records)
-                if skipped_time:
-                    out.warnings.append(
-                        f"adversarial/{recipe}: {skipped_time} of {len(records)} examples not attacked on "
-                        f"{variant.id}: the time budget ({p.time_budget_s:g} s per variant) ran out"
-                    )
+                not_attacked = sum(r.status == NOT_ATTACKED for r in records)
+                if not_attacked:
+                    capped[recipe] = (not_attacked, len(records))
                 if not variant.is_baseline and recipe in base_records:
                     base = [AttackRecord.from_dict(d) for d in base_records[recipe]]
                     out.measurements.append(self._paired(recipe, base, records, ctx))
@@ -171,6 +206,13 @@ class AdversarialSuite(Suite):
                     out.measurements.extend(ms)
                     transfer_out[recipe] = rows
                     out.examples.extend(ex)
+        if capped:
+            what = ", ".join(f"{r} {k} of {n}" for r, (k, n) in capped.items())
+            out.warnings.append(
+                f"adversarial on {variant.id}: the wall-clock cap (time_budget_s={p.time_budget_s:g} s) cut the "
+                f"attacks short, examples not attacked: {what}; these results depend on machine load and rest on "
+                "fewer examples"
+            )
         if out.warnings:
             for w in out.warnings:
                 log.warning("%s", w)
@@ -181,6 +223,8 @@ class AdversarialSuite(Suite):
             "seconds": timing,
             "wrapper": self._wrapper_stats(),
         }
+        if variant.is_baseline and self._embedding_sha256 is not None:
+            out.artifacts["embedding_sha256"] = self._embedding_sha256
         return out
 
     def _wrapper_stats(self) -> dict[str, int]:
@@ -204,7 +248,7 @@ class AdversarialSuite(Suite):
         tried = (status == SUCCESS) | (status == FAILED)
         success = status == SUCCESS
         counts = {s: int((status == s).sum()) for s in (SUCCESS, FAILED, SKIPPED, NOT_ATTACKED)}
-        common = {
+        common: dict[str, Any] = {
             "recipe": recipe,
             "eval_dataset": ctx.eval_set.name,
             "counts": counts,
@@ -214,6 +258,11 @@ class AdversarialSuite(Suite):
             "seconds": round(seconds, 3),
             "attacks_per_minute": round(60.0 * int(attacked.sum()) / seconds, 2) if seconds > 0 else None,
         }
+        if counts[NOT_ATTACKED]:
+            common["time_capped"] = counts[NOT_ATTACKED]
+        n_attacked = int(attacked.sum())
+        if n_attacked < p.min_paired_n:
+            common["insufficient"] = self._too_few(n_attacked, "attacked examples", capped=bool(counts[NOT_ATTACKED]))
         kw = {"n_boot": ctx.n_boot, "level": ctx.ci_level, "seed": self.seed}
 
         def sub(mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -256,6 +305,11 @@ class AdversarialSuite(Suite):
         pairs = [
             (by_index[r.index], r) for r in records if r.attacked and r.index in by_index and by_index[r.index].attacked
         ]
+        details: dict[str, Any] = {"recipe": recipe, "n_excluded_not_attacked": len(records) - len(pairs)}
+        if len(pairs) < self.params.min_paired_n:
+            details["insufficient"] = self._too_few(
+                len(pairs), "paired examples (attacked on dense and variant)", capped=len(pairs) < len(records)
+            )
         return paired_delta_measurement(
             recipe=recipe,
             metric="accuracy_under_attack_delta",
@@ -264,8 +318,12 @@ class AdversarialSuite(Suite):
             n_boot=ctx.n_boot,
             level=ctx.ci_level,
             seed=self.seed,
-            details={"recipe": recipe, "n_excluded_not_attacked": len(records) - len(pairs)},
+            details=details,
         )
+
+    def _too_few(self, n: int, what: str, *, capped: bool) -> str:
+        why = "the time_budget_s cap cut the attacks short" if capped else "raise n_examples"
+        return f"{n} {what}, fewer than min_paired_n={self.params.min_paired_n} ({why})"
 
     def _transfer(
         self,
