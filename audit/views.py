@@ -383,7 +383,7 @@ def _variant_row(v: VariantResult) -> dict[str, Any]:
                     f"b{speed.batch_size} {_speed_text(speed.speedup_batch, speed.speedup_batch_ci)}"
                     if speed.speedup_batch is not None and speed.batch_size != 1
                     else "",
-                    f"{speed.rounds} rounds" if speed.rounds else "",
+                    f"{speed.rounds} round{'s' if speed.rounds != 1 else ''}" if speed.rounds else "",
                 )
                 if x
             )
@@ -429,7 +429,8 @@ def _ran_text(d: Any) -> str:
     if not total:
         return ""
     sparse = sum(n for f, n in d.formats.items() if f != "dense")
-    text = f"sparse {sparse} of {total}" + (" (masked-dense model: identical to dense)" if not sparse else "")
+    identical = d.speed is not None and d.speed.identical
+    text = f"sparse {sparse} of {total}" + (" (the dense model's computation)" if identical else "")
     dense = d.formats.get("dense", 0)
     if dense:
         why = ", ".join(f"{_KEPT_DENSE_TEXT.get(k, k)} {n}" for k, n in sorted(d.kept_dense.items()))

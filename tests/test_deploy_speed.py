@@ -195,5 +195,12 @@ def test_report_counts_layers_per_format_and_why_dense() -> None:
 
     rec = DeploymentRecord(formats={"dense": 8, "kernel": 30}, kept_dense={"above_max_density": 6, "no_zeros": 2})
     assert _ran_text(rec) == "sparse 30 of 38 · dense 8 (above max_density 6, no zeros 2)"
-    all_dense = DeploymentRecord(formats={"dense": 14}, kept_dense={"above_max_density": 12, "no_zeros": 2})
-    assert _ran_text(all_dense).startswith("sparse 0 of 14 (masked-dense model: identical to dense)")
+    identical = SpeedRecord(seq_len=8, threads=1, identical=True, speedup_b1=1.0)
+    all_dense = DeploymentRecord(
+        formats={"dense": 14}, kept_dense={"above_max_density": 12, "no_zeros": 2}, speed=identical
+    )
+    assert _ran_text(all_dense) == (
+        "sparse 0 of 14 (the dense model's computation) · dense 14 (above max_density 12, no zeros 2)"
+    )
+    structured = DeploymentRecord(formats={"dense": 14}, kept_dense={"no_zeros": 14})  # smaller, timed
+    assert _ran_text(structured) == "sparse 0 of 14 · dense 14 (no zeros 14)"
