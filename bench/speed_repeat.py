@@ -79,7 +79,7 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def speed_part(args: argparse.Namespace) -> dict[str, Any]:
+def speed_part(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
     from audit.deploy.choose import TimingCache
     from audit.deploy.convert import Converter, DeployOptions
     from audit.deploy.pipeline import DeployContext, deploy_variant
@@ -87,8 +87,10 @@ def speed_part(args: argparse.Namespace) -> dict[str, Any]:
 
     dense, tok, what = load_classifier()
     probe = [dict(tok(["a fine film", "dull and far too long"], padding=True, return_tensors="pt"))]
-    converter = Converter(DeployOptions(tokens=(128,), timing_min_s=0.1), TimingCache.default())
-    out: dict[str, Any] = {"model": what, "configs": {}}
+    # a private timing cache: the format choice is measured afresh by each bench run (as on a new machine)
+    converter = Converter(DeployOptions(tokens=(128,), timing_min_s=0.1), TimingCache(None))
+    out: dict[str, Any] = report.setdefault("speed", {"configs": {}})
+    out["model"] = what
     variants: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
     for name, sparsity in (("all-dense", 0.3), ("s90", 0.9)):
         model = copy.deepcopy(dense)
@@ -106,6 +108,8 @@ def speed_part(args: argparse.Namespace) -> dict[str, Any]:
         variants[name] = (model, info)
     plan = [("all-dense", "all-dense", None), ("all-dense-timed", "all-dense", False), ("s90", "s90", None)]
     for label, source, identical in plan:
+        if args.only and label not in args.only:
+            continue
         model, info = variants[source]
         runs = []
         for i in range(args.repeats):
@@ -148,8 +152,23 @@ def speed_part(args: argparse.Namespace) -> dict[str, Any]:
             lows = [r[f"{key}_ci"][0] for r in runs if r[f"{key}_ci"]]
             if lows:
                 stats[f"{key}_ci_lower"] = summary(lows)
-        out["configs"][label] = {**info, "identical_forced": identical, "runs": runs, "summary": stats}
+        out["configs"][label] = {
+            **info,
+            "identical_forced": identical,
+            "settings": {k: getattr(args, k) for k in ("repeats", "rounds", "min_time", "seq", "batch")},
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "runs": runs,
+            "summary": stats,
+        }
+        write(report)  # each finished configuration is kept, whatever happens next
     return out
+
+
+def write(report: dict[str, Any]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, RESULTS)
 
 
 def fmt_ci(ci: list[float] | None) -> str:
@@ -225,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--dlogit", action="store_true", help="also measure max |Δlogit| per format")
+    ap.add_argument(
+        "--only",
+        type=lambda v: set(v.split(",")),
+        default=None,
+        help="configurations to (re)measure, comma-separated (all-dense,all-dense-timed,s90); "
+        "the others are kept from an existing results file",
+    )
     args = ap.parse_args(argv)
     setup_logging()
     from audit.deploy.kernel import cpu_identity, kernel_status
@@ -234,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     load_before = os.getloadavg()
     t0 = time.perf_counter()
+    old = json.loads(RESULTS.read_text(encoding="utf-8")) if args.only and RESULTS.is_file() else {}
     report: dict[str, Any] = {
+        **old,
         "cpu": cpu_identity()["model"],
         "cpus": os.cpu_count(),
         "threads": threads,
@@ -244,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": [round(x, 2) for x in load_before],
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    report["speed"] = speed_part(args)
+    speed_part(args, report)
     if args.dlogit:
         report["dlogit"] = dlogit_part()
     report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -255,8 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, s in cfg["summary"].items():
             print(f"{label:>16} {key:>16} {s['median']:8.3f} {s['min']:8.3f} {s['max']:8.3f} {s['iqr']:8.3f}")
     print(f"load average before {report['loadavg_before']}, after {report['loadavg_after']}; {report['wall_s']} s")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write(report)
     print(f"wrote {RESULTS}")
     return 0
 

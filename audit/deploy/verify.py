@@ -15,7 +15,7 @@ says nothing about the hidden scale). K is the largest ``in_features`` of a spar
 D the number of sparse layers, eps the machine epsilon of the weights' dtype (1.19e-7
 for fp32). Measured (``bench/speed_repeat.py --dlogit``, magnitude 50 % and 90 %, formats
 kernel and csr, random-token probes): max |Δlogit| / (eps * max|logit| * sqrt(K * D))
-was at most 0.10 on a tiny BERT (K=64, D=14) and 0.07 on MiniLM-L6 (K=1536, D=38);
+was at most 0.10 on a tiny BERT (K=64, D=12-14) and 0.07 on MiniLM-L6 (K=1536, D=36-38);
 relative to the logits at most 2e-6. ``c = 2`` (``deploy.tolerance_factor``) leaves a
 20x margin over the worst of these (more where the floor of 1 applies); a fixed
 ``deploy.tolerance`` overrides the rule.
