@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from audit.errors import UsageError
 
@@ -145,21 +145,51 @@ class EquivalenceRecord(Record):
     flipped_beyond_tolerance: int = Field(
         0, description="Predictions that differ although the reference was not a near-tie."
     )
+    tolerance_basis: str | None = Field(None, description="How the tolerance was set (scaled rule or fixed).")
 
 
 class SpeedRecord(Record):
-    """Latency and throughput, dense vs deployed, measured side by side."""
+    """Latency and throughput, dense vs deployed, timed in interleaved rounds after a warm-up.
+
+    Speed-ups are the median of the per-round ratios (dense time / deployed time, both
+    timed in the same round), with a distribution-free CI of that median
+    (``ci_method``). A deployment that computes exactly what the dense model computes
+    (no sparse layer, same shapes) is ``identical``: speed-up 1.0 by construction, not timed.
+    """
 
     seq_len: int
     threads: int
     latency_b1_ms_dense: float | None = None
     latency_b1_ms_deployed: float | None = None
-    throughput_b32_dense: float | None = None
-    throughput_b32_deployed: float | None = None
+    latency_b1_ms_deployed_ci: list[float] | None = None
+    throughput_dense: float | None = Field(None, description="Sequences per second at ``batch_size``.")
+    throughput_deployed: float | None = None
+    throughput_deployed_ci: list[float] | None = None
     speedup_b1: float | None = None
-    speedup_b32: float | None = None
+    speedup_b1_ci: list[float] | None = None
+    speedup_batch: float | None = Field(None, description="Throughput speed-up at ``batch_size``.")
+    speedup_batch_ci: list[float] | None = None
     batch_size: int = Field(32, description="Batch size of the throughput measurement.")
-    rounds: int = Field(1, description="Alternating dense/deployed rounds; the best of each is kept.")
+    rounds: int = Field(1, description="Interleaved dense/deployed timing rounds (after a warm-up).")
+    ci_method: str | None = None
+    identical: bool = Field(False, description="No sparse layer and the dense model's shapes: 1.0 by construction.")
+    note: str | None = None
+    per_round: dict[str, list[float]] = Field(default_factory=dict, description="Per-round speed-ups.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """Results written before the batch size was part of the names (``*_b32``)."""
+        if isinstance(data, dict):
+            for old, new in (
+                ("throughput_b32_dense", "throughput_dense"),
+                ("throughput_b32_deployed", "throughput_deployed"),
+                ("speedup_b32", "speedup_batch"),
+            ):
+                if old in data and new not in data:
+                    data = {**data, new: data[old]}
+                data = {k: v for k, v in data.items() if k != old}
+        return data
 
 
 class DeploymentRecord(Record):
@@ -178,6 +208,10 @@ class DeploymentRecord(Record):
     linear_bytes_deployed: int = Field(0, description="Bytes of all Linear weights as deployed.")
     timings_measured: int = Field(0, description="Format timings measured for this variant (not from the cache).")
     timings_cached: int = Field(0, description="Format timings taken from the timing cache.")
+    kept_dense: dict[str, int] = Field(
+        default_factory=dict,
+        description="Layers left dense, by reason: no_zeros, above_max_density, no_speedup, not_applicable, forced.",
+    )
     wall_time_s: float = 0.0
 
 

@@ -108,7 +108,7 @@ def _metric_catalog(config: AuditConfig, *, deployed: bool = False) -> dict[str,
     if deployed:
         from audit.deploy import spec as deploy_spec
 
-        for m in deploy_spec.METRICS:
+        for m in deploy_spec.metrics_for(config.deploy.speed_batch_size):
             out[f"{deploy_spec.SUITE}/{m.name}"] = MetricInfo(
                 suite=deploy_spec.SUITE,
                 name=m.name,
@@ -701,6 +701,7 @@ def _deploy_context(config: AuditConfig, eval_set: EvalSet, predictor: Any, dens
         batches,
         dense,
         tolerance=dc.tolerance,
+        tolerance_factor=dc.tolerance_factor,
         measure_speed=dc.measure_speed,
         speed_seq_len=dc.speed_seq_len,
         speed_batch_size=dc.speed_batch_size,

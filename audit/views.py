@@ -364,19 +364,26 @@ def _variant_row(v: VariantResult) -> dict[str, Any]:
         "mask_fp": (p.mask_fingerprint or "")[:12] if p else "",
         "prune_time": fmt(p.wall_time_s, 2) if p else "—",
         "formats": ", ".join(f"{k} × {n}" for k, n in sorted(d.formats.items()) if n) if d else "",
+        "ran": _ran_text(d) if d else "",
         "equivalence": (
-            f"max |Δlogit| {eq.max_abs_logit_diff:.2e} (tolerance {eq.tolerance:.0e}), agreement {eq.agreement:.3f}, "
+            f"max |Δlogit| {eq.max_abs_logit_diff:.2e} (tolerance {eq.tolerance:.1e}), agreement {eq.agreement:.3f}, "
             f"n={eq.n}"
             if eq
             else ""
         ),
+        "tolerance_basis": (eq.tolerance_basis or "") if eq else "",
         "equivalence_ok": None if eq is None else eq.passed,
         "speedup": (
-            " · ".join(
+            "1.00× by construction (no sparse layer; not timed)"
+            if speed and speed.identical
+            else " · ".join(
                 x
                 for x in (
-                    f"b1 {speed.speedup_b1:.2f}×" if speed.speedup_b1 is not None else "",
-                    f"b32 {speed.speedup_b32:.2f}×" if speed.speedup_b32 is not None else "",
+                    f"b1 {_speed_text(speed.speedup_b1, speed.speedup_b1_ci)}" if speed.speedup_b1 is not None else "",
+                    f"b{speed.batch_size} {_speed_text(speed.speedup_batch, speed.speedup_batch_ci)}"
+                    if speed.speedup_batch is not None and speed.batch_size != 1
+                    else "",
+                    f"{speed.rounds} round{'s' if speed.rounds != 1 else ''}" if speed.rounds else "",
                 )
                 if x
             )
@@ -401,6 +408,34 @@ def _variant_row(v: VariantResult) -> dict[str, Any]:
         "notes": [*(p.notes if p else []), *(d.notes if d else [])],
         "wall_time": fmt(v.wall_time_s, 1),
     }
+
+
+def _speed_text(value: float, ci: list[float] | None) -> str:
+    return f"{value:.2f}× [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{value:.2f}× (no CI)"
+
+
+_KEPT_DENSE_TEXT = {
+    "no_zeros": "no zeros",
+    "above_max_density": "above max_density",
+    "no_speedup": "no min_speedup win",
+    "not_applicable": "no format applies",
+    "forced": "forced",
+}
+
+
+def _ran_text(d: Any) -> str:
+    """What ran, in layers: ``sparse 30 of 38 · dense 8 (no zeros 2, above max_density 6)``."""
+    total = sum(d.formats.values())
+    if not total:
+        return ""
+    sparse = sum(n for f, n in d.formats.items() if f != "dense")
+    identical = d.speed is not None and d.speed.identical
+    text = f"sparse {sparse} of {total}" + (" (the dense model's computation)" if identical else "")
+    dense = d.formats.get("dense", 0)
+    if dense:
+        why = ", ".join(f"{_KEPT_DENSE_TEXT.get(k, k)} {n}" for k, n in sorted(d.kept_dense.items()))
+        text += f" · dense {dense}" + (f" ({why})" if why else "")
+    return text
 
 
 def _layer_views(result: RunResult) -> dict[str, Any]:

@@ -329,7 +329,7 @@ def run_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
             **extra,
             "speed": chosen["speed"],
             "speedup_b1_repeats": [r["speed"]["speedup_b1"] for r in steady_runs],
-            "speedup_b32_repeats": [r["speed"]["speedup_b32"] for r in steady_runs],
+            "speedup_b32_repeats": [r["speed"]["speedup_batch"] for r in steady_runs],
             "bytes_dense": model_bytes(dense),
             "bytes_deployed": model_bytes(model),
             "other_load_max": max(loads + [other_cpu_load(0.3)]),
@@ -343,7 +343,7 @@ def run_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
             label,
             chosen["speed"]["speedup_b1"],
             ", ".join(f"{v:.2f}" for v in row["speedup_b1_repeats"]),
-            chosen["speed"]["speedup_b32"],
+            chosen["speed"]["speedup_batch"],
         )
 
     spec = PRUNERS.get("magnitude")
@@ -417,8 +417,8 @@ def print_e2e(rows: list[dict[str, Any]], seq: int) -> None:
         s = r["speed"]
         print(
             f"{r['variant']:<36}{s['latency_b1_ms_dense']:>12.2f}{s['latency_b1_ms_deployed']:>11.2f}"
-            f"{s['speedup_b1']:>7.2f}{s['throughput_b32_dense']:>13.1f}{s['throughput_b32_deployed']:>13.1f}"
-            f"{s['speedup_b32']:>7.2f}{r['bytes_deployed'] / r['bytes_dense']:>7.2f}"
+            f"{s['speedup_b1']:>7.2f}{s['throughput_dense']:>13.1f}{s['throughput_deployed']:>13.1f}"
+            f"{s['speedup_batch']:>7.2f}{r['bytes_deployed'] / r['bytes_dense']:>7.2f}"
         )
         if "formats" in r:
             print(f"    formats: {r['formats']}")

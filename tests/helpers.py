@@ -77,7 +77,7 @@ FAST_DEPLOY = (
     "  timing_min_s: 0.002\n"
     "  probe_size: 32\n"
     "  speed_min_time_s: 0.002\n"
-    "  speed_rounds: 1\n"
+    "  speed_rounds: 3\n"
     "  speed_batch_size: 2\n"
     "  speed_seq_len: 16\n"
 )

@@ -16,7 +16,7 @@ from audit.deploy.convert import Converter, DeployOptions
 from audit.deploy.io import MANIFEST, load_deployed, read_manifest, save_deployed
 from audit.deploy.modules import DeployedLinear, KernelLinear, format_of
 from audit.deploy.pipeline import DeployContext, deploy_variant
-from audit.deploy.verify import compare, probe_logits
+from audit.deploy.verify import compare, probe_logits, tolerance_for
 from audit.errors import ModelError
 from audit.pruning.base import PruneContext
 from audit.registry import PRUNERS
@@ -99,7 +99,7 @@ def context(tmp_path: Path, dense: nn.Module, probe: list, measure_speed: bool =
         dense=dense,
         measure_speed=measure_speed,
         speed_min_time=0.001,
-        speed_rounds=1,
+        speed_rounds=3,
         speed_batch_size=2,
         speed_seq_len=16,
     )
@@ -113,7 +113,8 @@ def test_unstructured_variant_deploys_equivalently_in_every_format(tiny, tmp_pat
     deployed = deploy_variant(model, record, context(tmp_path, dense, probe, force_format=fmt))
     eq = deployed.record.equivalence
     assert eq is not None and eq.passed and eq.n == len(TEXTS) and eq.agreement == 1.0
-    assert eq.max_abs_logit_diff < 1e-4
+    assert eq.max_abs_logit_diff <= eq.tolerance < 1e-4  # scaled to the logits, far below the old 1e-4
+    assert (eq.tolerance_basis or "").startswith("scaled:")
     n_pruned = len(record.layers)
     assert deployed.record.formats[fmt] == n_pruned  # every pruned layer, and only those
     assert deployed.record.formats["dense"] == 2  # pooler and classifier were not pruned
@@ -227,3 +228,49 @@ def test_compare_tolerates_only_near_ties() -> None:
     assert not bad.passed and bad.nonfinite == 1
     far = compare(ref, ref + 0.01, tolerance=1e-3)
     assert not far.passed and far.max_abs_logit_diff == pytest.approx(0.01)
+
+
+def test_a_perturbation_below_1e4_but_above_the_scaled_tolerance_fails(tiny, tmp_path: Path) -> None:
+    """One stored weight moved so that the logits move by more than the scaled tolerance but
+    less than the old fixed 1e-4: the check must fail (the fixed tolerance passed it)."""
+    dense, _, probe = tiny
+    model = copy.deepcopy(dense)
+    magnitude(model, 0.9)
+    reference = probe_logits(model, probe)
+    converter(tmp_path, force_format="kernel").convert(model)
+    tol, basis = tolerance_for(model, reference)
+    assert tol < 1e-5 and "sqrt(K 64 x D 12)" in basis
+    layer = model.get_submodule("bert.encoder.layer.1.output.dense")
+    assert isinstance(layer, KernelLinear)
+    values = layer.values  # the kernel reads these in place
+    original = values[0].item()
+
+    def shift(delta: float) -> float:
+        values[0] = original + delta
+        return float(np.abs(probe_logits(model, probe) - reference).max())
+
+    target = (tol * 1e-4) ** 0.5  # geometric midpoint of (tolerance, 1e-4)
+    d0 = shift(1e-2)
+    moved = shift(1e-2 * target / d0)  # logits are linear in one weight at this scale
+    assert tol < moved < 1e-4
+    deployed = probe_logits(model, probe)
+    assert not compare(reference, deployed, tolerance=tol).passed
+    assert compare(reference, deployed, tolerance=1e-4).passed  # what the fixed tolerance let through
+    values[0] = original
+    assert compare(reference, probe_logits(model, probe), tolerance=tol).passed
+
+
+def test_an_all_dense_variant_reports_one_and_counts_its_layers(tiny, tmp_path: Path) -> None:
+    """30 % magnitude: every pruned layer is denser than max_density, so nothing runs sparse."""
+    dense, _, probe = tiny
+    model = copy.deepcopy(dense)
+    magnitude(model, 0.3)
+    out = deploy_variant(model, None, context(tmp_path, dense, probe, max_density=0.5))
+    rec = out.record
+    assert rec.formats == {"dense": 14} and rec.kept_dense == {"above_max_density": 12, "no_zeros": 2}
+    assert rec.speed is not None and rec.speed.identical and rec.speed.speedup_b1 == 1.0
+    by_id = {m.id: m for m in out.measurements}
+    assert by_id["deployment/seq16/speedup_b1"].value == 1.0
+    assert by_id["deployment/seq16/speedup_b2"].value == 1.0  # named after the configured batch size (2)
+    assert by_id["deployment/layers/sparse_layers"].value == 0
+    assert by_id["deployment/layers/dense_layers"].details["kept_dense"] == {"above_max_density": 12, "no_zeros": 2}

@@ -124,6 +124,8 @@ def test_deployment_record_is_gated_like_a_metric() -> None:
         "deployment/weights/weight_bytes": 400,
         "deployment/probe/max_abs_logit_diff": 3e-3,
         "deployment/probe/prediction_agreement": 0.98,
+        "deployment/layers/sparse_layers": 4,
+        "deployment/layers/dense_layers": 0,
     }
     pol = policy_from_text(
         "name: p\nrules:\n"

@@ -2,16 +2,20 @@
 
 A layer's candidates are timed on a synthetic weight of the same shape and density
 (for BSR: the same block density), at each configured token count, against dense
-``nn.Linear`` timed before and after them (the smaller dense time is used, which
-favours dense). Timings are cached in ``<cache>/deploy/timings.json``, keyed by format,
+``nn.Linear`` in interleaved rounds (dense and every candidate back to back in each
+round; a candidate's speed-up is the median of its same-round ratios,
+:meth:`LayerTimer.compare`). Timings are cached in ``<cache>/deploy/timings.json``, keyed by format,
 shape, density, bias, token count, threads, CPU, torch version and kernel build, so a
-shape/density pair is measured once per machine.
+shape/density pair is measured once per machine and every later run on that machine
+makes the same choice from the same figures (a run never re-times a cached configuration).
 
 The decision (:func:`decide`) is a pure function of the timings: a sparse format is
 chosen only if it is at least ``min_speedup`` times faster than dense at *every*
 measured token count; among those, the one with the best geometric-mean speed-up
 wins. Otherwise the layer stays dense, and the reason says by how much the best
-sparse format lost. Sparse is therefore never chosen where it was measured slower.
+sparse format lost. Sparse is therefore never chosen where it was measured slower, and
+the ``min_speedup`` margin (1.1 by default) keeps a format whose true speed-up is near
+1.0 from being chosen on one round's noise.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from audit.deploy.modules import (
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""2: figures from interleaved rounds (:meth:`LayerTimer.compare`); version-1 single timings are not reused."""
 
 
 # -- the decision ------------------------------------------------------------------------
@@ -53,6 +58,9 @@ class Decision:
     speedup: float | None = None
     """Dense time / chosen time at the first token count (None when kept dense untimed)."""
     timings: dict[str, dict[int, float]] = field(default_factory=dict)
+    kept_dense: str | None = None
+    """Why the layer stays dense, as a category (``DeploymentRecord.kept_dense``): ``no_zeros``,
+    ``above_max_density``, ``no_speedup``, ``not_applicable`` or ``forced``; None when sparse."""
 
 
 def _fmt_time(seconds: float) -> str:
@@ -98,7 +106,7 @@ def decide(timings: dict[str, dict[int, float]], *, min_speedup: float = 1.1) ->
         first = tokens[0]
         return Decision(best, reason, dense[first] / timings[best][first], timings)
     if not others:
-        return Decision(DENSE, "kept dense: no sparse format could be timed", None, timings)
+        return Decision(DENSE, "kept dense: no sparse format could be timed", None, timings, "not_applicable")
     best = others[0]
     return Decision(
         DENSE,
@@ -106,6 +114,7 @@ def decide(timings: dict[str, dict[int, float]], *, min_speedup: float = 1.1) ->
         f"(best: {detail(best)})",
         1.0,
         timings,
+        "no_speedup",
     )
 
 
@@ -250,15 +259,17 @@ def build_module(fmt: str, weight: torch.Tensor, bias: torch.Tensor | None) -> n
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def time_call(fn: Any, *, min_time: float, threads: int, statistic: str = "median") -> float:
+def time_call(fn: Any, *, min_time: float, threads: int, statistic: str = "median", warmup: bool = True) -> float:
     """Seconds per call (``torch.utils.benchmark``; CUDA-synchronised when relevant).
 
     ``statistic`` is ``median`` (of the timed blocks) or ``min``: the fastest block, which
     is what the format choice uses, since other processes only ever make a block slower.
+    ``warmup`` makes one untimed call first (callers that warm up themselves pass False).
     """
     from torch.utils.benchmark import Timer
 
-    fn()  # warm-up: lazy inits, page faults, workspace growth
+    if warmup:
+        fn()  # warm-up: lazy inits, page faults, workspace growth
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     m = timer.blocked_autorange(min_run_time=min_time)
     return float(min(m.times) if statistic == "min" else m.median)
@@ -272,6 +283,7 @@ class LayerTimer:
     threads: int
     device: str = "cpu"
     min_time: float = 0.2
+    rounds: int = 3
     _env: str | None = None
 
     @property
@@ -286,10 +298,10 @@ class LayerTimer:
     def cached(self, fmt: str, shape: tuple[int, int], density: float, bias: bool, tokens: int) -> float | None:
         return self.cache.get(self.key(fmt, shape, density, bias, tokens))
 
-    def measure(
+    def prepare(
         self, fmt: str, shape: tuple[int, int], density: float, bias: bool, tokens: int, *, dtype: Any = None
-    ) -> float:
-        """Time ``fmt`` now on a synthetic weight of this shape and density; stores it in the cache."""
+    ) -> Any:
+        """A no-argument call of ``fmt`` on a synthetic weight of this shape and density, warmed up."""
         if fmt == "semi24":
             w = synthetic_2_4(shape, device=self.device, dtype=dtype)
         else:
@@ -299,7 +311,55 @@ class LayerTimer:
         b = torch.randn(shape[0], device=self.device, dtype=w.dtype) if bias else None
         module = build_module(fmt, w, b)
         x = torch.randn(tokens, shape[1], device=self.device, dtype=w.dtype)
-        with torch.inference_mode():
-            seconds = time_call(lambda: module(x), min_time=self.min_time, threads=self.threads, statistic="min")
-        self.cache.put(self.key(fmt, shape, density, bias, tokens), seconds)
-        return seconds
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return module(x)
+
+        call()  # warm-up: lazy inits, page faults, workspace growth
+        return call
+
+    def time(self, call: Any) -> float:
+        """Seconds per call of a prepared call: the fastest block (load only ever slows a block)."""
+        return time_call(call, min_time=self.min_time, threads=self.threads, statistic="min", warmup=False)
+
+    def compare(
+        self,
+        cands: list[tuple[str, float]],
+        shape: tuple[int, int],
+        bias: bool,
+        tokens: int,
+        *,
+        rounds: int = 3,
+        dtype: Any = None,
+    ) -> dict[str, float]:
+        """Seconds per call of dense and each candidate, timed in interleaved rounds; cached.
+
+        Each round times dense and every candidate back to back (the order reversed every
+        other round). Dense's figure is its median over rounds; a candidate's is dense's
+        median divided by the median of its per-round ratios, so that ``dense / format``
+        is the median same-round ratio: a slow phase of the machine hits both sides of a
+        ratio, never only one. The figures are stored in the timing cache.
+        """
+        import statistics
+
+        entries = [(DENSE, 1.0), *cands]
+        calls = {f: self.prepare(f, shape, d, bias, tokens, dtype=dtype) for f, d in entries}
+        times: dict[str, list[float]] = {f: [] for f, _ in entries}
+        for r in range(max(1, rounds)):
+            for f, _ in entries if r % 2 == 0 else entries[::-1]:
+                times[f].append(self.time(calls[f]))
+        dense = statistics.median(times[DENSE])
+        out = {DENSE: dense}
+        for f, d in cands:
+            ratio = statistics.median(dt / ft for dt, ft in zip(times[DENSE], times[f], strict=True))
+            out[f] = dense / ratio
+            self.cache.put(self.key(f, shape, d, bias, tokens), out[f])
+        self.cache.put(self.key(DENSE, shape, 1.0, bias, tokens), dense)
+        return out
+
+    def measure(
+        self, fmt: str, shape: tuple[int, int], density: float, bias: bool, tokens: int, *, dtype: Any = None
+    ) -> float:
+        """Time ``fmt`` alone now (not cached)."""
+        return self.time(self.prepare(fmt, shape, density, bias, tokens, dtype=dtype))

@@ -46,6 +46,8 @@ class DeployOptions:
     tokens: tuple[int, ...] = (128, 1024)
     """Token counts (batch x sequence) at which formats are timed."""
     timing_min_s: float = 0.2
+    timing_rounds: int = 3
+    """Interleaved dense/candidate rounds per layer configuration (median same-round ratio)."""
     threads: int | None = None
     timing_cache: bool = True
     force_format: str | None = None
@@ -64,6 +66,8 @@ class LayerDeployment:
     bytes_dense: int
     bytes_deployed: int
     speedup: float | None = None
+    kept_dense: str | None = None
+    """Why a dense layer stayed dense (:attr:`audit.deploy.choose.Decision.kept_dense`)."""
 
 
 @dataclass
@@ -79,6 +83,15 @@ class Conversion:
         out: dict[str, int] = {}
         for layer in self.layers:
             out[layer.format] = out.get(layer.format, 0) + 1
+        return dict(sorted(out.items()))
+
+    def kept_dense(self) -> dict[str, int]:
+        """Dense layers by why they stayed dense (``unknown`` for layers deployed earlier)."""
+        out: dict[str, int] = {}
+        for layer in self.layers:
+            if layer.format == DENSE:
+                why = layer.kept_dense or "unknown"
+                out[why] = out.get(why, 0) + 1
         return dict(sorted(out.items()))
 
 
@@ -102,7 +115,9 @@ class Converter:
         threads = self.options.threads or torch.get_num_threads()
         key = (threads, device)
         if key not in self._timers:
-            self._timers[key] = LayerTimer(self.cache, threads, device, self.options.timing_min_s)
+            self._timers[key] = LayerTimer(
+                self.cache, threads, device, self.options.timing_min_s, self.options.timing_rounds
+            )
         return self._timers[key]
 
     # -- candidates ----------------------------------------------------------------------
@@ -161,28 +176,35 @@ class Converter:
         nnz = int(torch.count_nonzero(weight))
         density = nnz / total if total else 1.0
         if nnz == total:
-            return Decision(DENSE, "no zeros to skip: stays dense"), density
+            return Decision(DENSE, "no zeros to skip: stays dense", kept_dense="no_zeros"), density
         cands, skipped = self.candidates(weight, density)
         note = f"; not tried: {', '.join(skipped)}" if skipped else ""
         forced = self.options.force_format
         if forced is not None:
             names = [f for f, _ in cands]
             if forced in names or forced == DENSE:
-                return Decision(forced, f"forced by deploy.force_format={forced}"), density
+                why = "forced" if forced == DENSE else None
+                return Decision(forced, f"forced by deploy.force_format={forced}", kept_dense=why), density
             base = "bsr" if forced.startswith("bsr") else forced
             why = self.unavailable.get(base) or next((s for s in skipped if s.startswith(forced)), "not applicable")
-            return Decision(DENSE, f"kept dense: forced format {forced} does not apply ({why})"), density
+            return (
+                Decision(
+                    DENSE, f"kept dense: forced format {forced} does not apply ({why})", kept_dense="not_applicable"
+                ),
+                density,
+            )
         if density > self.options.max_density:
             return (
                 Decision(
                     DENSE,
                     f"kept dense without timing: density {density:.2f} is above deploy.max_density "
                     f"{self.options.max_density:g}",
+                    kept_dense="above_max_density",
                 ),
                 density,
             )
         if not cands:
-            return Decision(DENSE, f"kept dense: no sparse format applies{note}"), density
+            return Decision(DENSE, f"kept dense: no sparse format applies{note}", kept_dense="not_applicable"), density
         timer = self.timer(weight.device.type)
         shape = (int(weight.shape[0]), int(weight.shape[1]))
         timings: dict[str, dict[int, float]] = {DENSE: {}}
@@ -194,13 +216,11 @@ class Converter:
                 for f, v in cached.items():
                     timings[f][tokens] = float(v)  # type: ignore[arg-type]
                 continue
-            # dense before and after the candidates; the faster dense time is kept (favours dense)
-            before = timer.measure(DENSE, shape, 1.0, has_bias, tokens, dtype=weight.dtype)
-            for fmt, d in cands:
-                timings[fmt][tokens] = timer.measure(fmt, shape, d, has_bias, tokens, dtype=weight.dtype)
-            after = timer.measure(DENSE, shape, 1.0, has_bias, tokens, dtype=weight.dtype)
-            timings[DENSE][tokens] = min(before, after)
-            timer.cache.put(timer.key(DENSE, shape, 1.0, has_bias, tokens), timings[DENSE][tokens], measured=False)
+            measured = timer.compare(
+                cands, shape, has_bias, tokens, rounds=self.options.timing_rounds, dtype=weight.dtype
+            )
+            for f, v in measured.items():
+                timings[f][tokens] = v
         decision = decide(timings, min_speedup=self.options.min_speedup)
         decision.reason += note
         return decision, density
@@ -244,6 +264,7 @@ class Converter:
                     bytes_dense=bytes_dense,
                     bytes_deployed=stored_bytes(new),
                     speedup=decision.speedup,
+                    kept_dense=decision.kept_dense if decision.format == DENSE else None,
                 )
             )
             del weight, module, new

@@ -20,7 +20,7 @@ from audit.deploy.convert import Conversion, Converter, DeployOptions
 from audit.deploy.modules import DENSE
 from audit.deploy.spec import measurements_of
 from audit.deploy.speed import measure_speed, model_bytes
-from audit.deploy.verify import compare, probe_logits
+from audit.deploy.verify import DEFAULT_FACTOR, compare, probe_logits, tolerance_for
 from audit.results import DeploymentRecord, Measurement, PruningRecord
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,14 @@ class DeployContext:
     converter: Converter
     probe: list[dict[str, torch.Tensor]]
     dense: nn.Module
-    tolerance: float = 1e-4
+    tolerance: float | None = None
+    """A fixed absolute tolerance; None scales it to the logits (:func:`audit.deploy.verify.tolerance_for`)."""
+    tolerance_factor: float = DEFAULT_FACTOR
     measure_speed: bool = True
     speed_seq_len: int = 128
     speed_batch_size: int = 32
-    speed_min_time: float = 1.0
-    speed_rounds: int = 2
+    speed_min_time: float = 0.2
+    speed_rounds: int = 7
     threads: int | None = None
     _dense_bytes: int | None = field(default=None, repr=False)
 
@@ -102,7 +104,11 @@ def deploy_variant(model: nn.Module, pruning: PruningRecord | None, ctx: DeployC
     conversion = ctx.converter.convert(model)
     gc.collect()
     deployed_logits = probe_logits(model, ctx.probe)
-    eq = compare(reference, deployed_logits, tolerance=ctx.tolerance)
+    if ctx.tolerance is not None:
+        tol, basis = float(ctx.tolerance), f"fixed: deploy.tolerance = {ctx.tolerance:g}"
+    else:
+        tol, basis = tolerance_for(model, reference, factor=ctx.tolerance_factor)
+    eq = compare(reference, deployed_logits, tolerance=tol, basis=basis)
     _fill_layer_records(pruning, conversion)
     linear_dense = sum(layer.bytes_dense for layer in conversion.layers)
     linear_deployed = sum(layer.bytes_deployed for layer in conversion.layers)
@@ -119,6 +125,7 @@ def deploy_variant(model: nn.Module, pruning: PruningRecord | None, ctx: DeployC
         linear_bytes_deployed=linear_deployed,
         timings_measured=conversion.timings_measured,
         timings_cached=conversion.timings_cached,
+        kept_dense=conversion.kept_dense(),
     )
     if eq.passed and ctx.measure_speed:
         record.speed = measure_speed(

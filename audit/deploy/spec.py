@@ -5,6 +5,7 @@ any suite's metrics, e.g.::
 
     - id: deployed-speedup
       metric: deployment/*/speedup_b1
+      use: ci_lower            # speed-ups carry a CI over the timing rounds: judge its cautious end
       min: 1.5
     - id: deployed-size
       metric: deployment/weights/size_ratio
@@ -13,73 +14,126 @@ any suite's metrics, e.g.::
 
 from __future__ import annotations
 
+import re
+
 from audit.registry import MetricSpec
 from audit.results import DeploymentRecord, Measurement
 
 SUITE = "deployment"
+DEFAULT_BATCH = 32
+"""``deploy.speed_batch_size``'s default: the throughput metrics are named ``*_b<batch size>``."""
 
-METRICS = (
-    MetricSpec(
-        "max_abs_logit_diff",
-        "Largest absolute difference between the deployed model's logits and its masked-dense reference "
-        "on the probe batch (dataset `probe`).",
-        higher_is_better=False,
-        range=(0.0, None),
-    ),
-    MetricSpec(
-        "prediction_agreement",
-        "Share of probe examples on which the deployed model predicts what its masked-dense reference predicts.",
-        higher_is_better=True,
-    ),
-    MetricSpec(
-        "speedup_b1",
-        "Dense batch-1 latency / deployed batch-1 latency at the dataset's sequence length (`seq<L>`).",
-        higher_is_better=True,
-        range=(0.0, None),
-        unit="x",
-    ),
-    MetricSpec(
-        "speedup_b32",
-        "Deployed / dense throughput at the configured batch size and sequence length (`seq<L>`).",
-        higher_is_better=True,
-        range=(0.0, None),
-        unit="x",
-    ),
-    MetricSpec(
-        "latency_b1_ms",
-        "Deployed model's batch-1 latency (median) at the dataset's sequence length.",
-        higher_is_better=False,
-        range=(0.0, None),
-        unit="ms",
-    ),
-    MetricSpec(
-        "throughput_b32",
-        "Deployed model's throughput (sequences per second) at the configured batch size.",
-        higher_is_better=True,
-        range=(0.0, None),
-        unit="seq/s",
-    ),
-    MetricSpec(
-        "size_ratio",
-        "Bytes of every stored tensor of the deployed model / the same for the dense model (dataset `weights`).",
-        higher_is_better=False,
-        range=(0.0, None),
-    ),
-    MetricSpec(
-        "linear_size_ratio",
-        "Bytes of the Linear layers' weights as deployed / stored densely (the memory-traffic limit of the "
-        "speed-up is its inverse).",
-        higher_is_better=False,
-        range=(0.0, None),
-    ),
-    MetricSpec(
-        "weight_bytes",
-        "Bytes of every stored tensor of the deployed model.",
-        higher_is_better=False,
-        range=(0.0, None),
-        unit="bytes",
-    ),
-)
+
+def _metrics(batch: int) -> tuple[MetricSpec, ...]:
+    specs = (
+        MetricSpec(
+            "max_abs_logit_diff",
+            "Largest absolute difference between the deployed model's logits and its masked-dense reference "
+            "on the probe batch (dataset `probe`).",
+            higher_is_better=False,
+            range=(0.0, None),
+        ),
+        MetricSpec(
+            "prediction_agreement",
+            "Share of probe examples on which the deployed model predicts what its masked-dense reference predicts.",
+            higher_is_better=True,
+        ),
+        MetricSpec(
+            "speedup_b1",
+            "Dense batch-1 latency / deployed batch-1 latency at the dataset's sequence length (`seq<L>`): median "
+            "of the per-round ratios of interleaved timing rounds, with a CI (n = rounds); exactly 1.0, untimed, "
+            "for a deployment with no sparse layer.",
+            higher_is_better=True,
+            range=(0.0, None),
+            unit="x",
+        ),
+        MetricSpec(
+            f"speedup_b{batch}",
+            f"Deployed / dense throughput at batch size {batch} (`deploy.speed_batch_size`) and the dataset's "
+            "sequence length (`seq<L>`); median of interleaved rounds, with a CI.",
+            higher_is_better=True,
+            range=(0.0, None),
+            unit="x",
+        ),
+        MetricSpec(
+            "latency_b1_ms",
+            "Deployed model's batch-1 latency (median) at the dataset's sequence length.",
+            higher_is_better=False,
+            range=(0.0, None),
+            unit="ms",
+        ),
+        MetricSpec(
+            f"throughput_b{batch}",
+            f"Deployed model's throughput (sequences per second) at batch size {batch} (`deploy.speed_batch_size`).",
+            higher_is_better=True,
+            range=(0.0, None),
+            unit="seq/s",
+        ),
+        MetricSpec(
+            "size_ratio",
+            "Bytes of every stored tensor of the deployed model / the same for the dense model (dataset `weights`).",
+            higher_is_better=False,
+            range=(0.0, None),
+        ),
+        MetricSpec(
+            "linear_size_ratio",
+            "Bytes of the Linear layers' weights as deployed / stored densely (the memory-traffic limit of the "
+            "speed-up is its inverse).",
+            higher_is_better=False,
+            range=(0.0, None),
+        ),
+        MetricSpec(
+            "weight_bytes",
+            "Bytes of every stored tensor of the deployed model.",
+            higher_is_better=False,
+            range=(0.0, None),
+            unit="bytes",
+        ),
+        MetricSpec(
+            "sparse_layers",
+            "Linear layers that run a sparse format (dataset `layers`; details: layers per format, and why the "
+            "others stayed dense).",
+            higher_is_better=None,
+            range=(0.0, None),
+            unit="layers",
+        ),
+        MetricSpec(
+            "dense_layers",
+            "Linear layers that run dense (`nn.Linear`) in the deployed model (dataset `layers`).",
+            higher_is_better=None,
+            range=(0.0, None),
+            unit="layers",
+        ),
+    )
+    out: dict[str, MetricSpec] = {}
+    for spec in specs:  # batch size 1: the batch speed-up is speedup_b1
+        out.setdefault(spec.name, spec)
+    return tuple(out.values())
+
+
+METRICS = _metrics(DEFAULT_BATCH)
+"""The declarations for the default batch size; :func:`metrics_for` gives them for another."""
+
+
+def metrics_for(batch_size: int) -> tuple[MetricSpec, ...]:
+    """The deployment metrics of a run whose ``deploy.speed_batch_size`` is ``batch_size``."""
+    return _metrics(int(batch_size))
+
+
+_BATCH_NAME = re.compile(r"^(speedup|throughput)_b([0-9]+)$")
+
+
+def find(name: str) -> MetricSpec | None:
+    """The declaration of a deployment metric name, for any batch size (``throughput_b8``)."""
+    m = _BATCH_NAME.match(name)
+    specs = metrics_for(int(m.group(2))) if m and m.group(2) != "1" else METRICS
+    return next((s for s in specs if s.name == name), None)
+
+
+def _speed_ci(value: float | None, ci: list[float] | None) -> dict[str, object]:
+    if value is None or ci is None:
+        return {}
+    return {"ci_low": ci[0], "ci_high": ci[1]}
 
 
 def measurements_of(record: DeploymentRecord) -> list[Measurement]:
@@ -116,16 +170,60 @@ def measurements_of(record: DeploymentRecord) -> list[Measurement]:
                 },
             )
         )
+    if record.formats:
+        sparse = {f: n for f, n in record.formats.items() if f != "dense" and n}
+        details = {"formats": dict(record.formats), "kept_dense": dict(record.kept_dense)}
+        out.append(
+            Measurement(
+                suite=SUITE, dataset="layers", metric="sparse_layers", value=sum(sparse.values()), details=details
+            )
+        )
+        out.append(
+            Measurement(
+                suite=SUITE,
+                dataset="layers",
+                metric="dense_layers",
+                value=record.formats.get("dense", 0),
+                details=dict(details),
+            )
+        )
     sp = record.speed
     if sp is not None:
         ds = f"seq{sp.seq_len}"
-        details = {"threads": sp.threads, "batch_size": sp.batch_size, "rounds": sp.rounds}
-        for metric, value in (
-            ("speedup_b1", sp.speedup_b1),
-            ("speedup_b32", sp.speedup_b32),
-            ("latency_b1_ms", sp.latency_b1_ms_deployed),
-            ("throughput_b32", sp.throughput_b32_deployed),
-        ):
-            if value is not None:
-                out.append(Measurement(suite=SUITE, dataset=ds, metric=metric, value=value, details=dict(details)))
+        details: dict[str, object] = {
+            "threads": sp.threads,
+            "batch_size": sp.batch_size,
+            "rounds": sp.rounds,
+            "identical": sp.identical,
+        }
+        if sp.note:
+            details["note"] = sp.note
+        method = sp.ci_method
+        rows: list[tuple[str, float | None, list[float] | None, list[float] | None]] = [
+            ("speedup_b1", sp.speedup_b1, sp.speedup_b1_ci, sp.per_round.get("speedup_b1")),
+            (f"speedup_b{sp.batch_size}", sp.speedup_batch, sp.speedup_batch_ci, sp.per_round.get("speedup_batch")),
+            ("latency_b1_ms", sp.latency_b1_ms_deployed, sp.latency_b1_ms_deployed_ci, None),
+            (f"throughput_b{sp.batch_size}", sp.throughput_deployed, sp.throughput_deployed_ci, None),
+        ]
+        if sp.batch_size == 1:  # the batch speed-up is the batch-1 one
+            rows.pop(1)
+        for metric, value, ci, per_round in rows:
+            if value is None:
+                continue
+            d = dict(details)
+            if per_round:
+                d["per_round"] = [round(x, 4) for x in per_round]
+            ci_kw = _speed_ci(value, ci)
+            out.append(
+                Measurement(
+                    suite=SUITE,
+                    dataset=ds,
+                    metric=metric,
+                    value=value,
+                    n=sp.rounds,
+                    ci_method=method if ci_kw else None,
+                    details=d,
+                    **ci_kw,  # type: ignore[arg-type]
+                )
+            )
     return out
