@@ -266,11 +266,11 @@ def _declared_direction(metric_glob: str) -> tuple[bool, bool | None]:
             if m is not None:
                 found.add(m.higher_is_better)
     if fnmatch.fnmatchcase(DEPLOYMENT_SUITE, suite_pat):
-        from audit.deploy.spec import METRICS
+        from audit.deploy.spec import find
 
-        for m in METRICS:
-            if m.name == name_pat:
-                found.add(m.higher_is_better)
+        dm = find(name_pat)  # speedup_b<N> for any configured batch size
+        if dm is not None:
+            found.add(dm.higher_is_better)
     if len(found) == 1:
         return True, found.pop()
     return False, None

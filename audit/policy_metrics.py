@@ -37,7 +37,13 @@ def rule_matches(rule: Rule, metrics: Iterable[tuple[str, str]]) -> bool:
     """Whether the rule's ``suite/dataset/metric`` glob can match one of ``metrics`` (any dataset)."""
     suite_pat, _, rest = rule.metric.partition("/")
     name_pat = rest.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(s, suite_pat) and fnmatch.fnmatchcase(n, name_pat) for s, n in metrics)
+    if any(fnmatch.fnmatchcase(s, suite_pat) and fnmatch.fnmatchcase(n, name_pat) for s, n in metrics):
+        return True
+    # deployment speed names follow the run's deploy.speed_batch_size (speedup_b8): known for any batch
+    from audit.deploy.spec import SUITE as DEPLOY_SUITE
+    from audit.deploy.spec import find
+
+    return fnmatch.fnmatchcase(DEPLOY_SUITE, suite_pat) and find(name_pat) is not None
 
 
 def check_rule_metrics(

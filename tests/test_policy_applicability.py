@@ -106,3 +106,17 @@ def test_groupless_data_skips_group_rules_under_every_shipped_policy(
         limits = views.limitations(res)
         for r in group_rules:
             assert any(f"rule {r.rule} " in line and "no sensitive-group columns" in line for line in limits), name
+
+
+def test_a_rule_on_a_speed_metric_of_another_batch_size_is_known_and_keeps_its_direction() -> None:
+    from audit.errors import ConfigError
+    from audit.policy_metrics import check_rule_metrics
+
+    text = (
+        "name: b8\nrules:\n"
+        "  - {id: speed, metric: deployment/seq128/speedup_b8, aggregate: overall, comparison: absolute, min: 1.1}\n"
+    )
+    pol = policy_from_text(text, "b8.yaml")
+    check_rule_metrics(pol)  # speedup_b8 follows deploy.speed_batch_size: not a typo
+    with pytest.raises(ConfigError, match="is higher-is-better, so a max bound points the wrong way"):
+        policy_from_text(text.replace("min: 1.1", "max: 1.1"), "b8.yaml")
