@@ -104,3 +104,17 @@ def write_config(path: Path, model_dir: Path, data_dir: Path, **overrides: Any) 
         sections[key] = text
     path.write_text("".join(v for v in sections.values() if v), encoding="utf-8")
     return path
+
+
+def pass_policy(directory: Path) -> str:
+    """A ``policy:`` section whose one rule always passes (accuracy >= 0), so a run that works
+    exits 0 and any ERROR (a crashed suite, a missing metric) exits 1: a definite exit code for
+    tests about something other than the verdict."""
+    path = directory / "always-pass.yaml"
+    path.write_text(
+        "name: always-pass\nfail_on_error: true\nrules:\n"
+        "  - {id: accuracy-defined, metric: performance/*/accuracy, aggregate: overall,\n"
+        "     comparison: absolute, min: 0.0, severity: fail, rationale: any computed accuracy passes}\n",
+        encoding="utf-8",
+    )
+    return f"policy: {path}\n"

@@ -29,7 +29,7 @@ def test_run_then_check_then_report(tiny_model_dir: Path, tiny_data_dir: Path, t
     cfg = write_config(tmp_path / "audit.yaml", tiny_model_dir, tiny_data_dir)
     out = tmp_path / "out"
     r = cli("run", "--config", str(cfg))
-    assert r.returncode in (0, 1), r.stderr
+    assert (out / "results.json").is_file(), r.stderr  # its exit code is checked against the verdict below
     assert f"html: {out / 'report.html'}" in r.stdout
     assert "[3/3] magnitude-s0.90-seed0" in r.stderr  # progress goes to stderr
     res = load_results(out / "results.json")

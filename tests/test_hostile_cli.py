@@ -62,12 +62,13 @@ def test_run_on_a_hostile_dataset_keeps_every_output_valid(tiny_model_dir: Path,
     write_jsonl(data / "ood.jsonl", _hostile_rows("ood", 60))
     cfg = _config(tmp_path, tiny_model_dir, data, f"{{test: {data / 'test.jsonl'}}}")
     r = cli("run", "-c", str(cfg))
-    assert r.returncode in (0, 1), r.stderr
+    assert (tmp_path / "out" / "results.json").is_file(), r.stderr
     assert "Traceback" not in r.stderr and not RAW_CONTROL.search(r.stderr + r.stdout)
     assert "dataset shifted: 10 of 60 texts are longer than max_length=64 tokens and were truncated" in r.stderr
     out = tmp_path / "out"
 
     res = load_results(out / "results.json")  # parses and validates
+    assert r.returncode == res.verdict.exit_code, r.stderr
     ds = {d.id: d for d in res.datasets}
     assert ds["shifted"].max_length == 64 and ds["shifted"].truncated == 10
     assert ds["test"].max_length == 64 and ds["test"].truncated == 10  # the eval set itself
