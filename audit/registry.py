@@ -110,9 +110,19 @@ class PrunerSpec(PluginSpec):
 
 @dataclass(frozen=True)
 class SuiteSpec(PluginSpec):
-    """An evaluation suite and the metrics it declares."""
+    """An evaluation suite, the metrics it declares and what reports say about it.
+
+    ``title`` heads the suite's report sections (empty: ``Suite: <name>``). ``not_run`` is
+    the limitation a report states when the suite did not run (empty: none is stated).
+    Sections are ordered by ``report_order``, then name; an ``always_reported`` suite gets
+    its section even when it did not run, marked as such.
+    """
 
     metrics: tuple[MetricSpec, ...] = ()
+    title: str = ""
+    not_run: str = ""
+    report_order: int = 100
+    always_reported: bool = False
 
     def metric(self, name: str) -> MetricSpec | None:
         for m in self.metrics:

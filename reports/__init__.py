@@ -3,7 +3,7 @@
 Each reporter is a function ``render(result, **options) -> str`` registered with a
 :class:`~audit.registry.ReporterSpec`; :func:`reports.writer.write_reports` writes the
 text atomically to ``spec.filename`` in the output directory. View models come from
-:mod:`audit.views`; templates live in ``reports/templates``.
+:mod:`reports.views`; templates live in ``reports/templates``.
 
 | name | file | for |
 |---|---|---|

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from audit.results import RunResult
 from audit.textsafe import visible
-from audit.views import sorted_rules
+from reports.views import sorted_rules
 
 MAX_ANNOTATIONS = 50
 """GitHub shows at most 50 annotations per job; the rest are summarised in one notice."""

@@ -18,7 +18,7 @@ from markupsafe import Markup
 
 from audit.results import RunResult
 from audit.textsafe import visible
-from audit.views import build_view
+from reports.views import build_view
 
 
 def _finalize(value: Any) -> Any:

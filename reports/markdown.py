@@ -19,7 +19,7 @@ import jinja2
 
 from audit.results import RunResult
 from audit.textsafe import visible
-from audit.views import build_summary
+from reports.views import build_summary
 
 _SPECIAL = re.compile(r"([\\`*_\[\]|~#!])")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from audit.results import RunResult
-from audit.views import build_card
 from reports.markdown import environment
+from reports.views import build_card
 
 TASK_TYPE = "text-classification"
 

@@ -648,7 +648,7 @@ def test_sentence_encoder_constraint_loads_offline_and_filters() -> None:
 def test_through_run_audit(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path) -> None:
     from audit.results import load_results
     from audit.runner import run_audit
-    from audit.views import limitations
+    from reports.views import limitations
 
     def audit(name: str, params: str) -> Any:
         cfg = load_config(

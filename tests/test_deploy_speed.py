@@ -191,16 +191,16 @@ def test_the_format_choice_times_in_interleaved_rounds(monkeypatch: pytest.Monke
 
 
 def test_report_counts_layers_per_format_and_why_dense() -> None:
-    from audit.views import _ran_text
+    from reports.views.variants import ran_text
 
     rec = DeploymentRecord(formats={"dense": 8, "kernel": 30}, kept_dense={"above_max_density": 6, "no_zeros": 2})
-    assert _ran_text(rec) == "sparse 30 of 38 · dense 8 (above max_density 6, no zeros 2)"
+    assert ran_text(rec) == "sparse 30 of 38 · dense 8 (above max_density 6, no zeros 2)"
     identical = SpeedRecord(seq_len=8, threads=1, identical=True, speedup_b1=1.0)
     all_dense = DeploymentRecord(
         formats={"dense": 14}, kept_dense={"above_max_density": 12, "no_zeros": 2}, speed=identical
     )
-    assert _ran_text(all_dense) == (
+    assert ran_text(all_dense) == (
         "sparse 0 of 14 (the dense model's computation) · dense 14 (above max_density 12, no zeros 2)"
     )
     structured = DeploymentRecord(formats={"dense": 14}, kept_dense={"no_zeros": 14})  # smaller, timed
-    assert _ran_text(structured) == "sparse 0 of 14 · dense 14 (no zeros 14)"
+    assert ran_text(structured) == "sparse 0 of 14 · dense 14 (no zeros 14)"

@@ -9,11 +9,11 @@ import pytest
 from helpers import write_config
 from results_factory import m, run, variant
 
-from audit import views
 from audit.config import load_config
 from audit.policy import builtin_policies, evaluate_policy, load_policy, policy_from_text
 from audit.results import load_results
 from audit.runner import run_audit
+from reports import views
 
 NA_RULES = """\
 name: t

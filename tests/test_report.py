@@ -17,9 +17,9 @@ from results_factory import HOSTILE, judged_rich_run, m, run, variant
 
 from audit.errors import UsageError
 from audit.results import load_results, results_schema
-from audit.views import build_card, build_view
 from reports import github
 from reports.markdown import md_code, md_escape
+from reports.views import build_card, build_view
 from reports.writer import render_reports, write_reports
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

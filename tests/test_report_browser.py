@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from results_factory import judged_rich_run
 
-from audit.views import build_view
+from reports.views import build_view
 from reports.writer import write_reports
 
 CHROMIUM = os.environ.get("PRUNE_AUDIT_CHROMIUM", "/usr/bin/chromium")

@@ -20,6 +20,14 @@ from audit.registry import MetricSpec
 from audit.results import DeploymentRecord, Measurement
 
 SUITE = "deployment"
+TITLE = "Deployment: speed, size and kernel equivalence"
+"""Heading of the deployment's report sections (a suite's spec carries its own ``title``)."""
+NOT_RUN = (
+    "No deployment record: the kernel format, equivalence with the masked model, speed and size were not measured."
+)
+"""The report's limitation when no variant carries a deployment record (a suite's ``not_run``)."""
+REPORT_ORDER = 50
+"""Its sections come after the built-in suites' (a suite's ``report_order``)."""
 DEFAULT_BATCH = 32
 """``deploy.speed_batch_size``'s default: the throughput metrics are named ``*_b<batch size>``."""
 

@@ -179,5 +179,9 @@ SPEC = SUITES.register(
         params=AdversarialParams,
         metrics=METRICS,
         tags=("robustness", "textattack"),
+        title="Adversarial robustness",
+        not_run="No adversarial suite ran: robustness to word-level attacks was not measured.",
+        report_order=40,
+        always_reported=True,
     )
 )

@@ -286,5 +286,9 @@ SPEC = SUITES.register(
         params=BiasParams,
         metrics=METRICS,
         tags=("fairness",),
+        title="Bias and fairness",
+        not_run="No bias suite ran: error-rate parity, counterfactual swaps and subgroup AUCs were not measured.",
+        report_order=30,
+        always_reported=True,
     )
 )

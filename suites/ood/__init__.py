@@ -142,5 +142,9 @@ SPEC = SUITES.register(
         params=OodParams,
         metrics=METRICS,
         tags=("robustness",),
+        title="Out-of-distribution robustness",
+        not_run="No out-of-distribution suite ran: behaviour under domain shift was not measured.",
+        report_order=20,
+        always_reported=True,
     )
 )

@@ -45,5 +45,8 @@ SPEC = SUITES.register(
         params=PerformanceParams,
         metrics=METRICS,
         tags=("core",),
+        title="In-distribution performance",
+        report_order=10,
+        always_reported=True,
     )
 )

@@ -1,0 +1,136 @@
+"""The groups section: per-group tables per metric and feature, and disparate-impact findings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from audit.results import MetricInfo, RunResult
+from reports.views.common import by_id, direction_text, fmt_value, metric_info, ordered_ids, worse
+
+DISPARATE_TOLERANCE = 0.02
+"""A group whose loss exceeds the overall loss by more than this is flagged (Tran et al. 2022)."""
+DISPARATE_MIN_N = 30
+MAX_GROUP_ROWS = 30
+MAX_FINDINGS = 25
+
+
+def _excess_loss(info: MetricInfo | None, base_g: float, var_g: float, base: float, var: float) -> float | None:
+    """How much more a group lost than the whole set (positive: the group lost more)."""
+    if info is None or info.higher_is_better is None:
+        return None
+    if info.higher_is_better:
+        return (base_g - var_g) - (base - var)
+    return (var_g - base_g) - (var - base)
+
+
+def group_views(result: RunResult, cat: dict[str, MetricInfo]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per-group tables per metric and feature, and the disparate-impact findings."""
+    variants = result.all_variants()
+    maps = [by_id(v) for v in variants]
+    tables = []
+    findings = []
+    for mid in ordered_ids(result):
+        ms = [mm.get(mid) for mm in maps]
+        if not any(m is not None and m.groups for m in ms):
+            continue
+        info = metric_info(cat, mid)
+        base = ms[0]
+        features: dict[str, None] = {}
+        for m in ms:
+            if m is not None:
+                for f in m.groups:
+                    features.setdefault(f, None)
+        feature_views = []
+        for feat in features:
+            groups: dict[str, None] = {}
+            for m in ms:
+                if m is not None:
+                    for g in m.groups.get(feat, {}):
+                        groups.setdefault(g, None)
+            rows = []
+            for g in groups:
+                bg = base.groups.get(feat, {}).get(g) if base is not None else None
+                cells = []
+                worst_excess = None
+                n = bg.n if bg is not None else 0
+                for v, m in zip(variants[1:], ms[1:], strict=True):
+                    gv = m.groups.get(feat, {}).get(g) if m is not None else None
+                    if gv is None or gv.value is None:
+                        cells.append({"value": "—", "delta": "", "worse": False, "flag": False, "excess": ""})
+                        continue
+                    n = n or gv.n
+                    delta = gv.value - bg.value if bg is not None and bg.value is not None else None
+                    excess = None
+                    if (
+                        bg is not None
+                        and bg.value is not None
+                        and base is not None
+                        and base.value is not None
+                        and m is not None
+                        and m.value is not None
+                    ):
+                        excess = _excess_loss(info, bg.value, gv.value, base.value, m.value)
+                    flag = excess is not None and excess > DISPARATE_TOLERANCE and gv.n >= DISPARATE_MIN_N
+                    if excess is not None and (worst_excess is None or excess > worst_excess):
+                        worst_excess = excess
+                    if flag:
+                        findings.append(
+                            {
+                                "variant": v.id,
+                                "metric": mid,
+                                "feature": feat,
+                                "group": g,
+                                "n": gv.n,
+                                "dense": fmt_value(bg.value, info),  # type: ignore[union-attr]
+                                "pruned": fmt_value(gv.value, info),
+                                "group_change": fmt_value(delta, info, signed=True),
+                                "overall_change": fmt_value(m.value - base.value, info, signed=True),  # type: ignore[union-attr,operator]
+                                "excess": fmt_value(excess, info, signed=True),
+                                "_sort": -(excess or 0.0),
+                            }
+                        )
+                    cells.append(
+                        {
+                            "value": fmt_value(gv.value, info),
+                            "delta": fmt_value(delta, info, signed=True) if delta is not None else "",
+                            "worse": worse(delta, info),
+                            "flag": flag,
+                            "excess": fmt_value(excess, info, signed=True) if excess is not None else "",
+                        }
+                    )
+                rows.append(
+                    {
+                        "group": g,
+                        "n": n,
+                        "small": bool(bg.small_n) if bg is not None else n < DISPARATE_MIN_N,
+                        "dense": fmt_value(bg.value, info) if bg is not None else "—",
+                        "dense_ci": (
+                            f"[{fmt_value(bg.ci_low, info)}, {fmt_value(bg.ci_high, info)}]"
+                            if bg is not None and bg.ci_low is not None and bg.ci_high is not None
+                            else ""
+                        ),
+                        "cells": cells,
+                        "_sort": -(worst_excess if worst_excess is not None else -1e9),
+                    }
+                )
+            truncated = 0
+            if len(rows) > MAX_GROUP_ROWS:
+                rows.sort(key=lambda r: r["_sort"])
+                truncated = len(rows) - MAX_GROUP_ROWS
+                rows = rows[:MAX_GROUP_ROWS]
+            for r in rows:
+                r.pop("_sort")
+            feature_views.append({"feature": feat, "intersection": "&" in feat, "rows": rows, "truncated": truncated})
+        tables.append(
+            {
+                "id": mid,
+                "meaning": info.meaning if info else "",
+                "direction": direction_text(info),
+                "variants": [v.id for v in variants[1:]],
+                "features": feature_views,
+            }
+        )
+    findings.sort(key=lambda f: (f["_sort"], f["variant"], f["metric"], f["feature"], f["group"]))
+    for f in findings:
+        f.pop("_sort")
+    return tables, findings

@@ -1,0 +1,61 @@
+"""The identity sections: the model, the datasets and the run's provenance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from audit.results import DatasetIdentity, RunResult
+from reports.views.common import clip
+
+
+def truncation_cell(d: DatasetIdentity) -> str:
+    """``12 (5.0%) at 64 tokens``; empty when the run did not record truncation."""
+    if d.truncated is None:
+        return ""
+    share = d.truncated / d.n if d.n else 0.0
+    return f"{d.truncated} ({share:.1%}) at {d.max_length} tokens"
+
+
+def model_view(result: RunResult) -> dict[str, Any]:
+    return {
+        "source": result.model.source,
+        "architecture": result.model.architecture,
+        "fingerprint": result.model.fingerprint[:16],
+        "labels": ", ".join(f"{k}={v}" for k, v in result.model.labels.items()),
+        "num_labels": result.model.num_labels,
+        "params": f"{result.model.params_total:,}",
+        "revision": result.model.revision or "",
+    }
+
+
+def dataset_rows(result: RunResult) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": d.id,
+            "source": d.source,
+            "split": d.split or "",
+            "n": d.n,
+            "fingerprint": d.fingerprint[:16],
+            "columns": ", ".join(f"{k}: {clip(v, 60)}" for k, v in d.columns.items()),
+            "truncated": truncation_cell(d),
+            "truncated_any": bool(d.truncated),
+        }
+        for d in result.datasets
+    ]
+
+
+def provenance_view(result: RunResult) -> dict[str, Any]:
+    prov = result.provenance
+    return {
+        "tool_version": prov.tool_version,
+        "git_sha": prov.git_sha or "unknown",
+        "python": prov.python,
+        "platform": prov.platform,
+        "seed": prov.seed,
+        "threads": prov.threads if prov.threads is not None else "",
+        "started_at": prov.started_at,
+        "finished_at": prov.finished_at or "",
+        "command": prov.command or "",
+        "packages": sorted(prov.packages.items()),
+        "config_fingerprint": prov.config_fingerprint[:16],
+    }

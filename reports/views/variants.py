@@ -1,0 +1,208 @@
+"""The pruning and deployment sections: one row per variant, per-layer sparsity, removals and formats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from audit.results import RunResult, VariantResult
+from reports.views.charts import heatmap
+from reports.views.common import clip, fmt, fmt_bytes, method_label
+
+
+def variant_row(v: VariantResult) -> dict[str, Any]:
+    p = v.pruning
+    d = v.deployment
+    heads = sum(len(h) for h in p.heads_removed.values()) if p else 0
+    heads += sum(len(layer.heads_removed) for layer in p.layers) if p and not p.heads_removed else 0
+    neurons = sum(p.neurons_removed.values()) if p else 0
+    neurons += sum(layer.neurons_removed for layer in p.layers) if p and not p.neurons_removed else 0
+    eq = d.equivalence if d else None
+    speed = d.speed if d else None
+    size_ratio = (
+        d.weight_bytes_deployed / d.weight_bytes_dense
+        if d and d.weight_bytes_dense and d.weight_bytes_deployed
+        else None
+    )
+    return {
+        "id": v.id,
+        "baseline": v.is_baseline,
+        "method": method_label(v),
+        "params": ", ".join(f"{k}={clip(val, 40)}" for k, val in sorted(v.point.params.items())),
+        "sparsity": fmt(v.point.sparsity, 2),
+        "seed": v.point.seed,
+        "achieved": fmt(p.achieved_sparsity, 3) if p else "—",
+        "model_sparsity": fmt(p.model_sparsity, 3) if p else "—",
+        "nonzero": f"{p.params_nonzero:,} / {p.params_total:,}" if p else "—",
+        "criterion": p.criterion if p else "",
+        "structured": ("structured" if p.structured else "unstructured") if p else "",
+        "heads_removed": heads,
+        "neurons_removed": neurons,
+        "calibration": (
+            f"{p.calibration.dataset} [{p.calibration.split}] n={p.calibration.n} seed={p.calibration.seed}"
+            if p and p.calibration
+            else ("none" if p else "")
+        ),
+        "calibration_fp": p.calibration.fingerprint[:12] if p and p.calibration else "",
+        "mask_fp": (p.mask_fingerprint or "")[:12] if p else "",
+        "prune_time": fmt(p.wall_time_s, 2) if p else "—",
+        "formats": ", ".join(f"{k} × {n}" for k, n in sorted(d.formats.items()) if n) if d else "",
+        "ran": ran_text(d) if d else "",
+        "equivalence": (
+            f"max |Δlogit| {eq.max_abs_logit_diff:.2e} (tolerance {eq.tolerance:.1e}), agreement {eq.agreement:.3f}, "
+            f"n={eq.n}"
+            if eq
+            else ""
+        ),
+        "tolerance_basis": (eq.tolerance_basis or "") if eq else "",
+        "equivalence_ok": None if eq is None else eq.passed,
+        "speedup": (
+            "1.00× by construction (no sparse layer; not timed)"
+            if speed and speed.identical
+            else " · ".join(
+                x
+                for x in (
+                    f"b1 {_speed_text(speed.speedup_b1, speed.speedup_b1_ci)}" if speed.speedup_b1 is not None else "",
+                    f"b{speed.batch_size} {_speed_text(speed.speedup_batch, speed.speedup_batch_ci)}"
+                    if speed.speedup_batch is not None and speed.batch_size != 1
+                    else "",
+                    f"{speed.rounds} round{'s' if speed.rounds != 1 else ''}" if speed.rounds else "",
+                )
+                if x
+            )
+            if speed
+            else ""
+        ),
+        "latency": (
+            f"{fmt(speed.latency_b1_ms_dense, 2)} → {fmt(speed.latency_b1_ms_deployed, 2)} ms "
+            f"(seq {speed.seq_len}, {speed.threads} threads)"
+            if speed and speed.latency_b1_ms_dense is not None
+            else ""
+        ),
+        "size": (
+            f"{fmt_bytes(d.weight_bytes_dense)} → {fmt_bytes(d.weight_bytes_deployed)}"
+            + (f" ({size_ratio:.2f}×)" if size_ratio is not None else "")
+            if d and (d.weight_bytes_dense or d.weight_bytes_deployed)
+            else ""
+        ),
+        "saved_to": (d.saved_to or "") if d else "",
+        "errors": [f"{e.suite}: {e.error_type}: {e.message}" for e in v.errors],
+        "warnings": list(v.warnings),
+        "notes": [*(p.notes if p else []), *(d.notes if d else [])],
+        "wall_time": fmt(v.wall_time_s, 1),
+    }
+
+
+def _speed_text(value: float, ci: list[float] | None) -> str:
+    return f"{value:.2f}× [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{value:.2f}× (no CI)"
+
+
+_KEPT_DENSE_TEXT = {
+    "no_zeros": "no zeros",
+    "above_max_density": "above max_density",
+    "no_speedup": "no min_speedup win",
+    "not_applicable": "no format applies",
+    "forced": "forced",
+}
+
+
+def ran_text(d: Any) -> str:
+    """What ran, in layers: ``sparse 30 of 38 · dense 8 (no zeros 2, above max_density 6)``."""
+    total = sum(d.formats.values())
+    if not total:
+        return ""
+    sparse = sum(n for f, n in d.formats.items() if f != "dense")
+    identical = d.speed is not None and d.speed.identical
+    text = f"sparse {sparse} of {total}" + (" (the dense model's computation)" if identical else "")
+    dense = d.formats.get("dense", 0)
+    if dense:
+        why = ", ".join(f"{_KEPT_DENSE_TEXT.get(k, k)} {n}" for k, n in sorted(d.kept_dense.items()))
+        text += f" · dense {dense}" + (f" ({why})" if why else "")
+    return text
+
+
+def layer_views(result: RunResult) -> dict[str, Any]:
+    """Per-layer sparsity heatmap (layers × variants), structured removals and kernel formats."""
+    pruned = [v for v in result.variants if v.pruning is not None and v.pruning.layers]
+    if not pruned:
+        return {"heatmap": None, "structured": None, "formats": None}
+    layer_names: dict[str, None] = {}
+    for v in pruned:
+        for layer in v.pruning.layers:  # type: ignore[union-attr]
+            layer_names.setdefault(layer.name, None)
+    rows = list(layer_names)
+    lookup = {(v.id, layer.name): layer for v in pruned for layer in v.pruning.layers}  # type: ignore[union-attr]
+    values: list[list[float | None]] = []
+    notes: list[list[str]] = []
+    for name in rows:
+        vrow: list[float | None] = []
+        nrow: list[str] = []
+        for v in pruned:
+            layer = lookup.get((v.id, name))
+            vrow.append(layer.achieved_sparsity if layer else None)
+            extra = ""
+            if layer is not None:
+                extra = f" (target {layer.target_sparsity:.2f})"
+                if layer.shape_after and layer.shape_after != layer.shape:
+                    extra += f", shape {layer.shape} → {layer.shape_after}"
+                if layer.format:
+                    extra += f", {layer.format}"
+            nrow.append(extra)
+        values.append(vrow)
+        notes.append(nrow)
+
+    def removal(layer: Any) -> str:
+        parts = []
+        if layer.heads_removed:
+            parts.append(f"heads {', '.join(str(h) for h in layer.heads_removed)}")
+        if layer.neurons_removed:
+            parts.append(f"{layer.neurons_removed} neurons")
+        if layer.shape_after and layer.shape_after != layer.shape:
+            parts.append(f"{'×'.join(map(str, layer.shape))} → {'×'.join(map(str, layer.shape_after))}")
+        return " · ".join(parts)
+
+    struct_vs = [v for v in pruned if any(removal(x) for x in v.pruning.layers)]  # type: ignore[union-attr]
+    structured_rows = []
+    for name in rows:
+        cells = [removal(lookup[(v.id, name)]) if (v.id, name) in lookup else "" for v in struct_vs]
+        if any(cells):
+            structured_rows.append({"layer": name, "cells": cells})
+    # heads removed recorded per model without per-layer detail
+    for v in pruned:
+        for layer, heads in v.pruning.heads_removed.items():  # type: ignore[union-attr]
+            if layer not in layer_names and heads:
+                if v not in struct_vs:
+                    struct_vs.append(v)
+                structured_rows.append(
+                    {
+                        "layer": layer,
+                        "cells": [f"heads {', '.join(map(str, heads))}" if x is v else "" for x in struct_vs],
+                    }
+                )
+    width = len(struct_vs)
+    for r in structured_rows:
+        r["cells"] += [""] * (width - len(r["cells"]))
+    format_vs = [v for v in pruned if any(x.format for x in v.pruning.layers)]  # type: ignore[union-attr]
+    format_rows = []
+    reasons: dict[str, None] = {}
+    for name in rows:
+        cells = []
+        for v in format_vs:
+            layer = lookup.get((v.id, name))
+            fmt_name = layer.format if layer is not None and layer.format else ""
+            reason = layer.format_reason if layer is not None and layer.format_reason else ""
+            if fmt_name and reason:
+                reasons.setdefault(f"{fmt_name}: {reason}", None)
+            cells.append({"format": fmt_name, "reason": reason})
+        if any(c["format"] for c in cells):
+            format_rows.append({"layer": name, "cells": cells})
+    return {
+        "heatmap": heatmap(
+            title="Achieved sparsity per layer (%)", rows=rows, cols=[v.id for v in pruned], values=values, notes=notes
+        ),
+        "structured": ({"variants": [v.id for v in struct_vs], "rows": structured_rows} if structured_rows else None),
+        "formats": (
+            {"variants": [v.id for v in format_vs], "rows": format_rows, "reasons": list(reasons)}
+            if format_rows
+            else None
+        ),
+    }
