@@ -110,10 +110,6 @@ class PrunerSpec(PluginSpec):
     nm: bool = False
     criterion: str = ""
 
-    @property
-    def changes_shapes(self) -> bool:
-        return self.structured
-
     def uses_calibration(self, params: PluginParams) -> bool:
         """Whether the method with these (validated) params needs calibration data."""
         return self.needs_calibration or (self.calibration_when is not None and bool(self.calibration_when(params)))
