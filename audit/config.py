@@ -523,11 +523,6 @@ class AuditConfig(StrictModel):
         """Directory that relative paths are resolved against (the config file's)."""
         return self._base_dir
 
-    def with_base_dir(self, base_dir: str | None) -> AuditConfig:
-        cfg = self.model_copy()
-        cfg._base_dir = base_dir
-        return cfg
-
     def resolve(self, path: str | None) -> Path | None:
         """Resolve a config-relative path."""
         if path is None:

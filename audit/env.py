@@ -20,7 +20,3 @@ def configure_offline(offline: bool) -> None:
         os.environ.setdefault("DO_NOT_TRACK", "1")
     # tokenizers' fork warning is noise for our batch inference
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "") in {"1", "true", "TRUE", "yes"}

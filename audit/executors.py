@@ -89,7 +89,7 @@ _WORKER_SESSIONS: dict[str, Any] = {}
 
 
 def _worker_session(config: AuditConfig, threads: int) -> Session:
-    from audit.plan import canonical_json, sha256_text
+    from audit.fingerprint import canonical_json, sha256_text
     from audit.runner import prepare
 
     key = sha256_text(canonical_json(config.model_dump(mode="json")))

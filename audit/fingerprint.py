@@ -1,14 +1,30 @@
-"""Content fingerprints for models, data files and configs (sha256, hex)."""
+"""Content fingerprints for models, data files and configs (sha256, hex): every hash of the project.
+
+``canonical_json`` is the input of every hash of a value (config, params, keys);
+``file_sha256`` of every hash of a file.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
 _cache: dict[tuple[str, int, int], str] = {}
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: the input of every content hash."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def sha256_text(text: str) -> str:
+    """sha256 (hex) of a text's UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def file_sha256(path: str | Path) -> str:

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from audit.config import AuditConfig
+from audit.fingerprint import canonical_json, sha256_text
 from audit.paths import check_name
 from audit.registry import PRUNERS
 from audit.results import BASELINE_ID, PointRecord
-
-
-def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and no whitespace: the input of every content hash."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from audit.atomic import atomic_write_text
 from audit.errors import ConfigError, ExitCode
 from audit.results import (
     GroupValue,
@@ -394,11 +393,6 @@ def policy_schema() -> dict[str, Any]:
 def policy_schema_text() -> str:
     """The published ``policies/policy.schema.json``, byte for byte."""
     return json.dumps(policy_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def write_policy_schema(path: str | Path | None = None) -> Path:
-    """(Re)write the published policy schema (default: ``policies/policy.schema.json``)."""
-    return atomic_write_text(Path(path) if path is not None else schema_path(), policy_schema_text())
 
 
 # -- evaluation ----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Generic, TypeVar
@@ -92,20 +92,43 @@ class PluginSpec:
 
 @dataclass(frozen=True)
 class PrunerSpec(PluginSpec):
-    """A pruning method. ``structured`` pruners change shapes; the others only mask."""
+    """A pruning method and what it needs and does, declared (read by the runner and the base pruner).
+
+    ``structured``: the method changes shapes (removes units); the others only mask.
+    ``needs_calibration`` / ``needs_labels``: it always needs (labelled) calibration data;
+    ``calibration_when`` / ``labels_when``: it needs them only for some params (a
+    predicate on the validated params, e.g. a criterion that ranks by gradients).
+    ``nm``: the params may set an N:M pattern through fields ``n`` and ``m`` (which then
+    fixes the sparsity at ``1 - n/m``).
+    """
 
     structured: bool = False
     needs_calibration: bool = False
     needs_labels: bool = False
+    calibration_when: Callable[[Any], bool] | None = None
+    labels_when: Callable[[Any], bool] | None = None
+    nm: bool = False
     criterion: str = ""
 
-    def implied_sparsity(self, params: dict[str, Any]) -> float | None:
-        """The sparsity fixed by ``params`` (e.g. an N:M pattern), or None when the sweep level applies.
+    def uses_calibration(self, params: PluginParams) -> bool:
+        """Whether the method with these (validated) params needs calibration data."""
+        return self.needs_calibration or (self.calibration_when is not None and bool(self.calibration_when(params)))
 
-        A params model opts in by defining ``implied_sparsity() -> float | None``.
-        """
-        fn = getattr(self.params.model_validate(params), "implied_sparsity", None)
-        return fn() if callable(fn) else None
+    def uses_labels(self, params: PluginParams) -> bool:
+        """Whether the method with these (validated) params needs labelled calibration data."""
+        return self.needs_labels or (self.labels_when is not None and bool(self.labels_when(params)))
+
+    def nm_pattern(self, params: PluginParams) -> tuple[int, int] | None:
+        """The (n, m) pattern set by these (validated) params, or None."""
+        if not self.nm:
+            return None
+        n, m = params.n, params.m  # type: ignore[attr-defined]  # a method declared nm has both fields
+        return None if n is None or m is None else (int(n), int(m))
+
+    def implied_sparsity(self, params: dict[str, Any]) -> float | None:
+        """The sparsity fixed by ``params`` (an N:M pattern: ``1 - n/m``), or None when the sweep level applies."""
+        pattern = self.nm_pattern(self.params.model_validate(params))
+        return None if pattern is None else 1.0 - pattern[0] / pattern[1]
 
 
 @dataclass(frozen=True)

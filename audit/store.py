@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from audit.atomic import atomic_write_bytes
-from audit.plan import canonical_json
+from audit.fingerprint import canonical_json, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +113,8 @@ def code_fingerprint() -> str:
     return fingerprint_of(tool_version(), code_sources(), package_versions())
 
 
-def file_fingerprint(path: Path) -> str:
-    """sha256 of a file's bytes (read in blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+file_fingerprint = file_sha256
+"""sha256 of a file's bytes: :func:`audit.fingerprint.file_sha256` (kept under this name for its callers)."""
 
 
 _ND = "__ndarray__"

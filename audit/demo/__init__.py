@@ -26,8 +26,7 @@ from typing import Any
 from audit.atomic import atomic_write_text
 from audit.cache import cache_root  # also re-exported for existing callers
 from audit.cache import file_lock as _lock  # re-exported for existing callers
-from audit.fingerprint import dir_sha256, file_sha256
-from audit.plan import canonical_json, sha256_text
+from audit.fingerprint import canonical_json, dir_sha256, file_sha256, sha256_text
 
 log = logging.getLogger(__name__)
 

@@ -95,11 +95,6 @@ class Conversion:
         return dict(sorted(out.items()))
 
 
-def _device_of(module: nn.Module) -> str:
-    p = next(module.parameters(), None)
-    return p.device.type if p is not None else "cpu"
-
-
 class Converter:
     """Chooses formats and swaps modules; one instance can serve every variant of a run."""
 

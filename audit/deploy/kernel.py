@@ -29,7 +29,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -309,15 +308,3 @@ def _reset_for_tests() -> None:
     global _loaded, _status
     with _lock:
         _loaded, _status = None, None
-
-
-def status_dict() -> dict[str, Any]:
-    s = kernel_status()
-    return {
-        "available": s.available,
-        "reason": s.reason,
-        "simd_width": s.simd_width,
-        "openmp": s.openmp,
-        "compiler": s.compiler,
-        "flags": s.flags,
-    }

@@ -37,6 +37,10 @@ class CalibrationData:
     batch_labels: list[torch.Tensor]
     record: CalibrationRecord
 
+    def labelled_batches(self) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """(batch, labels) pairs, in order."""
+        return list(zip(self.batches, self.batch_labels, strict=True))
+
 
 @dataclass
 class PruneContext:
@@ -49,8 +53,70 @@ class PruneContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Selection:
+    """The Linear layers one point prunes (model order) and each one's target sparsity."""
+
+    layers: list[tuple[str, nn.Module]]
+    targets: dict[str, float]
+    sparsity: float
+
+    def active(self) -> list[tuple[str, nn.Module]]:
+        """The layers with a target above zero (an override of 0 keeps a layer dense)."""
+        return [(n, m) for n, m in self.layers if self.targets[n] > 0.0]
+
+    def split(self, scope: str) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
+        """(layers sharing one model-wide threshold, layers pruned each to its own target).
+
+        With ``scope: global`` the layers without an override share the threshold; with
+        ``scope: layer`` none does.
+        """
+        if scope != "global":
+            return [], list(self.layers)
+        overridden = {n for n, t in self.targets.items() if t != self.sparsity}
+        shared = [(n, m) for n, m in self.layers if n not in overridden]
+        own = [(n, m) for n, m in self.layers if n in overridden]
+        return shared, own
+
+
+@dataclass
+class ShapeChange:
+    """What a structured method removed: sizes before removal and the units gone.
+
+    ``original_shapes``/``original_totals`` are keyed by Linear layer (achieved sparsity
+    counts removed weights as zeros), ``original_params_total`` is the model's parameter
+    count before removal (biases included), ``heads_removed``/``neurons_removed`` are
+    keyed by transformer block and ``layer_extra`` adds per-Linear details.
+    """
+
+    original_shapes: dict[str, list[int]]
+    original_totals: dict[str, int]
+    original_params_total: int
+    heads_removed: dict[str, list[int]] = field(default_factory=dict)
+    neurons_removed: dict[str, int] = field(default_factory=dict)
+    layer_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Applied:
+    """What a method's :meth:`Pruner.apply` reports back to the template :meth:`Pruner.prune`."""
+
+    notes: list[str] = field(default_factory=list)
+    recorded: Selection | None = None
+    """The layers to record when they are not the selected ones (structured: the layers that shrank)."""
+    shapes: ShapeChange | None = None
+
+
 class Pruner:
-    """Base class of pruning methods."""
+    """Base class of pruning methods.
+
+    :meth:`prune` is the template every method shares: select the layers and their
+    targets, check the calibration data the spec declares, :meth:`apply` the method,
+    and record what happened on the real tensors. A method writes only :meth:`apply`
+    (and, for checks that need the model's shapes, :meth:`validate`). What a method
+    needs and does (calibration, labels, changed shapes, an N:M pattern) is declared on
+    its :class:`~audit.registry.PrunerSpec`.
+    """
 
     def __init__(self, spec: PrunerSpec, params: PluginParams) -> None:
         self.spec = spec
@@ -63,16 +129,17 @@ class Pruner:
     @property
     def needs_calibration(self) -> bool:
         """Whether this method, with these params, needs calibration data."""
-        from audit.pruning.specs import uses_calibration
-
-        return uses_calibration(self.spec, self.params)
+        return self.spec.uses_calibration(self.params)
 
     @property
     def needs_labels(self) -> bool:
         """Whether this method, with these params, needs labelled calibration data."""
-        from audit.pruning.specs import uses_labels
+        return self.spec.uses_labels(self.params)
 
-        return uses_labels(self.spec, self.params)
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """The (n, m) pattern these params set, or None."""
+        return self.spec.nm_pattern(self.params)
 
     def validate(self, model: nn.Module, ctx: PruneContext) -> None:
         """Raise :class:`UsageError` if this point cannot run (called before any pruning).
@@ -88,11 +155,7 @@ class Pruner:
             )
         check_overrides(ctx.layers)
         if self.needs_calibration and ctx.calibration is None:
-            raise UsageError(
-                f"method {self.name!r} needs calibration data but none is configured",
-                where="sweep.calibration",
-                hint="set data.splits.calibration (or sweep.calibration.split) to a split with examples",
-            )
+            raise self._no_calibration()
         if self.needs_labels and ctx.calibration is not None and ctx.calibration.labels is None:
             raise UsageError(
                 f"method {self.name!r} needs labelled calibration data but the calibration set has no labels",
@@ -108,9 +171,46 @@ class Pruner:
                 where="sweep.layers",
                 hint=f"the model's Linear layers look like {_example_names(model)}",
             )
+        if self.nm is not None:
+            check_nm(layers, ctx, self.name, *self.nm)
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruningRecord:
+        """Prune ``model`` in place for one point and return its record (the template)."""
+        started = time.perf_counter()
+        layers = select_layers(model, ctx.layers)
+        selection = Selection(layers, layer_targets(layers, ctx.sparsity, ctx.layers), ctx.sparsity)
+        if self.needs_calibration and ctx.calibration is None:
+            raise self._no_calibration()
+        applied = self.apply(model, selection, ctx)
+        recorded = applied.recorded or selection
+        return build_record(
+            model=model,
+            spec=self.spec,
+            params=self.params,
+            ctx=ctx,
+            layers=recorded.layers,
+            targets=recorded.targets,
+            started=started,
+            shapes=applied.shapes,
+            notes=applied.notes,
+        )
+
+    def apply(self, model: nn.Module, selection: Selection, ctx: PruneContext) -> Applied:
+        """The method itself: prune ``selection`` (in place) and say what it did."""
         raise NotImplementedError
+
+    def calibration(self, ctx: PruneContext) -> CalibrationData:
+        """The point's calibration data (for methods whose spec declares they need it)."""
+        if ctx.calibration is None:
+            raise self._no_calibration()
+        return ctx.calibration
+
+    def _no_calibration(self) -> UsageError:
+        return UsageError(
+            f"method {self.name!r} needs calibration data but none is configured",
+            where="sweep.calibration",
+            hint="set data.splits.calibration (or sweep.calibration.split) to a split with examples",
+        )
 
 
 def _example_names(model: nn.Module, k: int = 3) -> list[str]:
@@ -239,10 +339,31 @@ def mask_fingerprint(layers: list[tuple[str, nn.Module]]) -> str:
     return h.hexdigest()
 
 
-def _used_calibration(spec: PrunerSpec, params: PluginParams) -> bool:
-    from audit.pruning.specs import uses_calibration
+def prune_lowest(selection: Selection, scope: str, scores: dict[str, torch.Tensor] | None = None) -> None:
+    """Zero the lowest-scoring weights (``|w|`` without ``scores``) with ``torch.nn.utils.prune``.
 
-    return uses_calibration(spec, params)
+    Under ``scope: global`` the layers without an override share one threshold
+    (``round(sparsity · their weights)`` pruned); every other layer is pruned to its own
+    target. The masks are made permanent (plain dense parameters with zeros).
+    """
+    shared, own = selection.split(scope)
+    if shared and selection.sparsity > 0:
+        total = sum(m.weight.numel() for _, m in shared)
+        torch_prune.global_unstructured(
+            [(m, "weight") for _, m in shared],
+            pruning_method=torch_prune.L1Unstructured,
+            importance_scores=None if scores is None else {(m, "weight"): scores[n] for n, m in shared},
+            amount=int(round(selection.sparsity * total)),
+        )
+        for _, m in shared:
+            torch_prune.remove(m, "weight")
+    for name, module in own:
+        amount = int(round(selection.targets[name] * module.weight.numel()))
+        if amount > 0:
+            torch_prune.l1_unstructured(
+                module, "weight", amount=amount, importance_scores=None if scores is None else scores[name]
+            )
+            torch_prune.remove(module, "weight")
 
 
 def build_record(
@@ -254,36 +375,25 @@ def build_record(
     layers: list[tuple[str, nn.Module]],
     targets: dict[str, float],
     started: float,
-    original_shapes: dict[str, list[int]] | None = None,
-    original_totals: dict[str, int] | None = None,
-    original_params_total: int | None = None,
-    heads_removed: dict[str, list[int]] | None = None,
-    neurons_removed: dict[str, int] | None = None,
-    layer_extra: dict[str, dict[str, Any]] | None = None,
+    shapes: ShapeChange | None = None,
     notes: list[str] | None = None,
 ) -> PruningRecord:
-    """Count what pruning did, on the real tensors.
-
-    For structured pruning, ``original_shapes``/``original_totals`` give the layer
-    sizes before removal, so achieved sparsity counts removed weights as zeros;
-    ``original_params_total`` is the model's parameter count before removal (biases
-    included); ``heads_removed``/``neurons_removed`` are keyed by transformer block and
-    ``layer_extra`` adds per-Linear details.
-    """
+    """Count what pruning did, on the real tensors (``shapes``: what a structured method removed)."""
+    original_shapes = shapes.original_shapes if shapes else {}
+    original_totals = shapes.original_totals if shapes else {}
+    layer_extra = shapes.layer_extra if shapes else {}
     layer_records = []
     prunable_total = 0
     prunable_nonzero = 0
-    heads_removed = heads_removed or {}
-    neurons_removed = neurons_removed or {}
     for name, module in layers:
         w = module.weight.detach()
         shape_now = list(w.shape)
-        total = (original_totals or {}).get(name, w.numel())
+        total = original_totals.get(name, w.numel())
         nonzero = int(torch.count_nonzero(w))
         achieved = 1.0 - nonzero / total if total else 0.0
         prunable_total += total
         prunable_nonzero += nonzero
-        before = (original_shapes or {}).get(name, shape_now)
+        before = original_shapes.get(name, shape_now)
         layer_records.append(
             LayerRecord(
                 name=name,
@@ -293,17 +403,13 @@ def build_record(
                 nonzero=nonzero,
                 target_sparsity=float(targets.get(name, ctx.sparsity)),
                 achieved_sparsity=float(achieved),
-                heads_removed=list((layer_extra or {}).get(name, {}).get("heads_removed", [])),
-                neurons_removed=int((layer_extra or {}).get(name, {}).get("neurons_removed", 0)),
+                heads_removed=list(layer_extra.get(name, {}).get("heads_removed", [])),
+                neurons_removed=int(layer_extra.get(name, {}).get("neurons_removed", 0)),
             )
         )
     params_total, params_nonzero = count_params(model)
-    removed_total = 0
-    if original_totals:
-        removed_total = sum(original_totals.values()) - sum(m.weight.numel() for _, m in layers)
-    params_total += removed_total
-    if original_params_total is not None:
-        params_total = int(original_params_total)
+    if shapes is not None:
+        params_total = int(shapes.original_params_total)
     return PruningRecord(
         method=spec.name,
         params=params.model_dump(mode="json"),
@@ -318,9 +424,9 @@ def build_record(
         prunable_total=int(prunable_total),
         prunable_nonzero=int(prunable_nonzero),
         layers=layer_records,
-        heads_removed={k: list(v) for k, v in heads_removed.items()},
-        neurons_removed=dict(neurons_removed),
-        calibration=ctx.calibration.record if ctx.calibration is not None and _used_calibration(spec, params) else None,
+        heads_removed={k: list(v) for k, v in (shapes.heads_removed if shapes else {}).items()},
+        neurons_removed=dict(shapes.neurons_removed if shapes else {}),
+        calibration=ctx.calibration.record if ctx.calibration is not None and spec.uses_calibration(params) else None,
         mask_fingerprint=mask_fingerprint(layers),
         wall_time_s=float(time.perf_counter() - started),
         notes=list(notes or []),

@@ -12,12 +12,14 @@ the split's size, every seed sees the same examples.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from audit.fingerprint import texts_sha256
@@ -123,6 +125,30 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     if device.type == "cpu":
         return batch
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def labelled_loss(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    device: torch.device,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy of the model's logits on one calibration batch against its labels."""
+    out = model(**to_device(batch, device))
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    return F.cross_entropy(logits.float(), labels.to(device), reduction=reduction)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the block; the model's previous mode is restored after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:

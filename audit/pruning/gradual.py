@@ -12,17 +12,13 @@ batch order and dropout of the fine-tuning, and selects the calibration sample.
 
 from __future__ import annotations
 
-import time
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
 from audit.errors import UsageError
-from audit.pruning.base import PruneContext, Pruner, build_record, layer_targets, select_layers
-from audit.pruning.calibration import model_device, to_device
-from audit.results import PruningRecord
+from audit.pruning.base import Applied, PruneContext, Pruner, Selection
+from audit.pruning.calibration import labelled_loss, model_device
 
 
 def cubic_schedule(initial: float, final: float, steps: int) -> list[float]:
@@ -49,18 +45,14 @@ class GradualPruner(Pruner):
                 hint="the schedule goes from initial_sparsity up to the sweep level",
             )
 
-    def prune(self, model: nn.Module, ctx: PruneContext) -> PruningRecord:
-        started = time.perf_counter()
-        assert ctx.calibration is not None
+    def apply(self, model: nn.Module, selection: Selection, ctx: PruneContext) -> Applied:
+        calibration = self.calibration(ctx)
         p = self.params
-        layers = select_layers(model, ctx.layers)
-        targets = layer_targets(layers, ctx.sparsity, ctx.layers)
-        overridden = {n for n, t in targets.items() if t != ctx.sparsity}
-        shared = [(n, m) for n, m in layers if n not in overridden] if p.scope == "global" else []
-        own = [(n, m) for n, m in layers if p.scope != "global" or n in overridden]
+        layers, targets = selection.layers, selection.targets
+        shared, own = selection.split(p.scope)
         schedule = cubic_schedule(min(p.initial_sparsity, ctx.sparsity), ctx.sparsity, p.steps)
         device = model_device(model)
-        batches = list(zip(ctx.calibration.batches, ctx.calibration.batch_labels, strict=True))
+        batches = calibration.labelled_batches()
         losses: list[float] = []
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(ctx.seed)
@@ -83,22 +75,13 @@ class GradualPruner(Pruner):
                 model.eval()
         notes = [
             "cubic schedule (Zhu & Gupta 2017): " + ", ".join(f"{s:.3f}" for s in schedule),
-            f"{len(losses)} fine-tuning steps on {ctx.calibration.record.n} labelled calibration examples "
+            f"{len(losses)} fine-tuning steps on {calibration.record.n} labelled calibration examples "
             f"(lr {p.learning_rate:g}); every parameter is fine-tuned, pruned weights stay zero",
         ]
         if losses:
             k = max(1, min(len(losses), p.finetune_steps or 1))
             notes.append(f"fine-tuning loss: first {sum(losses[:k]) / k:.4f}, last {sum(losses[-k:]) / k:.4f}")
-        return build_record(
-            model=model,
-            spec=self.spec,
-            params=self.params,
-            ctx=ctx,
-            layers=layers,
-            targets=targets,
-            started=started,
-            notes=notes,
-        )
+        return Applied(notes=notes)
 
     @staticmethod
     def _prune_to(
@@ -139,9 +122,7 @@ class GradualPruner(Pruner):
                 if not order:
                     order.extend(torch.randperm(len(batches), generator=gen).tolist())
                 batch, labels = batches[order.pop()]
-                out = model(**to_device(batch, device))
-                logits = out.logits if hasattr(out, "logits") else out[0]
-                loss = F.cross_entropy(logits.float(), labels.to(device))
+                loss = labelled_loss(model, batch, labels, device)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -25,14 +25,12 @@ products (the reference keeps it in float32); padded token positions are exclude
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 from torch import nn
 
-from audit.pruning.base import PruneContext, Pruner, build_record, check_nm, layer_targets, select_layers
+from audit.pruning.base import Applied, PruneContext, Pruner, Selection
 from audit.pruning.calibration import Hessian, model_device, sequential_calibrate
-from audit.results import PruningRecord
 
 
 def sparsegpt_prune(
@@ -125,17 +123,9 @@ class SparseGPTPruner(Pruner):
     seed selects the calibration sample.
     """
 
-    def validate(self, model: nn.Module, ctx: PruneContext) -> None:
-        super().validate(model, ctx)
-        check_nm(select_layers(model, ctx.layers), ctx, self.name, self.params.n, self.params.m)
-
-    def prune(self, model: nn.Module, ctx: PruneContext) -> PruningRecord:
-        started = time.perf_counter()
-        assert ctx.calibration is not None
+    def apply(self, model: nn.Module, selection: Selection, ctx: PruneContext) -> Applied:
         p = self.params
-        layers = select_layers(model, ctx.layers)
-        targets = layer_targets(layers, ctx.sparsity, ctx.layers)
-        todo = [(name, mod) for name, mod in layers if targets[name] > 0.0]
+        targets = selection.targets
         device = model_device(model)
         extra: dict[str, dict[str, float]] = {}
 
@@ -156,7 +146,9 @@ class SparseGPTPruner(Pruner):
                 module.weight.copy_(new)
             extra[name] = {"obs_loss": loss, "tokens": stat.tokens}
 
-        notes = sequential_calibrate(model, todo, ctx.calibration, make_stat=make_stat, finish=finish)
+        notes = sequential_calibrate(
+            model, selection.active(), self.calibration(ctx), make_stat=make_stat, finish=finish
+        )
         worst = max(extra.items(), key=lambda kv: kv[1]["obs_loss"], default=None)
         if worst is not None and math.isfinite(worst[1]["obs_loss"]):
             notes.append(f"largest OBS loss estimate: {worst[0]} ({worst[1]['obs_loss']:.4g})")
@@ -166,13 +158,4 @@ class SparseGPTPruner(Pruner):
             f"{pattern}, blocksize {p.blocksize}, percdamp {p.percdamp}; remaining weights updated; "
             "calibration sample drawn with the point's seed",
         )
-        return build_record(
-            model=model,
-            spec=self.spec,
-            params=self.params,
-            ctx=ctx,
-            layers=layers,
-            targets=targets,
-            started=started,
-            notes=notes,
-        )
+        return Applied(notes=notes)

@@ -23,7 +23,7 @@ What "sparsity" means:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -62,12 +62,6 @@ class _NMPattern(PluginParams):
         if self.n is not None and self.m is not None and not self.n < self.m:
             raise ValueError(f"N:M needs n < m (n weights kept of every m), found n={self.n}, m={self.m}")
         return self
-
-    def implied_sparsity(self) -> float | None:
-        """``1 - n/m`` when an N:M pattern is set, else None (the sweep level applies)."""
-        if self.n is None or self.m is None:
-            return None
-        return 1.0 - self.n / self.m
 
 
 class NMParams(_NMPattern):
@@ -183,12 +177,6 @@ class StructuredParams(PluginParams):
             raise ValueError(f"units lists a unit twice: {self.units}")
         return self
 
-    def uses_calibration(self) -> bool:
-        return self.criterion == "importance"
-
-    def uses_labels(self) -> bool:
-        return self.criterion == "importance"
-
 
 class GradualParams(PluginParams):
     """Gradual magnitude pruning with recovery fine-tuning (Zhu & Gupta 2017): ``steps``
@@ -213,101 +201,54 @@ class GradualParams(PluginParams):
     scope: Literal["layer", "global"] = "layer"
 
 
-MAGNITUDE = PRUNERS.register(
-    PrunerSpec(
-        name="magnitude",
-        impl="audit.pruning.magnitude:MagnitudePruner",
-        summary="Unstructured magnitude pruning (|w|), layer-wise or global; torch.nn.utils.prune.",
-        params=MagnitudeParams,
-        tags=("unstructured",),
-        criterion="|w| (L1 magnitude)",
-    )
-)
-
-NM = PRUNERS.register(
-    PrunerSpec(
-        name="nm",
-        impl="audit.pruning.nm:NMPruner",
-        summary="N:M semi-structured magnitude pruning (2:4, 4:8): n kept of every m inputs per row.",
-        params=NMParams,
-        tags=("semi-structured", "n:m"),
-        criterion="|w| within each group of m consecutive inputs",
-    )
-)
-
-WANDA = PRUNERS.register(
-    PrunerSpec(
-        name="wanda",
-        impl="audit.pruning.wanda:WandaPruner",
-        summary="Wanda: |W|·||X|| with calibration activations, per output row; optionally N:M.",
-        params=WandaParams,
-        tags=("unstructured", "n:m", "calibration"),
-        needs_calibration=True,
-        criterion="|W_ij|·||X_j||_2 per output row (Sun et al. 2023)",
-    )
-)
-
-SPARSEGPT = PRUNERS.register(
-    PrunerSpec(
-        name="sparsegpt",
-        impl="audit.pruning.sparsegpt:SparseGPTPruner",
-        summary="SparseGPT one-shot second-order pruning with weight reconstruction; optionally N:M.",
-        params=SparseGPTParams,
-        tags=("unstructured", "n:m", "calibration"),
-        needs_calibration=True,
-        criterion="w²/[H⁻¹]²_jj per block with OBS updates (Frantar & Alistarh 2023)",
-    )
-)
-
-GRADIENT = PRUNERS.register(
-    PrunerSpec(
-        name="gradient",
-        impl="audit.pruning.gradient:GradientPruner",
-        summary="Gradient (synaptic) importance |w·dL/dw| from labelled calibration data (Taylor/SNIP).",
-        params=GradientParams,
-        tags=("unstructured", "calibration", "labels"),
-        needs_calibration=True,
-        needs_labels=True,
-        criterion="|w·∂L/∂w| (first-order Taylor / SNIP)",
-    )
-)
-
-STRUCTURED = PRUNERS.register(
-    PrunerSpec(
-        name="structured",
-        impl="audit.pruning.structured:StructuredPruner",
-        summary="Removes attention heads and FFN neurons physically (shapes shrink; HF config patched).",
-        params=StructuredParams,
-        tags=("structured",),
-        structured=True,
-        criterion="head / neuron weight norm, or gradient importance",
-    )
-)
-
-GRADUAL = PRUNERS.register(
-    PrunerSpec(
-        name="gradual",
-        impl="audit.pruning.gradual:GradualPruner",
-        summary="Gradual magnitude pruning on a cubic schedule with recovery fine-tuning (opt-in, slow).",
-        params=GradualParams,
-        tags=("unstructured", "calibration", "labels", "fine-tuning", "opt-in"),
-        needs_calibration=True,
-        needs_labels=True,
-        criterion="|w| after each fine-tuning cycle (Zhu & Gupta 2017)",
-    )
-)
+def _builtin(name: str, cls: str, params: type[PluginParams], tags: tuple[str, ...], **spec: Any) -> PrunerSpec:
+    """Register a built-in pruner implemented by ``audit.pruning.<name>:<cls>``."""
+    return PRUNERS.register(PrunerSpec(name=name, impl=f"audit.pruning.{name}:{cls}", params=params, tags=tags, **spec))
 
 
-def uses_calibration(spec: PrunerSpec, params: PluginParams) -> bool:
-    """Whether this method with these params needs calibration data."""
-    fn = getattr(params, "uses_calibration", None)
-    return bool(spec.needs_calibration or (callable(fn) and fn()))
+def _importance(params: StructuredParams) -> bool:
+    return params.criterion == "importance"
 
 
-def uses_labels(spec: PrunerSpec, params: PluginParams) -> bool:
-    """Whether this method with these params needs labelled calibration data."""
-    fn = getattr(params, "uses_labels", None)
-    return bool(spec.needs_labels or (callable(fn) and fn()))
+MAGNITUDE = _builtin(
+    "magnitude", "MagnitudePruner", MagnitudeParams, ("unstructured",),
+    summary="Unstructured magnitude pruning (|w|), layer-wise or global; torch.nn.utils.prune.",
+    criterion="|w| (L1 magnitude)",
+)  # fmt: skip
+NM = _builtin(
+    "nm", "NMPruner", NMParams, ("semi-structured", "n:m"), nm=True,
+    summary="N:M semi-structured magnitude pruning (2:4, 4:8): n kept of every m inputs per row.",
+    criterion="|w| within each group of m consecutive inputs",
+)  # fmt: skip
+WANDA = _builtin(
+    "wanda", "WandaPruner", WandaParams, ("unstructured", "n:m", "calibration"), nm=True, needs_calibration=True,
+    summary="Wanda: |W|·||X|| with calibration activations, per output row; optionally N:M.",
+    criterion="|W_ij|·||X_j||_2 per output row (Sun et al. 2023)",
+)  # fmt: skip
+SPARSEGPT = _builtin(
+    "sparsegpt", "SparseGPTPruner", SparseGPTParams, ("unstructured", "n:m", "calibration"), nm=True,
+    needs_calibration=True,
+    summary="SparseGPT one-shot second-order pruning with weight reconstruction; optionally N:M.",
+    criterion="w²/[H⁻¹]²_jj per block with OBS updates (Frantar & Alistarh 2023)",
+)  # fmt: skip
+GRADIENT = _builtin(
+    "gradient", "GradientPruner", GradientParams, ("unstructured", "calibration", "labels"),
+    needs_calibration=True, needs_labels=True,
+    summary="Gradient (synaptic) importance |w·dL/dw| from labelled calibration data (Taylor/SNIP).",
+    criterion="|w·∂L/∂w| (first-order Taylor / SNIP)",
+)  # fmt: skip
+STRUCTURED = _builtin(
+    "structured", "StructuredPruner", StructuredParams, ("structured",),
+    structured=True, calibration_when=_importance, labels_when=_importance,
+    summary="Removes attention heads and FFN neurons physically (shapes shrink; HF config patched).",
+    criterion="head / neuron weight norm, or gradient importance",
+)  # fmt: skip
+GRADUAL = _builtin(
+    "gradual", "GradualPruner", GradualParams, ("unstructured", "calibration", "labels", "fine-tuning", "opt-in"),
+    needs_calibration=True, needs_labels=True,
+    summary="Gradual magnitude pruning on a cubic schedule with recovery fine-tuning (opt-in, slow).",
+    criterion="|w| after each fine-tuning cycle (Zhu & Gupta 2017)",
+)  # fmt: skip
 
 
 def validate_point_params(point: object) -> None:
@@ -330,7 +271,7 @@ def validate_point_params(point: object) -> None:
             where=f"sweep point {point.id}",  # type: ignore[attr-defined]
         ) from None
     calib = getattr(point, "calibration", None) or {}
-    if uses_calibration(spec, params) and not calib.get("split"):
+    if spec.uses_calibration(params) and not calib.get("split"):
         raise UsageError(
             f"method {spec.name!r} needs calibration data but no calibration split is configured",
             where=f"sweep point {point.id}",  # type: ignore[attr-defined]

@@ -28,19 +28,16 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from audit.errors import ModelError, UsageError
-from audit.pruning.base import PruneContext, Pruner, build_record, layer_targets, select_layers
-from audit.pruning.calibration import model_device, to_device
-from audit.results import PruningRecord
+from audit.pruning.base import Applied, PruneContext, Pruner, Selection, ShapeChange, layer_targets, select_layers
+from audit.pruning.calibration import eval_mode, labelled_loss, model_device
 
 log = logging.getLogger(__name__)
 
@@ -213,24 +210,20 @@ def importance_scores(
 
         handles.append(b.linear("attention.output.dense").register_forward_pre_hook(gate_heads))
         handles.append(b.linear("output.dense").register_forward_pre_hook(gate_ffn))
-    was_training = model.training
-    model.eval()
     gates = list(head_gates.values()) + list(ffn_gates.values())
-    try:
-        with torch.enable_grad():
-            for batch, labels in zip(calibration.batches, calibration.batch_labels, strict=True):
-                out = model(**to_device(batch, device))
-                logits = out.logits if hasattr(out, "logits") else out[0]
-                loss = F.cross_entropy(logits.float(), labels.to(device), reduction="sum")
-                grads = torch.autograd.grad(loss, gates)
-                for i, g in enumerate(grads[: len(blocks)]):
-                    head_acc[blocks[i].index] += g.abs().double()
-                for i, g in enumerate(grads[len(blocks) :]):
-                    ffn_acc[blocks[i].index] += g.abs().double()
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            with torch.enable_grad():
+                for batch, labels in calibration.labelled_batches():
+                    loss = labelled_loss(model, batch, labels, device, reduction="sum")
+                    grads = torch.autograd.grad(loss, gates)
+                    for i, g in enumerate(grads[: len(blocks)]):
+                        head_acc[blocks[i].index] += g.abs().double()
+                    for i, g in enumerate(grads[len(blocks) :]):
+                        ffn_acc[blocks[i].index] += g.abs().double()
+        finally:
+            for h in handles:
+                h.remove()
     return head_acc, ffn_acc
 
 
@@ -275,8 +268,7 @@ class StructuredPruner(Pruner):
         super().validate(model, ctx)
         plan_removal(model, ctx, list(self.params.units))
 
-    def prune(self, model: nn.Module, ctx: PruneContext) -> PruningRecord:
-        started = time.perf_counter()
+    def apply(self, model: nn.Module, selection: Selection, ctx: PruneContext) -> Applied:
         p = self.params
         blocks = bert_blocks(model)
         removal = plan_removal(model, ctx, list(p.units))
@@ -287,37 +279,34 @@ class StructuredPruner(Pruner):
             if b.index in removal.neurons:
                 affected += [f"{b.name}.{s}" for s in FFN_LINEARS]
         modules = dict(model.named_modules())
-        original_shapes = {n: list(modules[n].weight.shape) for n in affected}
-        original_totals = {n: int(modules[n].weight.numel()) for n in affected}
-        original_params = sum(q.numel() for q in model.parameters())
+        shapes = ShapeChange(
+            original_shapes={n: list(modules[n].weight.shape) for n in affected},
+            original_totals={n: int(modules[n].weight.numel()) for n in affected},
+            original_params_total=sum(q.numel() for q in model.parameters()),
+        )
         if p.criterion == "importance":
-            assert ctx.calibration is not None
-            head_scores, neuron_scores = importance_scores(model, blocks, ctx.calibration)
+            head_scores, neuron_scores = importance_scores(model, blocks, self.calibration(ctx))
         else:
             head_scores, neuron_scores = norm_scores(blocks, 2 if p.criterion == "l2" else 1)
-        heads_removed: dict[str, list[int]] = {}
-        neurons_removed: dict[str, int] = {}
-        layer_extra: dict[str, dict[str, Any]] = {}
         to_prune: dict[int, list[int]] = {}
         for b in blocks:
             k = removal.heads.get(b.index, 0)
             if k:
                 ids = _original_head_ids(model, b)
                 to_prune[b.index] = [ids[j] for j in _lowest(head_scores[b.index], k)]
-                heads_removed[b.name] = sorted(to_prune[b.index])
+                shapes.heads_removed[b.name] = sorted(to_prune[b.index])
                 for s in ATTN_LINEARS:
-                    layer_extra[f"{b.name}.{s}"] = {"heads_removed": heads_removed[b.name]}
+                    shapes.layer_extra[f"{b.name}.{s}"] = {"heads_removed": shapes.heads_removed[b.name]}
             k = removal.neurons.get(b.index, 0)
             if k:
                 remove_ffn_neurons(b, _lowest(neuron_scores[b.index], k))
-                neurons_removed[b.name] = k
+                shapes.neurons_removed[b.name] = k
                 for s in FFN_LINEARS:
-                    layer_extra[f"{b.name}.{s}"] = {"neurons_removed": k}
+                    shapes.layer_extra[f"{b.name}.{s}"] = {"neurons_removed": k}
         if to_prune:
             model.prune_heads(to_prune)  # patches config.pruned_heads
         widths = patch_ffn_config(model)
         modules = dict(model.named_modules())
-        layers = [(n, modules[n]) for n in affected]
         notes = [
             "sparsity = fraction of heads and of FFN neurons removed per block "
             f"({', '.join(p.units)}); weights removed physically, achieved sparsity counted against original sizes",
@@ -330,22 +319,8 @@ class StructuredPruner(Pruner):
             f"config patched: pruned_heads, {FFN_WIDTHS_KEY}={widths}"
             + (", intermediate_size" if len(set(widths)) == 1 else " (non-uniform: reload with load_pruned)"),
         ]
-        return build_record(
-            model=model,
-            spec=self.spec,
-            params=self.params,
-            ctx=ctx,
-            layers=layers,
-            targets=removal.targets,
-            started=started,
-            original_shapes=original_shapes,
-            original_totals=original_totals,
-            original_params_total=original_params,
-            heads_removed=heads_removed,
-            neurons_removed=neurons_removed,
-            layer_extra=layer_extra,
-            notes=notes,
-        )
+        recorded = Selection([(n, modules[n]) for n in affected], removal.targets, ctx.sparsity)
+        return Applied(notes=notes, recorded=recorded, shapes=shapes)
 
 
 def save_pruned(model: nn.Module, directory: str | Path, tokenizer: Any = None, *, overwrite: bool = False) -> Path:

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
-from audit.pruning.base import (
-    PruneContext,
-    Pruner,
-    apply_mask,
-    build_record,
-    check_nm,
-    layer_targets,
-    nm_keep_mask,
-    row_keep_mask,
-    select_layers,
-)
+from audit.pruning.base import Applied, PruneContext, Pruner, Selection, apply_mask, nm_keep_mask, row_keep_mask
 from audit.pruning.calibration import SquaredNorm, model_device, sequential_calibrate
-from audit.results import PruningRecord
 
 
 def wanda_scores(weight: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
@@ -45,17 +32,9 @@ class WandaPruner(Pruner):
     the calibration sample.
     """
 
-    def validate(self, model: nn.Module, ctx: PruneContext) -> None:
-        super().validate(model, ctx)
-        check_nm(select_layers(model, ctx.layers), ctx, self.name, self.params.n, self.params.m)
-
-    def prune(self, model: nn.Module, ctx: PruneContext) -> PruningRecord:
-        started = time.perf_counter()
-        assert ctx.calibration is not None
+    def apply(self, model: nn.Module, selection: Selection, ctx: PruneContext) -> Applied:
         n, m = self.params.n, self.params.m
-        layers = select_layers(model, ctx.layers)
-        targets = layer_targets(layers, ctx.sparsity, ctx.layers)
-        todo = [(name, mod) for name, mod in layers if targets[name] > 0.0]
+        targets = selection.targets
         device = model_device(model)
 
         def make_stat(_name: str, module: nn.Module) -> SquaredNorm:
@@ -64,16 +43,9 @@ class WandaPruner(Pruner):
         def finish(name: str, module: nn.Module, stat: SquaredNorm) -> None:
             apply_mask(module, wanda_keep_mask(module.weight, stat.norm(), targets[name], n, m))
 
-        notes = sequential_calibrate(model, todo, ctx.calibration, make_stat=make_stat, finish=finish)
+        notes = sequential_calibrate(
+            model, selection.active(), self.calibration(ctx), make_stat=make_stat, finish=finish
+        )
         pattern = f"{n}:{m} within each row" if n is not None else "per output row"
         notes.insert(0, f"score |W|·||X||_2 compared {pattern}; calibration sample drawn with the point's seed")
-        return build_record(
-            model=model,
-            spec=self.spec,
-            params=self.params,
-            ctx=ctx,
-            layers=layers,
-            targets=targets,
-            started=started,
-            notes=notes,
-        )
+        return Applied(notes=notes)

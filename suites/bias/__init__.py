@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from audit.config import DatasetRef
 from audit.registry import SUITES, MetricSpec, PluginParams, SuiteSpec
+from audit.stats import SMALL_GROUP_N
 
 
 def _check_groups(where: str, groups: dict[str, list[str]]) -> None:
@@ -147,7 +148,9 @@ class BiasParams(PluginParams):
     positive_label: int | str | None = Field(
         None, description="Class index or name counted as 'selected' (default: 1 for a binary model)."
     )
-    min_group_n: int = Field(30, ge=1, description="Smaller groups are reported, warned about and flagged small_n.")
+    min_group_n: int = Field(
+        SMALL_GROUP_N, ge=1, description="Smaller groups are reported, warned about and flagged small_n."
+    )
     counterfactual: CounterfactualParams = Field(default_factory=CounterfactualParams)
     identity_sets: list[IdentitySetRef] = Field(default_factory=list)
     functional_sets: list[DatasetRef] = Field(
