@@ -380,10 +380,6 @@ class ReportConfig(StrictModel):
         return values
 
 
-DEPLOY_FORMATS = DEFAULT_FORMATS
-"""The built-in deploy formats (``deploy.formats``' default); others are registered (:mod:`audit.deploy.formats`)."""
-
-
 class DeployConfig(StrictModel):
     """How each pruned variant is deployed, proven equivalent and measured.
 
@@ -405,9 +401,7 @@ class DeployConfig(StrictModel):
 
     enabled: bool = Field(True, description="Deploy, verify and measure every pruned variant.")
     formats: list[str] = Field(
-        default_factory=lambda: list(DEPLOY_FORMATS),
-        description="Sparse formats that may be chosen: registered deploy formats (built-in: kernel, csr, bsr, "
-        "semi24; see audit/deploy/formats.py).",
+        default_factory=lambda: list(DEFAULT_FORMATS), description="Sparse formats that may be chosen (registered)."
     )
     bsr_blocks: list[int] = Field(default_factory=lambda: [4, 8, 16, 32], description="BSR block sizes to try.")
     force_format: str | None = Field(
@@ -468,13 +462,9 @@ class DeployConfig(StrictModel):
     @field_validator("formats")
     @classmethod
     def _formats(cls, values: list[str]) -> list[str]:
-        unknown = [v for v in values if v not in FORMATS]
-        if unknown:
-            raise _err(
-                "deploy_format",
-                f"unknown deploy format {unknown[0]!r}; known: {', '.join(FORMATS.names())}",
-                FORMATS.suggest(unknown[0]),
-            )
+        bad = next((v for v in values if v not in FORMATS), None)
+        if bad is not None:
+            raise _err("deploy_format", FORMATS.unknown_message(bad), FORMATS.suggest(bad))
         return list(dict.fromkeys(values))
 
     @field_validator("force_format")
@@ -482,9 +472,7 @@ class DeployConfig(StrictModel):
     def _force_format(cls, value: str | None) -> str | None:
         if value is not None and not is_known(value):
             raise _err(
-                "deploy_format",
-                f"force_format must be {DENSE} or a deploy format's recorded name (kernel, csr, bsr<b>, semi24, "
-                f"...), found {value!r}",
+                "deploy_format", f"force_format must be {DENSE} or a deploy format's name (bsr<b>), found {value!r}"
             )
         return value
 
