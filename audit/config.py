@@ -36,6 +36,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from audit.deploy.formats import DEFAULT_FORMATS, DENSE, FORMATS, is_known
 from audit.errors import ConfigError
 from audit.registry import PRUNERS, SUITES, PluginParams
 from audit.yamlio import YamlDocument, load_yaml, parse_yaml, validation_to_config_error
@@ -379,9 +380,6 @@ class ReportConfig(StrictModel):
         return values
 
 
-DEPLOY_FORMATS = ("kernel", "csr", "bsr", "semi24")
-
-
 class DeployConfig(StrictModel):
     """How each pruned variant is deployed, proven equivalent and measured.
 
@@ -402,14 +400,14 @@ class DeployConfig(StrictModel):
     """
 
     enabled: bool = Field(True, description="Deploy, verify and measure every pruned variant.")
-    formats: list[Literal["kernel", "csr", "bsr", "semi24"]] = Field(
-        default_factory=lambda: list(DEPLOY_FORMATS), description="Sparse formats that may be chosen."
+    formats: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_FORMATS), description="Sparse formats that may be chosen (registered)."
     )
     bsr_blocks: list[int] = Field(default_factory=lambda: [4, 8, 16, 32], description="BSR block sizes to try.")
     force_format: str | None = Field(
         None,
-        pattern=r"^(dense|kernel|csr|bsr[0-9]+|semi24)$",
-        description="Use this format wherever it applies, without timing (for inspection; skips the speed guard).",
+        description="Use this format (dense, kernel, csr, bsr<b>, semi24 or a registered format's name) wherever "
+        "it applies, without timing (for inspection; skips the speed guard).",
     )
     min_speedup: float = Field(
         1.1, ge=1.0, description="A sparse format must be this much faster than dense at every timed token count."
@@ -464,7 +462,19 @@ class DeployConfig(StrictModel):
     @field_validator("formats")
     @classmethod
     def _formats(cls, values: list[str]) -> list[str]:
+        bad = next((v for v in values if v not in FORMATS), None)
+        if bad is not None:
+            raise _err("deploy_format", FORMATS.unknown_message(bad), FORMATS.suggest(bad))
         return list(dict.fromkeys(values))
+
+    @field_validator("force_format")
+    @classmethod
+    def _force_format(cls, value: str | None) -> str | None:
+        if value is not None and not is_known(value):
+            raise _err(
+                "deploy_format", f"force_format must be {DENSE} or a deploy format's name (bsr<b>), found {value!r}"
+            )
+        return value
 
 
 class AuditConfig(StrictModel):

@@ -678,37 +678,12 @@ def _deploy_context(config: AuditConfig, eval_set: EvalSet, predictor: Any, dens
     dc = config.deploy
     if not dc.enabled:
         return None
-    from audit.deploy.convert import DeployOptions
     from audit.deploy.pipeline import DeployContext
 
     k = min(dc.probe_size, len(eval_set))
     probe = eval_set.subset(np.arange(k), name=eval_set.name)
     batches = predictor.encode(probe.texts, probe.text_pairs).batches
-    options = DeployOptions(
-        formats=tuple(dc.formats),
-        bsr_blocks=tuple(dc.bsr_blocks),
-        min_speedup=dc.min_speedup,
-        max_density=dc.max_density,
-        max_block_density=dc.max_block_density,
-        tokens=tuple(dc.choose_tokens),
-        timing_min_s=dc.timing_min_s,
-        threads=config.runtime.threads,
-        timing_cache=dc.timing_cache,
-        force_format=dc.force_format,
-    )
-    return DeployContext.create(
-        options,
-        batches,
-        dense,
-        tolerance=dc.tolerance,
-        tolerance_factor=dc.tolerance_factor,
-        measure_speed=dc.measure_speed,
-        speed_seq_len=dc.speed_seq_len,
-        speed_batch_size=dc.speed_batch_size,
-        speed_min_time=dc.speed_min_time_s,
-        speed_rounds=dc.speed_rounds,
-        threads=config.runtime.threads,
-    )
+    return DeployContext.create(dc, batches, dense, threads=config.runtime.threads)
 
 
 def _deploy(model: Any, vr: VariantResult, ctx: Any, label: str) -> bool:

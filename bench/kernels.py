@@ -272,9 +272,9 @@ def _probe(tokenizer: Any, texts: list[str]) -> list[dict[str, torch.Tensor]]:
 def run_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from audit.config import LayerSelection
+    from audit.config import DeployConfig, LayerSelection
     from audit.deploy.choose import TimingCache
-    from audit.deploy.convert import Converter, DeployOptions
+    from audit.deploy.convert import Converter
     from audit.deploy.pipeline import DeployContext, deploy_variant
     from audit.deploy.speed import measure_speed, model_bytes
     from audit.pruning.base import PruneContext
@@ -353,8 +353,10 @@ def run_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
     for label, force in (("unstructured-90%-measured-choice", None), ("unstructured-90%-torch-csr-forced", "csr")):
         model = copy.deepcopy(dense)
         pr = pruner.prune(model, PruneContext(sparsity=0.9, seed=0, layers=LayerSelection()))
-        opts = DeployOptions(threads=args.threads, force_format=force)
-        ctx = DeployContext(converter=Converter(opts, cache), probe=probe, dense=dense, measure_speed=False)
+        opts = DeployConfig(force_format=force)
+        ctx = DeployContext(
+            converter=Converter(opts, cache, threads=args.threads), probe=probe, dense=dense, measure_speed=False
+        )
         dep = deploy_variant(model, pr, ctx)
         eq = dep.record.equivalence
         assert eq is not None and eq.passed, eq
@@ -392,7 +394,7 @@ def run_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
         model.eval()
         extra = {"source": "structured pruner: heads + ffn, l2, 0.5", "achieved_sparsity": pr.achieved_sparsity}
     ctx = DeployContext(
-        converter=Converter(DeployOptions(threads=args.threads), cache),
+        converter=Converter(DeployConfig(), cache, threads=args.threads),
         probe=probe,
         dense=dense,
         measure_speed=False,

@@ -80,15 +80,16 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def speed_part(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
+    from audit.config import DeployConfig
     from audit.deploy.choose import TimingCache
-    from audit.deploy.convert import Converter, DeployOptions
+    from audit.deploy.convert import Converter
     from audit.deploy.pipeline import DeployContext, deploy_variant
     from audit.deploy.speed import measure_speed
 
     dense, tok, what = load_classifier()
     probe = [dict(tok(["a fine film", "dull and far too long"], padding=True, return_tensors="pt"))]
     # a private timing cache: the format choice is measured afresh by each bench run (as on a new machine)
-    converter = Converter(DeployOptions(tokens=(128,), timing_min_s=0.1), TimingCache(None))
+    converter = Converter(DeployConfig(choose_tokens=[128], timing_min_s=0.1), TimingCache(None))
     out: dict[str, Any] = report.setdefault("speed", {"configs": {}})
     out["model"] = what
     variants: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
@@ -179,8 +180,9 @@ def dlogit_part() -> list[dict[str, Any]]:
     """max |Δlogit| of kernel / csr vs masked dense (random token probes, 4 x 8 x 64 tokens)."""
     from transformers import BertConfig, BertForSequenceClassification
 
+    from audit.config import DeployConfig
     from audit.deploy.choose import TimingCache
-    from audit.deploy.convert import Converter, DeployOptions
+    from audit.deploy.convert import Converter
     from audit.deploy.speed import synthetic_inputs
     from audit.deploy.verify import probe_logits, tolerance_for
 
@@ -206,7 +208,7 @@ def dlogit_part() -> list[dict[str, Any]]:
                 magnitude(model, sparsity)
                 probe = [synthetic_inputs(model, 8, 64, seed=i) for i in range(4)]
                 ref = probe_logits(model, probe)
-                Converter(DeployOptions(force_format=fmt, timing_cache=False), TimingCache(None)).convert(model)
+                Converter(DeployConfig(force_format=fmt, timing_cache=False), TimingCache(None)).convert(model)
                 diff = float(np.abs(probe_logits(model, probe) - ref).max())
                 tol, basis = tolerance_for(model, ref)
                 eps = float(torch.finfo(torch.float32).eps)

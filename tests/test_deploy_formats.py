@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from audit.config import DeployConfig
 from audit.deploy.choose import (
     DENSE,
     LayerTimer,
@@ -19,7 +20,7 @@ from audit.deploy.choose import (
     synthetic_2_4,
     synthetic_weight,
 )
-from audit.deploy.convert import Converter, DeployOptions
+from audit.deploy.convert import Converter
 from audit.deploy.kernel import kernel_status
 from audit.deploy.modules import KernelLinear, SemiStructuredLinear, TorchBSRLinear, TorchCSRLinear, format_of
 
@@ -110,7 +111,7 @@ def test_decide_never_picks_a_format_slower_than_dense() -> None:
 
 
 def _converter(tmp_path: Path, **opts: object) -> Converter:
-    options = DeployOptions(tokens=(16,), timing_min_s=0.001, **opts)  # type: ignore[arg-type]
+    options = DeployConfig(choose_tokens=[16], timing_min_s=0.001, **opts)  # type: ignore[arg-type]
     return Converter(options, TimingCache(tmp_path / "timings.json"))
 
 
@@ -168,7 +169,7 @@ def test_measured_timings_are_cached_on_disk(tmp_path: Path) -> None:
     model2 = nn.Sequential(nn.Linear(32, 32))
     with torch.no_grad():
         model2[0].weight.copy_(_weight((32, 32), 0.1, seed=9))
-    again = Converter(conv.options, TimingCache(tmp_path / "timings.json")).convert(model2)
+    again = Converter(conv.config, TimingCache(tmp_path / "timings.json")).convert(model2)
     assert again.timings_measured == 0 and again.timings_cached == 2
     assert again.layers[0].format == first.layers[0].format
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from audit.config import LayerSelection
+from audit.config import DeployConfig, LayerSelection
 from audit.deploy.choose import TimingCache
-from audit.deploy.convert import Converter, DeployOptions
+from audit.deploy.convert import Converter
 from audit.deploy.io import MANIFEST, load_deployed, read_manifest, save_deployed
 from audit.deploy.modules import DeployedLinear, KernelLinear, format_of
 from audit.deploy.pipeline import DeployContext, deploy_variant
@@ -88,8 +88,8 @@ def structured(model: nn.Module, heads: dict[int, list[int]], keep_neurons: int)
 
 
 def converter(tmp_path: Path, **kw: object) -> Converter:
-    opts = {"tokens": (16,), "timing_min_s": 0.001, "max_block_density": 1.0, **kw}
-    return Converter(DeployOptions(**opts), TimingCache(tmp_path / "t.json"))  # type: ignore[arg-type]
+    opts = {"choose_tokens": [16], "timing_min_s": 0.001, "max_block_density": 1.0, **kw}
+    return Converter(DeployConfig(**opts), TimingCache(tmp_path / "t.json"))  # type: ignore[arg-type]
 
 
 def context(tmp_path: Path, dense: nn.Module, probe: list, measure_speed: bool = True, **kw: object) -> DeployContext:

@@ -9,7 +9,11 @@ saved and loaded back (safetensors + config).
 
 Public API (imported lazily: importing :mod:`audit.deploy` does not import torch)::
 
-    from audit.deploy import Converter, DeployOptions, deploy_variant, save_deployed, load_deployed
+    from audit.deploy import Converter, deploy_variant, save_deployed, load_deployed
+
+A converter is configured by the audit config's ``deploy:`` section itself
+(:class:`audit.config.DeployConfig`). Formats are registered classes
+(:mod:`audit.deploy.formats`, :mod:`audit.deploy.format_classes`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "DeployOptions": "audit.deploy.convert",
+    "FORMATS": "audit.deploy.formats",
+    "FormatSpec": "audit.deploy.formats",
+    "register_format": "audit.deploy.formats",
+    "DeployFormat": "audit.deploy.format_classes",
     "Converter": "audit.deploy.convert",
     "Conversion": "audit.deploy.convert",
     "DeployContext": "audit.deploy.pipeline",

@@ -32,13 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from audit.deploy.modules import (
-    DENSE,
-    KernelLinear,
-    SemiStructuredLinear,
-    TorchBSRLinear,
-    TorchCSRLinear,
+from audit.deploy.format_classes import (  # noqa: F401 - the helpers are re-exported (tests, bench)
+    format_for,
+    quantize_density,
+    synthetic_2_4,
+    synthetic_weight,
 )
+from audit.deploy.formats import DENSE
 
 log = logging.getLogger(__name__)
 
@@ -203,60 +203,13 @@ def timing_key(fmt: str, shape: tuple[int, int], density: float, bias: bool, tok
 # -- measuring ---------------------------------------------------------------------------
 
 
-def quantize_density(density: float, step: float = 0.01) -> float:
-    """Round a density to the cache's grid (never to 0: a layer with non-zeros keeps some)."""
-    q = round(density / step) * step
-    return max(step, min(1.0, q))
-
-
-def synthetic_weight(
-    shape: tuple[int, int], density: float, *, block: int = 1, seed: int = 0, device: str = "cpu", dtype: Any = None
-) -> torch.Tensor:
-    """A random weight with exactly round(density · blocks) non-zero ``block x block`` blocks."""
-    gen = torch.Generator().manual_seed(seed)
-    out_f, in_f = shape
-    w = torch.randn(out_f, in_f, generator=gen)
-    nb_r, nb_c = out_f // block, in_f // block
-    nblocks = nb_r * nb_c
-    keep = max(1, int(round(density * nblocks)))
-    mask = torch.zeros(nblocks, dtype=torch.bool)
-    mask[torch.randperm(nblocks, generator=gen)[:keep]] = True
-    mask = mask.reshape(nb_r, nb_c)
-    if block > 1:
-        mask = mask.repeat_interleave(block, 0).repeat_interleave(block, 1)
-    w = w * mask
-    return w.to(device=device, dtype=dtype or torch.float32)
-
-
-def synthetic_2_4(shape: tuple[int, int], *, seed: int = 0, device: str = "cpu", dtype: Any = None) -> torch.Tensor:
-    """A random weight with exactly 2 non-zeros in every group of 4 inputs."""
-    gen = torch.Generator().manual_seed(seed)
-    out_f, in_f = shape
-    w = torch.randn(out_f, in_f, generator=gen)
-    scores = torch.rand(out_f, in_f // 4, 4, generator=gen)
-    keep = scores.argsort(dim=-1)[..., 2:]
-    mask = torch.zeros(out_f, in_f // 4, 4, dtype=torch.bool).scatter_(-1, keep, True)
-    return (w * mask.reshape(out_f, in_f)).to(device=device, dtype=dtype or torch.float16)
-
-
 def build_module(fmt: str, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    """A deployed module of format ``fmt`` (``dense`` gives an ``nn.Linear``) for a weight."""
-    if fmt == DENSE:
-        lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device)
-        with torch.no_grad():
-            lin.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-            if bias is not None:
-                lin.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
-        return lin
-    if fmt == "kernel":
-        return KernelLinear.from_linear(weight, bias)
-    if fmt == "csr":
-        return TorchCSRLinear.from_linear(weight, bias)
-    if fmt.startswith("bsr"):
-        return TorchBSRLinear.from_linear(weight, bias, block=int(fmt[3:]))
-    if fmt == "semi24":
-        return SemiStructuredLinear.from_linear(weight, bias)
-    raise ValueError(f"unknown format {fmt!r}")
+    """A deployed module of format ``fmt`` (``dense`` gives an ``nn.Linear``) for a weight.
+
+    Raises:
+        audit.errors.PluginError: ``fmt`` is no registered format's name.
+    """
+    return format_for(fmt).convert(fmt, weight, bias)
 
 
 def time_call(fn: Any, *, min_time: float, threads: int, statistic: str = "median", warmup: bool = True) -> float:
@@ -302,12 +255,7 @@ class LayerTimer:
         self, fmt: str, shape: tuple[int, int], density: float, bias: bool, tokens: int, *, dtype: Any = None
     ) -> Any:
         """A no-argument call of ``fmt`` on a synthetic weight of this shape and density, warmed up."""
-        if fmt == "semi24":
-            w = synthetic_2_4(shape, device=self.device, dtype=dtype)
-        else:
-            block = int(fmt[3:]) if fmt.startswith("bsr") else 1
-            dens = 1.0 if fmt == DENSE else density
-            w = synthetic_weight(shape, dens, block=block, device=self.device, dtype=dtype)
+        w = format_for(fmt).synthetic(fmt, shape, density, device=self.device, dtype=dtype)
         b = torch.randn(shape[0], device=self.device, dtype=w.dtype) if bias else None
         module = build_module(fmt, w, b)
         x = torch.randn(tokens, shape[1], device=self.device, dtype=w.dtype)

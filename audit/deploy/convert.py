@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -21,37 +22,18 @@ from audit.deploy.choose import (
     TimingCache,
     build_module,
     decide,
-    quantize_density,
 )
-from audit.deploy.modules import DENSE, DeployedLinear, SemiStructuredLinear, TorchBSRLinear, stored_bytes
+from audit.deploy.format_classes import implementation, stored_bytes
+from audit.deploy.formats import DENSE, spec_of
+from audit.deploy.modules import DeployedLinear
+
+if TYPE_CHECKING:
+    from audit.config import DeployConfig
 
 log = logging.getLogger(__name__)
 
-ALL_FORMATS = ("kernel", "csr", "bsr", "semi24")
-
-
-@dataclass(frozen=True)
-class DeployOptions:
-    """How layers are deployed (see ``deploy:`` in the audit config)."""
-
-    formats: tuple[str, ...] = ALL_FORMATS
-    """Sparse formats that may be chosen (dense is always allowed)."""
-    bsr_blocks: tuple[int, ...] = (4, 8, 16, 32)
-    min_speedup: float = 1.1
-    """A sparse format must be at least this much faster than dense at every token count."""
-    max_density: float = 0.5
-    """Layers denser than this stay dense without timing (sparse formats cannot win there)."""
-    max_block_density: float = 0.5
-    """BSR is only tried when at most this share of its blocks hold a non-zero."""
-    tokens: tuple[int, ...] = (128, 1024)
-    """Token counts (batch x sequence) at which formats are timed."""
-    timing_min_s: float = 0.2
-    timing_rounds: int = 3
-    """Interleaved dense/candidate rounds per layer configuration (median same-round ratio)."""
-    threads: int | None = None
-    timing_cache: bool = True
-    force_format: str | None = None
-    """Use this format wherever it applies, without timing (inspection and tests)."""
+TIMING_ROUNDS = 3
+"""Interleaved dense/candidate rounds per layer configuration (median same-round ratio)."""
 
 
 @dataclass
@@ -98,70 +80,54 @@ class Conversion:
 class Converter:
     """Chooses formats and swaps modules; one instance can serve every variant of a run."""
 
-    def __init__(self, options: DeployOptions, cache: TimingCache | None = None) -> None:
-        self.options = options
+    def __init__(
+        self,
+        config: DeployConfig | None = None,
+        cache: TimingCache | None = None,
+        *,
+        threads: int | None = None,
+        timing_rounds: int = TIMING_ROUNDS,
+    ) -> None:
+        """``config``: the audit config's ``deploy:`` section (its defaults when None).
+
+        ``threads``: the timing threads (``runtime.threads``; torch's current count when None).
+        """
+        if config is None:
+            from audit.config import DeployConfig
+
+            config = DeployConfig()
+        self.config = config
+        self.threads = threads
+        self.timing_rounds = timing_rounds
         self.cache = (
-            cache if cache is not None else (TimingCache.default() if options.timing_cache else TimingCache(None))
+            cache if cache is not None else (TimingCache.default() if config.timing_cache else TimingCache(None))
         )
         self._timers: dict[tuple[int, str], LayerTimer] = {}
         self.unavailable: dict[str, str] = {}
 
     def timer(self, device: str) -> LayerTimer:
-        threads = self.options.threads or torch.get_num_threads()
+        threads = self.threads or torch.get_num_threads()
         key = (threads, device)
         if key not in self._timers:
-            self._timers[key] = LayerTimer(
-                self.cache, threads, device, self.options.timing_min_s, self.options.timing_rounds
-            )
+            self._timers[key] = LayerTimer(self.cache, threads, device, self.config.timing_min_s, self.timing_rounds)
         return self._timers[key]
 
     # -- candidates ----------------------------------------------------------------------
-    def _globally_unavailable(self, fmt: str, device: str, dtype: torch.dtype) -> str | None:
-        if fmt == "kernel":
-            if device != "cpu":
-                return "kernel: CPU only"
-            if dtype != torch.float32:
-                return f"kernel: fp32 only (weights are {dtype})"
-            from audit.deploy.kernel import kernel_status
-
-            status = kernel_status()
-            return None if status.available else f"kernel: {status.describe()}"
-        if fmt == "semi24":
-            if device != "cuda":
-                return "semi24: PyTorch's 2:4 semi-structured kernels need a CUDA device (none here)"
-            if dtype not in (torch.float16, torch.bfloat16):
-                return f"semi24: needs fp16/bf16 weights for 2:4 (weights are {dtype})"
-        return None
-
     def candidates(self, weight: torch.Tensor, density: float) -> tuple[list[tuple[str, float]], list[str]]:
         """(format, density to time at) pairs that apply to this weight, and why others do not."""
         device = weight.device.type
         out: list[tuple[str, float]] = []
         skipped: list[str] = []
-        for fmt in self.options.formats:
-            why = self._globally_unavailable(fmt, device, weight.dtype)
+        for name in self.config.formats:
+            fmt = implementation(name)
+            why = fmt.unavailable(device, weight.dtype)
             if why is not None:
-                # 2:4 kernels only matter for 2:4 weights: say why they were not used only then
-                if fmt != "semi24" or SemiStructuredLinear.is_2_4(weight):
-                    self.unavailable.setdefault(fmt, why)
+                if fmt.worth_noting(weight):
+                    self.unavailable.setdefault(name, why)
                 continue
-            if fmt == "bsr":
-                for b in self.options.bsr_blocks:
-                    if weight.shape[0] % b or weight.shape[1] % b:
-                        skipped.append(f"bsr{b}: shape not divisible by {b}")
-                        continue
-                    bd = float(TorchBSRLinear.block_mask(weight, b).float().mean())
-                    if bd > self.options.max_block_density:
-                        skipped.append(f"bsr{b}: {bd:.0%} of blocks hold a non-zero")
-                        continue
-                    out.append((f"bsr{b}", quantize_density(bd)))
-            elif fmt == "semi24":
-                if not SemiStructuredLinear.is_2_4(weight):
-                    skipped.append("semi24: weight is not 2:4 sparse")
-                    continue
-                out.append(("semi24", 0.5))
-            else:
-                out.append((fmt, quantize_density(density)))
+            cands, not_applied = fmt.applies_to(weight, density, self.config)
+            out.extend(cands)
+            skipped.extend(not_applied)
         return out, skipped
 
     # -- choosing ------------------------------------------------------------------------
@@ -174,13 +140,13 @@ class Converter:
             return Decision(DENSE, "no zeros to skip: stays dense", kept_dense="no_zeros"), density
         cands, skipped = self.candidates(weight, density)
         note = f"; not tried: {', '.join(skipped)}" if skipped else ""
-        forced = self.options.force_format
+        forced = self.config.force_format
         if forced is not None:
             names = [f for f, _ in cands]
             if forced in names or forced == DENSE:
                 why = "forced" if forced == DENSE else None
                 return Decision(forced, f"forced by deploy.force_format={forced}", kept_dense=why), density
-            base = "bsr" if forced.startswith("bsr") else forced
+            base = spec_of(forced).name
             why = self.unavailable.get(base) or next((s for s in skipped if s.startswith(forced)), "not applicable")
             return (
                 Decision(
@@ -188,12 +154,12 @@ class Converter:
                 ),
                 density,
             )
-        if density > self.options.max_density:
+        if density > self.config.max_density:
             return (
                 Decision(
                     DENSE,
                     f"kept dense without timing: density {density:.2f} is above deploy.max_density "
-                    f"{self.options.max_density:g}",
+                    f"{self.config.max_density:g}",
                     kept_dense="above_max_density",
                 ),
                 density,
@@ -205,18 +171,16 @@ class Converter:
         timings: dict[str, dict[int, float]] = {DENSE: {}}
         for fmt, _ in cands:
             timings[fmt] = {}
-        for tokens in self.options.tokens:
+        for tokens in self.config.choose_tokens:
             cached = {f: timer.cached(f, shape, d, has_bias, tokens) for f, d in [(DENSE, 1.0), *cands]}
             if all(v is not None for v in cached.values()):
                 for f, v in cached.items():
                     timings[f][tokens] = float(v)  # type: ignore[arg-type]
                 continue
-            measured = timer.compare(
-                cands, shape, has_bias, tokens, rounds=self.options.timing_rounds, dtype=weight.dtype
-            )
+            measured = timer.compare(cands, shape, has_bias, tokens, rounds=self.timing_rounds, dtype=weight.dtype)
             for f, v in measured.items():
                 timings[f][tokens] = v
-        decision = decide(timings, min_speedup=self.options.min_speedup)
+        decision = decide(timings, min_speedup=self.config.min_speedup)
         decision.reason += note
         return decision, density
 
@@ -268,7 +232,7 @@ class Converter:
         if result.timings_measured:
             self.cache.save()
         for fmt, why in sorted(self.unavailable.items()):
-            if fmt in self.options.formats:
+            if fmt in self.config.formats:
                 result.notes.append(why)
         return result
 

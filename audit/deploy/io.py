@@ -28,8 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from audit.deploy.modules import DENSE, DeployedLinear, format_class
-from audit.errors import ModelError
+from audit.deploy.format_classes import format_for
+from audit.deploy.formats import DENSE
+from audit.deploy.modules import DeployedLinear
+from audit.errors import ModelError, PluginError
 from audit.results import DeploymentRecord
 
 log = logging.getLogger(__name__)
@@ -202,11 +204,9 @@ def load_deployed(path: str | Path, *, device: str = "cpu") -> nn.Module:
             continue
         prefix = name + "."
         own = {k[len(prefix) :]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
-        if spec["format"] == "semi24":
-            own = {k: v.to(device) for k, v in own.items()}
         try:
-            module = format_class(spec["format"]).from_state(in_f, out_f, own, spec.get("meta", {}))
-        except (KeyError, RuntimeError) as exc:
+            module = format_for(spec["format"]).load(in_f, out_f, own, spec.get("meta", {}), device=device)
+        except (KeyError, RuntimeError, PluginError) as exc:
             raise ModelError(f"cannot rebuild layer {name} ({spec['format']}): {exc}", where=str(root)) from None
         _set(model, name, module)
     for name, attrs in manifest.get("attrs", {}).items():

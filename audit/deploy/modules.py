@@ -1,6 +1,8 @@
 """Deployed Linear layers: each stores only what its format needs and runs its own kernel.
 
-Formats (the name is what :class:`~audit.results.LayerRecord` records):
+The layer classes of the built-in formats (the name is what :class:`~audit.results.LayerRecord`
+records; which format applies where, and how it converts and reloads, is
+:mod:`audit.deploy.format_classes`):
 
 * ``dense``: an ordinary :class:`torch.nn.Linear` (structured variants are physically
   smaller dense layers and stay in this format).
@@ -26,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-DENSE = "dense"
+from audit.deploy.formats import DENSE
 
 
 def csr_arrays(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -414,35 +416,6 @@ class SemiStructuredLinear(DeployedLinear):
         return {"weight": self.dense_weight()}
 
 
-def dense_bytes(module: nn.Linear | DeployedLinear) -> int:
-    """Bytes of the weight stored densely in the module's dtype."""
-    if isinstance(module, DeployedLinear):
-        return module.in_features * module.out_features * 4
-    return module.weight.numel() * module.weight.element_size()
-
-
-def stored_bytes(module: nn.Module) -> int:
-    if isinstance(module, DeployedLinear):
-        return module.stored_bytes()
-    assert isinstance(module, nn.Linear)
-    return module.weight.numel() * module.weight.element_size()
-
-
 def format_of(module: nn.Module) -> str:
+    """The recorded format name of a layer (``dense`` for an ``nn.Linear``)."""
     return module.format if isinstance(module, DeployedLinear) else DENSE
-
-
-FORMAT_CLASSES: dict[str, type[DeployedLinear]] = {
-    "kernel": KernelLinear,
-    "csr": TorchCSRLinear,
-    "bsr": TorchBSRLinear,
-    "semi24": SemiStructuredLinear,
-}
-
-
-def format_class(name: str) -> type[DeployedLinear]:
-    """The class of a recorded format name (``bsr16`` → :class:`TorchBSRLinear`)."""
-    base = "bsr" if name.startswith("bsr") else name
-    if base not in FORMAT_CLASSES:
-        raise KeyError(f"unknown deployed format {name!r}; known: dense, {', '.join(FORMAT_CLASSES)}")
-    return FORMAT_CLASSES[base]

@@ -11,17 +11,20 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from audit.deploy.convert import Conversion, Converter, DeployOptions
-from audit.deploy.modules import DENSE
+from audit.deploy.convert import Conversion, Converter
+from audit.deploy.formats import DENSE
 from audit.deploy.spec import measurements_of
 from audit.deploy.speed import measure_speed, model_bytes
 from audit.deploy.verify import DEFAULT_FACTOR, compare, probe_logits, tolerance_for
 from audit.results import DeploymentRecord, Measurement, PruningRecord
+
+if TYPE_CHECKING:
+    from audit.config import DeployConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,27 @@ class DeployContext:
 
     @classmethod
     def create(
-        cls, options: DeployOptions, probe: list[dict[str, torch.Tensor]], dense: nn.Module, **kw: Any
+        cls,
+        config: DeployConfig,
+        probe: list[dict[str, torch.Tensor]],
+        dense: nn.Module,
+        *,
+        threads: int | None = None,
     ) -> DeployContext:
-        return cls(converter=Converter(options), probe=probe, dense=dense, **kw)
+        """The context of a run: its ``deploy:`` section used as it is, ``threads`` from ``runtime.threads``."""
+        return cls(
+            converter=Converter(config, threads=threads),
+            probe=probe,
+            dense=dense,
+            tolerance=config.tolerance,
+            tolerance_factor=config.tolerance_factor,
+            measure_speed=config.measure_speed,
+            speed_seq_len=config.speed_seq_len,
+            speed_batch_size=config.speed_batch_size,
+            speed_min_time=config.speed_min_time_s,
+            speed_rounds=config.speed_rounds,
+            threads=threads,
+        )
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 
+from audit.deploy.formats import DENSE
 from audit.registry import MetricSpec
 from audit.results import DeploymentRecord, Measurement
 
@@ -179,7 +180,7 @@ def measurements_of(record: DeploymentRecord) -> list[Measurement]:
             )
         )
     if record.formats:
-        sparse = {f: n for f, n in record.formats.items() if f != "dense" and n}
+        sparse = {f: n for f, n in record.formats.items() if f != DENSE and n}
         details = {"formats": dict(record.formats), "kept_dense": dict(record.kept_dense)}
         out.append(
             Measurement(
@@ -191,7 +192,7 @@ def measurements_of(record: DeploymentRecord) -> list[Measurement]:
                 suite=SUITE,
                 dataset="layers",
                 metric="dense_layers",
-                value=record.formats.get("dense", 0),
+                value=record.formats.get(DENSE, 0),
                 details=dict(details),
             )
         )

@@ -1,0 +1,107 @@
+"""The registry of deploy formats (torch-free): which sparse formats a layer may be deployed in.
+
+A format is described by a :class:`FormatSpec` (its name, a one-line summary and the
+``"module:attr"`` of its :class:`~audit.deploy.format_classes.DeployFormat` class, imported
+only when a layer is deployed), registered like pruners and suites: built-ins here, third
+parties through an entry point in the group ``prune_audit.deploy_formats``::
+
+    [project.entry-points."prune_audit.deploy_formats"]
+    blocked_ell = "my_pkg.formats:BLOCKED_ELL_FORMAT"     # a FormatSpec
+
+or :func:`register_format` at import time. The names a config's ``deploy.formats`` lists,
+the names recorded per layer (``LayerRecord.format``, ``DeploymentRecord.formats``) and the
+names in a saved variant's manifest all resolve through :func:`spec_of`. A *parametric*
+format records ``<name><int>`` (``bsr16``: BSR with 16 x 16 blocks).
+
+``dense`` (``nn.Linear``) is not in the registry: it is always allowed, it is what a layer
+stays when no sparse format wins, and it is the name :data:`DENSE`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from audit.errors import PluginError
+from audit.registry import PluginSpec, Registry
+
+DENSE = "dense"
+"""The recorded format of an ordinary ``nn.Linear``."""
+
+
+@dataclass(frozen=True)
+class FormatSpec(PluginSpec):
+    """A deploy format, known without importing torch.
+
+    ``impl`` names a :class:`~audit.deploy.format_classes.DeployFormat` subclass.
+    """
+
+    parametric: bool = False
+    """Recorded names are ``<name><int>`` (one per parameter value, e.g. ``bsr4`` ... ``bsr32``)."""
+
+    def accepts(self, recorded: str) -> bool:
+        """Whether a recorded format name (``csr``, ``bsr16``) is this format's."""
+        if not self.parametric:
+            return recorded == self.name
+        return re.fullmatch(re.escape(self.name) + r"[0-9]+", recorded) is not None
+
+
+FORMATS: Registry[FormatSpec] = Registry("deploy format", "prune_audit.deploy_formats", FormatSpec)
+
+BUILTIN_FORMATS: tuple[FormatSpec, ...] = (
+    FormatSpec(
+        "kernel",
+        "audit.deploy.format_classes:KernelFormat",
+        "the compiled feature-major CSR SpMM kernel (CPU, fp32)",
+    ),
+    FormatSpec("csr", "audit.deploy.format_classes:CSRFormat", "torch's CSR tensor with int32 indices"),
+    FormatSpec(
+        "bsr",
+        "audit.deploy.format_classes:BSRFormat",
+        "torch's BSR tensor with b x b blocks (bsr<b>, b from deploy.bsr_blocks)",
+        parametric=True,
+    ),
+    FormatSpec(
+        "semi24",
+        "audit.deploy.format_classes:Semi24Format",
+        "PyTorch's 2:4 semi-structured sparsity (CUDA, fp16/bf16)",
+    ),
+)
+for _spec in BUILTIN_FORMATS:
+    FORMATS.register(_spec)
+
+DEFAULT_FORMATS: tuple[str, ...] = tuple(s.name for s in BUILTIN_FORMATS)
+"""``deploy.formats``' default, in the order candidates are tried (ties keep this order)."""
+
+
+def register_format(spec: FormatSpec, *, replace: bool = False) -> FormatSpec:
+    """Register a third-party deploy format."""
+    return FORMATS.register(spec, replace=replace)
+
+
+def spec_of(recorded: str) -> FormatSpec:
+    """The spec of a recorded sparse format name (``bsr16`` → ``bsr``).
+
+    Raises:
+        PluginError: No registered format records that name.
+    """
+    if recorded in FORMATS:
+        spec = FORMATS.get(recorded)
+        if spec.accepts(recorded):
+            return spec
+    for spec in FORMATS:
+        if spec.accepts(recorded):
+            return spec
+    known = ", ".join(f"{s.name}<n>" if s.parametric else s.name for s in FORMATS)
+    raise PluginError(f"unknown deploy format {recorded!r}; known: {DENSE}, {known}")
+
+
+def is_known(recorded: str) -> bool:
+    """Whether ``recorded`` is ``dense`` or a registered format's name."""
+    if recorded == DENSE:
+        return True
+    try:
+        spec_of(recorded)
+    except PluginError:
+        return False
+    return True
