@@ -65,20 +65,21 @@ def run_audit(
 
     t_run = time.perf_counter()
     preflighted = preflight(config)
+    out_dir = preflighted.paths.output_dir
     if write:  # unsafe output paths fail before any work (torch-free)
         from audit.paths import safe_join
         from reports.writer import report_targets
 
-        check_output_dir(config.output_path())
-        report_targets(config.output_path(), formats or config.report.formats, paths)
-        safe_join(config.output_path(), STORE_DIR)
+        check_output_dir(out_dir)
+        report_targets(out_dir, formats or config.report.formats, paths)
+        safe_join(out_dir, STORE_DIR)
         if config.deploy.save_variants:
             for p in preflighted.points[1:]:
-                safe_join(config.output_path(), "variants", p.id)
+                safe_join(out_dir, "variants", p.id)
     progress = progress if progress is not None else Progress()
     session = prepare(config, preflighted=preflighted)
     session.write = write
-    store = ResultStore(config.output_path() / STORE_DIR) if write else None
+    store = ResultStore(out_dir / STORE_DIR) if write else None
     if store is not None and resume:
         log.info("resuming: %d finished unit(s) in %s", store.entries(), store.root)
     executor = get_executor(config)

@@ -34,6 +34,7 @@ from audit.plan import canonical_json
 if TYPE_CHECKING:
     from audit.config import AuditConfig
     from audit.plan import SweepPoint
+    from audit.runpaths import RunPaths
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ class StoreKeys:
     code: str
 
     @classmethod
-    def create(cls, config: AuditConfig, model_fp: str, data_identity: Any) -> StoreKeys:
+    def create(cls, config: AuditConfig, paths: RunPaths, model_fp: str, data_identity: Any) -> StoreKeys:
         from audit.plan import sha256_text
 
         cfg = config.model_dump(mode="json")
@@ -304,7 +305,7 @@ class StoreKeys:
         # (judging is separate), the report, the executor and the suites (keyed on their own)
         context = {k: v for k, v in cfg.items() if k not in ("suites", "output_dir", "policy", "report", "executor")}
         suite_params = {
-            s.name: sha256_text(canonical_json({"params": s.params, "files": _referenced_files(s.params, config)}))
+            s.name: sha256_text(canonical_json({"params": s.params, "files": _referenced_files(s.params, paths)}))
             for s in config.suites
         }
         return cls(
@@ -336,22 +337,13 @@ class StoreKeys:
         return sha256_text(canonical_json([self.model, self.data, self.context, self.suite_params, self.code]))[:12]
 
 
-def _referenced_files(params: Any, config: AuditConfig) -> dict[str, str]:
+def _referenced_files(params: Any, paths: RunPaths) -> dict[str, str]:
     """Content fingerprints of the local files a suite's params name (their edits invalidate stored work)."""
+    from audit.runpaths import param_paths
+
     out: dict[str, str] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if k == "path" and isinstance(v, str):
-                    path = config.resolve(v)
-                    if path is not None and path.is_file():
-                        out[v] = file_fingerprint(path)
-                else:
-                    walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(params)
+    for raw in param_paths(params):
+        path = paths.dataset(raw)
+        if path is not None and path.is_file():
+            out[raw] = file_fingerprint(path)
     return out

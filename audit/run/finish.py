@@ -135,7 +135,7 @@ def finish(
     if session.policy is not None:
         verdict = evaluate_policy(session.policy, result, policy_label=session.policy_label)
         result.verdict = verdict  # skipped rules are listed by the report, from the verdict
-    out_dir = config.output_path()
+    out_dir = session.paths.output_dir
     files = {}
     if write:
         from audit.interrupt import deferred

@@ -230,7 +230,7 @@ def _save_variant(session: Session, point: SweepPoint, model: Any, vr: VariantRe
     save_deployed(
         model,
         vr.deployment.saved_to,
-        root=config.output_path(),
+        root=session.paths.output_dir,
         tokenizer=session.loaded.tokenizer,
         record=vr.deployment,
     )

@@ -16,13 +16,15 @@ import numpy as np
 
 from audit import provenance
 from audit.config import AuditConfig
-from audit.data import EvalSet, check_data_files, load_split
+from audit.data import EvalSet, read_split
+from audit.datafiles import check_data_paths
 from audit.env import configure_offline
 from audit.errors import UsageError
 from audit.model_io import check_model_dir
 from audit.plan import SweepPoint, plan
 from audit.policy import Policy, load_policy
 from audit.registry import PRUNERS, SUITES
+from audit.runpaths import RunPaths
 from audit.store import StoreKeys
 
 STORE_DIR = ".prune-audit-store"
@@ -36,6 +38,8 @@ class Preflight:
     policy: Policy | None
     policy_label: str | None
     points: list[SweepPoint]
+    paths: RunPaths
+    """The run's paths, resolved once when the config was loaded."""
 
 
 def preflight(config: AuditConfig, *, points: list[SweepPoint] | None = None) -> Preflight:
@@ -45,27 +49,26 @@ def preflight(config: AuditConfig, *, points: list[SweepPoint] | None = None) ->
     """
     from audit.pruning.specs import validate_point_params
 
+    paths = config.paths
     policy = label = None
-    if config.policy is not None:
+    if paths.policy is not None:
         from audit.policy_metrics import check_rule_metrics
 
-        policy, label = load_policy(config.policy, config.base_dir)
-        check_rule_metrics(policy, config.policy, base_dir=config.base_dir)  # a typo'd metric: before any work
-    if config.model.path is not None:
-        path = config.resolve(config.model.path)
-        assert path is not None
-        check_model_dir(config.model, path)
-    check_data_files(config)
+        policy, label = load_policy(paths.policy, paths.base_dir)
+        check_rule_metrics(policy, paths.policy, base_dir=paths.base_dir)  # a typo'd metric: before any work
+    if paths.model_dir is not None:
+        check_model_dir(config.model, paths.model_dir)
+    check_data_paths(config.data, paths.data_files)
     from audit.pruning.base import check_overrides
 
     check_overrides(config.sweep.layers)
     points = plan(config) if points is None else points
     for point in points[1:]:
         validate_point_params(point)
-    return Preflight(policy=policy, policy_label=label, points=points)
+    return Preflight(policy=policy, policy_label=label, points=points, paths=paths)
 
 
-def _calibration(config: AuditConfig, predictor: Any, id2label: dict[int, str]) -> Any:
+def _calibration(config: AuditConfig, paths: RunPaths, predictor: Any, id2label: dict[int, str]) -> Any:
     """A :class:`~audit.pruning.calibration.CalibrationSampler` over the configured split (or None).
 
     The split is loaded here, before any pruning, so that a bad split fails early;
@@ -77,7 +80,7 @@ def _calibration(config: AuditConfig, predictor: Any, id2label: dict[int, str]) 
     split = calib_cfg.split or config.data.splits.calibration
     if split is None:
         return None
-    es = load_split(config, split, id2label)
+    es = read_split(config.data, paths.data_files, split, id2label, seed=config.seed, offline=config.offline)
     return CalibrationSampler(
         es, predictor, n=calib_cfg.n, seed=calib_cfg.seed, dataset=config.data.name or split, split=split
     )
@@ -101,6 +104,7 @@ class Session:
     base_ctx: Any
     deploy_ctx: Any
     keys: StoreKeys
+    paths: RunPaths
     started_at: str = ""
     write: bool = True
     """Whether outputs (saved variants, reports) are written."""
@@ -127,7 +131,7 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
     import torch
 
     from audit.inference import Predictor
-    from audit.model_io import load_model
+    from audit.model_io import load_checkpoint
     from audit.suite import SuiteContext
 
     if config.runtime.threads:
@@ -135,9 +139,12 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % (2**32))
 
-    loaded = load_model(config)
+    paths = pre.paths
+    loaded = load_checkpoint(config.model, paths.model_dir, offline=config.offline)
     id2label = loaded.id2label
-    eval_set = load_split(config, config.data.splits.eval, id2label)
+    eval_set = read_split(
+        config.data, paths.data_files, config.data.splits.eval, id2label, seed=config.seed, offline=config.offline
+    )
     device = config.runtime.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -157,7 +164,7 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
             cls = spec.load()
             pruners[point.label] = cls(spec, spec.params.model_validate(point.params))
     needs_calibration = any(p.needs_calibration for p in pruners.values())
-    calibration = _calibration(config, predictor, id2label) if needs_calibration else None
+    calibration = _calibration(config, paths, predictor, id2label) if needs_calibration else None
 
     base_ctx = SuiteContext(
         config=config,
@@ -189,7 +196,8 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
         suites=suites,
         base_ctx=base_ctx,
         deploy_ctx=None,
-        keys=StoreKeys.create(config, loaded.identity.fingerprint, eval_set.identity),
+        keys=StoreKeys.create(config, paths, loaded.identity.fingerprint, eval_set.identity),
+        paths=paths,
         started_at=started_at,
     )
     for point in points[1:]:  # every point is checked before any work starts
