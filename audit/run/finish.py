@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class RunOutcome:
-    """What :func:`run_audit` produced."""
+    """What :func:`audit.runner.run_audit` produced."""
 
     result: RunResult
     verdict: Verdict | None
