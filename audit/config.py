@@ -39,6 +39,7 @@ from pydantic_core import PydanticCustomError
 from audit.deploy.formats import DEFAULT_FORMATS, DENSE, FORMATS, is_known
 from audit.errors import ConfigError
 from audit.registry import PRUNERS, SUITES, PluginParams
+from audit.runpaths import RunPaths
 from audit.yamlio import YamlDocument, load_yaml, parse_yaml, validation_to_config_error
 
 DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "txt")
@@ -493,6 +494,7 @@ class AuditConfig(StrictModel):
     report: ReportConfig = Field(default_factory=ReportConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     _base_dir: str | None = PrivateAttr(None)
+    _paths: RunPaths | None = PrivateAttr(None)
 
     @field_validator("suites", mode="before")
     @classmethod
@@ -533,19 +535,25 @@ class AuditConfig(StrictModel):
         """Directory that relative paths are resolved against (the config file's)."""
         return self._base_dir
 
+    @property
+    def paths(self) -> RunPaths:
+        """Every path of the run, resolved once (when the config is loaded) against :attr:`base_dir`."""
+        if self._paths is None:
+            self._paths = RunPaths.of(self)
+        return self._paths
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> AuditConfig:
+        cfg = super().model_copy(update=update, deep=deep)
+        if update:
+            cfg._paths = None  # changed fields: resolved again on first use
+        return cfg
+
     def resolve(self, path: str | None) -> Path | None:
-        """Resolve a config-relative path."""
-        if path is None:
-            return None
-        p = Path(path).expanduser()
-        if not p.is_absolute() and self._base_dir:
-            p = Path(self._base_dir) / p
-        return p
+        """Resolve a config-relative path (as :attr:`paths` does)."""
+        return self.paths.resolve(path)
 
     def output_path(self) -> Path:
-        out = self.resolve(self.output_dir)
-        assert out is not None
-        return out
+        return self.paths.output_dir
 
 
 def _validate(doc: YamlDocument, base_dir: str | None, overrides: dict[str, Any] | None) -> AuditConfig:
@@ -561,6 +569,7 @@ def _validate(doc: YamlDocument, base_dir: str | None, overrides: dict[str, Any]
     except ValidationError as exc:
         raise validation_to_config_error(exc, doc, AuditConfig) from None
     cfg._base_dir = base_dir
+    cfg._paths = RunPaths.of(cfg)  # resolved once, here
     return cfg
 
 

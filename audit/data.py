@@ -22,17 +22,18 @@ Hostile input (see the README's "Hostile input" section):
 
 from __future__ import annotations
 
-import codecs
 import csv
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from audit.config import AuditConfig, ColumnMap, DatasetRef, HubDataset, TableSource
+from audit.config import AuditConfig, ColumnMap, DataConfig, DatasetRef, HubDataset, TableSource
+from audit.datafiles import TEXT_FORMATS, check_data_paths, check_utf8, infer_format, reencode_hint
 from audit.errors import DataError
 from audit.fingerprint import texts_sha256
 from audit.results import DatasetIdentity
@@ -43,27 +44,7 @@ log = logging.getLogger(__name__)
 MISSING_GROUP = "(missing)"
 MAX_ROWS_SHOWN = 10
 """How many row numbers an error or warning lists."""
-_TEXT_FORMATS = ("csv", "tsv", "json")
-_CHUNK = 1 << 20
-_BOMS = (  # longest first: the UTF-32-LE mark starts with the UTF-16-LE one
-    (codecs.BOM_UTF32_LE, "UTF-32-LE"),
-    (codecs.BOM_UTF32_BE, "UTF-32-BE"),
-    (codecs.BOM_UTF16_LE, "UTF-16-LE"),
-    (codecs.BOM_UTF16_BE, "UTF-16-BE"),
-)
-_REENCODE = "re-encode the file as UTF-8, e.g. `iconv -f {enc} -t UTF-8 {name} > {stem}.utf8{suffix}`"
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_utf8_checked: set[tuple[str, int, int]] = set()
-_EXT_FORMAT = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".txt": "tsv",
-    ".json": "json",
-    ".jsonl": "json",
-    ".ndjson": "json",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
 
 
 @dataclass
@@ -116,77 +97,6 @@ class EvalSet:
         return new
 
 
-def infer_format(path: Path, declared: str | None) -> str:
-    if declared:
-        return "json" if declared == "jsonl" else declared
-    fmt = _EXT_FORMAT.get(path.suffix.lower())
-    if fmt is None:
-        raise DataError(
-            f"cannot tell the format of {path.name} from its extension",
-            where=str(path),
-            hint="set format: csv | tsv | json | parquet",
-        )
-    return fmt
-
-
-def _reencode_hint(path: Path, enc: str) -> str:
-    return _REENCODE.format(enc=enc, name=path.name, stem=path.stem, suffix=path.suffix)
-
-
-def check_utf8(path: Path, where: str) -> None:
-    """Refuse a text data file that is not UTF-8, naming the first undecodable byte.
-
-    A UTF-8 byte-order mark is accepted (the parsers skip it). A UTF-16 or UTF-32
-    byte-order mark, a file that is mostly NUL bytes (UTF-16/32 without a mark, or
-    binary data) and the first byte sequence that is not UTF-8 (with its offset and
-    line) are :class:`DataError` exceptions. The file is read in 1 MiB chunks; a file already
-    checked (same path, size and modification time) is not read again.
-    """
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _utf8_checked:
-        return
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    lines = 0
-    with open(path, "rb") as fh:
-        while True:
-            chunk = fh.read(_CHUNK)
-            if offset == 0:
-                for bom, enc in _BOMS:
-                    if chunk.startswith(bom):
-                        raise DataError(
-                            f"{path.name} is {enc} (byte-order mark at offset 0), not UTF-8",
-                            where=where,
-                            hint=_reencode_hint(path, enc),
-                        )
-                head = chunk[:65536]
-                if head and head.count(0) * 10 > len(head):
-                    raise DataError(
-                        f"{path.name} is not UTF-8 text: {100 * head.count(0) / len(head):.0f}% of its first "
-                        f"{len(head)} bytes are NUL (UTF-16/UTF-32 without a byte-order mark, or a binary file)",
-                        where=where,
-                        hint=_reencode_hint(path, "UTF-16"),
-                    )
-            pending = len(decoder.getstate()[0])
-            try:
-                decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as exc:
-                at = offset - pending + exc.start
-                line = lines + chunk[: max(0, at - offset)].count(b"\n") + 1
-                bad = exc.object[exc.start]
-                raise DataError(
-                    f"{path.name} is not UTF-8: byte 0x{bad:02x} at offset {at} (line {line}) is not valid UTF-8",
-                    where=where,
-                    hint=_reencode_hint(path, "<its encoding, e.g. LATIN1 or CP1252>"),
-                ) from None
-            if not chunk:
-                break
-            offset += len(chunk)
-            lines += chunk.count(b"\n")
-    _utf8_checked.add(key)
-
-
 def _quiet_datasets() -> None:
     import datasets
 
@@ -207,7 +117,7 @@ def _load_local(path: Path, source: TableSource, split: str, where: str) -> Any:
     if path.stat().st_size == 0:
         raise DataError(f"data file is empty: {path}", where=where)
     fmt = infer_format(path, source.format)
-    if fmt in _TEXT_FORMATS:
+    if fmt in TEXT_FORMATS:
         check_utf8(path, where)
     kwargs: dict[str, Any] = {}
     builder = fmt
@@ -239,7 +149,7 @@ def _load_local(path: Path, source: TableSource, split: str, where: str) -> Any:
             chain.append(nxt)
         if any(isinstance(c, UnicodeDecodeError) for c in chain):
             raise DataError(
-                f"{path.name} is not UTF-8", where=where, hint=_reencode_hint(path, "<its encoding>")
+                f"{path.name} is not UTF-8", where=where, hint=reencode_hint(path, "<its encoding>")
             ) from None
         if "corresponds to no data" in str(exc):
             raise DataError("the split has no rows", where=where, hint="point at a non-empty file or split") from None
@@ -521,21 +431,41 @@ def table_to_evalset(
 
 
 def load_split(config: AuditConfig, split: str, id2label: dict[int, str], *, need_label: bool = True) -> EvalSet:
-    """Load split ``split`` of the configured in-distribution data."""
-    data = config.data
+    """Load split ``split`` of the configured in-distribution data (:func:`read_split` on ``config.paths``)."""
+    return read_split(
+        config.data,
+        config.paths.data_files,
+        split,
+        id2label,
+        seed=config.seed,
+        offline=config.offline,
+        need_label=need_label,
+    )
+
+
+def read_split(
+    data: DataConfig,
+    files: Mapping[str, Path],
+    split: str,
+    id2label: dict[int, str],
+    *,
+    seed: int,
+    offline: bool,
+    need_label: bool = True,
+) -> EvalSet:
+    """Load split ``split`` of the in-distribution data ``data``; ``files``: its resolved ``data.files``."""
     name = data.name or split
     if data.files is not None:
         if split not in data.files:
             raise DataError(f"split {split!r} is not in data.files ({sorted(data.files)})", where="data.files")
-        path = config.resolve(data.files[split])
-        assert path is not None
+        path = files[split]
         where = f"data.files.{split}={data.files[split]}"
         ds = _load_local(path, data, split, where)
         source_label = str(path)
     else:
         assert data.hub is not None
         where = f"data.hub={data.hub.name}[{split}]"
-        ds = _load_hub(data.hub, split, config.offline, where)
+        ds = _load_hub(data.hub, split, offline, where)
         source_label = f"hub:{data.hub.name}"
     max_n = data.max_eval_examples if split == data.splits.eval else None
     es = table_to_evalset(
@@ -547,16 +477,23 @@ def load_split(config: AuditConfig, split: str, id2label: dict[int, str], *, nee
         source_label=source_label,
         split=split,
         max_examples=max_n,
-        seed=config.seed,
+        seed=seed,
         need_label=need_label,
     )
     return es
 
 
 def load_ref(ref: DatasetRef, config: AuditConfig, id2label: dict[int, str], *, need_label: bool = True) -> EvalSet:
-    """Load an extra dataset named in a suite's params."""
+    """Load an extra dataset named in a suite's params (:func:`read_ref` on ``config.paths``)."""
+    path = config.paths.dataset(ref.path)
+    return read_ref(ref, path, id2label, seed=config.seed, offline=config.offline, need_label=need_label)
+
+
+def read_ref(
+    ref: DatasetRef, path: Path | None, id2label: dict[int, str], *, seed: int, offline: bool, need_label: bool = True
+) -> EvalSet:
+    """Load an extra dataset ``ref``; ``path``: its resolved ``path`` (None for a hub dataset)."""
     if ref.path is not None:
-        path = config.resolve(ref.path)
         assert path is not None
         where = f"dataset {ref.name} ({ref.path})"
         ds = _load_local(path, ref, ref.split, where)
@@ -564,7 +501,7 @@ def load_ref(ref: DatasetRef, config: AuditConfig, id2label: dict[int, str], *, 
     else:
         assert ref.hub is not None
         where = f"dataset {ref.name} (hub {ref.hub.name})"
-        ds = _load_hub(ref.hub, ref.split, config.offline, where)
+        ds = _load_hub(ref.hub, ref.split, offline, where)
         source_label = f"hub:{ref.hub.name}"
     return table_to_evalset(
         ds,
@@ -575,30 +512,14 @@ def load_ref(ref: DatasetRef, config: AuditConfig, id2label: dict[int, str], *, 
         source_label=source_label,
         split=ref.split,
         max_examples=ref.max_examples,
-        seed=config.seed,
+        seed=seed,
         need_label=need_label,
     )
 
 
 def check_data_files(config: AuditConfig) -> None:
-    """Cheap pre-flight (no imports of datasets): configured files exist, are non-empty, text ones UTF-8."""
-    data = config.data
-    if data.files is None:
-        return
-    needed = {data.splits.eval}
-    if data.splits.calibration:
-        needed.add(data.splits.calibration)
-    for split in sorted(needed):
-        path = config.resolve(data.files[split])
-        where = f"data.files.{split}={data.files[split]}"
-        if path is None or not path.exists():
-            raise DataError(f"data file not found: {path}", where=where)
-        if path.is_dir():
-            raise DataError(f"{path} is a directory; expected a data file", where=where)
-        if path.stat().st_size == 0:
-            raise DataError(f"data file is empty: {path}", where=where)
-        if infer_format(path, data.format) in _TEXT_FORMATS:
-            check_utf8(path, where)
+    """Cheap pre-flight (no imports of datasets) of the configured data files: see :func:`check_data_paths`."""
+    check_data_paths(config.data, config.paths.data_files)
 
 
 def record_truncation(es: EvalSet, predictor: Any) -> int:

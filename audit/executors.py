@@ -26,7 +26,9 @@ from audit.errors import UsageError
 
 if TYPE_CHECKING:
     from audit.config import AuditConfig
-    from audit.runner import PointOutcome, Session
+    from audit.plan import SweepPoint
+    from audit.run.point import PointOutcome
+    from audit.run.session import Session
     from audit.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ class LocalExecutor:
     name = "local"
 
     def run(self, session: Session, *, store: ResultStore | None, resume: bool, progress: Any) -> list[PointOutcome]:
-        from audit.runner import point_summary, run_point
+        from audit.run.point import point_summary, run_point
 
         points = session.points
         outcomes: list[PointOutcome] = []
@@ -88,9 +90,9 @@ _WORKER_SESSIONS: dict[str, Any] = {}
 """Per worker process: prepared sessions by config fingerprint (a worker reuses its session)."""
 
 
-def _worker_session(config: AuditConfig, threads: int) -> Session:
+def _worker_session(config: AuditConfig, points: list[SweepPoint], threads: int) -> Session:
     from audit.fingerprint import canonical_json, sha256_text
-    from audit.runner import prepare
+    from audit.run.session import preflight, prepare
 
     key = sha256_text(canonical_json(config.model_dump(mode="json")))
     if key not in _WORKER_SESSIONS:
@@ -98,7 +100,7 @@ def _worker_session(config: AuditConfig, threads: int) -> Session:
 
         torch.set_num_threads(threads)
         _WORKER_SESSIONS.clear()  # one run at a time per worker: bounded memory
-        session = prepare(config)
+        session = prepare(config, preflighted=preflight(config, points=points))  # the driver's plan
         # the driver writes the store and the reports; a worker writes only the deployed variants
         # it made (deploy.save_variants), which on a multi-node cluster needs a shared output_dir
         _WORKER_SESSIONS[key] = session
@@ -107,15 +109,16 @@ def _worker_session(config: AuditConfig, threads: int) -> Session:
 
 def _ray_point(
     config: AuditConfig,
+    points: list[SweepPoint],
     index: int,
     baseline: dict[str, dict[str, Any]] | None,
     stored: dict[str, Any],
     threads: int,
 ) -> PointOutcome:
-    """Body of one Ray task: run sweep point ``index`` (reusing the units in ``stored``)."""
-    from audit.runner import run_point
+    """Body of one Ray task: run sweep point ``index`` of the driver's plan (reusing the units in ``stored``)."""
+    from audit.run.point import run_point
 
-    session = _worker_session(config, threads)
+    session = _worker_session(config, points, threads)
     point = session.points[index]
 
     def lookup(key: Any) -> Any:
@@ -183,7 +186,7 @@ class RayExecutor:
         return ray
 
     def run(self, session: Session, *, store: ResultStore | None, resume: bool, progress: Any) -> list[PointOutcome]:
-        from audit.runner import point_summary
+        from audit.run.point import point_summary
 
         ray = self._init()
         try:
@@ -199,6 +202,7 @@ class RayExecutor:
         threads = max(1, int(cfg.num_cpus_per_task))
         task = ray.remote(num_cpus=cfg.num_cpus_per_task, max_retries=0)(_ray_point)
         config_ref = ray.put(session.config)
+        points_ref = ray.put(session.points)  # the plan, computed once by the driver
 
         def stored_for(point: Any) -> dict[str, Any]:
             if store is None or not resume:
@@ -221,13 +225,15 @@ class RayExecutor:
         points = session.points
         outcomes = []
         with progress.stage("sweep", len(points)) as stage:
-            dense = gathered(_get(ray, task.remote(config_ref, 0, None, stored_for(points[0]), threads)))
+            dense = gathered(_get(ray, task.remote(config_ref, points_ref, 0, None, stored_for(points[0]), threads)))
             baseline_ref = ray.put(dense.artifacts)
             dense.artifacts = {}
             outcomes.append(dense)
             stage.advance(f"{points[0].id}: {summary(dense.result)}")
             pending = {
-                task.remote(config_ref, i, baseline_ref, stored_for(p), threads): p for i, p in enumerate(points) if i
+                task.remote(config_ref, points_ref, i, baseline_ref, stored_for(p), threads): p
+                for i, p in enumerate(points)
+                if i
             }
             try:
                 while pending:

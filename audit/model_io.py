@@ -65,9 +65,17 @@ def check_model_dir(spec: ModelConfig, path: Path) -> None:
 
 
 def load_model(config: AuditConfig) -> LoadedModel:
-    """Load tokenizer and sequence-classification model as the config says."""
-    spec = config.model
-    local = config.resolve(spec.path) if spec.path else None
+    """Load tokenizer and sequence-classification model as the config says (:func:`load_checkpoint`)."""
+    return load_checkpoint(config.model, config.paths.model_dir, offline=config.offline)
+
+
+def load_checkpoint(spec: ModelConfig, local: Path | None, *, offline: bool) -> LoadedModel:
+    """Load the tokenizer and sequence-classification model ``spec`` names.
+
+    ``local``: ``spec.path`` resolved (None for a hub model); ``offline``: never touch the network.
+    """
+    if not spec.path:
+        local = None
     if local is not None:
         check_model_dir(spec, local)
     import torch  # noqa: F401 - imported here so that config validation stays torch-free
@@ -77,7 +85,7 @@ def load_model(config: AuditConfig) -> LoadedModel:
     where = f"model.path={spec.path}" if local is not None else f"model.hub_id={spec.hub_id}"
     common: dict[str, Any] = {
         "trust_remote_code": spec.trust_remote_code,
-        "local_files_only": config.offline or local is not None,
+        "local_files_only": offline or local is not None,
     }
     if spec.revision and local is None:
         common["revision"] = spec.revision

@@ -24,12 +24,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from audit.atomic import atomic_write_bytes
 from audit.fingerprint import canonical_json, file_sha256
+
+if TYPE_CHECKING:
+    from audit.config import AuditConfig
+    from audit.plan import SweepPoint
+    from audit.runpaths import RunPaths
 
 log = logging.getLogger(__name__)
 
@@ -271,3 +276,69 @@ class ResultStore:
         if self.root.exists():
             shutil.rmtree(self.root)
         os.makedirs(self.root, exist_ok=True)
+
+
+# -- the keys of one run ------------------------------------------------------------------------
+
+
+@dataclass
+class StoreKeys:
+    """Store keys of a run's units of work: a point's pruning and deployment, one suite on one point."""
+
+    model: str
+    data: str
+    context: str
+    suite_params: dict[str, str]
+    code: str
+
+    @classmethod
+    def create(cls, config: AuditConfig, paths: RunPaths, model_fp: str, data_identity: Any) -> StoreKeys:
+        from audit.plan import sha256_text
+
+        cfg = config.model_dump(mode="json")
+        # what every unit depends on besides its point: everything but the output, the policy
+        # (judging is separate), the report, the executor and the suites (keyed on their own)
+        context = {k: v for k, v in cfg.items() if k not in ("suites", "output_dir", "policy", "report", "executor")}
+        suite_params = {
+            s.name: sha256_text(canonical_json({"params": s.params, "files": _referenced_files(s.params, paths)}))
+            for s in config.suites
+        }
+        return cls(
+            model=model_fp,
+            data=data_identity.fingerprint if data_identity is not None else "",
+            context=sha256_text(canonical_json(context)),
+            suite_params=suite_params,
+            code=code_fingerprint(),
+        )
+
+    def point(self, point: SweepPoint) -> StoreKey:
+        return StoreKey("point", self.model, self.data, point.key, params=self.context, code=self.code)
+
+    def suite(self, point: SweepPoint, name: str) -> StoreKey:
+        return StoreKey(
+            "suite",
+            self.model,
+            self.data,
+            point.key,
+            name=name,
+            params=self.context + self.suite_params[name],
+            code=self.code,
+        )
+
+    def run_id(self) -> str:
+        """Deterministic: the same inputs and code give the same run id (a resumed run keeps it)."""
+        from audit.plan import sha256_text
+
+        return sha256_text(canonical_json([self.model, self.data, self.context, self.suite_params, self.code]))[:12]
+
+
+def _referenced_files(params: Any, paths: RunPaths) -> dict[str, str]:
+    """Content fingerprints of the local files a suite's params name (their edits invalidate stored work)."""
+    from audit.runpaths import param_paths
+
+    out: dict[str, str] = {}
+    for raw in param_paths(params):
+        path = paths.dataset(raw)
+        if path is not None and path.is_file():
+            out[raw] = file_fingerprint(path)
+    return out

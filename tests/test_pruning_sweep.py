@@ -180,7 +180,7 @@ def test_missing_calibration_split_fails_before_the_model_is_loaded(
     def no_loading(*_a: object, **_k: object) -> None:
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(audit.model_io, "load_model", no_loading)
+    monkeypatch.setattr(audit.model_io, "load_checkpoint", no_loading)  # what load_model and the runner call
     data = (
         "data:\n"
         f"  files: {{test: {tiny_data_dir / 'test.jsonl'}}}\n"

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from audit.results import MetricInfo, RunResult
+from audit.stats import SMALL_GROUP_N
 from reports.views.common import by_id, direction_text, fmt_value, metric_info, ordered_ids, worse
 
 DISPARATE_TOLERANCE = 0.02
 """A group whose loss exceeds the overall loss by more than this is flagged (Tran et al. 2022)."""
-DISPARATE_MIN_N = 30
+DISPARATE_MIN_N = SMALL_GROUP_N
 MAX_GROUP_ROWS = 30
 MAX_FINDINGS = 25
 

@@ -1,0 +1,173 @@
+"""Finishing a run: its points assembled in plan order, provenance, limitations, the verdict and the reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from audit import provenance
+from audit.config import AuditConfig
+from audit.data import EvalSet
+from audit.errors import ExitCode
+from audit.plan import canonical_json, sha256_text
+from audit.policy import evaluate_policy
+from audit.registry import SUITES
+from audit.results import DatasetIdentity, MetricInfo, RunResult, VariantResult, Verdict
+from audit.stats import SMALL_GROUP_N
+
+if TYPE_CHECKING:
+    from audit.run.point import PointOutcome
+    from audit.run.session import Session
+
+
+@dataclass
+class RunOutcome:
+    """What :func:`audit.runner.run_audit` produced."""
+
+    result: RunResult
+    verdict: Verdict | None
+    output_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.verdict is None:
+            evaluated = any(v.measurements for v in self.result.all_variants())
+            return ExitCode.OK if evaluated else ExitCode.NO_RESULTS
+        return ExitCode(self.verdict.exit_code)
+
+
+def _metric_catalog(config: AuditConfig, *, deployed: bool = False) -> dict[str, MetricInfo]:
+    out = {}
+    if deployed:
+        from audit.deploy import spec as deploy_spec
+
+        for m in deploy_spec.metrics_for(config.deploy.speed_batch_size):
+            out[f"{deploy_spec.SUITE}/{m.name}"] = MetricInfo(
+                suite=deploy_spec.SUITE,
+                name=m.name,
+                meaning=m.meaning,
+                higher_is_better=m.higher_is_better,
+                range=list(m.range),
+                unit=m.unit,
+                citation=m.citation,
+            )
+    for s in config.suites:
+        spec = SUITES.get(s.name)
+        for m in spec.metrics:
+            out[f"{spec.name}/{m.name}"] = MetricInfo(
+                suite=spec.name,
+                name=m.name,
+                meaning=m.meaning,
+                higher_is_better=m.higher_is_better,
+                range=list(m.range),
+                unit=m.unit,
+                citation=m.citation,
+            )
+    return out
+
+
+def finish(
+    session: Session,
+    outcomes: list[PointOutcome],
+    *,
+    command: str | None = None,
+    write: bool = True,
+    formats: list[str] | None = None,
+    paths: dict[str, Path] | None = None,
+) -> RunOutcome:
+    """Assemble the run's result from its points (in plan order), judge it and write the reports."""
+    import torch
+
+    config = session.config
+    order = {p.id: i for i, p in enumerate(session.points)}
+    outcomes = sorted(outcomes, key=lambda o: order[o.result.id])
+    results = [o.result for o in outcomes]
+    cfg_json = config.model_dump(mode="json")
+    prov = provenance.collect(
+        seed=config.seed,
+        started_at=session.started_at,
+        command=command,
+        config_fingerprint=sha256_text(canonical_json(cfg_json)),
+        threads=torch.get_num_threads(),
+    )
+    prov.finished_at = provenance.now_iso()
+    eval_set = session.eval_set
+    datasets = [eval_set.identity] if eval_set.identity else []
+    calibration = session.calibration
+    if calibration is not None:
+        seeds = sorted({p.seed for p in session.points[1:] if session.pruners[p.label].needs_calibration})
+        for seed in seeds:  # drawn here too when every point came from the store or from Ray workers
+            rec = calibration(seed).record
+            datasets.append(
+                DatasetIdentity(
+                    id=f"calibration:{rec.dataset}:seed{rec.point_seed}",
+                    source=rec.split,
+                    split=rec.split,
+                    n=rec.n,
+                    fingerprint=rec.fingerprint,
+                )
+            )
+    extra: dict[str, DatasetIdentity] = {}
+    for o in outcomes:
+        for d in o.datasets:
+            extra.setdefault(d.id, d)
+    datasets.extend(extra.values())
+    result = RunResult(
+        run_id=session.keys.run_id(),
+        title=config.report.title or f"Pruning audit of {Path(session.loaded.identity.source).name}",
+        provenance=prov,
+        config=cfg_json,
+        model=session.loaded.identity,
+        datasets=datasets,
+        metrics=_metric_catalog(config, deployed=session.deploy_ctx is not None),
+        baseline=results[0],
+        variants=results[1:],
+        limitations=_limitations(config, eval_set, results)
+        + [d.truncation_note for d in datasets if d.truncation_note],
+    )
+    from audit.analysis import analyze_sweep  # FDR control over every variant's tests
+
+    analyze_sweep(result, alpha=round(1.0 - config.runtime.ci_level, 10))
+    verdict = None
+    if session.policy is not None:
+        verdict = evaluate_policy(session.policy, result, policy_label=session.policy_label)
+        result.verdict = verdict  # skipped rules are listed by the report, from the verdict
+    out_dir = session.paths.output_dir
+    files = {}
+    if write:
+        from audit.interrupt import deferred
+
+        with deferred():  # all the reports or none: a signal now waits until they are written
+            files = write_reports(result, out_dir, formats or config.report.formats, paths=paths)
+    return RunOutcome(result=result, verdict=verdict, output_dir=out_dir, files=files)
+
+
+def _limitations(config: AuditConfig, eval_set: EvalSet, results: list[VariantResult]) -> list[str]:
+    out = []
+    notes = {n for v in results if v.deployment is not None for n in v.deployment.notes}
+    out.extend(f"deployment: {n}" for n in sorted(notes))
+    # what a suite could not do on a variant (e.g. a wall-clock cap cut its attacks short) limits the run
+    out.extend(dict.fromkeys(w for v in results for w in v.warnings if w.startswith("adversarial on ")))
+    if not config.data.columns.groups:
+        out.append("No sensitive-group columns were configured: no per-group results.")
+    for w in eval_set.warnings:
+        out.append(f"eval data: {w}")
+    for name, values in eval_set.groups.items():
+        uniq, counts = np.unique(values.astype(str), return_counts=True)
+        small = [f"{g} (n={c})" for g, c in zip(uniq, counts, strict=True) if c < SMALL_GROUP_N]
+        if len(uniq) < 2:
+            out.append(f"group column {name!r} has a single group; no comparison is possible.")
+        if small:
+            out.append(f"group column {name!r}: small groups with wide CIs: {', '.join(small)}")
+    return out
+
+
+def write_reports(result: RunResult, out_dir: Path, formats: list[str], **kw: Any) -> dict[str, Path]:
+    """Render every requested reporter and write each file atomically (see :mod:`reports.writer`)."""
+    from reports.writer import write_reports as _write
+
+    return _write(result, out_dir, formats, **kw)

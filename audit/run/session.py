@@ -1,0 +1,233 @@
+"""One run's session: the torch-free pre-flight, then everything prepared once and shared by its points.
+
+:func:`preflight` checks everything the config names (policy, model directory, data files,
+layer overrides, every sweep point's params) before any import of torch and computes the
+sweep plan, once; :func:`prepare` loads the model, data, pruners, calibration and suites
+into a :class:`Session`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from audit import provenance
+from audit.config import AuditConfig
+from audit.data import EvalSet, read_split
+from audit.datafiles import check_data_paths
+from audit.env import configure_offline
+from audit.errors import UsageError
+from audit.model_io import check_model_dir
+from audit.plan import SweepPoint, plan
+from audit.policy import Policy, load_policy
+from audit.registry import PRUNERS, SUITES
+from audit.runpaths import RunPaths
+from audit.store import StoreKeys
+
+STORE_DIR = ".prune-audit-store"
+"""The result store's folder inside the output directory."""
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the torch-free pre-flight found: the loaded policy and the sweep plan (computed once per run)."""
+
+    policy: Policy | None
+    policy_label: str | None
+    points: list[SweepPoint]
+    paths: RunPaths
+    """The run's paths, resolved once when the config was loaded."""
+
+
+def preflight(config: AuditConfig, *, points: list[SweepPoint] | None = None) -> Preflight:
+    """Torch-free checks of everything named in the config; returns the loaded policy and the plan.
+
+    ``points``: the plan, when it was already computed (a Ray worker gets the driver's).
+    """
+    from audit.pruning.specs import validate_point_params
+
+    paths = config.paths
+    policy = label = None
+    if paths.policy is not None:
+        from audit.policy_metrics import check_rule_metrics
+
+        policy, label = load_policy(paths.policy, paths.base_dir)
+        check_rule_metrics(policy, paths.policy, base_dir=paths.base_dir)  # a typo'd metric: before any work
+    if paths.model_dir is not None:
+        check_model_dir(config.model, paths.model_dir)
+    check_data_paths(config.data, paths.data_files)
+    from audit.pruning.base import check_overrides
+
+    check_overrides(config.sweep.layers)
+    points = plan(config) if points is None else points
+    for point in points[1:]:
+        validate_point_params(point)
+    return Preflight(policy=policy, policy_label=label, points=points, paths=paths)
+
+
+def _calibration(config: AuditConfig, paths: RunPaths, predictor: Any, id2label: dict[int, str]) -> Any:
+    """A :class:`~audit.pruning.calibration.CalibrationSampler` over the configured split (or None).
+
+    The split is loaded here, before any pruning, so that a bad split fails early;
+    each sweep seed gets its own sample (see :mod:`audit.pruning.calibration`).
+    """
+    from audit.pruning.calibration import CalibrationSampler
+
+    calib_cfg = config.sweep.calibration
+    split = calib_cfg.split or config.data.splits.calibration
+    if split is None:
+        return None
+    es = read_split(config.data, paths.data_files, split, id2label, seed=config.seed, offline=config.offline)
+    return CalibrationSampler(
+        es, predictor, n=calib_cfg.n, seed=calib_cfg.seed, dataset=config.data.name or split, split=split
+    )
+
+
+@dataclass
+class Session:
+    """Everything prepared once per run and shared by its sweep points."""
+
+    config: AuditConfig
+    policy: Policy | None
+    policy_label: str | None
+    loaded: Any
+    eval_set: EvalSet
+    predictor: Any
+    dense: Any
+    points: list[SweepPoint]
+    pruners: dict[str, Any]
+    calibration: Any
+    suites: list[Any]
+    base_ctx: Any
+    deploy_ctx: Any
+    keys: StoreKeys
+    paths: RunPaths
+    started_at: str = ""
+    write: bool = True
+    """Whether outputs (saved variants, reports) are written."""
+
+    def prune_ctx(self, point: SweepPoint) -> Any:
+        from audit.config import LayerSelection
+        from audit.pruning.base import PruneContext
+
+        needs = self.calibration is not None and not point.is_baseline and self.pruners[point.label].needs_calibration
+        return PruneContext(
+            sparsity=point.sparsity,
+            seed=point.seed,
+            layers=LayerSelection.model_validate(point.layers),
+            calibration=self.calibration(point.seed) if needs else None,
+        )
+
+
+def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Session:
+    """Load the model, data, pruners, calibration and suites; validate every point before any work."""
+    started_at = provenance.now_iso()
+    pre = preflighted if preflighted is not None else preflight(config)
+    configure_offline(config.offline)
+
+    import torch
+
+    from audit.inference import Predictor
+    from audit.model_io import load_checkpoint
+    from audit.suite import SuiteContext
+
+    if config.runtime.threads:
+        torch.set_num_threads(config.runtime.threads)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % (2**32))
+
+    paths = pre.paths
+    loaded = load_checkpoint(config.model, paths.model_dir, offline=config.offline)
+    id2label = loaded.id2label
+    eval_set = read_split(
+        config.data, paths.data_files, config.data.splits.eval, id2label, seed=config.seed, offline=config.offline
+    )
+    device = config.runtime.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    predictor = Predictor(
+        loaded.tokenizer, max_length=config.model.max_length, batch_size=config.runtime.batch_size, device=device
+    )
+    from audit.data import record_truncation
+
+    record_truncation(eval_set, predictor)  # the encoding is cached: the suites reuse it
+    dense = loaded.model.to(device)
+    points = pre.points
+
+    pruners = {}
+    for point in points[1:]:
+        if point.label not in pruners:
+            spec = PRUNERS.get(point.method)
+            cls = spec.load()
+            pruners[point.label] = cls(spec, spec.params.model_validate(point.params))
+    needs_calibration = any(p.needs_calibration for p in pruners.values())
+    calibration = _calibration(config, paths, predictor, id2label) if needs_calibration else None
+
+    base_ctx = SuiteContext(
+        config=config,
+        eval_set=eval_set,
+        predictor=predictor,
+        id2label=id2label,
+        seed=config.seed,
+        n_boot=config.runtime.n_boot,
+        ci_level=config.runtime.ci_level,
+    )
+    suites = []
+    for s in config.suites:
+        spec = SUITES.get(s.name)
+        suite = spec.load()(spec, spec.params.model_validate(s.params))
+        suite.setup(base_ctx)
+        suites.append(suite)
+
+    session = Session(
+        config=config,
+        policy=pre.policy,
+        policy_label=pre.policy_label,
+        loaded=loaded,
+        eval_set=eval_set,
+        predictor=predictor,
+        dense=dense,
+        points=points,
+        pruners=pruners,
+        calibration=calibration,
+        suites=suites,
+        base_ctx=base_ctx,
+        deploy_ctx=None,
+        keys=StoreKeys.create(config, paths, loaded.identity.fingerprint, eval_set.identity),
+        paths=paths,
+        started_at=started_at,
+    )
+    for point in points[1:]:  # every point is checked before any work starts
+        pruners[point.label].validate(dense, session.prune_ctx(point))
+    session.deploy_ctx = _deploy_context(config, eval_set, predictor, dense) if len(points) > 1 else None
+    return session
+
+
+def _deploy_context(config: AuditConfig, eval_set: EvalSet, predictor: Any, dense: Any) -> Any:
+    """Probe batch, converter and speed settings shared by every variant (None if disabled)."""
+    dc = config.deploy
+    if not dc.enabled:
+        return None
+    from audit.deploy.pipeline import DeployContext
+
+    k = min(dc.probe_size, len(eval_set))
+    probe = eval_set.subset(np.arange(k), name=eval_set.name)
+    batches = predictor.encode(probe.texts, probe.text_pairs).batches
+    return DeployContext.create(dc, batches, dense, threads=config.runtime.threads)
+
+
+def check_output_dir(out: Path) -> None:
+    """The output directory must be a directory, or creatable as one: nothing on its path is a file."""
+    p = out
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        what = "is" if p == out else f"would be inside {p}, which is"
+        raise UsageError(
+            f"output_dir {what} a file, not a directory",
+            where=str(out),
+            hint="set output_dir (or --output-dir) to a directory",
+        )
