@@ -432,6 +432,11 @@ class DeployConfig(StrictModel):
         2.0, gt=0.0, le=1e6, description="c of the scaled tolerance (measured worst case: 0.1; see verify.py)."
     )
     measure_speed: bool = Field(True, description="Time batch-1 latency and batch throughput, dense vs deployed.")
+    speed_cache: bool = Field(
+        True,
+        description="Reuse this machine's speed measurement of an unchanged deployed variant (same weights, "
+        "formats and settings), so that re-running an audit re-gates the same figure.",
+    )
     speed_seq_len: int = Field(128, ge=1, le=8192)
     speed_batch_size: int = Field(32, ge=1, le=4096)
     speed_min_time_s: float = Field(

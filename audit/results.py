@@ -175,6 +175,9 @@ class SpeedRecord(Record):
     identical: bool = Field(False, description="No sparse layer and the dense model's shapes: 1.0 by construction.")
     note: str | None = None
     per_round: dict[str, list[float]] = Field(default_factory=dict, description="Per-round speed-ups.")
+    cached: bool = Field(
+        False, description="Reused from this machine's speed cache (same model, formats, settings): see ``note``."
+    )
 
     @model_validator(mode="before")
     @classmethod

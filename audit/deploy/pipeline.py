@@ -11,7 +11,7 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,7 +19,8 @@ from torch import nn
 from audit.deploy.convert import Conversion, Converter
 from audit.deploy.formats import DENSE
 from audit.deploy.spec import measurements_of
-from audit.deploy.speed import measure_speed, model_bytes
+from audit.deploy.speed import identical_to_dense, measure_speed, model_bytes
+from audit.deploy.speed_cache import SpeedCache, speed_key, weights_fingerprint
 from audit.deploy.verify import DEFAULT_FACTOR, compare, probe_logits, tolerance_for
 from audit.results import DeploymentRecord, Measurement, PruningRecord
 
@@ -45,7 +46,16 @@ class DeployContext:
     speed_min_time: float = 0.2
     speed_rounds: int = 7
     threads: int | None = None
+    speed_cache: SpeedCache | None = None
+    """Per-machine speed records of unchanged deployments (None: always measure)."""
     _dense_bytes: int | None = field(default=None, repr=False)
+    _dense_fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def dense_fingerprint(self) -> str:
+        if self._dense_fingerprint is None:
+            self._dense_fingerprint = weights_fingerprint(self.dense)
+        return self._dense_fingerprint
 
     @property
     def dense_bytes(self) -> int:
@@ -75,6 +85,7 @@ class DeployContext:
             speed_min_time=config.speed_min_time_s,
             speed_rounds=config.speed_rounds,
             threads=threads,
+            speed_cache=SpeedCache.default() if config.speed_cache and config.measure_speed else None,
         )
 
 
@@ -121,6 +132,7 @@ def deploy_variant(model: nn.Module, pruning: PruningRecord | None, ctx: DeployC
     from audit.deploy.kernel import kernel_status
 
     t0 = time.perf_counter()
+    variant_fp = weights_fingerprint(model) if ctx.speed_cache is not None and ctx.measure_speed else None
     reference = probe_logits(model, ctx.probe)
     conversion = ctx.converter.convert(model)
     gc.collect()
@@ -149,16 +161,46 @@ def deploy_variant(model: nn.Module, pruning: PruningRecord | None, ctx: DeployC
         kept_dense=conversion.kept_dense(),
     )
     if eq.passed and ctx.measure_speed:
-        record.speed = measure_speed(
-            ctx.dense,
-            model,
-            seq_len=ctx.speed_seq_len,
-            batch_size=ctx.speed_batch_size,
-            threads=ctx.threads,
-            min_time=ctx.speed_min_time,
-            rounds=ctx.speed_rounds,
-        )
+        record.speed = _speed(ctx, model, conversion, variant_fp, device)
     elif not eq.passed:
         record.notes.append("speed not measured: the deployed model failed its equivalence check")
     record.wall_time_s = time.perf_counter() - t0
     return Deployed(record=record, measurements=measurements_of(record), conversion=conversion)
+
+
+def _speed(ctx: DeployContext, model: nn.Module, conversion: Conversion, variant_fp: str | None, device: str) -> Any:
+    """The variant's speed record: this machine's earlier measurement of the same deployment, else timed now."""
+    key = None
+    if ctx.speed_cache is not None and variant_fp is not None and not identical_to_dense(ctx.dense, model):
+        from audit.deploy.choose import environment_key
+
+        threads = ctx.threads or torch.get_num_threads()
+        settings = {
+            "seq_len": ctx.speed_seq_len,
+            "batch_size": ctx.speed_batch_size,
+            "rounds": ctx.speed_rounds,
+            "min_time": ctx.speed_min_time,
+        }
+        key = speed_key(
+            env=environment_key(threads, device),
+            dense=ctx.dense_fingerprint,
+            variant=variant_fp,
+            formats=[(layer.name, layer.format) for layer in conversion.layers],
+            settings=settings,
+        )
+        hit = ctx.speed_cache.get(key)
+        if hit is not None:
+            log.info("speed: reused this machine's measurement of the same deployment (%.2fx)", hit.speedup_b1 or 0)
+            return hit
+    speed = measure_speed(
+        ctx.dense,
+        model,
+        seq_len=ctx.speed_seq_len,
+        batch_size=ctx.speed_batch_size,
+        threads=ctx.threads,
+        min_time=ctx.speed_min_time,
+        rounds=ctx.speed_rounds,
+    )
+    if key is not None and ctx.speed_cache is not None:
+        ctx.speed_cache.put(key, speed)
+    return speed
