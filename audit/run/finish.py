@@ -46,28 +46,25 @@ def _metric_catalog(config: AuditConfig, *, deployed: bool = False) -> dict[str,
         from audit.deploy import spec as deploy_spec
 
         for m in deploy_spec.metrics_for(config.deploy.speed_batch_size):
-            out[f"{deploy_spec.SUITE}/{m.name}"] = MetricInfo(
-                suite=deploy_spec.SUITE,
-                name=m.name,
-                meaning=m.meaning,
-                higher_is_better=m.higher_is_better,
-                range=list(m.range),
-                unit=m.unit,
-                citation=m.citation,
-            )
+            out[f"{deploy_spec.SUITE}/{m.name}"] = _info(deploy_spec.SUITE, m)
     for s in config.suites:
         spec = SUITES.get(s.name)
         for m in spec.metrics:
-            out[f"{spec.name}/{m.name}"] = MetricInfo(
-                suite=spec.name,
-                name=m.name,
-                meaning=m.meaning,
-                higher_is_better=m.higher_is_better,
-                range=list(m.range),
-                unit=m.unit,
-                citation=m.citation,
-            )
+            out[f"{spec.name}/{m.name}"] = _info(spec.name, m)
     return out
+
+
+def _info(suite: str, m: Any) -> MetricInfo:
+    """The catalog entry of one declared metric (a suite's or the deployment step's MetricSpec)."""
+    return MetricInfo(
+        suite=suite,
+        name=m.name,
+        meaning=m.meaning,
+        higher_is_better=m.higher_is_better,
+        range=list(m.range),
+        unit=m.unit,
+        citation=m.citation,
+    )
 
 
 def finish(
