@@ -24,8 +24,15 @@ def _excess_loss(info: MetricInfo | None, base_g: float, var_g: float, base: flo
     return (var_g - base_g) - (var - base)
 
 
+def policy_min_group_n(result: RunResult) -> int:
+    """The largest ``min_group_n`` of the policy's rules: groups under it are ignored by some rule."""
+    rules = result.verdict.policy_rules if result.verdict is not None else []
+    return max((int(r.get("min_group_n") or 0) for r in rules), default=0)
+
+
 def group_views(result: RunResult, cat: dict[str, MetricInfo]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Per-group tables per metric and feature, and the disparate-impact findings."""
+    min_n = policy_min_group_n(result)
     variants = result.all_variants()
     maps = [by_id(v) for v in variants]
     tables = []
@@ -104,6 +111,7 @@ def group_views(result: RunResult, cat: dict[str, MetricInfo]) -> tuple[list[dic
                         "group": g,
                         "n": n,
                         "small": bool(bg.small_n) if bg is not None else n < DISPARATE_MIN_N,
+                        "under_min": f"n={n} < policy min_group_n {min_n}" if n < min_n else "",
                         "dense": fmt_value(bg.value, info) if bg is not None else "—",
                         "dense_ci": (
                             f"[{fmt_value(bg.ci_low, info)}, {fmt_value(bg.ci_high, info)}]"

@@ -22,6 +22,8 @@ from reports.views.common import (
 )
 from reports.views.suite_text import registered_suites, suite_order, suite_text
 
+LONG_ROWS = 12
+"""A suite section (or its dataset tables) with more metric rows than this starts closed."""
 MAX_EXAMPLE_ROWS = 8
 MAX_EXAMPLE_COLUMNS = 8
 
@@ -105,6 +107,13 @@ def suite_sections(result: RunResult, cat: dict[str, MetricInfo]) -> list[dict[s
         tables = [
             {"dataset": ds, "rows": _metric_table_rows(result, ids, cat)} for ds, ids in by_suite.get(suite, {}).items()
         ]
+        for t in tables:
+            t["n_worse"] = sum(c["worse"] for r in t["rows"] for c in r["cells"])
+        if len(tables) > 1:  # worst first: the dataset with the most changes for the worse; the rest start closed
+            tables.sort(key=lambda t: -t["n_worse"])
+        n_rows = sum(len(t["rows"]) for t in tables)
+        for i, t in enumerate(tables):
+            t["open"] = i == 0 or n_rows <= LONG_ROWS
         out.append(
             {
                 "name": suite,
@@ -115,6 +124,8 @@ def suite_sections(result: RunResult, cat: dict[str, MetricInfo]) -> list[dict[s
                 "tables": tables,
                 "examples": [_example_table(v, rows) for v, rows in examples.get(suite, [])],
                 "errors": errors.get(suite, []),
+                "count": f"{n_rows} rows" if present else "did not run",
+                "open": n_rows <= LONG_ROWS and len(examples.get(suite, [])) <= 1,
             }
         )
     return out
