@@ -18,7 +18,7 @@ from reports.views.common import method_display
 from reports.views.evidence import evidence, fmt_q, measurement_index, rule_evidence, strength
 from reports.views.identity import default_title, model_name
 from reports.views.regressions import grouped_by_variant, top_findings
-from reports.views.variants import variant_row
+from reports.views.variants import reason_rows, variant_row
 
 PAIRED = {"delta": -0.041, "ci_low": -0.06, "ci_high": -0.02, "p_value": 0.01, "q_value": 0.0234, "n": 412}
 
@@ -249,3 +249,36 @@ def test_unset_params_are_not_printed_and_the_pattern_reads_n_colon_m() -> None:
 def test_the_default_title_names_the_model(source: str, name: str) -> None:
     assert model_name(source) == name
     assert default_title(source) == f"Pruning audit of {name}"
+
+
+def test_kernel_reasons_that_differ_only_in_their_figures_are_one_row() -> None:
+    reasons = {
+        ("kernel", "fastest measured: kernel 1.35x (205 µs vs dense 277 µs); other candidates: csr 0.36x"): (
+            {"l0": None, "l1": None},
+            {"a": None},
+        ),
+        ("kernel", "fastest measured: kernel 2.10x (130 µs vs dense 277 µs); other candidates: csr 0.50x"): (
+            {"l2": None},
+            {"b": None},
+        ),
+        ("dense", "kept dense: density 0.70 is above deploy.max_density 0.5"): ({"l3": None}, {"a": None}),
+    }
+    rows = reason_rows(reasons, n_variants=2)
+    assert [(r["format"], r["n_layers"], r["similar"], r["variants"]) for r in rows] == [
+        ("kernel", 3, 1, "all"),
+        ("dense", 1, 0, "a"),
+    ]
+    assert rows[0]["reason"] == "fastest measured: kernel 1.35x (205 µs vs dense 277 µs)"
+    assert rows[0]["layers"] == "l0, l1, l2"
+
+
+def test_suite_table_cells_carry_the_paired_q_and_n() -> None:
+    result = judged_rich_run()
+    target = result.variants[0]
+    meas = next(x for x in target.measurements if x.id == "ood/yelp/accuracy")
+    meas.details["paired"] = {**PAIRED, "significant": True}
+    suite = next(s for s in build_view(result)["suites"] if s["name"] == "ood")
+    row = next(r for t in suite["tables"] for r in t["rows"] if r["id"] == "ood/yelp/accuracy")
+    cell = row["cells"][1]  # the first pruned variant (column 0 is dense)
+    assert (cell["delta_ci"], cell["q"], cell["paired_n"]) == ("[-0.060, -0.020]", "q=0.023", "n=412")
+    assert row["cells"][0]["q"] == ""  # dense has no change to test

@@ -20,6 +20,7 @@ from reports.views.common import (
     ordered_ids,
     worse,
 )
+from reports.views.evidence import evidence
 from reports.views.suite_text import registered_suites, suite_order, suite_text
 
 LONG_ROWS = 12
@@ -50,6 +51,8 @@ def _metric_table_rows(result: RunResult, ids: list[str], cat: dict[str, MetricI
             if m is not None and b is not None and m.value is not None and b.value is not None and not v.is_baseline:
                 delta = m.value - b.value
             p = (m.details.get("mcnemar") or {}).get("p_value") if m is not None else None
+            ev = evidence(m, info) if m is not None and not v.is_baseline else None
+            paired = ev is not None and ev["kind"] == "paired"
             cells.append(
                 {
                     "value": fmt_value(m.value, info) if m else "—",
@@ -59,6 +62,10 @@ def _metric_table_rows(result: RunResult, ids: list[str], cat: dict[str, MetricI
                         else ""
                     ),
                     "delta": fmt_value(delta, info, signed=True) if delta is not None else "",
+                    # the paired record's CI, q-value and n beside the change, where the suite ran a paired test
+                    "delta_ci": ev["ci"] if paired and delta is not None else "",
+                    "q": ev["q"] if paired else "",
+                    "paired_n": ev["n"] if paired else "",
                     "worse": worse(delta, info),
                     "p": f"p={p:.3g}" if isinstance(p, (int, float)) else "",
                     "n": m.n if m else "",
