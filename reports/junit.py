@@ -17,6 +17,8 @@ from collections import defaultdict
 
 from audit.results import RuleResult, RunResult
 from audit.textsafe import visible
+from reports.views.common import catalog
+from reports.views.evidence import measurement_index, rule_evidence
 
 _INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 NOT_RUN = "not-run"
@@ -26,7 +28,17 @@ def _x(text: object) -> str:
     return _INVALID_XML.sub("", visible(text))
 
 
-def _detail(r: RuleResult) -> str:
+def _evidence_lines(ev: dict | None) -> list[str]:
+    """The evidence of a finding: change with CI, BH q-value and n, and whether it is significant."""
+    if not ev or ev["kind"] == "none":
+        return []
+    lines = [f"evidence: {ev['text']}"]
+    if ev.get("strength"):
+        lines.append(f"significance: {ev['strength']} (the policy decides; this is the strength of evidence)")
+    return lines
+
+
+def _detail(r: RuleResult, ev: dict | None = None) -> str:
     lines = [
         f"rule: {r.rule} (severity {r.severity})",
         f"variant: {r.variant}",
@@ -36,6 +48,7 @@ def _detail(r: RuleResult) -> str:
     for name, value in (("observed", r.observed), ("dense", r.baseline), ("compared", r.compared)):
         if value is not None:
             lines.append(f"{name}: {value:.6g}")
+    lines += _evidence_lines(ev)
     if r.waived_by:
         lines.append(f"waived by: {r.waived_by}")
     lines.append(f"finding: {r.message}")
@@ -46,6 +59,8 @@ def _detail(r: RuleResult) -> str:
 
 def render(result: RunResult) -> str:
     verdict = result.verdict
+    cat = catalog(result)
+    index = measurement_index(result)
     root = ET.Element("testsuites", name="prune-audit")
     by_variant: dict[str, list[RuleResult]] = defaultdict(list)
     if verdict is not None:
@@ -90,14 +105,17 @@ def render(result: RunResult) -> str:
                 time="0",
             )
             message = _x(f"{r.status}: {r.message}")
+            ev = rule_evidence(index, r, cat) if r.status in ("FAIL", "ERROR", "WARN") else None
             if r.status == "FAIL":
-                ET.SubElement(case, "failure", message=message, type=_x(r.rule)).text = _detail(r)
+                ET.SubElement(case, "failure", message=message, type=_x(r.rule)).text = _detail(r, ev)
+                if _evidence_lines(ev):
+                    ET.SubElement(case, "system-out").text = _x("\n".join(_evidence_lines(ev)))
             elif r.status == "ERROR":
-                ET.SubElement(case, "error", message=message, type=_x(r.rule)).text = _detail(r)
+                ET.SubElement(case, "error", message=message, type=_x(r.rule)).text = _detail(r, ev)
             elif r.status == "SKIP":
                 ET.SubElement(case, "skipped", message=_x(r.message))
             elif r.status == "WARN":
-                ET.SubElement(case, "system-out").text = _x(f"WARN\n{_detail(r)}")
+                ET.SubElement(case, "system-out").text = _x(f"WARN\n{_detail(r, ev)}")
     for k, n in totals.items():
         root.set(k, str(n))
     root.set("time", "0")

@@ -25,7 +25,7 @@ def front_matter(result: RunResult, view: dict[str, Any]) -> str:
     variant = view["variant"]
     tags = ["prune-audit", "pruned"]
     if variant is not None:
-        tags += [variant["method"], f"sparsity-{variant['sparsity']}"]
+        tags += [variant["method_key"], f"sparsity-{variant['sparsity']}"]
     eval_results = [
         EvalResult(
             task_type=TASK_TYPE,

@@ -113,9 +113,11 @@ def finish(
         for d in o.datasets:
             extra.setdefault(d.id, d)
     datasets.extend(extra.values())
+    from reports.views.identity import default_title
+
     result = RunResult(
         run_id=session.keys.run_id(),
-        title=config.report.title or f"Pruning audit of {Path(session.loaded.identity.source).name}",
+        title=config.report.title or default_title(session.loaded.identity.source),
         provenance=prov,
         config=cfg_json,
         model=session.loaded.identity,

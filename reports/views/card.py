@@ -7,6 +7,7 @@ from typing import Any
 
 from audit.results import RunResult, VariantResult
 from reports.views.common import by_id, catalog, fmt_value, method_label, metric_info, sorted_rules, worse, worst_status
+from reports.views.evidence import evidence
 from reports.views.groups import DISPARATE_MIN_N
 from reports.views.limitations import limitations
 from reports.views.regressions import regression_rows
@@ -56,6 +57,7 @@ def build_card(result: RunResult, variant_id: str | None = None) -> dict[str, An
             info = metric_info(cat, m.id)
             b = base.get(m.id)
             delta = m.value - b.value if m.value is not None and b is not None and b.value is not None else None
+            ev = evidence(m, info)
             rows.append(
                 {
                     "id": m.id,
@@ -67,6 +69,9 @@ def build_card(result: RunResult, variant_id: str | None = None) -> dict[str, An
                         else ""
                     ),
                     "delta": fmt_value(delta, info, signed=True) if delta is not None else "",
+                    # the paired change with its CI, q-value and n, where the suite ran a paired test
+                    "evidence": ev["text"] if ev["kind"] == "paired" else "",
+                    "n": ev["n"],
                     "worse": worse(delta, info),
                 }
             )
@@ -116,7 +121,7 @@ def build_card(result: RunResult, variant_id: str | None = None) -> dict[str, An
         "why": why,
         "verdict": verdict_view(result),
         "variant_status": worst_status([r.status for r in vrules if r.status != "SKIP"]) or "not judged",
-        "variant_failures": regression_rows(sorted_rules(vrules)),
+        "variant_failures": regression_rows(sorted_rules(vrules), result, cat),
         "rows": rows,
         "results_meta": results_meta,
         "worst_groups": worst_groups[:12],

@@ -62,6 +62,8 @@ class Point:
 class Series:
     name: str
     points: list[Point] = field(default_factory=list)
+    colour: str = ""
+    """Fixed colour (a shared legend across charts); empty: the palette in series order."""
 
 
 @dataclass
@@ -87,6 +89,7 @@ def line_chart(
     ylabel: str = "",
     width: int = 460,
     height: int = 250,
+    legend: bool = True,
 ) -> dict[str, Any] | None:
     """Metric-vs-sparsity chart with CI whiskers, a dense reference line and policy bounds.
 
@@ -128,7 +131,7 @@ def line_chart(
     step = yt[1] - yt[0] if len(yt) > 1 else max(abs(hi - lo), 1e-6)
     out_series = []
     for i, s in enumerate(series):
-        colour = PALETTE[i % len(PALETTE)]
+        colour = s.colour or PALETTE[i % len(PALETTE)]
         ordered = sorted(s.points, key=lambda p: p.x)
         path = " ".join(f"{'M' if k == 0 else 'L'}{_f(X(p.x))},{_f(Y(p.y))}" for k, p in enumerate(ordered))
         out_series.append(
@@ -185,6 +188,7 @@ def line_chart(
         "thresholds": out_thresholds,
         "xlabel": xlabel,
         "ylabel": ylabel,
+        "legend": legend,
         "xlabel_x": _f(left + pw / 2),
         "xlabel_y": _f(height - 6),
     }

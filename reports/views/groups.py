@@ -7,6 +7,7 @@ from typing import Any
 from audit.results import MetricInfo, RunResult
 from audit.stats import SMALL_GROUP_N
 from reports.views.common import by_id, direction_text, fmt_value, metric_info, ordered_ids, worse
+from reports.views.evidence import evidence
 
 DISPARATE_TOLERANCE = 0.02
 """A group whose loss exceeds the overall loss by more than this is flagged (Tran et al. 2022)."""
@@ -24,8 +25,15 @@ def _excess_loss(info: MetricInfo | None, base_g: float, var_g: float, base: flo
     return (var_g - base_g) - (var - base)
 
 
+def policy_min_group_n(result: RunResult) -> int:
+    """The largest ``min_group_n`` of the policy's rules: groups under it are ignored by some rule."""
+    rules = result.verdict.policy_rules if result.verdict is not None else []
+    return max((int(r.get("min_group_n") or 0) for r in rules), default=0)
+
+
 def group_views(result: RunResult, cat: dict[str, MetricInfo]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Per-group tables per metric and feature, and the disparate-impact findings."""
+    min_n = policy_min_group_n(result)
     variants = result.all_variants()
     maps = [by_id(v) for v in variants]
     tables = []
@@ -57,7 +65,10 @@ def group_views(result: RunResult, cat: dict[str, MetricInfo]) -> tuple[list[dic
                 for v, m in zip(variants[1:], ms[1:], strict=True):
                     gv = m.groups.get(feat, {}).get(g) if m is not None else None
                     if gv is None or gv.value is None:
-                        cells.append({"value": "—", "delta": "", "worse": False, "flag": False, "excess": ""})
+                        cells.append(
+                            {"value": "—", "delta": "", "worse": False, "flag": False, "excess": ""}
+                            | {"q": "", "delta_ci": ""}
+                        )
                         continue
                     n = n or gv.n
                     delta = gv.value - bg.value if bg is not None and bg.value is not None else None
@@ -90,8 +101,13 @@ def group_views(result: RunResult, cat: dict[str, MetricInfo]) -> tuple[list[dic
                                 "_sort": -(excess or 0.0),
                             }
                         )
+                    rec = ((m.details.get("paired_groups") or {}).get(feat) or {}).get(g) if m is not None else None
+                    ev = evidence(m, info, where=(feat, g)) if isinstance(rec, dict) else None
                     cells.append(
                         {
+                            # the group's own paired test, where the suite ran one: CI and q beside the change
+                            "q": ev["q"] if ev is not None else "",
+                            "delta_ci": ev["ci"] if ev is not None else "",
                             "value": fmt_value(gv.value, info),
                             "delta": fmt_value(delta, info, signed=True) if delta is not None else "",
                             "worse": worse(delta, info),
@@ -104,6 +120,8 @@ def group_views(result: RunResult, cat: dict[str, MetricInfo]) -> tuple[list[dic
                         "group": g,
                         "n": n,
                         "small": bool(bg.small_n) if bg is not None else n < DISPARATE_MIN_N,
+                        "under_min": f"n={n} < policy min_group_n {min_n}" if n < min_n else "",
+                        "under_min_short": f"n<{min_n}" if n < min_n else "",
                         "dense": fmt_value(bg.value, info) if bg is not None else "—",
                         "dense_ci": (
                             f"[{fmt_value(bg.ci_low, info)}, {fmt_value(bg.ci_high, info)}]"

@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import PurePath
 from typing import Any
 
 from audit.results import DatasetIdentity, RunResult
 from reports.views.common import clip
+
+_GENERIC = re.compile(r"^(model|models|checkpoint|checkpoints|snapshots?|final|best|output|[0-9a-f]{12,})$", re.I)
+
+
+def model_name(source: str) -> str:
+    """The model's name in a title: the checkpoint directory's name, with its parent when that
+    name says nothing (``model``, ``checkpoint``, a snapshot hash): ``minilm-sst2/model``.
+    """
+    parts = [p for p in PurePath(source.rstrip("/\\")).parts if p not in ("/", "\\")]
+    if not parts:
+        return source
+    hub = next((p for p in reversed(parts) if p.startswith("models--")), None)
+    if hub is not None:  # the Hugging Face cache: models--org--name/snapshots/<hash>
+        return hub[len("models--") :].replace("--", "/")
+    name = parts[-1]
+    if not _GENERIC.match(name):
+        return name
+    parent = next((p for p in reversed(parts[:-1]) if not _GENERIC.match(p)), None)
+    return f"{parent}/{name}" if parent else name
+
+
+def default_title(source: str) -> str:
+    """The report title when the config sets none: it names the model."""
+    return f"Pruning audit of {model_name(source)}"
 
 
 def truncation_cell(d: DatasetIdentity) -> str:

@@ -20,8 +20,11 @@ from reports.views.common import (
     ordered_ids,
     worse,
 )
+from reports.views.evidence import evidence
 from reports.views.suite_text import registered_suites, suite_order, suite_text
 
+LONG_ROWS = 12
+"""A suite section (or its dataset tables) with more metric rows than this starts closed."""
 MAX_EXAMPLE_ROWS = 8
 MAX_EXAMPLE_COLUMNS = 8
 
@@ -48,6 +51,8 @@ def _metric_table_rows(result: RunResult, ids: list[str], cat: dict[str, MetricI
             if m is not None and b is not None and m.value is not None and b.value is not None and not v.is_baseline:
                 delta = m.value - b.value
             p = (m.details.get("mcnemar") or {}).get("p_value") if m is not None else None
+            ev = evidence(m, info) if m is not None and not v.is_baseline else None
+            paired = ev is not None and ev["kind"] == "paired"
             cells.append(
                 {
                     "value": fmt_value(m.value, info) if m else "—",
@@ -57,6 +62,10 @@ def _metric_table_rows(result: RunResult, ids: list[str], cat: dict[str, MetricI
                         else ""
                     ),
                     "delta": fmt_value(delta, info, signed=True) if delta is not None else "",
+                    # the paired record's CI, q-value and n beside the change, where the suite ran a paired test
+                    "delta_ci": ev["ci"] if paired and delta is not None else "",
+                    "q": ev["q"] if paired else "",
+                    "paired_n": ev["n"] if paired else "",
                     "worse": worse(delta, info),
                     "p": f"p={p:.3g}" if isinstance(p, (int, float)) else "",
                     "n": m.n if m else "",
@@ -105,6 +114,13 @@ def suite_sections(result: RunResult, cat: dict[str, MetricInfo]) -> list[dict[s
         tables = [
             {"dataset": ds, "rows": _metric_table_rows(result, ids, cat)} for ds, ids in by_suite.get(suite, {}).items()
         ]
+        for t in tables:
+            t["n_worse"] = sum(c["worse"] for r in t["rows"] for c in r["cells"])
+        if len(tables) > 1:  # worst first: the dataset with the most changes for the worse; the rest start closed
+            tables.sort(key=lambda t: -t["n_worse"])
+        n_rows = sum(len(t["rows"]) for t in tables)
+        for i, t in enumerate(tables):
+            t["open"] = i == 0 or n_rows <= LONG_ROWS
         out.append(
             {
                 "name": suite,
@@ -115,6 +131,8 @@ def suite_sections(result: RunResult, cat: dict[str, MetricInfo]) -> list[dict[s
                 "tables": tables,
                 "examples": [_example_table(v, rows) for v, rows in examples.get(suite, [])],
                 "errors": errors.get(suite, []),
+                "count": f"{n_rows} rows" if present else "did not run",
+                "open": n_rows <= LONG_ROWS and len(examples.get(suite, [])) <= 1,
             }
         )
     return out

@@ -7,9 +7,25 @@ from collections import defaultdict
 from typing import Any
 
 from audit.results import Measurement, MetricInfo, RunResult
-from reports.views.charts import Point, Series, Threshold, line_chart
-from reports.views.common import by_id, direction_text, method_label, metric_info, ordered_ids
+from reports.views.charts import PALETTE, Point, Series, Threshold, line_chart
+from reports.views.common import by_id, direction_text, method_display, method_label, metric_info, ordered_ids
 from reports.views.suite_text import suite_order, suite_text
+
+SMALL_WIDTH, SMALL_HEIGHT = 300, 190
+"""One small multiple: four to a row at the report's width."""
+
+
+def method_colours(result: RunResult) -> dict[str, str]:
+    """One colour per method for every chart (the shared legend), in sweep order."""
+    names: dict[str, None] = {}
+    for v in result.variants:
+        names.setdefault(method_display(method_label(v)), None)
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+
+
+def sweep_legend(result: RunResult) -> list[dict[str, str]]:
+    """The shared legend of the sweep curves."""
+    return [{"name": k, "colour": c} for k, c in method_colours(result).items()]
 
 
 def _series_for(result: RunResult, mid: str) -> tuple[list[Series], float | None, list[float]]:
@@ -19,8 +35,9 @@ def _series_for(result: RunResult, mid: str) -> tuple[list[Series], float | None
     for v in result.variants:
         m = by_id(v).get(mid)
         if m is not None and m.value is not None:
-            groups[method_label(v)][v.point.sparsity].append(m)
+            groups[method_display(method_label(v))][v.point.sparsity].append(m)
     levels = sorted({s for g in groups.values() for s in g})
+    colours = method_colours(result)
     series = []
     for method, by_s in groups.items():
         pts = []
@@ -43,7 +60,7 @@ def _series_for(result: RunResult, mid: str) -> tuple[list[Series], float | None
                     f"{method} at {s:.2f}: {mean:.4g}" + (f" (mean of {len(ms)} seeds)" if len(ms) > 1 else ""),
                 )
             )
-        series.append(Series(method, pts))
+        series.append(Series(method, pts, colours.get(method, "")))
     return series, dense, levels
 
 
@@ -103,6 +120,9 @@ def sweep_charts(result: RunResult, cat: dict[str, MetricInfo]) -> list[dict[str
             x_ticks=[0.0, *levels] if dense is not None else levels,
             value_range=(rng[0], rng[1]),  # type: ignore[arg-type]
             ylabel=mid.rsplit("/", 1)[-1],
+            width=SMALL_WIDTH,
+            height=SMALL_HEIGHT,
+            legend=False,
         )
         if chart is None:
             continue

@@ -6,7 +6,7 @@ from collections import defaultdict
 from typing import Any
 
 from audit.results import RuleResult, RunResult, VariantResult
-from reports.views.common import STATUS_ICON, method_label, sorted_rules, worst_status
+from reports.views.common import STATUS_ICON, method_display, method_label, sorted_rules, worst_status
 
 EXIT_MEANING = {
     0: "pass (warnings allowed)",
@@ -52,7 +52,7 @@ def recommendations(result: RunResult) -> list[dict[str, Any]]:
                     break
         out.append(
             {
-                "method": method,
+                "method": method_display(method),
                 "sparsity": "none" if best is None else f"{best:.2f}",
                 "passes": best is not None,
                 "tested": ", ".join(f"{s:.2f}" for s in tested),
