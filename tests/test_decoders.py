@@ -180,3 +180,43 @@ def test_sequential_calibration_sees_the_full_forward_inputs_without_padding(arc
         seen = torch.cat(got[name])
         assert seen.shape[0] == tokens == 27 + 12 - 3, name  # the 3 padded positions dropped
         assert torch.allclose(seen, expected, atol=1e-6, rtol=0), name
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_wanda_and_sparsegpt_prune_decoder_blocks_only(arch: str, method: str) -> None:
+    from pruning_helpers import ctx, pruner
+
+    from audit.pruning.base import row_keep_mask
+    from audit.pruning.wanda import wanda_keep_mask
+
+    model = _converted(arch)
+    batches = [batch(1), batch(2, n=2, length=6, pad_last=0)]
+    prefix = EXPECTED_BLOCK_LINEARS[arch][0]
+    first = f"{prefix}.0.{EXPECTED_BLOCK_LINEARS[arch][1][0]}"
+    inputs: list[torch.Tensor] = []
+    hook = dict(model.named_modules())[first].register_forward_hook(lambda _m, i, _o: inputs.append(i[0].clone()))
+    with torch.no_grad():
+        for b in batches:
+            model(**b)
+    hook.remove()
+    x = torch.cat([t[b["attention_mask"].bool()] for t, b in zip(inputs, batches, strict=True)])
+    dense_first = dict(model.named_modules())[first].weight.detach().clone()
+    head_before = model.get_output_embeddings().weight.detach().clone()
+    calib = CalibrationData(texts=[], labels=None, batches=batches, batch_labels=[], record=None)
+    p = pruner(method)
+    c = ctx(0.5, calib, include=[rf"^{prefix}\.\d+\."])
+    p.validate(model, c)
+    p.prune(model, c)
+    for name, mod in prunable_linears(model):
+        zeros = (mod.weight == 0).sum(dim=1)
+        if method == "wanda":  # compared per output row
+            assert torch.all(zeros == mod.in_features // 2), name
+        else:  # SparseGPT chooses within column blocks of the whole layer
+            assert int(zeros.sum()) == mod.weight.numel() // 2, name
+    assert torch.equal(model.get_output_embeddings().weight, head_before)  # the LM head is not pruned
+    if method == "wanda":  # block 0 is scored on the dense model's own (unpadded) hidden states
+        got = dict(model.named_modules())[first].weight != 0
+        assert torch.equal(got, wanda_keep_mask(dense_first, x.double().pow(2).sum(0).sqrt(), 0.5))
+        assert not torch.equal(got, row_keep_mask(dense_first.abs(), 0.5))
+    assert torch.isfinite(model(**batches[0]).logits).all()
