@@ -14,7 +14,10 @@ from torch import nn
 from audit.errors import ModelError, UsageError
 from audit.models.decoder_prune import (
     SHAPES_KEY,
+    as_group_scores,
     group_scores,
+    importance_scores,
+    lm_loss,
     load_decoder,
     neuron_scores,
     plan_counts,
@@ -74,6 +77,18 @@ def test_pruned_model_computes_what_the_dense_model_does_without_those_units(arc
     # removing the wrong head instead would not match
     wrong = _silenced(dense, {0: [0]}, result.neurons_removed)
     assert not torch.allclose(_logits(model), _logits(wrong), atol=1e-3)
+    # decoding with the KV cache (blocks of different widths) gives the logits the silenced dense model
+    # gives for the same sequence without a cache
+    prompt = batch(n=1, pad_last=0)
+    with torch.no_grad():
+        out = model.generate(
+            **prompt, max_new_tokens=5, do_sample=False, pad_token_id=0, output_logits=True,
+            return_dict_in_generate=True,
+        )  # fmt: skip
+        full = ref(input_ids=out.sequences, use_cache=False).logits[0]
+    start = prompt["input_ids"].shape[1] - 1
+    for j, step in enumerate(out.logits):
+        assert torch.allclose(step[0], full[start + j], atol=1e-5, rtol=0), j
 
 
 def test_llama_rows_and_columns_removed_keep_the_gqa_ratio() -> None:
@@ -197,3 +212,43 @@ def test_load_decoder_rejects_weights_that_do_not_fit(tmp_path: Path) -> None:
         load_decoder(tmp_path / "o")
     with pytest.raises(ModelError, match="no config.json"):
         load_decoder(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_importance_scores_are_the_gate_gradients(arch: str) -> None:
+    model = _converted(arch).double()  # float64, so that central differences are close enough to compare
+    b0 = decoder_blocks(model)[0]
+    with torch.no_grad():  # head 1 of block 0 writes nothing: its gate cannot matter
+        b0.linear("o").weight[:, 8:16] = 0
+    batches = [batch(1), batch(2, n=2, length=6, pad_last=0)]
+
+    def nll(m: nn.Module, b: dict) -> torch.Tensor:  # in float64 (transformers' own loss runs in float32)
+        logits = m(**b, use_cache=False).logits[:, :-1]
+        keep = b["attention_mask"][:, 1:].bool()
+        return torch.nn.functional.cross_entropy(logits[keep], b["input_ids"][:, 1:][keep])
+
+    with torch.no_grad():  # the default loss predicts the same tokens (none at padded positions)
+        assert float(lm_loss(model, batches[0])) == pytest.approx(float(nll(model, batches[0])), rel=1e-5)
+    heads, ffn = importance_scores(model, batches, loss_fn=nll)
+    assert heads[0][1] == 0 and heads[0][0] > 0
+    assert heads[0].shape == (4,) and ffn[1].shape == (64,)
+    # the score of neuron 7 of block 1 is |dL/dg| summed over batches: check against central differences
+    down = decoder_blocks(model)[1].linear("down")
+    eps, fd = 1e-2, 0.0  # (RMSNorm computes in float32 even here: a smaller step only adds noise)
+    for b in batches:
+        vals = []
+        for g in (1 + eps, 1 - eps):
+            with torch.no_grad():
+                down.weight[:, 7] *= g
+                vals.append(float(nll(model, b)))
+                down.weight[:, 7] /= g
+        fd += abs(vals[0] - vals[1]) / (2 * eps)
+    assert ffn[1][7] == pytest.approx(fd, rel=1e-3)
+    # the scores prune through prune_decoder like any caller's: the lowest group (query-head scores summed) goes
+    lowest_group = int(as_group_scores(b0, heads[0]).argmin())
+    lowest_neurons = sorted(int(i) for i in torch.argsort(ffn[1], stable=True)[:4])
+    result = prune_decoder(
+        model, groups={0: 1}, group_scores_by_block=heads, neurons={1: 4}, neuron_scores_by_block=ffn
+    )
+    assert result.groups_removed == {0: [lowest_group]}
+    assert result.neurons_removed == {1: lowest_neurons}

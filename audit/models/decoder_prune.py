@@ -14,7 +14,8 @@ Counts per block come from the caller (:func:`plan_counts` turns a ratio, or a
 per-block map of ratios, into ``round(ratio * count)``); which units go comes from a
 score per unit, lowest first: the caller's (a tensor per block, e.g. gradient
 scores; query-head scores are summed within each group), or the default weight
-magnitude (:func:`group_scores`, :func:`neuron_scores`).
+magnitude (:func:`group_scores`, :func:`neuron_scores`). :func:`importance_scores`
+gives gradient scores (``|dL/dg|`` of unit gates on each query head and neuron).
 
 Config: every pruned model carries ``config.prune_audit_decoder`` with the per-block
 ``heads``, ``kv_heads`` and ``ffn`` widths, the ``head_dim`` and whether GPT-2's
@@ -196,6 +197,70 @@ def neuron_scores(model: nn.Module, p: int = 1) -> dict[int, torch.Tensor]:
         parts.append(b.linear("down").weight.detach().double().abs().pow(p).sum(0))
         out[b.index] = _pnorm(parts, p)
     return out
+
+
+def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy of a batch, padded positions (``attention_mask`` 0) not predicted."""
+    labels = batch["input_ids"].clone()
+    if "attention_mask" in batch:
+        labels[batch["attention_mask"] == 0] = -100
+    return model(**batch, labels=labels, use_cache=False).loss
+
+
+def importance_scores(
+    model: nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    loss_fn: Any = None,
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """``sum_b |dL_b/dg|`` of a unit gate on each query head and each MLP neuron, per block.
+
+    The head gate multiplies the head's slice of the output projection's input (a
+    head mask, Michel et al. 2019); the neuron gate multiplies the neuron's
+    activation at the input of down / fc_out (Molchanov et al. 2017's Taylor score).
+    Head scores are per query head; :func:`prune_decoder` sums them per key-value
+    group. Dropout is off while scoring; the weights are not changed.
+
+    Args:
+        model: A supported causal LM.
+        batches: Tokenized batches (``input_ids``, ``attention_mask``) on the model's device.
+        loss_fn: ``(model, batch) -> scalar loss``; default :func:`lm_loss`.
+    """
+    loss_fn = loss_fn or lm_loss
+    blocks = decoder_blocks(model)
+    device = next(model.parameters()).device
+    head_gates = {b.index: torch.ones(b.heads, device=device, requires_grad=True) for b in blocks}
+    ffn_gates = {b.index: torch.ones(b.ffn, device=device, requires_grad=True) for b in blocks}
+    heads = {i: torch.zeros(g.shape, dtype=torch.float64) for i, g in head_gates.items()}
+    ffn = {i: torch.zeros(g.shape, dtype=torch.float64) for i, g in ffn_gates.items()}
+    handles = []
+    for b in blocks:
+        hg, fg, d = head_gates[b.index], ffn_gates[b.index], b.head_dim
+
+        def gate_heads(_m: nn.Module, args: tuple[Any, ...], hg: torch.Tensor = hg, d: int = d) -> tuple[Any, ...]:
+            x = args[0]
+            return ((x.unflatten(-1, (-1, d)) * hg[:, None].to(x.dtype)).flatten(-2), *args[1:])
+
+        def gate_ffn(_m: nn.Module, args: tuple[Any, ...], fg: torch.Tensor = fg) -> tuple[Any, ...]:
+            return (args[0] * fg.to(args[0].dtype), *args[1:])
+
+        handles.append(b.linear("o").register_forward_pre_hook(gate_heads))
+        handles.append(b.linear("down").register_forward_pre_hook(gate_ffn))
+    was_training = model.training
+    model.eval()
+    try:
+        gates = [*head_gates.values(), *ffn_gates.values()]
+        for batch in batches:
+            grads = torch.autograd.grad(loss_fn(model, batch), gates, allow_unused=True)
+            for i, g in zip([*head_gates, *(f"f{k}" for k in ffn_gates)], grads, strict=True):
+                if g is None:
+                    continue
+                target = ffn[int(i[1:])] if isinstance(i, str) else heads[i]
+                target += g.detach().abs().double().cpu()
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return heads, ffn
 
 
 def as_group_scores(block: DecoderBlock, scores: torch.Tensor) -> torch.Tensor:
