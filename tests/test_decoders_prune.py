@@ -56,7 +56,7 @@ def _silenced(dense: nn.Module, heads: dict[int, list[int]], neurons: dict[int, 
     return ref
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [*ARCHS, "qwen2"])  # Qwen2: GQA with q/k/v biases
 def test_pruned_model_computes_what_the_dense_model_does_without_those_units(arch: str) -> None:
     dense = _converted(arch)
     model = copy.deepcopy(dense)
@@ -66,11 +66,13 @@ def test_pruned_model_computes_what_the_dense_model_does_without_those_units(arc
     ns = {1: torch.ones(64).index_fill_(0, torch.tensor([5, 17]), 0.0)}
     result = prune_decoder(model, groups={0: 1}, neurons={1: 2}, group_scores_by_block=gs, neuron_scores_by_block=ns)
     assert result.groups_removed == {0: [kv - 1]}
-    expected_heads = [2, 3] if arch == "llama" else [3]  # Llama: KV head 1 serves query heads 2 and 3
+    expected_heads = [2, 3] if arch in ("llama", "qwen2") else [3]  # GQA: KV head 1 serves query heads 2 and 3
     assert result.heads_removed == {0: expected_heads}
     assert result.neurons_removed == {1: [5, 17]}
     blocks = decoder_blocks(model)
-    assert (blocks[0].heads, blocks[0].kv_heads, blocks[1].heads) == ((2, 1, 4) if arch == "llama" else (3, 3, 4))
+    assert (blocks[0].heads, blocks[0].kv_heads, blocks[1].heads) == (
+        (2, 1, 4) if arch in ("llama", "qwen2") else (3, 3, 4)
+    )
     assert blocks[0].ffn == 64 and blocks[1].ffn == 62
     ref = _silenced(dense, result.heads_removed, result.neurons_removed)
     assert torch.allclose(_logits(model), _logits(ref), atol=1e-5, rtol=0)
