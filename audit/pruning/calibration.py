@@ -166,9 +166,15 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
 
 
 def tokens_of(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """``[tokens, features]`` rows of ``x``; padded positions dropped when ``mask`` fits."""
+    """``[tokens, features]`` rows of ``x``; padded positions dropped when ``mask`` fits.
+
+    ``x`` is ``[batch, seq, features]``, or ``[batch * seq, features]`` where a block
+    flattens its tokens (OPT's MLP does).
+    """
     if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
         return x[mask]
+    if mask is not None and x.dim() == 2 and mask.dim() == 2 and x.shape[0] == mask.numel():
+        return x[mask.reshape(-1)]
     return x.reshape(-1, x.shape[-1])
 
 
@@ -195,6 +201,81 @@ def _hidden(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
+
+
+@contextmanager
+def _no_kv_cache(model: nn.Module) -> Iterator[None]:
+    """``config.use_cache`` off for the forward passes (a decoder would append each block re-run to its KV cache)."""
+    config = getattr(model, "config", None)
+    had = config is not None and hasattr(config, "use_cache")
+    old = getattr(config, "use_cache", None)
+    if had:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if had:
+            config.use_cache = old
+
+
+def _without_cache(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A block call's arguments with any cache object dropped and ``use_cache`` off, so re-running it is pure."""
+    from transformers.cache_utils import Cache
+
+    args = tuple(None if isinstance(a, Cache) else a for a in args)
+    kwargs = {k: (None if k in _CACHE_KWARGS or isinstance(v, Cache) else v) for k, v in kwargs.items()}
+    if "use_cache" in kwargs:
+        kwargs["use_cache"] = False
+    return args, kwargs
+
+
+Captured = list[tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+@torch.no_grad()
+def block_inputs(model: nn.Module, first_block: nn.Module, batches: list[dict[str, torch.Tensor]]) -> Captured:
+    """The arguments the model passes to its first block, one ``(args, kwargs)`` per batch.
+
+    They carry what the model computed before the blocks: attention masks in the
+    block's own form (a decoder's causal mask), ``position_ids``, rotary
+    ``position_embeddings``, ``cache_position``. The forward pass stops at the block;
+    the KV cache is off while it runs, and any cache argument is dropped.
+    """
+    captured: Captured = []
+
+    def catch(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        captured.append(_without_cache(args, kwargs))
+        raise _Stop
+
+    handle = first_block.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        with _no_kv_cache(model):
+            for batch in batches:
+                try:
+                    model(**batch)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+    if len(captured) != len(batches):
+        raise RuntimeError(f"the first block ran for {len(captured)} of {len(batches)} calibration batches")
+    return captured
+
+
+@torch.no_grad()
+def block_outputs(block: nn.Module, captured: Captured) -> Captured:
+    """Run ``block`` on each captured call; the outputs replace the hidden states for the next block."""
+    nxt: Captured = []
+    for args, kwargs in captured:
+        hidden = _hidden(block(*args, **kwargs))
+        if args:
+            nxt.append(((hidden, *args[1:]), kwargs))
+        else:
+            nxt.append(((), {**kwargs, "hidden_states": hidden}))
+    return nxt
+
+
 @torch.no_grad()
 def sequential_calibrate(
     model: nn.Module,
@@ -203,6 +284,7 @@ def sequential_calibrate(
     *,
     make_stat: Callable[[str, nn.Module], InputStat],
     finish: Callable[[str, nn.Module, InputStat], None],
+    blocks: tuple[str, nn.ModuleList] | None = None,
 ) -> list[str]:
     """Feed each selected layer's calibration inputs to a statistic, then let ``finish`` prune it.
 
@@ -214,15 +296,28 @@ def sequential_calibrate(
     list) are handled last with full forward passes through the pruned model. Padded
     token positions never enter a statistic.
 
+    Decoders: the block calls keep the model's own causal mask, ``position_ids`` and
+    rotary ``position_embeddings`` (captured as keyword arguments); the KV cache is off
+    throughout, so re-running a block does not attend to its own earlier run.
+
+    Args:
+        model: The model being pruned (in place).
+        layers: ``(name, module)`` of the selected Linear layers.
+        calibration: The tokenized calibration batches.
+        make_stat: Builds the empty statistic of one layer.
+        finish: Prunes one layer from its filled statistic.
+        blocks: ``(prefix, ModuleList)`` of the transformer blocks; found with
+            :func:`find_blocks` when not given (a model adapter knows them).
+
     Returns:
         Notes for the :class:`~audit.results.PruningRecord`.
     """
     device = model_device(model)
-    found = find_blocks(model)
+    found = blocks if blocks is not None else find_blocks(model)
     by_block: dict[int, list[tuple[str, nn.Module]]] = {}
     rest: list[tuple[str, nn.Module]] = []
     if found is not None:
-        prefix, blocks = found
+        prefix, block_list = found
         for name, module in layers:
             head = f"{prefix}."
             if name.startswith(head):
@@ -237,25 +332,11 @@ def sequential_calibrate(
     masks = [b["attention_mask"].bool() if "attention_mask" in b else None for b in batches]
     if by_block:
         assert found is not None
-        prefix, blocks = found
-        captured: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-
-        def catch(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            captured.append((args, kwargs))
-            raise _Stop
-
-        handle = blocks[0].register_forward_pre_hook(catch, with_kwargs=True)
-        try:
-            for batch in batches:
-                try:
-                    model(**batch)
-                except _Stop:
-                    pass
-        finally:
-            handle.remove()
+        prefix, block_list = found
+        captured = block_inputs(model, block_list[0], batches)
         last = max(by_block)
         for i in range(last + 1):
-            block = blocks[i]
+            block = block_list[i]
             chosen = by_block.get(i, [])
             if chosen:
                 stats = {name: make_stat(name, module) for name, module in chosen}
@@ -271,14 +352,7 @@ def sequential_calibrate(
                     finish(name, module, stats.pop(name))
             if i == last:
                 break
-            nxt = []
-            for args, kwargs in captured:
-                hidden = _hidden(block(*args, **kwargs))
-                if args:
-                    nxt.append(((hidden, *args[1:]), kwargs))
-                else:
-                    nxt.append(((), {**kwargs, "hidden_states": hidden}))
-            captured = nxt
+            captured = block_outputs(block, captured)
         notes.append(
             f"layers pruned block by block through {prefix} ({len(by_block)} blocks); each block's inputs come "
             "from the already pruned blocks before it"
@@ -287,9 +361,10 @@ def sequential_calibrate(
         stats = {name: make_stat(name, module) for name, module in rest}
         handles = _hook_inputs(rest, stats, state)
         try:
-            for batch, mask in zip(batches, masks, strict=True):
-                state.mask = mask
-                model(**batch)
+            with _no_kv_cache(model):
+                for batch, mask in zip(batches, masks, strict=True):
+                    state.mask = mask
+                    model(**batch)
         finally:
             for h in handles:
                 h.remove()
