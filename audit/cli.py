@@ -393,11 +393,10 @@ def ls_(what: Annotated[_What, typer.Argument(help="What to list.")] = _What.pru
         for r in REPORTERS:
             typer.echo(f"{r.name:<14} {r.filename:<16} {r.summary}")
     elif what is _What.metrics:
-        from audit.deploy.spec import METRICS as DEPLOY_METRICS
-        from audit.deploy.spec import SUITE as DEPLOY_SUITE
+        from audit.registry import measured
 
-        rows = [(s.name, m) for s in SUITES for m in s.metrics] + [(DEPLOY_SUITE, m) for m in DEPLOY_METRICS]
-        for suite, m in rows:
+        by_kind = sorted(measured(), key=lambda s: s.kind != "suite")  # the suites', then the stages' metrics
+        for suite, m in [(s.name, m) for s in by_kind for m in s.metrics]:
             d = "↑" if m.higher_is_better else "↓" if m.higher_is_better is False else "·"
             typer.echo(f"{suite}/*/{m.name:<24} {d} {m.meaning}")
     else:
