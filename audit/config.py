@@ -77,7 +77,13 @@ class ModelConfig(StrictModel):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Allow custom modelling code shipped with the checkpoint.")
     allow_pickle: bool = Field(False, description="Allow pickle (.bin) weights; only safetensors are loaded otherwise.")
-    max_length: int = Field(128, ge=8, le=8192, description="Tokenizer truncation length.")
+    max_length: int = Field(
+        128,
+        ge=8,
+        le=8192,
+        description="Tokenizer truncation length in tokens (text and text pair together): longer inputs are cut, "
+        "and the report counts how many texts of each dataset were (a truncation note in the limitations).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -93,17 +99,17 @@ class ModelConfig(StrictModel):
 class HubDataset(StrictModel):
     """A dataset on the Hugging Face hub (only used when online)."""
 
-    name: str
-    subset: str | None = None
-    revision: str | None = None
+    name: str = Field(description="Hub dataset id, e.g. `glue`.")
+    subset: str | None = Field(None, description="Dataset configuration (subset) name, e.g. `sst2`.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
 
 
 class ColumnMap(StrictModel):
     """Which dataset columns hold the text, the label and the sensitive groups."""
 
-    text: str = "text"
-    text_pair: str | None = None
-    label: str = "label"
+    text: str = Field("text", description="Column holding the input text.")
+    text_pair: str | None = Field(None, description="Column holding the second text of a sentence pair (NLI, QQP).")
+    label: str = Field("label", description="Column holding the gold label (a class index or a label name).")
     groups: list[str] = Field(default_factory=list, description="Sensitive-feature columns.")
     id: str | None = Field(None, description="Optional stable example id column.")
 
@@ -111,8 +117,10 @@ class ColumnMap(StrictModel):
 class SplitMap(StrictModel):
     """Which split is evaluated and which feeds calibration-based pruning."""
 
-    eval: str = "test"
-    calibration: str | None = "train"
+    eval: str = Field("test", description="Split that is evaluated (a key of `data.files`, or a hub split).")
+    calibration: str | None = Field(
+        "train", description="Split that calibration-based pruners draw from; null for none."
+    )
 
 
 def _label_map_keys(value: Any) -> Any:
@@ -136,7 +144,7 @@ class TableSource(StrictModel):
         '(and then hold tabs, commas and newlines), with "" for a quote inside it. none: quote characters are '
         "ordinary text (a warning counts fields that look quoted).",
     )
-    columns: ColumnMap = Field(default_factory=ColumnMap)
+    columns: ColumnMap = Field(default_factory=ColumnMap, description="Which columns hold text, label and groups.")
     label_map: dict[str, int] | None = Field(
         None, description="Raw label value -> class index, when labels are not the model's."
     )
@@ -158,10 +166,16 @@ class DatasetRef(TableSource):
     """
 
     name: str = Field(description="Short id used in metric ids, e.g. `yelp`.", pattern=r"^[A-Za-z0-9_.\-]+$")
-    path: str | None = None
-    hub: HubDataset | None = None
-    split: str = "test"
-    max_examples: int | None = Field(None, ge=1)
+    path: str | None = Field(None, description="Local file (relative to the config file); or set `hub`.")
+    hub: HubDataset | None = Field(None, description="A hub dataset instead of a local file (needs `offline: false`).")
+    split: str = Field("test", description="Split of the hub dataset (or the name recorded for a local file).")
+    max_examples: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate a seeded random sample of this many rows (drawn with the run's `seed`, the same on "
+        "every run), not the first rows: a file sorted by label would otherwise give a one-class sample. "
+        "Unset: every row.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetRef:
@@ -174,9 +188,15 @@ class DataConfig(TableSource):
     """The in-distribution dataset: local files per split, or a hub dataset."""
 
     files: dict[str, str] | None = Field(None, description="split name -> local file (csv, tsv, json/jsonl, parquet).")
-    hub: HubDataset | None = None
-    splits: SplitMap = Field(default_factory=SplitMap)
-    max_eval_examples: int | None = Field(None, ge=1)
+    hub: HubDataset | None = Field(None, description="A hub dataset instead of local files (needs `offline: false`).")
+    splits: SplitMap = Field(default_factory=SplitMap, description="Which split is evaluated and which calibrates.")
+    max_eval_examples: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate a seeded random sample of this many eval-split rows (drawn with the run's `seed`, "
+        "the same on every run), not the first rows: a file sorted by label would otherwise give a one-class "
+        "sample. Unset: every row.",
+    )
     name: str | None = Field(
         None,
         description="Short id of the dataset (default: the eval split name).",
@@ -215,8 +235,8 @@ class DataConfig(TableSource):
 class SuiteConfig(StrictModel):
     """One suite to run with its params."""
 
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(description="A registered suite (`prune-audit ls suites`).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The suite's params (see Suite params below).")
 
     @field_validator("name")
     @classmethod
@@ -248,22 +268,24 @@ class SuiteConfig(StrictModel):
 class RuntimeConfig(StrictModel):
     """How inference runs."""
 
-    batch_size: int = Field(32, ge=1, le=4096)
+    batch_size: int = Field(32, ge=1, le=4096, description="Inference batch size of every suite.")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores).")
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where inference runs (auto: cuda if available).")
     n_boot: int = Field(
         1000,
         ge=0,
         le=100_000,
         description="Bootstrap resamples for CIs (0: no CIs; rules that judge a CI end then cannot judge).",
     )
-    ci_level: float = Field(0.95, gt=0.5, lt=1.0)
+    ci_level: float = Field(
+        0.95, gt=0.5, lt=1.0, description="Confidence level of every CI; 1 - ci_level is the FDR level of the q-values."
+    )
 
 
 class ExecutorConfig(StrictModel):
     """Where sweep points run."""
 
-    kind: Literal["local", "ray"] = "local"
+    kind: Literal["local", "ray"] = Field("local", description="local: in this process; ray: one Ray task per point.")
     address: str | None = Field(
         None, description="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance is started)."
     )
@@ -274,8 +296,11 @@ class ExecutorConfig(StrictModel):
 class ReportConfig(StrictModel):
     """Which reporters render the finished run."""
 
-    formats: list[str] = Field(default_factory=lambda: ["json", "html", "junit", "markdown", "model-card"])
-    title: str | None = None
+    formats: list[str] = Field(
+        default_factory=lambda: ["json", "html", "junit", "markdown", "model-card"],
+        description="Registered reporters to render (`prune-audit ls reporters`).",
+    )
+    title: str | None = Field(None, description="Report title (default: `Pruning audit of <model directory>`).")
 
     @field_validator("formats")
     @classmethod
@@ -291,18 +316,30 @@ class ReportConfig(StrictModel):
 class AuditConfig(StrictModel):
     """Everything one audit run needs."""
 
-    model: ModelConfig
-    data: DataConfig
-    sweep: SweepConfig = Field(default_factory=SweepConfig)
-    suites: list[SuiteConfig] = Field(default_factory=lambda: [SuiteConfig(name="performance")])
+    model: ModelConfig = Field(description="The fine-tuned classifier to audit.")
+    data: DataConfig = Field(description="The in-distribution dataset: evaluated, and drawn from for calibration.")
+    sweep: SweepConfig = Field(default_factory=SweepConfig, description="Pruning methods x sparsities x seeds.")
+    suites: list[SuiteConfig] = Field(
+        default_factory=lambda: [SuiteConfig(name="performance")],
+        description="Suites to run: a mapping `name: params`, or a list of names or `{name, params}`.",
+    )
     policy: str | None = Field("default", description="Built-in policy name or path to a policy YAML; null for none.")
-    output_dir: str = "audit-out"
-    seed: int = Field(0, ge=0)
+    output_dir: str = Field(
+        "audit-out", description="Where the reports (and saved variants) are written; relative to the config file."
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        description="Run seed: draws the `max_eval_examples` / `max_examples` samples and seeds the dense baseline "
+        "(pruned points use `sweep.seeds`).",
+    )
     offline: bool = Field(True, description="Never touch the network (hub ids are refused).")
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
-    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="How inference and statistics run.")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where sweep points run.")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="Which reports are written.")
+    deploy: DeployConfig = Field(
+        default_factory=DeployConfig, description="How each pruned variant is deployed, verified and measured."
+    )
     _base_dir: str | None = PrivateAttr(None)
     _paths: RunPaths | None = PrivateAttr(None)
 

@@ -20,8 +20,8 @@ from audit.registry import PRUNERS, PluginParams
 class MethodConfig(StrictModel):
     """One pruning method of the sweep with its params."""
 
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(description="A registered pruning method (`prune-audit ls pruners`).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The method's params (see Pruner params below).")
 
     @model_validator(mode="before")
     @classmethod
@@ -61,8 +61,10 @@ class CalibrationConfig(StrictModel):
     """Calibration examples for data-aware pruners (Wanda, SparseGPT, gradient)."""
 
     split: str | None = Field(None, description="Split to draw from (default: data.splits.calibration).")
-    n: int = Field(128, ge=1, le=100_000)
-    seed: int = Field(0, ge=0)
+    n: int = Field(128, ge=1, le=100_000, description="Calibration examples drawn for each sweep point.")
+    seed: int = Field(
+        0, ge=0, description="With each point's seed, seeds the draw: `default_rng([calibration.seed, point seed])`."
+    )
 
 
 class LayerSelection(StrictModel):
@@ -72,7 +74,7 @@ class LayerSelection(StrictModel):
         default_factory=lambda: [r"encoder\.layer\.\d+\."],
         description="Regexes; a Linear layer is pruned if its name matches one.",
     )
-    exclude: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list, description="Regexes; a matching Linear layer is not pruned.")
     overrides: dict[str, float] = Field(
         default_factory=dict,
         description="Regex -> sparsity for matching layers (overrides the sweep level).",
@@ -82,11 +84,18 @@ class LayerSelection(StrictModel):
 class SweepConfig(StrictModel):
     """Methods × sparsities × seeds; the dense model is always the baseline."""
 
-    methods: list[MethodConfig] = Field(default_factory=lambda: [MethodConfig(name="magnitude")])
-    sparsities: list[float] = Field(default_factory=lambda: [0.5])
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    layers: LayerSelection = Field(default_factory=LayerSelection)
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    methods: list[MethodConfig] = Field(
+        default_factory=lambda: [MethodConfig(name="magnitude")],
+        description="Methods: names, or `{name, params}` (a method may appear twice with different params).",
+    )
+    sparsities: list[float] = Field(
+        default_factory=lambda: [0.5], description="Target sparsities in [0, 1) (N:M methods fix their own)."
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0], description="One variant per seed at every level.")
+    layers: LayerSelection = Field(default_factory=LayerSelection, description="Which Linear layers are pruned.")
+    calibration: CalibrationConfig = Field(
+        default_factory=CalibrationConfig, description="Calibration data of data-aware methods."
+    )
 
     @field_validator("sparsities")
     @classmethod
@@ -179,8 +188,13 @@ class DeployConfig(StrictModel):
         description="Reuse this machine's speed measurement of an unchanged deployed variant (same weights, "
         "formats and settings), so that re-running an audit re-gates the same figure.",
     )
-    speed_seq_len: int = Field(128, ge=1, le=8192)
-    speed_batch_size: int = Field(32, ge=1, le=4096)
+    speed_seq_len: int = Field(128, ge=1, le=8192, description="Sequence length (tokens) of the speed timings.")
+    speed_batch_size: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Batch size of the throughput timings (metrics `speedup_b<N>`, `throughput_b<N>`).",
+    )
     speed_min_time_s: float = Field(
         0.2, gt=0.0, le=600.0, description="Minimum timing time of each model, batch size and round."
     )
