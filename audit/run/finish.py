@@ -156,8 +156,10 @@ def _limitations(config: AuditConfig, eval_set: EvalSet, results: list[VariantRe
     out = []
     notes = {n for v in results if v.deployment is not None for n in v.deployment.notes}
     out.extend(f"{DEPLOY_STAGE.name}: {n}" for n in sorted(notes))
-    # what a suite could not do on a variant (e.g. a wall-clock cap cut its attacks short) limits the run
-    out.extend(dict.fromkeys(w for v in results for w in v.warnings if w.startswith("adversarial on ")))
+    # what a suite could not do on a variant (`<suite> on <variant>: ...`, e.g. a wall-clock cap cut its attacks
+    # short) limits the run
+    on_variant = tuple(f"{s.name} on " for s in config.suites)
+    out.extend(dict.fromkeys(w for v in results for w in v.warnings if w.startswith(on_variant)))
     if not config.data.columns.groups:
         out.append("No sensitive-group columns were configured: no per-group results.")
     for w in eval_set.warnings:
