@@ -34,9 +34,10 @@ browser:
 	    echo "chromium is missing and cannot be installed here: the browser test will fail" >&2; \
 	  fi; }
 
-# Regenerate the published policy JSON Schema (a test fails when it drifts from the models).
+# Regenerate the published policy JSON Schema and the configuration reference (tests fail when they drift).
 schemas: $(STAMP)
 	$(BIN)/prune-audit schema policy --output policies/policy.schema.json
+	$(BIN)/prune-audit schema config --format markdown --output docs/configuration.md
 
 # Regenerate the golden JSON/JUnit/Markdown/model-card files; review the diff before committing.
 golden: $(STAMP)

@@ -330,6 +330,11 @@ def validate(
         )
 
 
+class _SchemaFormat(str, Enum):
+    json = "json"
+    markdown = "markdown"
+
+
 class _SchemaKind(str, Enum):
     config = "config"
     policy = "policy"
@@ -342,13 +347,27 @@ def schema(
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Write the schema to this file instead of stdout.")
     ] = None,
+    format_: Annotated[
+        _SchemaFormat,
+        typer.Option("--format", help="json: the JSON Schema; markdown: the config reference generated from it."),
+    ] = _SchemaFormat.json,
 ) -> None:
     """Print (or write) the JSON Schema of the config, policy or results format.
 
     `prune-audit schema policy -o policies/policy.schema.json` regenerates the
-    published policy schema (also `make schemas`).
+    published policy schema, `prune-audit schema config --format markdown -o
+    docs/configuration.md` the configuration reference (both: `make schemas`).
     """
-    if kind is _SchemaKind.config:
+    if format_ is _SchemaFormat.markdown:
+        if kind is not _SchemaKind.config:
+            raise UsageError(
+                f"--format markdown is the configuration reference; found schema kind {kind.value!r}",
+                hint="use `prune-audit schema config --format markdown`",
+            )
+        from audit.config_doc import config_reference
+
+        text = config_reference()
+    elif kind is _SchemaKind.config:
         from audit.config import config_schema
 
         text = json.dumps(config_schema(), indent=2) + "\n"
@@ -393,11 +412,10 @@ def ls_(what: Annotated[_What, typer.Argument(help="What to list.")] = _What.pru
         for r in REPORTERS:
             typer.echo(f"{r.name:<14} {r.filename:<16} {r.summary}")
     elif what is _What.metrics:
-        from audit.deploy.spec import METRICS as DEPLOY_METRICS
-        from audit.deploy.spec import SUITE as DEPLOY_SUITE
+        from audit.registry import measured
 
-        rows = [(s.name, m) for s in SUITES for m in s.metrics] + [(DEPLOY_SUITE, m) for m in DEPLOY_METRICS]
-        for suite, m in rows:
+        by_kind = sorted(measured(), key=lambda s: s.kind != "suite")  # the suites', then the stages' metrics
+        for suite, m in [(s.name, m) for s in by_kind for m in s.metrics]:
             d = "↑" if m.higher_is_better else "↓" if m.higher_is_better is False else "·"
             typer.echo(f"{suite}/*/{m.name:<24} {d} {m.meaning}")
     else:

@@ -16,44 +16,57 @@ Example (``prune-audit schema`` prints the full JSON Schema)::
     policy: default
     output_dir: audit-out
 
-Relative paths are resolved against the directory of the config file.
+Relative paths are resolved against the directory of the config file. The ``sweep:`` and
+``deploy:`` sections are defined in :mod:`audit.config_sweep` (re-exported here), the shared
+base in :mod:`audit.config_base`.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from audit.deploy.formats import DEFAULT_FORMATS, DENSE, FORMATS, is_known
+from audit.config_base import StrictModel, _err
+from audit.config_sweep import (
+    CalibrationConfig,
+    DeployConfig,
+    LayerSelection,
+    MethodConfig,
+    SweepConfig,
+)
 from audit.errors import ConfigError
-from audit.registry import PRUNERS, SUITES, PluginParams
+from audit.registry import SUITES, PluginParams
 from audit.runpaths import RunPaths
 from audit.yamlio import YamlDocument, load_yaml, parse_yaml, validation_to_config_error
 
+__all__ = [
+    "DATA_FORMATS",
+    "AuditConfig",
+    "CalibrationConfig",
+    "ColumnMap",
+    "DataConfig",
+    "DatasetRef",
+    "DeployConfig",
+    "ExecutorConfig",
+    "HubDataset",
+    "LayerSelection",
+    "MethodConfig",
+    "ModelConfig",
+    "ReportConfig",
+    "RuntimeConfig",
+    "SplitMap",
+    "StrictModel",
+    "SuiteConfig",
+    "SweepConfig",
+    "TableSource",
+    "config_from_text",
+    "config_schema",
+    "load_config",
+]
+
 DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "txt")
-
-
-def _err(kind: str, message: str, hint: str | None = None) -> PydanticCustomError:
-    ctx: dict[str, Any] = {"hint": hint} if hint else {}
-    return PydanticCustomError(kind, message, ctx)
-
-
-class StrictModel(BaseModel):
-    """Base of every config section: unknown keys are errors, instances are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class ModelConfig(StrictModel):
@@ -64,7 +77,13 @@ class ModelConfig(StrictModel):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Allow custom modelling code shipped with the checkpoint.")
     allow_pickle: bool = Field(False, description="Allow pickle (.bin) weights; only safetensors are loaded otherwise.")
-    max_length: int = Field(128, ge=8, le=8192, description="Tokenizer truncation length.")
+    max_length: int = Field(
+        128,
+        ge=8,
+        le=8192,
+        description="Tokenizer truncation length in tokens (text and text pair together): longer inputs are cut, "
+        "and the report counts how many texts of each dataset were (a truncation note in the limitations).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -80,17 +99,17 @@ class ModelConfig(StrictModel):
 class HubDataset(StrictModel):
     """A dataset on the Hugging Face hub (only used when online)."""
 
-    name: str
-    subset: str | None = None
-    revision: str | None = None
+    name: str = Field(description="Hub dataset id, e.g. `glue`.")
+    subset: str | None = Field(None, description="Dataset configuration (subset) name, e.g. `sst2`.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
 
 
 class ColumnMap(StrictModel):
     """Which dataset columns hold the text, the label and the sensitive groups."""
 
-    text: str = "text"
-    text_pair: str | None = None
-    label: str = "label"
+    text: str = Field("text", description="Column holding the input text.")
+    text_pair: str | None = Field(None, description="Column holding the second text of a sentence pair (NLI, QQP).")
+    label: str = Field("label", description="Column holding the gold label (a class index or a label name).")
     groups: list[str] = Field(default_factory=list, description="Sensitive-feature columns.")
     id: str | None = Field(None, description="Optional stable example id column.")
 
@@ -98,8 +117,10 @@ class ColumnMap(StrictModel):
 class SplitMap(StrictModel):
     """Which split is evaluated and which feeds calibration-based pruning."""
 
-    eval: str = "test"
-    calibration: str | None = "train"
+    eval: str = Field("test", description="Split that is evaluated (a key of `data.files`, or a hub split).")
+    calibration: str | None = Field(
+        "train", description="Split that calibration-based pruners draw from; null for none."
+    )
 
 
 def _label_map_keys(value: Any) -> Any:
@@ -123,7 +144,7 @@ class TableSource(StrictModel):
         '(and then hold tabs, commas and newlines), with "" for a quote inside it. none: quote characters are '
         "ordinary text (a warning counts fields that look quoted).",
     )
-    columns: ColumnMap = Field(default_factory=ColumnMap)
+    columns: ColumnMap = Field(default_factory=ColumnMap, description="Which columns hold text, label and groups.")
     label_map: dict[str, int] | None = Field(
         None, description="Raw label value -> class index, when labels are not the model's."
     )
@@ -145,10 +166,16 @@ class DatasetRef(TableSource):
     """
 
     name: str = Field(description="Short id used in metric ids, e.g. `yelp`.", pattern=r"^[A-Za-z0-9_.\-]+$")
-    path: str | None = None
-    hub: HubDataset | None = None
-    split: str = "test"
-    max_examples: int | None = Field(None, ge=1)
+    path: str | None = Field(None, description="Local file (relative to the config file); or set `hub`.")
+    hub: HubDataset | None = Field(None, description="A hub dataset instead of a local file (needs `offline: false`).")
+    split: str = Field("test", description="Split of the hub dataset (or the name recorded for a local file).")
+    max_examples: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate a seeded random sample of this many rows (drawn with the run's `seed`, the same on "
+        "every run), not the first rows: a file sorted by label would otherwise give a one-class sample. "
+        "Unset: every row.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetRef:
@@ -161,9 +188,15 @@ class DataConfig(TableSource):
     """The in-distribution dataset: local files per split, or a hub dataset."""
 
     files: dict[str, str] | None = Field(None, description="split name -> local file (csv, tsv, json/jsonl, parquet).")
-    hub: HubDataset | None = None
-    splits: SplitMap = Field(default_factory=SplitMap)
-    max_eval_examples: int | None = Field(None, ge=1)
+    hub: HubDataset | None = Field(None, description="A hub dataset instead of local files (needs `offline: false`).")
+    splits: SplitMap = Field(default_factory=SplitMap, description="Which split is evaluated and which calibrates.")
+    max_eval_examples: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate a seeded random sample of this many eval-split rows (drawn with the run's `seed`, "
+        "the same on every run), not the first rows: a file sorted by label would otherwise give a one-class "
+        "sample. Unset: every row.",
+    )
     name: str | None = Field(
         None,
         description="Short id of the dataset (default: the eval split name).",
@@ -199,117 +232,11 @@ class DataConfig(TableSource):
         return self
 
 
-class MethodConfig(StrictModel):
-    """One pruning method of the sweep with its params."""
-
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return {"name": value}
-        return value
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        if name not in PRUNERS:
-            raise _err("unknown_method", PRUNERS.unknown_message(name), PRUNERS.suggest(name))
-        return name
-
-    @model_validator(mode="after")
-    def _params(self) -> MethodConfig:
-        spec = PRUNERS.get(self.name)
-        try:
-            parsed = spec.params.model_validate(self.params)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise _err(
-                "method_params",
-                f"invalid params for method {self.name!r}: {where}: {first['msg']}",
-                f"allowed params: {', '.join(spec.params.model_fields) or '(none)'}",
-            ) from None
-        object.__setattr__(self, "params", parsed.model_dump(mode="json"))
-        return self
-
-    def typed_params(self) -> PluginParams:
-        return PRUNERS.get(self.name).params.model_validate(self.params)
-
-
-class CalibrationConfig(StrictModel):
-    """Calibration examples for data-aware pruners (Wanda, SparseGPT, gradient)."""
-
-    split: str | None = Field(None, description="Split to draw from (default: data.splits.calibration).")
-    n: int = Field(128, ge=1, le=100_000)
-    seed: int = Field(0, ge=0)
-
-
-class LayerSelection(StrictModel):
-    """Which Linear layers are pruned; regexes match module names."""
-
-    include: list[str] = Field(
-        default_factory=lambda: [r"encoder\.layer\.\d+\."],
-        description="Regexes; a Linear layer is pruned if its name matches one.",
-    )
-    exclude: list[str] = Field(default_factory=list)
-    overrides: dict[str, float] = Field(
-        default_factory=dict,
-        description="Regex -> sparsity for matching layers (overrides the sweep level).",
-    )
-
-
-class SweepConfig(StrictModel):
-    """Methods × sparsities × seeds; the dense model is always the baseline."""
-
-    methods: list[MethodConfig] = Field(default_factory=lambda: [MethodConfig(name="magnitude")])
-    sparsities: list[float] = Field(default_factory=lambda: [0.5])
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    layers: LayerSelection = Field(default_factory=LayerSelection)
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-
-    @field_validator("sparsities")
-    @classmethod
-    def _range(cls, values: list[float]) -> list[float]:
-        if not values:
-            raise _err("sweep_empty", "sweep.sparsities is empty; list at least one level")
-        for v in values:
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v < 1.0):
-                raise _err(
-                    "sparsity_range",
-                    f"sparsity must be in [0, 1), found {v!r}",
-                    "0.5 means half of the weights are zero",
-                )
-        if len(set(values)) != len(values):
-            raise _err("sparsity_dup", f"sweep.sparsities has duplicates: {values}")
-        return values
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, values: list[int]) -> list[int]:
-        if not values:
-            raise _err("sweep_empty", "sweep.seeds is empty; list at least one seed")
-        if any(v < 0 for v in values):
-            raise _err("seed_range", f"seeds must be non-negative, found {values}")
-        if len(set(values)) != len(values):
-            raise _err("seed_dup", f"sweep.seeds has duplicates: {values}")
-        return values
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, values: list[MethodConfig]) -> list[MethodConfig]:
-        if not values:
-            raise _err("sweep_empty", "sweep.methods is empty; list at least one method")
-        return values
-
-
 class SuiteConfig(StrictModel):
     """One suite to run with its params."""
 
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(description="A registered suite (`prune-audit ls suites`).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The suite's params (see Suite params below).")
 
     @field_validator("name")
     @classmethod
@@ -341,22 +268,24 @@ class SuiteConfig(StrictModel):
 class RuntimeConfig(StrictModel):
     """How inference runs."""
 
-    batch_size: int = Field(32, ge=1, le=4096)
+    batch_size: int = Field(32, ge=1, le=4096, description="Inference batch size of every suite.")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores).")
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where inference runs (auto: cuda if available).")
     n_boot: int = Field(
         1000,
         ge=0,
         le=100_000,
         description="Bootstrap resamples for CIs (0: no CIs; rules that judge a CI end then cannot judge).",
     )
-    ci_level: float = Field(0.95, gt=0.5, lt=1.0)
+    ci_level: float = Field(
+        0.95, gt=0.5, lt=1.0, description="Confidence level of every CI; 1 - ci_level is the FDR level of the q-values."
+    )
 
 
 class ExecutorConfig(StrictModel):
     """Where sweep points run."""
 
-    kind: Literal["local", "ray"] = "local"
+    kind: Literal["local", "ray"] = Field("local", description="local: in this process; ray: one Ray task per point.")
     address: str | None = Field(
         None, description="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance is started)."
     )
@@ -367,8 +296,11 @@ class ExecutorConfig(StrictModel):
 class ReportConfig(StrictModel):
     """Which reporters render the finished run."""
 
-    formats: list[str] = Field(default_factory=lambda: ["json", "html", "junit", "markdown", "model-card"])
-    title: str | None = None
+    formats: list[str] = Field(
+        default_factory=lambda: ["json", "html", "junit", "markdown", "model-card"],
+        description="Registered reporters to render (`prune-audit ls reporters`).",
+    )
+    title: str | None = Field(None, description="Report title (default: `Pruning audit of <model directory>`).")
 
     @field_validator("formats")
     @classmethod
@@ -381,123 +313,33 @@ class ReportConfig(StrictModel):
         return values
 
 
-class DeployConfig(StrictModel):
-    """How each pruned variant is deployed, proven equivalent and measured.
-
-    Every pruned variant is converted to the form that ships before any suite runs:
-    layers without zeros stay dense (structured pruning), other layers get the fastest
-    format measured for their shape and density (``kernel``: the compiled sparse kernel;
-    ``csr``/``bsr``: torch's CSR/BSR; ``semi24``: 2:4 on CUDA), or stay dense where no
-    sparse format is at least ``min_speedup`` times faster. The deployed model must
-    match its masked-dense reference on a probe batch within ``tolerance``, else the
-    variant is an ERROR.
-
-    ```yaml
-    deploy:
-      formats: [kernel, csr, bsr]
-      speed_seq_len: 128
-      save_variants: true     # <output_dir>/variants/<variant id>/ (safetensors + config)
-    ```
-    """
-
-    enabled: bool = Field(True, description="Deploy, verify and measure every pruned variant.")
-    formats: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_FORMATS), description="Sparse formats that may be chosen (registered)."
-    )
-    bsr_blocks: list[int] = Field(default_factory=lambda: [4, 8, 16, 32], description="BSR block sizes to try.")
-    force_format: str | None = Field(
-        None,
-        description="Use this format (dense, kernel, csr, bsr<b>, semi24 or a registered format's name) wherever "
-        "it applies, without timing (for inspection; skips the speed guard).",
-    )
-    min_speedup: float = Field(
-        1.1, ge=1.0, description="A sparse format must be this much faster than dense at every timed token count."
-    )
-    max_density: float = Field(0.5, gt=0.0, le=1.0, description="Denser layers stay dense without timing.")
-    max_block_density: float = Field(0.5, gt=0.0, le=1.0, description="BSR is tried up to this block density.")
-    choose_tokens: list[int] = Field(
-        default_factory=lambda: [128, 1024], description="Token counts (batch x sequence) at which formats are timed."
-    )
-    timing_min_s: float = Field(0.2, gt=0.0, le=60.0, description="Minimum timing time per format and token count.")
-    timing_cache: bool = Field(True, description="Reuse format timings across runs (user cache directory).")
-    probe_size: int = Field(64, ge=1, le=100_000, description="Eval examples in the equivalence probe batch.")
-    tolerance: float | None = Field(
-        None,
-        gt=0.0,
-        description="A fixed largest allowed |deployed - masked-dense| logit difference; unset (default), it is "
-        "scaled to the logits: tolerance_factor x eps(dtype) x max(1, max|logit|) x sqrt(K x D) "
-        "(audit/deploy/verify.py).",
-    )
-    tolerance_factor: float = Field(
-        2.0, gt=0.0, le=1e6, description="c of the scaled tolerance (measured worst case: 0.1; see verify.py)."
-    )
-    measure_speed: bool = Field(True, description="Time batch-1 latency and batch throughput, dense vs deployed.")
-    speed_cache: bool = Field(
-        True,
-        description="Reuse this machine's speed measurement of an unchanged deployed variant (same weights, "
-        "formats and settings), so that re-running an audit re-gates the same figure.",
-    )
-    speed_seq_len: int = Field(128, ge=1, le=8192)
-    speed_batch_size: int = Field(32, ge=1, le=4096)
-    speed_min_time_s: float = Field(
-        0.2, gt=0.0, le=600.0, description="Minimum timing time of each model, batch size and round."
-    )
-    speed_rounds: int = Field(
-        7,
-        ge=3,
-        le=101,
-        description="Interleaved dense/deployed timing rounds after a warm-up; speed-ups are the median "
-        "per-round ratio with an order-statistic CI of the median (7 rounds: [min, max], 98.4 %)",
-    )
-    save_variants: bool = Field(False, description="Save each deployed variant under <output_dir>/variants/<id>/.")
-
-    @field_validator("bsr_blocks")
-    @classmethod
-    def _blocks(cls, values: list[int]) -> list[int]:
-        if not values or any(not (2 <= v <= 256) for v in values):
-            raise _err("bsr_blocks", f"bsr_blocks must be block sizes between 2 and 256, found {values}")
-        return sorted(set(values))
-
-    @field_validator("choose_tokens")
-    @classmethod
-    def _tokens(cls, values: list[int]) -> list[int]:
-        if not values or any(v < 1 for v in values):
-            raise _err("choose_tokens", f"choose_tokens must list positive token counts, found {values}")
-        return sorted(set(values))
-
-    @field_validator("formats")
-    @classmethod
-    def _formats(cls, values: list[str]) -> list[str]:
-        bad = next((v for v in values if v not in FORMATS), None)
-        if bad is not None:
-            raise _err("deploy_format", FORMATS.unknown_message(bad), FORMATS.suggest(bad))
-        return list(dict.fromkeys(values))
-
-    @field_validator("force_format")
-    @classmethod
-    def _force_format(cls, value: str | None) -> str | None:
-        if value is not None and not is_known(value):
-            raise _err(
-                "deploy_format", f"force_format must be {DENSE} or a deploy format's name (bsr<b>), found {value!r}"
-            )
-        return value
-
-
 class AuditConfig(StrictModel):
     """Everything one audit run needs."""
 
-    model: ModelConfig
-    data: DataConfig
-    sweep: SweepConfig = Field(default_factory=SweepConfig)
-    suites: list[SuiteConfig] = Field(default_factory=lambda: [SuiteConfig(name="performance")])
+    model: ModelConfig = Field(description="The fine-tuned classifier to audit.")
+    data: DataConfig = Field(description="The in-distribution dataset: evaluated, and drawn from for calibration.")
+    sweep: SweepConfig = Field(default_factory=SweepConfig, description="Pruning methods x sparsities x seeds.")
+    suites: list[SuiteConfig] = Field(
+        default_factory=lambda: [SuiteConfig(name="performance")],
+        description="Suites to run: a mapping `name: params`, or a list of names or `{name, params}`.",
+    )
     policy: str | None = Field("default", description="Built-in policy name or path to a policy YAML; null for none.")
-    output_dir: str = "audit-out"
-    seed: int = Field(0, ge=0)
+    output_dir: str = Field(
+        "audit-out", description="Where the reports (and saved variants) are written; relative to the config file."
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        description="Run seed: draws the `max_eval_examples` / `max_examples` samples and seeds the dense baseline "
+        "(pruned points use `sweep.seeds`).",
+    )
     offline: bool = Field(True, description="Never touch the network (hub ids are refused).")
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
-    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="How inference and statistics run.")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where sweep points run.")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="Which reports are written.")
+    deploy: DeployConfig = Field(
+        default_factory=DeployConfig, description="How each pruned variant is deployed, verified and measured."
+    )
     _base_dir: str | None = PrivateAttr(None)
     _paths: RunPaths | None = PrivateAttr(None)
 

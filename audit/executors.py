@@ -66,7 +66,7 @@ class LocalExecutor:
         points = session.points
         outcomes: list[PointOutcome] = []
         baseline: dict[str, dict[str, Any]] | None = None
-        with progress.stage("sweep", len(points)) as stage:
+        with progress.stage("sweep", len(points), warmup=1) as stage:  # the dense point: not in the ETA
             for i, point in enumerate(points, start=1):
                 label = f"[{i}/{len(points)}] {point.id}"
                 out = run_point(
@@ -224,7 +224,7 @@ class RayExecutor:
 
         points = session.points
         outcomes = []
-        with progress.stage("sweep", len(points)) as stage:
+        with progress.stage("sweep", len(points), warmup=1) as stage:  # the dense point: not in the ETA
             dense = gathered(_get(ray, task.remote(config_ref, points_ref, 0, None, stored_for(points[0]), threads)))
             baseline_ref = ray.put(dense.artifacts)
             dense.artifacts = {}

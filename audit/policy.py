@@ -5,10 +5,10 @@ groups, compares to an absolute bound or to the dense baseline, and yields PASS,
 WARN, FAIL, ERROR or SKIP per variant. A metric that is missing, or a suite that
 crashed, is ERROR, which fails the gate unless ``fail_on_error: false``.
 
-Deployment is measured like a suite: every deployed variant carries
-``deployment/<dataset>/<metric>`` measurements (speed-up, latency, size, equivalence with
-the masked dense model; declared in :mod:`audit.deploy.spec`), so speed and size are
-gated like any other metric.
+A stage (deployment) is measured like a suite: every variant it ran on carries
+``<stage>/<dataset>/<metric>`` measurements (for deployment: speed-up, latency, size,
+equivalence with the masked dense model), declared by the stage's spec in
+:data:`audit.registry.STAGES`, so speed and size are gated like any other metric.
 
 :func:`evaluate_policy` is a sequence of steps: check the rules against the results'
 declared directions, judge each rule on each variant (:mod:`audit.policy_judge`), apply
@@ -219,29 +219,28 @@ class Policy(_Strict):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
-# -- deployment metrics ----------------------------------------------------------------
-
-DEPLOYMENT_SUITE = "deployment"
+# -- stage metrics -------------------------------------------------------------------
 
 
-def deployment_catalog() -> dict[str, MetricInfo]:
-    """Declarations of the ``deployment/<dataset>/<metric>`` measurements the runner records
-    for every deployed variant (from :mod:`audit.deploy.spec`, torch-free), keyed ``deployment/<name>``.
+def stage_catalog() -> dict[str, MetricInfo]:
+    """Declarations of the measurements every registered stage records on the variants it
+    runs on (:data:`audit.registry.STAGES`, torch-free), keyed ``<stage>/<name>``.
 
     Results files carry these in their own catalog; this is the fallback for files that do not.
     """
-    from audit.deploy.spec import METRICS
+    from audit.registry import STAGES
 
     return {
-        f"{DEPLOYMENT_SUITE}/{m.name}": MetricInfo(
-            suite=DEPLOYMENT_SUITE,
+        f"{st.name}/{m.name}": MetricInfo(
+            suite=st.name,
             name=m.name,
             meaning=m.meaning,
             higher_is_better=m.higher_is_better,
             range=list(m.range),
             unit=m.unit,
         )
-        for m in METRICS
+        for st in STAGES
+        for m in st.metrics
     }
 
 
@@ -249,29 +248,23 @@ def deployment_catalog() -> dict[str, MetricInfo]:
 
 
 def _declared_direction(metric_glob: str) -> tuple[bool, bool | None]:
-    """(known, higher_is_better) of a metric from the installed suites' declarations.
+    """(known, higher_is_better) of a metric from the installed suites' and stages' declarations.
 
-    ``known`` is False when no installed suite declares the metric, or when the glob
+    ``known`` is False when no installed suite or stage declares the metric, or when the glob
     matches declarations that disagree; the direction is then None.
     """
-    from audit.registry import SUITES
+    from audit.registry import measured
 
     suite_pat, _, rest = metric_glob.partition("/")
     name_pat = rest.rsplit("/", 1)[-1]
     if any(ch in name_pat for ch in "*?["):
         return False, None
     found = set()
-    for spec in SUITES:
+    for spec in measured():
         if fnmatch.fnmatchcase(spec.name, suite_pat):
-            m = spec.metric(name_pat)
+            m = spec.find_metric(name_pat)  # a stage's names may follow its config (speedup_b<N>)
             if m is not None:
                 found.add(m.higher_is_better)
-    if fnmatch.fnmatchcase(DEPLOYMENT_SUITE, suite_pat):
-        from audit.deploy.spec import find
-
-        dm = find(name_pat)  # speedup_b<N> for any configured batch size
-        if dm is not None:
-            found.add(dm.higher_is_better)
     if len(found) == 1:
         return True, found.pop()
     return False, None
@@ -315,7 +308,7 @@ def check_against_results(policy: Policy, result: RunResult, *, where: str | Non
     by suites that are not installed here carry their own metric catalog, which this
     checks too. Raises :class:`ConfigError` on the first bound that points the wrong way.
     """
-    catalog = {**deployment_catalog(), **result.metrics}
+    catalog = {**stage_catalog(), **result.metrics}
     for rule in policy.rules:
         suite_pat, _, rest = rule.metric.partition("/")
         name_pat = rest.rsplit("/", 1)[-1]
@@ -401,12 +394,14 @@ def policy_schema_text() -> str:
 
 
 def _suites_run(result: RunResult) -> set[str]:
+    """The suites and stages that ran: configured, measured, crashed or holding their record."""
+    from audit.registry import STAGES
+
     names = {s.get("name") for s in result.config.get("suites", []) if isinstance(s, dict)}
     for v in result.all_variants():
         names.update(m.suite for m in v.measurements)
         names.update(e.suite for e in v.errors if e.suite != "pruning")
-        if v.deployment is not None:
-            names.add(DEPLOYMENT_SUITE)
+        names.update(st.name for st in STAGES if st.ran_on(v))
     return {n for n in names if n}
 
 
@@ -458,7 +453,7 @@ def _rule_results(policy: Policy, result: RunResult) -> list[RuleResult]:
     """Every rule judged on every variant it applies to; one SKIP for a rule whose suite did not run."""
     results: list[RuleResult] = []
     suites_run = _suites_run(result)
-    catalog = {**deployment_catalog(), **result.metrics}
+    catalog = {**stage_catalog(), **result.metrics}
     n_boot = n_boot_of(result)
     base = result.baseline
     for rule in policy.rules:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 from typing import TYPE_CHECKING
 
+from audit.registry import stage_names
 from audit.results import GroupValue, Measurement, MetricInfo, RuleResult, RunResult, VariantResult
 
 if TYPE_CHECKING:
@@ -245,8 +246,9 @@ def judge(
         rule=rule.id, variant=variant.id, severity=rule.severity, bound=rule.bound_text(), rationale=rule.rationale
     )
     suite_pat = rule.metric.split("/", 1)[0]
-    # a variant whose pruning or deployment failed was never audited: every rule is an ERROR naming why
-    pruning_failed = [e for e in variant.errors if e.suite in ("pruning", "deployment")]
+    # a variant whose pruning or a stage (deployment) failed was never audited: every rule is an ERROR naming why
+    stages = stage_names()
+    pruning_failed = [e for e in variant.errors if e.suite == "pruning" or e.suite in stages]
     crashed = [e for e in variant.errors if fnmatch.fnmatchcase(e.suite, suite_pat) or e.suite == "*"]
     matches = [m for m in variant.measurements if fnmatch.fnmatchcase(m.id, rule.metric)]
     if not matches:

@@ -1,7 +1,7 @@
 """Pre-flight check of a policy's metric patterns: a rule must be able to match *some* metric.
 
-A rule whose ``metric`` glob matches no metric that any installed suite (or the
-deployment step) declares, nor any metric in the results' own catalog, can never judge
+A rule whose ``metric`` glob matches no metric that any installed suite or stage
+(:func:`audit.registry.measured`) declares, nor any metric in the results' own catalog, can never judge
 anything: it is a typo (``nosuch/*/thing``, ``performance/*/acuracy``), and it is a
 config error found before any work, naming the rule and its ``file:line``. A rule for an
 installed suite that is not part of the run is fine here (it is SKIPped by the verdict).
@@ -23,14 +23,10 @@ from audit.yamlio import load_yaml
 
 
 def installed_metrics() -> set[tuple[str, str]]:
-    """(suite, metric name) of every metric the installed suites and the deployment step declare."""
-    from audit.deploy.spec import METRICS as DEPLOY_METRICS
-    from audit.deploy.spec import SUITE as DEPLOY_SUITE
-    from audit.registry import SUITES
+    """(suite or stage, metric name) of every metric the installed suites and stages declare."""
+    from audit.registry import measured
 
-    out = {(s.name, m.name) for s in SUITES for m in s.metrics}
-    out |= {(DEPLOY_SUITE, m.name) for m in DEPLOY_METRICS}
-    return out
+    return {(s.name, m.name) for s in measured() for m in s.metrics}
 
 
 def rule_matches(rule: Rule, metrics: Iterable[tuple[str, str]]) -> bool:
@@ -39,11 +35,10 @@ def rule_matches(rule: Rule, metrics: Iterable[tuple[str, str]]) -> bool:
     name_pat = rest.rsplit("/", 1)[-1]
     if any(fnmatch.fnmatchcase(s, suite_pat) and fnmatch.fnmatchcase(n, name_pat) for s, n in metrics):
         return True
-    # deployment speed names follow the run's deploy.speed_batch_size (speedup_b8): known for any batch
-    from audit.deploy.spec import SUITE as DEPLOY_SUITE
-    from audit.deploy.spec import find
+    # a stage's names may follow the run's config (deploy.speed_batch_size: speedup_b8): known for any value
+    from audit.registry import measured
 
-    return fnmatch.fnmatchcase(DEPLOY_SUITE, suite_pat) and find(name_pat) is not None
+    return any(fnmatch.fnmatchcase(s.name, suite_pat) and s.find_metric(name_pat) is not None for s in measured())
 
 
 def check_rule_metrics(
@@ -70,8 +65,7 @@ def check_rule_metrics(
         close = difflib.get_close_matches(rule.metric, choices, n=1, cutoff=0.6)
         suites = sorted({s for s, _ in known})
         raise ConfigError(
-            f"rule {rule.id!r}: metric {rule.metric!r} matches no metric that any installed suite "
-            "or the deployment step produces",
+            f"rule {rule.id!r}: metric {rule.metric!r} matches no metric that any installed suite or stage produces",
             file=file or policy.name,
             line=line,
             column=column,

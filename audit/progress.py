@@ -4,6 +4,12 @@ On a TTY (stderr) each stage gets a ``rich`` progress bar with elapsed time and 
 When stderr is not a terminal (CI logs, files), no carriage returns are written:
 one plain line per finished step, rate-limited to one every ``interval`` seconds
 except for the first and last step, each with the ETA of the stage.
+
+The ETA is estimated from the rate of the steps after a stage's ``warmup`` steps: the
+sweep's first step is the dense point, which does different work from a variant (it
+computes the baseline every variant is compared with), so its time says little about
+the variants' (:func:`estimate_remaining`). Until one step after the warm-up has
+finished, no ETA is shown.
 """
 
 from __future__ import annotations
@@ -29,27 +35,47 @@ def _fmt_duration(seconds: float) -> str:
     return f"{s}s"
 
 
-class Stage:
-    """One stage (e.g. the sweep) with a known number of steps."""
+def estimate_remaining(done_at: list[float], started: float, total: int, *, warmup: int = 0) -> float | None:
+    """Seconds left in a stage of ``total`` steps, from the rate of its steps after the first ``warmup``.
 
-    def __init__(self, reporter: Progress, name: str, total: int) -> None:
+    ``done_at``: the (monotonic) time each finished step finished, in order; ``started``: when
+    the stage started. The rate is the steps finished after the warm-up over the time since
+    the warm-up ended (so parallel steps count as they finish), and the steps left take
+    that long each. None before a step after the warm-up has finished, or when none is left.
+    """
+    done = len(done_at)
+    measured = done - warmup
+    if total <= 0 or measured <= 0 or done >= total:
+        return None
+    since = done_at[warmup - 1] if warmup > 0 else started
+    return (done_at[-1] - since) / measured * (total - done)
+
+
+class Stage:
+    """One stage (e.g. the sweep) with a known number of steps; the first ``warmup`` steps do not count
+    towards the ETA (the sweep's dense point).
+    """
+
+    def __init__(self, reporter: Progress, name: str, total: int, warmup: int = 0) -> None:
         self.reporter = reporter
         self.name = name
         self.total = max(total, 0)
+        self.warmup = max(0, min(warmup, self.total))
         self.done = 0
         self.started = time.monotonic()
+        self._done_at: list[float] = []
         self._last_line = 0.0
         self._task: Any = None
 
     def eta(self) -> float | None:
-        if self.done == 0 or self.total == 0:
-            return None
-        elapsed = time.monotonic() - self.started
-        return elapsed / self.done * (self.total - self.done)
+        return estimate_remaining(self._done_at, self.started, self.total, warmup=self.warmup)
 
     def advance(self, detail: str = "", steps: int = 1) -> None:
-        self.done = min(self.total, self.done + steps)
-        self.reporter._advance(self, detail)
+        now = time.monotonic()
+        n = max(0, min(self.total, self.done + steps) - self.done)
+        self._done_at.extend([now] * n)
+        self.done += n
+        self.reporter._advance(self, detail, now)
 
 
 class Progress:
@@ -63,11 +89,12 @@ class Progress:
         self._rich: Any = None
 
     @contextmanager
-    def stage(self, name: str, total: int) -> Iterator[Stage]:
-        st = Stage(self, name, total)
+    def stage(self, name: str, total: int, *, warmup: int = 0) -> Iterator[Stage]:
+        """A stage of ``total`` steps; the first ``warmup`` ones are left out of its ETA."""
+        st = Stage(self, name, total, warmup)
         if self.live:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
             self._rich = RichProgress(
@@ -75,14 +102,13 @@ class Progress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
+                TextColumn("ETA {task.fields[eta]}"),  # this module's estimate, not rich's (warm-up excluded)
                 TextColumn("{task.fields[detail]}"),
                 console=Console(file=self.stream),
                 transient=False,
             )
             self._rich.start()
-            st._task = self._rich.add_task(name, total=total, detail="")
+            st._task = self._rich.add_task(name, total=total, detail="", eta="-")
         else:
             self._line(f"{name}: 0/{total} started")
         try:
@@ -95,11 +121,13 @@ class Progress:
                 took = _fmt_duration(time.monotonic() - st.started)
                 self._line(f"{name}: {st.done}/{st.total} finished in {took}")
 
-    def _advance(self, st: Stage, detail: str) -> None:
+    def _advance(self, st: Stage, detail: str, now: float) -> None:
         if self._rich is not None and st._task is not None:
-            self._rich.update(st._task, completed=st.done, detail=detail)
+            eta = st.eta()
+            self._rich.update(
+                st._task, completed=st.done, detail=detail, eta="-" if eta is None else _fmt_duration(eta)
+            )
             return
-        now = time.monotonic()
         last = st.done >= st.total
         if st.done == 1 or last or now - st._last_line >= self.interval:
             st._last_line = now

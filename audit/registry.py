@@ -1,4 +1,4 @@
-"""Plugin registries for pruners, suites and reporters.
+"""Plugin registries for pruners, suites, stages and reporters.
 
 A plugin is described by a *spec*: a small, torch-free object holding its name, its
 pydantic params model, a one-line summary and the ``"module:attr"`` of its
@@ -7,7 +7,8 @@ implementation, which is imported only when the plugin is used. That keeps
 
 Built-ins and third-party plugins are registered the same way: built-ins are listed
 in :mod:`audit.builtins`; third parties expose a spec through an entry point in the
-group ``prune_audit.pruners``, ``prune_audit.suites`` or ``prune_audit.reporters``::
+group ``prune_audit.pruners``, ``prune_audit.suites``, ``prune_audit.stages`` or
+``prune_audit.reporters``::
 
     [project.entry-points."prune_audit.suites"]
     toxicity = "my_pkg.audit_plugins:TOXICITY_SUITE"
@@ -23,7 +24,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -132,15 +133,16 @@ class PrunerSpec(PluginSpec):
 
 
 @dataclass(frozen=True)
-class SuiteSpec(PluginSpec):
-    """An evaluation suite, the metrics it declares and what reports say about it.
+class MeasuredSpec(PluginSpec):
+    """What a suite and a stage share: the metrics they declare and what reports say about them.
 
-    ``title`` heads the suite's report sections (empty: ``Suite: <name>``). ``not_run`` is
-    the limitation a report states when the suite did not run (empty: none is stated).
-    Sections are ordered by ``report_order``, then name; an ``always_reported`` suite gets
-    its section even when it did not run, marked as such.
+    ``title`` heads the report sections (empty: ``Suite: <name>``). ``not_run`` is the
+    limitation a report states when it did not run (empty: none is stated). Sections are
+    ordered by ``report_order``, then name; an ``always_reported`` one gets its section
+    even when it did not run, marked as such. ``kind`` says which registry holds it.
     """
 
+    kind: ClassVar[str] = ""
     metrics: tuple[MetricSpec, ...] = ()
     title: str = ""
     not_run: str = ""
@@ -152,6 +154,51 @@ class SuiteSpec(PluginSpec):
             if m.name == name:
                 return m
         return None
+
+    def find_metric(self, name: str) -> MetricSpec | None:
+        """The declaration of metric ``name`` for any configuration (a stage's names may follow its config)."""
+        return self.metric(name)
+
+    def run_metrics(self, config: Any) -> tuple[MetricSpec, ...]:
+        """The metrics a run with ``config`` (an :class:`audit.config.AuditConfig`) records."""
+        return self.metrics
+
+
+@dataclass(frozen=True)
+class SuiteSpec(MeasuredSpec):
+    """An evaluation suite, configured under ``suites:``, run on the dense model and every variant."""
+
+    kind: ClassVar[str] = "suite"
+
+
+@dataclass(frozen=True)
+class StageSpec(MeasuredSpec):
+    """A step every pruned variant goes through before its suites (deployment), measured like a suite.
+
+    Its numbers are ``<stage>/<dataset>/<metric>`` measurements that policies gate and
+    reports show like a suite's; it is not configured under ``suites:``. A variant whose
+    stage failed is not audited (every rule on it is an ERROR). ``record`` names the
+    :class:`~audit.results.VariantResult` field that holds the stage's record: a variant
+    with it set ran the stage. ``metrics_of`` gives the metrics of a run's config when their
+    names follow it (``speedup_b<batch>``); ``lookup`` finds a metric name for any config.
+    """
+
+    kind: ClassVar[str] = "stage"
+    record: str = ""
+    metrics_of: Callable[[Any], tuple[MetricSpec, ...]] | None = None
+    lookup: Callable[[str], MetricSpec | None] | None = None
+
+    def find_metric(self, name: str) -> MetricSpec | None:
+        return self.lookup(name) if self.lookup is not None else self.metric(name)
+
+    def run_metrics(self, config: Any) -> tuple[MetricSpec, ...]:
+        return self.metrics_of(config) if self.metrics_of is not None else self.metrics
+
+    def ran_on(self, variant: Any) -> bool:
+        """Whether ``variant`` (a :class:`~audit.results.VariantResult`) went through this stage."""
+        if self.record:
+            return getattr(variant, self.record, None) is not None
+        return any(m.suite == self.name for m in variant.measurements)
 
 
 @dataclass(frozen=True)
@@ -238,12 +285,32 @@ class Registry(Generic[S]):
 
 PRUNERS: Registry[PrunerSpec] = Registry("pruner", "prune_audit.pruners", PrunerSpec)
 SUITES: Registry[SuiteSpec] = Registry("suite", "prune_audit.suites", SuiteSpec)
+STAGES: Registry[StageSpec] = Registry("stage", "prune_audit.stages", StageSpec)
 REPORTERS: Registry[ReporterSpec] = Registry("reporter", "prune_audit.reporters", ReporterSpec)
 
 
 def register(spec: PluginSpec, *, replace: bool = False) -> PluginSpec:
     """Register a spec in the registry that matches its type."""
-    for reg in (PRUNERS, SUITES, REPORTERS):
+    for reg in (PRUNERS, SUITES, STAGES, REPORTERS):
         if isinstance(spec, reg.spec_type):
             return reg.register(spec, replace=replace)  # type: ignore[arg-type]
-    raise PluginError(f"cannot register {type(spec).__name__}: not a pruner, suite or reporter spec")
+    raise PluginError(f"cannot register {type(spec).__name__}: not a pruner, suite, stage or reporter spec")
+
+
+def measured() -> list[MeasuredSpec]:
+    """Every registered suite and stage, by name: what lists metrics, titles, "did not run" texts and
+    catalogs iterates, so a new suite or stage needs no edit elsewhere.
+    """
+    return sorted([*SUITES, *STAGES], key=lambda s: s.name)
+
+
+def measured_spec(name: str) -> MeasuredSpec | None:
+    """The suite or stage called ``name`` (a stage first), or None when neither is registered here."""
+    if name in STAGES:
+        return STAGES.get(name)
+    return SUITES.get(name) if name in SUITES else None
+
+
+def stage_names() -> set[str]:
+    """The names of the registered stages (the ``suite`` part of their measurements' and errors' ids)."""
+    return set(STAGES.names())

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import io
 
-from audit.progress import Progress
+import pytest
+
+from audit.progress import Progress, estimate_remaining
 
 
 def test_plain_lines_without_carriage_returns_when_not_a_tty() -> None:
@@ -43,3 +45,36 @@ def test_live_bar_on_a_terminal_shows_eta() -> None:
         st.advance("b")
     text = out.getvalue()
     assert "sweep" in text and "2/2" in text and "ETA" in text
+
+
+def test_the_eta_is_estimated_from_the_steps_after_the_warm_up() -> None:
+    # a dense point of 100 s, then two variants of 10 s each, of 10 points: 7 variants left at 10 s each
+    done_at = [100.0, 110.0, 120.0]
+    assert estimate_remaining(done_at, 0.0, 10, warmup=1) == pytest.approx(70.0)
+    # counting the dense point as a step (the old estimate) says 4x as long
+    assert estimate_remaining(done_at, 0.0, 10) == pytest.approx(280.0)
+
+
+def test_no_eta_before_a_step_after_the_warm_up_or_when_nothing_is_left() -> None:
+    assert estimate_remaining([100.0], 0.0, 10, warmup=1) is None
+    assert estimate_remaining([], 0.0, 10) is None
+    assert estimate_remaining([1.0, 2.0], 0.0, 2, warmup=1) is None
+
+
+def test_parallel_steps_count_as_they_finish() -> None:
+    # four variants finishing together 20 s after the dense point: 5 s per point of throughput
+    assert estimate_remaining([50.0, 70.0, 70.0, 70.0, 70.0], 0.0, 9, warmup=1) == pytest.approx(20.0)
+
+
+def test_the_sweep_line_after_the_dense_point_has_no_eta_and_the_next_one_uses_the_variants(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = iter([0.0, 600.0, 660.0, 700.0])  # start, dense done, v1 done, stage closed
+    monkeypatch.setattr("audit.progress.time.monotonic", lambda: next(clock))
+    out = io.StringIO()
+    with Progress(out, interval=0).stage("sweep", 6, warmup=1) as st:
+        st.advance("dense")  # 600 s
+        st.advance("v1")  # 60 s later: 4 variants left at 60 s each
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "sweep: 1/6 (10m00s elapsed) dense"
+    assert lines[2] == "sweep: 2/6 (11m00s elapsed, ETA 4m00s) v1"

@@ -17,18 +17,18 @@ from __future__ import annotations
 import re
 
 from audit.deploy.formats import DENSE
-from audit.registry import MetricSpec
+from audit.registry import STAGES, MetricSpec, StageSpec
 from audit.results import DeploymentRecord, Measurement
 
 SUITE = "deployment"
 TITLE = "Deployment: speed, size and kernel equivalence"
-"""Heading of the deployment's report sections (a suite's spec carries its own ``title``)."""
+"""Heading of the deployment's report sections (the stage's ``title``)."""
 NOT_RUN = (
     "No deployment record: the kernel format, equivalence with the masked model, speed and size were not measured."
 )
-"""The report's limitation when no variant carries a deployment record (a suite's ``not_run``)."""
+"""The report's limitation when no variant carries a deployment record (the stage's ``not_run``)."""
 REPORT_ORDER = 50
-"""Its sections come after the built-in suites' (a suite's ``report_order``)."""
+"""Its sections come after the built-in suites' (the stage's ``report_order``)."""
 DEFAULT_BATCH = 32
 """``deploy.speed_batch_size``'s default: the throughput metrics are named ``*_b<batch size>``."""
 
@@ -137,6 +137,23 @@ def find(name: str) -> MetricSpec | None:
     m = _BATCH_NAME.match(name)
     specs = metrics_for(int(m.group(2))) if m and m.group(2) != "1" else METRICS
     return next((s for s in specs if s.name == name), None)
+
+
+STAGE = STAGES.register(
+    StageSpec(
+        name=SUITE,
+        impl="audit.deploy.pipeline:deploy_variant",
+        summary="Convert each pruned variant to its shipped form; check it against the masked model; time and size it.",
+        metrics=METRICS,
+        title=TITLE,
+        not_run=NOT_RUN,
+        report_order=REPORT_ORDER,
+        record="deployment",  # VariantResult.deployment
+        metrics_of=lambda config: metrics_for(config.deploy.speed_batch_size),
+        lookup=find,
+    )
+)
+"""The deployment stage, registered like any stage (:data:`audit.registry.STAGES`)."""
 
 
 def _speed_ci(value: float | None, ci: list[float] | None) -> dict[str, object]:

@@ -14,7 +14,7 @@ from audit.data import EvalSet
 from audit.errors import ExitCode
 from audit.plan import canonical_json, sha256_text
 from audit.policy import evaluate_policy
-from audit.registry import SUITES
+from audit.registry import STAGES, SUITES
 from audit.results import DatasetIdentity, MetricInfo, RunResult, VariantResult, Verdict
 from audit.stats import SMALL_GROUP_N
 
@@ -40,13 +40,13 @@ class RunOutcome:
         return ExitCode(self.verdict.exit_code)
 
 
-def _metric_catalog(config: AuditConfig, *, deployed: bool = False) -> dict[str, MetricInfo]:
+def _metric_catalog(config: AuditConfig, *, stages: tuple[str, ...] = ()) -> dict[str, MetricInfo]:
+    """The run's metric catalog: the metrics of every stage in ``stages`` (for this config), then the suites'."""
     out = {}
-    if deployed:
-        from audit.deploy import spec as deploy_spec
-
-        for m in deploy_spec.metrics_for(config.deploy.speed_batch_size):
-            out[f"{deploy_spec.SUITE}/{m.name}"] = _info(deploy_spec.SUITE, m)
+    for name in stages:
+        stage = STAGES.get(name)
+        for m in stage.run_metrics(config):
+            out[f"{stage.name}/{m.name}"] = _info(stage.name, m)
     for s in config.suites:
         spec = SUITES.get(s.name)
         for m in spec.metrics:
@@ -54,8 +54,15 @@ def _metric_catalog(config: AuditConfig, *, deployed: bool = False) -> dict[str,
     return out
 
 
+def _stages_run(session: Session) -> tuple[str, ...]:
+    """The stages this session ran on its variants (the runner holds a context for each one it runs)."""
+    from audit.deploy.spec import STAGE as DEPLOY_STAGE
+
+    return (DEPLOY_STAGE.name,) if session.deploy_ctx is not None else ()
+
+
 def _info(suite: str, m: Any) -> MetricInfo:
-    """The catalog entry of one declared metric (a suite's or the deployment step's MetricSpec)."""
+    """The catalog entry of one declared metric (a suite's or a stage's MetricSpec)."""
     return MetricInfo(
         suite=suite,
         name=m.name,
@@ -122,7 +129,7 @@ def finish(
         config=cfg_json,
         model=session.loaded.identity,
         datasets=datasets,
-        metrics=_metric_catalog(config, deployed=session.deploy_ctx is not None),
+        metrics=_metric_catalog(config, stages=_stages_run(session)),
         baseline=results[0],
         variants=results[1:],
         limitations=_limitations(config, eval_set, results)
@@ -146,11 +153,15 @@ def finish(
 
 
 def _limitations(config: AuditConfig, eval_set: EvalSet, results: list[VariantResult]) -> list[str]:
+    from audit.deploy.spec import STAGE as DEPLOY_STAGE
+
     out = []
     notes = {n for v in results if v.deployment is not None for n in v.deployment.notes}
-    out.extend(f"deployment: {n}" for n in sorted(notes))
-    # what a suite could not do on a variant (e.g. a wall-clock cap cut its attacks short) limits the run
-    out.extend(dict.fromkeys(w for v in results for w in v.warnings if w.startswith("adversarial on ")))
+    out.extend(f"{DEPLOY_STAGE.name}: {n}" for n in sorted(notes))
+    # what a suite could not do on a variant (`<suite> on <variant>: ...`, e.g. a wall-clock cap cut its attacks
+    # short) limits the run
+    on_variant = tuple(f"{s.name} on " for s in config.suites)
+    out.extend(dict.fromkeys(w for v in results for w in v.warnings if w.startswith(on_variant)))
     if not config.data.columns.groups:
         out.append("No sensitive-group columns were configured: no per-group results.")
     for w in eval_set.warnings:

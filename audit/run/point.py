@@ -252,6 +252,7 @@ def point_summary(vr: VariantResult) -> str:
 def _deploy(model: Any, vr: VariantResult, ctx: Any, label: str) -> bool:
     """Deploy a pruned model in place; False (and an error on ``vr``) if it cannot be trusted."""
     from audit.deploy.pipeline import deploy_variant
+    from audit.deploy.spec import STAGE
     from audit.deploy.verify import failure_message
 
     try:
@@ -262,7 +263,7 @@ def _deploy(model: Any, vr: VariantResult, ctx: Any, label: str) -> bool:
         log.error("%s: deployment failed: %s", label, exc)
         vr.errors.append(
             SuiteError(
-                suite="deployment", error_type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc()
+                suite=STAGE.name, error_type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc()
             )
         )
         return False
@@ -281,6 +282,6 @@ def _deploy(model: Any, vr: VariantResult, ctx: Any, label: str) -> bool:
     if not deployed.passed:
         msg = failure_message(eq)
         log.error("%s: %s", label, msg)
-        vr.errors.append(SuiteError(suite="deployment", error_type="EquivalenceError", message=msg))
+        vr.errors.append(SuiteError(suite=STAGE.name, error_type="EquivalenceError", message=msg))
         return False
     return True

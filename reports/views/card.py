@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from audit.registry import stage_names
 from audit.results import RunResult, VariantResult
 from reports.views.common import by_id, catalog, fmt_value, method_label, metric_info, sorted_rules, worse, worst_status
 from reports.views.evidence import evidence
@@ -37,6 +38,7 @@ def build_card(result: RunResult, variant_id: str | None = None) -> dict[str, An
     from audit.errors import UsageError
 
     cat = catalog(result)
+    stages = stage_names()
     if variant_id is not None:
         chosen = next((v for v in result.variants if v.id == variant_id), None)
         if chosen is None:
@@ -75,7 +77,7 @@ def build_card(result: RunResult, variant_id: str | None = None) -> dict[str, An
                     "worse": worse(delta, info),
                 }
             )
-            if m.value is not None and m.suite != "deployment":
+            if m.value is not None and m.suite not in stages:  # a stage's numbers are not evaluation results
                 ds = datasets.get(m.dataset)
                 results_meta.append(
                     {

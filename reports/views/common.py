@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from audit.policy import deployment_catalog
+from audit.policy import stage_catalog
 from audit.results import Measurement, MetricInfo, RuleResult, RunResult, VariantResult
 
 STATUS_ORDER = {"FAIL": 0, "ERROR": 1, "WARN": 2, "PASS": 3, "SKIP": 4}
@@ -89,8 +89,8 @@ def direction_arrow(info: MetricInfo | None) -> str:
 
 
 def catalog(result: RunResult) -> dict[str, MetricInfo]:
-    """Metric declarations of the run plus the built-in deployment metrics."""
-    return {**deployment_catalog(), **result.metrics}
+    """Metric declarations of the run plus every registered stage's metrics."""
+    return {**stage_catalog(), **result.metrics}
 
 
 def metric_info(cat: dict[str, MetricInfo], metric_id: str) -> MetricInfo | None:

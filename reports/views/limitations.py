@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 from audit.policy import skipped_rules
+from audit.registry import STAGES
 from audit.results import RunResult
 from reports.views.common import clip
-from reports.views.suite_text import deployment_text, registered_suites
+from reports.views.suite_text import registered_suites
 
 _STALE_SKIP = re.compile(r"^rule \S+ \(.*\) skipped: ")
 
@@ -27,8 +28,9 @@ def limitations(result: RunResult) -> list[str]:
     for t in registered_suites():
         if t.not_run and t.name not in suites:
             out.setdefault(t.not_run, None)
-    if result.variants and not any(v.deployment for v in result.variants):
-        out.setdefault(deployment_text().not_run, None)
+    for stage in STAGES:  # a stage runs on the pruned variants: not run when none went through it
+        if stage.not_run and result.variants and not any(stage.ran_on(v) for v in result.variants):
+            out.setdefault(stage.not_run, None)
     if not any(m.groups for v in result.all_variants() for m in v.measurements):
         out.setdefault("No per-group values were measured: group disparities are not covered.", None)
     for v in result.all_variants():

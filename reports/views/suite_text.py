@@ -1,25 +1,24 @@
 """What a report says about each suite, read from its spec: no suite is named here.
 
 A suite's :class:`~audit.registry.SuiteSpec` carries its ``title``, its ``not_run``
-limitation, its ``report_order`` and whether it is ``always_reported``. Deployment, a
-stage of every pruned variant rather than a configured suite, declares the same in
-:mod:`audit.deploy.spec`. A suite that is not registered where the report is rendered
-(a plugin since uninstalled) keeps its sections, headed by its name.
+limitation, its ``report_order`` and whether it is ``always_reported``; a stage of every
+pruned variant (deployment), a :class:`~audit.registry.StageSpec`, declares the same. A
+suite that is not registered where the report is rendered (a plugin since uninstalled)
+keeps its sections, headed by its name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from audit.deploy import spec as deploy_spec
-from audit.registry import SUITES, SuiteSpec
+from audit.registry import SUITES, MeasuredSpec, measured_spec
 
-DEFAULT_ORDER: int = SuiteSpec.__dataclass_fields__["report_order"].default
+DEFAULT_ORDER: int = MeasuredSpec.__dataclass_fields__["report_order"].default
 
 
 @dataclass(frozen=True)
 class SuiteText:
-    """The report-facing declarations of one suite (or of deployment)."""
+    """The report-facing declarations of one suite or stage."""
 
     name: str
     title: str = ""
@@ -39,13 +38,11 @@ class SuiteText:
 
 
 def suite_text(name: str) -> SuiteText:
-    """The declarations of suite ``name``; defaults for a suite no spec declares."""
-    if name == deploy_spec.SUITE:
-        return SuiteText(name, deploy_spec.TITLE, deploy_spec.NOT_RUN, deploy_spec.REPORT_ORDER)
-    if name in SUITES:
-        spec = SUITES.get(name)
-        return SuiteText(name, spec.title, spec.not_run, spec.report_order, spec.always_reported)
-    return SuiteText(name)
+    """The declarations of suite or stage ``name``; defaults for one no spec declares."""
+    spec = measured_spec(name)
+    if spec is None:
+        return SuiteText(name)
+    return SuiteText(name, spec.title, spec.not_run, spec.report_order, spec.always_reported)
 
 
 def registered_suites() -> list[SuiteText]:
@@ -56,8 +53,3 @@ def registered_suites() -> list[SuiteText]:
 def suite_order(names: set[str]) -> list[str]:
     """``names`` in report order: by declared ``report_order``, then by name."""
     return sorted(names, key=lambda n: (suite_text(n).order, n))
-
-
-def deployment_text() -> SuiteText:
-    """The declarations of the deployment stage (its record, not a configured suite)."""
-    return suite_text(deploy_spec.SUITE)

@@ -1,0 +1,239 @@
+"""The sections of :class:`audit.config.AuditConfig` that say what is done to the model: the
+pruning ``sweep:`` (methods, sparsities, seeds, layers, calibration) and ``deploy:`` (how each
+pruned variant is converted, proven equivalent and timed).
+
+Every name here is re-exported by :mod:`audit.config`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from audit.config_base import StrictModel, _err
+from audit.deploy.formats import DEFAULT_FORMATS, DENSE, FORMATS, is_known
+from audit.registry import PRUNERS, PluginParams
+
+
+class MethodConfig(StrictModel):
+    """One pruning method of the sweep with its params."""
+
+    name: str = Field(description="A registered pruning method (`prune-audit ls pruners`).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The method's params (see Pruner params below).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in PRUNERS:
+            raise _err("unknown_method", PRUNERS.unknown_message(name), PRUNERS.suggest(name))
+        return name
+
+    @model_validator(mode="after")
+    def _params(self) -> MethodConfig:
+        spec = PRUNERS.get(self.name)
+        try:
+            parsed = spec.params.model_validate(self.params)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise _err(
+                "method_params",
+                f"invalid params for method {self.name!r}: {where}: {first['msg']}",
+                f"allowed params: {', '.join(spec.params.model_fields) or '(none)'}",
+            ) from None
+        object.__setattr__(self, "params", parsed.model_dump(mode="json"))
+        return self
+
+    def typed_params(self) -> PluginParams:
+        return PRUNERS.get(self.name).params.model_validate(self.params)
+
+
+class CalibrationConfig(StrictModel):
+    """Calibration examples for data-aware pruners (Wanda, SparseGPT, gradient)."""
+
+    split: str | None = Field(None, description="Split to draw from (default: data.splits.calibration).")
+    n: int = Field(128, ge=1, le=100_000, description="Calibration examples drawn for each sweep point.")
+    seed: int = Field(
+        0, ge=0, description="With each point's seed, seeds the draw: `default_rng([calibration.seed, point seed])`."
+    )
+
+
+class LayerSelection(StrictModel):
+    """Which Linear layers are pruned; regexes match module names."""
+
+    include: list[str] = Field(
+        default_factory=lambda: [r"encoder\.layer\.\d+\."],
+        description="Regexes; a Linear layer is pruned if its name matches one.",
+    )
+    exclude: list[str] = Field(default_factory=list, description="Regexes; a matching Linear layer is not pruned.")
+    overrides: dict[str, float] = Field(
+        default_factory=dict,
+        description="Regex -> sparsity for matching layers (overrides the sweep level).",
+    )
+
+
+class SweepConfig(StrictModel):
+    """Methods × sparsities × seeds; the dense model is always the baseline."""
+
+    methods: list[MethodConfig] = Field(
+        default_factory=lambda: [MethodConfig(name="magnitude")],
+        description="Methods: names, or `{name, params}` (a method may appear twice with different params).",
+    )
+    sparsities: list[float] = Field(
+        default_factory=lambda: [0.5], description="Target sparsities in [0, 1) (N:M methods fix their own)."
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0], description="One variant per seed at every level.")
+    layers: LayerSelection = Field(default_factory=LayerSelection, description="Which Linear layers are pruned.")
+    calibration: CalibrationConfig = Field(
+        default_factory=CalibrationConfig, description="Calibration data of data-aware methods."
+    )
+
+    @field_validator("sparsities")
+    @classmethod
+    def _range(cls, values: list[float]) -> list[float]:
+        if not values:
+            raise _err("sweep_empty", "sweep.sparsities is empty; list at least one level")
+        for v in values:
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v < 1.0):
+                raise _err(
+                    "sparsity_range",
+                    f"sparsity must be in [0, 1), found {v!r}",
+                    "0.5 means half of the weights are zero",
+                )
+        if len(set(values)) != len(values):
+            raise _err("sparsity_dup", f"sweep.sparsities has duplicates: {values}")
+        return values
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, values: list[int]) -> list[int]:
+        if not values:
+            raise _err("sweep_empty", "sweep.seeds is empty; list at least one seed")
+        if any(v < 0 for v in values):
+            raise _err("seed_range", f"seeds must be non-negative, found {values}")
+        if len(set(values)) != len(values):
+            raise _err("seed_dup", f"sweep.seeds has duplicates: {values}")
+        return values
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, values: list[MethodConfig]) -> list[MethodConfig]:
+        if not values:
+            raise _err("sweep_empty", "sweep.methods is empty; list at least one method")
+        return values
+
+
+class DeployConfig(StrictModel):
+    """How each pruned variant is deployed, proven equivalent and measured.
+
+    Every pruned variant is converted to the form that ships before any suite runs:
+    layers without zeros stay dense (structured pruning), other layers get the fastest
+    format measured for their shape and density (``kernel``: the compiled sparse kernel;
+    ``csr``/``bsr``: torch's CSR/BSR; ``semi24``: 2:4 on CUDA), or stay dense where no
+    sparse format is at least ``min_speedup`` times faster. The deployed model must
+    match its masked-dense reference on a probe batch within ``tolerance``, else the
+    variant is an ERROR.
+
+    ```yaml
+    deploy:
+      formats: [kernel, csr, bsr]
+      speed_seq_len: 128
+      save_variants: true     # <output_dir>/variants/<variant id>/ (safetensors + config)
+    ```
+    """
+
+    enabled: bool = Field(True, description="Deploy, verify and measure every pruned variant.")
+    formats: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_FORMATS), description="Sparse formats that may be chosen (registered)."
+    )
+    bsr_blocks: list[int] = Field(default_factory=lambda: [4, 8, 16, 32], description="BSR block sizes to try.")
+    force_format: str | None = Field(
+        None,
+        description="Use this format (dense, kernel, csr, bsr<b>, semi24 or a registered format's name) wherever "
+        "it applies, without timing (for inspection; skips the speed guard).",
+    )
+    min_speedup: float = Field(
+        1.1, ge=1.0, description="A sparse format must be this much faster than dense at every timed token count."
+    )
+    max_density: float = Field(0.5, gt=0.0, le=1.0, description="Denser layers stay dense without timing.")
+    max_block_density: float = Field(0.5, gt=0.0, le=1.0, description="BSR is tried up to this block density.")
+    choose_tokens: list[int] = Field(
+        default_factory=lambda: [128, 1024], description="Token counts (batch x sequence) at which formats are timed."
+    )
+    timing_min_s: float = Field(0.2, gt=0.0, le=60.0, description="Minimum timing time per format and token count.")
+    timing_cache: bool = Field(True, description="Reuse format timings across runs (user cache directory).")
+    probe_size: int = Field(64, ge=1, le=100_000, description="Eval examples in the equivalence probe batch.")
+    tolerance: float | None = Field(
+        None,
+        gt=0.0,
+        description="A fixed largest allowed |deployed - masked-dense| logit difference; unset (default), it is "
+        "scaled to the logits: tolerance_factor x eps(dtype) x max(1, max|logit|) x sqrt(K x D) "
+        "(audit/deploy/verify.py).",
+    )
+    tolerance_factor: float = Field(
+        2.0, gt=0.0, le=1e6, description="c of the scaled tolerance (measured worst case: 0.1; see verify.py)."
+    )
+    measure_speed: bool = Field(True, description="Time batch-1 latency and batch throughput, dense vs deployed.")
+    speed_cache: bool = Field(
+        True,
+        description="Reuse this machine's speed measurement of an unchanged deployed variant (same weights, "
+        "formats and settings), so that re-running an audit re-gates the same figure.",
+    )
+    speed_seq_len: int = Field(128, ge=1, le=8192, description="Sequence length (tokens) of the speed timings.")
+    speed_batch_size: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Batch size of the throughput timings (metrics `speedup_b<N>`, `throughput_b<N>`).",
+    )
+    speed_min_time_s: float = Field(
+        0.2, gt=0.0, le=600.0, description="Minimum timing time of each model, batch size and round."
+    )
+    speed_rounds: int = Field(
+        7,
+        ge=3,
+        le=101,
+        description="Interleaved dense/deployed timing rounds after a warm-up; speed-ups are the median "
+        "per-round ratio with an order-statistic CI of the median (7 rounds: [min, max], 98.4 %)",
+    )
+    save_variants: bool = Field(False, description="Save each deployed variant under <output_dir>/variants/<id>/.")
+
+    @field_validator("bsr_blocks")
+    @classmethod
+    def _blocks(cls, values: list[int]) -> list[int]:
+        if not values or any(not (2 <= v <= 256) for v in values):
+            raise _err("bsr_blocks", f"bsr_blocks must be block sizes between 2 and 256, found {values}")
+        return sorted(set(values))
+
+    @field_validator("choose_tokens")
+    @classmethod
+    def _tokens(cls, values: list[int]) -> list[int]:
+        if not values or any(v < 1 for v in values):
+            raise _err("choose_tokens", f"choose_tokens must list positive token counts, found {values}")
+        return sorted(set(values))
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, values: list[str]) -> list[str]:
+        bad = next((v for v in values if v not in FORMATS), None)
+        if bad is not None:
+            raise _err("deploy_format", FORMATS.unknown_message(bad), FORMATS.suggest(bad))
+        return list(dict.fromkeys(values))
+
+    @field_validator("force_format")
+    @classmethod
+    def _force_format(cls, value: str | None) -> str | None:
+        if value is not None and not is_known(value):
+            raise _err(
+                "deploy_format", f"force_format must be {DENSE} or a deploy format's name (bsr<b>), found {value!r}"
+            )
+        return value
