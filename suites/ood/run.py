@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from audit import stats
+from audit import paired, stats
 from audit.data import EvalSet
 from audit.errors import DataError
 from audit.results import DatasetIdentity, Measurement
@@ -125,14 +125,14 @@ class OodSuite(Suite):
         details: dict[str, Any] = {"bins": bins}
         if base_proba is not None:
             base_boot = stats.bootstrap_ece(base_proba, labels, idx, n_bins=bins)
-            details["paired"] = stats.paired_result(
+            details["paired"] = paired.paired_continuous(
                 baseline=stats.expected_calibration_error(base_proba, labels, n_bins=bins),
                 value=value,
                 boot_deltas=boot - base_boot,
                 level=ctx.ci_level,
                 test="paired bootstrap (normal approximation)",
                 n=len(labels),
-            )
+            ).to_dict()
         return Measurement(
             suite=self.name,
             dataset=dataset,
@@ -176,14 +176,14 @@ class OodSuite(Suite):
         cm = stats.confusion_from_index(es.labels, pred, idx, ctx.num_labels)
         cm_base = stats.confusion_from_index(es.labels, base_pred, idx, ctx.num_labels)
         f1 = next(m for m in ms if m.metric == "macro_f1")
-        f1.details["paired"] = stats.paired_result(
+        f1.details["paired"] = paired.paired_continuous(
             baseline=f1_m(es.labels, base_pred),
             value=f1.value if f1.value is not None else float("nan"),
             boot_deltas=f1_m.from_counts(cm) - f1_m.from_counts(cm_base),
             level=ctx.ci_level,
             test="paired bootstrap (normal approximation)",
             n=len(es),
-        )
+        ).to_dict()
         ms.append(
             accuracy_delta_measurement(self.name, s.name, es.labels, pred, base_pred, ctx, seed=ctx.seed + set_index)
         )
@@ -224,14 +224,14 @@ class OodSuite(Suite):
         if base is not None:
             b_id, b_sh = base
             b_ref = b_id[s.rows] if s.paired_with_id else b_id
-            details["paired"] = stats.paired_result(
+            details["paired"] = paired.paired_continuous(
                 baseline=float(b_ref.mean() - b_sh.mean()),
                 value=value,
                 boot_deltas=boot - drop_boot(b_ref, b_sh),
                 level=ctx.ci_level,
                 test="paired bootstrap (normal approximation)",
                 n=len(correct),
-            )
+            ).to_dict()
         return Measurement(
             suite=self.name,
             dataset=s.name,
@@ -288,14 +288,14 @@ class OodSuite(Suite):
             "mean_confidence_shifted": float(msp.mean()) if len(msp) else None,
         }
         if base_scores is not None and base_boot is not None:
-            details["paired"] = stats.paired_result(
+            details["paired"] = paired.paired_continuous(
                 baseline=stats.roc_auc(base_scores, positive),
                 value=value,
                 boot_deltas=boot - base_boot,
                 level=ctx.ci_level,
                 test="paired bootstrap (normal approximation)",
                 n=len(scores),
-            )
+            ).to_dict()
         return Measurement(
             suite=self.name,
             dataset=s.name,
