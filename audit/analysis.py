@@ -1,10 +1,11 @@
 """Statistics that need every variant at once: false-discovery control over the sweep.
 
-Suites put the result of each dense-vs-variant test in their measurements' ``details``
-as a dict with a ``p_value`` (``details["paired"]``, ``details["paired_groups"][feature][group]``,
-``details["by_feature"][feature]["paired"]``, ``details["heterogeneity"][feature]``,
-performance's ``details["mcnemar"]``). With many groups × metrics × sparsities, some of
-those tests come out "significant" by chance. :func:`analyze_sweep` treats all of them
+Suites put each dense-vs-variant comparison in their measurements' ``details`` as one
+:class:`audit.paired.PairedComparison` record: the measurement's own at ``details["paired"]``,
+per-group ones at e.g. ``details["paired_groups"][feature][group]`` or
+``details["by_feature"][feature]["paired"]``; a few other tests (the bias suite's
+``details["heterogeneity"][feature]``) are dicts with a ``p_value`` too. With many groups ×
+metrics × sparsities, some of those tests come out "significant" by chance. :func:`analyze_sweep` treats all of them
 as one family, adjusts with Benjamini–Hochberg (through
 :func:`scipy.stats.false_discovery_control`), writes ``q_value`` and ``significant``
 into every test dict, and states the procedure in ``RunResult.statistics``:
@@ -35,8 +36,8 @@ from audit.results import Measurement, RunResult, VariantResult
 log = logging.getLogger(__name__)
 
 FAMILY = "every dense-vs-variant test of the run (all variants, metrics, datasets and groups together)"
-OVERALL_PATHS = ("paired", "mcnemar")
-"""Paths of a measurement's own overall test (performance's accuracy_delta uses ``mcnemar``)."""
+OVERALL = ("paired",)
+"""The path of a measurement's own overall test: its :class:`audit.paired.PairedComparison`."""
 
 
 @dataclass
@@ -77,16 +78,14 @@ def iter_tests(result: RunResult) -> Iterator[FoundTest]:
 
 
 def _direction(result: RunResult, t: FoundTest) -> bool | None:
-    if "higher_is_better" in t.record:
-        return t.record["higher_is_better"]
+    if t.record.get("higher_is_better") is not None:  # the record's direction is not its metric's
+        return bool(t.record["higher_is_better"])
     info = result.metric_info(t.measurement.id)
     return info.higher_is_better if info is not None else None
 
 
 def _delta(t: FoundTest) -> float | None:
     d = t.record.get("delta")
-    if d is None and t.path == ("mcnemar",):
-        d = t.measurement.value  # performance: the measurement is the accuracy change itself
     return None if d is None else float(d)
 
 
@@ -103,7 +102,8 @@ def suspicious_gains(result: RunResult) -> list[dict[str, Any]]:
             reason = m.details.get("suspicious_gain")
             if not reason:
                 continue
-            test = next((m.details[k] for k in OVERALL_PATHS if isinstance(m.details.get(k), dict)), {})
+            test = m.details.get("paired")
+            test = test if isinstance(test, dict) else {}
             out.append(
                 {
                     "variant": v.id,
@@ -175,7 +175,7 @@ def analyze_sweep(result: RunResult, *, alpha: float = 0.05, method: str = "bh")
         point = t.variant.point
         if point.method == "dense":
             continue
-        if t.path in [(k,) for k in OVERALL_PATHS]:
+        if t.path == OVERALL:
             series = onset.setdefault(f"{point.label or point.method}", {})
             mid = t.measurement.id
             series.setdefault(mid, None)

@@ -1,8 +1,8 @@
 """Statistics shared by the suites: bootstrap CIs and group metrics via fairlearn.
 
 Group metrics are computed with :class:`fairlearn.metrics.MetricFrame` (its own
-bootstrap gives the CIs); paired dense-vs-pruned tests live here too because no
-library offers them for this use.
+bootstrap gives the CIs). The dense-vs-variant paired tests and their record are in
+:mod:`audit.paired`.
 """
 
 from __future__ import annotations
@@ -246,75 +246,6 @@ def group_measurements(
     return list(out.values())
 
 
-def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> dict[str, float | int]:
-    """Exact McNemar test on paired correctness (two-sided binomial on discordant pairs)."""
-    from scipy.stats import binomtest
-
-    a = np.asarray(a_correct, dtype=bool)
-    b = np.asarray(b_correct, dtype=bool)
-    b01 = int(np.sum(a & ~b))  # right before, wrong after
-    b10 = int(np.sum(~a & b))  # wrong before, right after
-    n_disc = b01 + b10
-    p = 1.0 if n_disc == 0 else float(binomtest(b01, n_disc, 0.5).pvalue)
-    return {"lost": b01, "gained": b10, "discordant": n_disc, "p_value": p}
-
-
-def clustered_mcnemar(a: np.ndarray, b: np.ndarray, clusters: np.ndarray) -> dict[str, Any]:
-    """McNemar-type test of paired proportions when units come in correlated clusters.
-
-    Obuchowski, N. A. (1998), "On the comparison of correlated proportions for clustered
-    data", *Statistics in Medicine* 17(13):1495-1507. With ``K`` clusters, ``n_k`` units
-    in cluster ``k`` (``N`` in all), ``x_k`` and ``y_k`` the units of cluster ``k``
-    positive under ``a`` and under ``b``, ``p_a = sum x_k / N``, ``p_b = sum y_k / N``::
-
-        var(p_a - p_b) = K / ((K - 1) N^2) * sum_k (d_k - n_k (p_a - p_b))^2,   d_k = x_k - y_k
-        X^2 = (p_a - p_b)^2 / var(p_a - p_b)  ~  chi-square, 1 df
-
-    The variance is estimated between clusters, so units of one cluster that move
-    together count as one piece of evidence, not ``n_k`` (the naive McNemar test treats
-    them as independent and is anti-conservative). ``lost`` counts units positive under
-    ``a`` only, ``gained`` under ``b`` only (as :func:`mcnemar_exact`). The p-value is
-    None with fewer than two clusters (no between-cluster variance); 1.0 when no unit
-    is discordant.
-    """
-    from scipy.stats import chi2
-
-    a = np.asarray(a, dtype=bool)
-    b = np.asarray(b, dtype=bool)
-    _, codes = np.unique(np.asarray(clusters), return_inverse=True)
-    k = int(codes.max()) + 1 if len(codes) else 0
-    n_k = np.bincount(codes, minlength=k).astype(np.float64)
-    d_k = np.bincount(codes, weights=a.astype(np.float64) - b.astype(np.float64), minlength=k)
-    n = float(n_k.sum())
-    lost, gained = int(np.sum(a & ~b)), int(np.sum(~a & b))
-    out: dict[str, Any] = {"lost": lost, "gained": gained, "discordant": lost + gained, "clusters": k}
-    if lost + gained == 0:
-        return {**out, "statistic": 0.0, "p_value": 1.0}
-    if k < 2:
-        return {**out, "statistic": None, "p_value": None}
-    diff = (lost - gained) / n
-    var = k / ((k - 1) * n * n) * float(np.sum((d_k - n_k * diff) ** 2))
-    if var <= 0.0:  # every cluster moved by the same share: no spread to test against
-        return {**out, "statistic": None, "p_value": 1.0 if diff == 0 else 0.0}
-    x2 = diff * diff / var
-    return {**out, "statistic": float(x2), "p_value": float(chi2.sf(x2, 1))}
-
-
-def paired_bootstrap_delta(
-    a_correct: np.ndarray, b_correct: np.ndarray, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float | None, float | None]:
-    """Accuracy change b − a on the same examples with a paired bootstrap CI.
-
-    With fewer than two resamples there is no interval (one resample's value is not a
-    CI): the CI ends are None.
-    """
-    a = np.asarray(a_correct, dtype=float)
-    b = np.asarray(b_correct, dtype=float)
-    diff = b - a
-    lo, hi = bootstrap_ci(diff, n_boot=n_boot, level=level, seed=seed) if n_boot >= 2 else (None, None)
-    return float(diff.mean()) if len(diff) else float("nan"), lo, hi
-
-
 # -- suspicious gains ----------------------------------------------------------------------
 
 COLLAPSE_SHARE = 0.9
@@ -385,65 +316,6 @@ def bootstrap_indices(n: int, n_boot: int, seed: int | np.random.Generator = 0) 
 def percentile_ci(boot: np.ndarray, level: float = 0.95) -> tuple[float | None, float | None]:
     """Percentile interval of bootstrap statistics (non-finite resamples are dropped)."""
     return _ci(np.asarray(boot, dtype=np.float64), level)
-
-
-def bootstrap_p_value(point: float, boot_deltas: np.ndarray) -> float | None:
-    """Two-sided p-value of "no change" for a paired bootstrap of a difference.
-
-    Uses the normal approximation ``z = delta / sd(bootstrap deltas)`` so that
-    p-values are continuous (a percentile count bottoms out at ``1 / n_boot``,
-    which no multiple-testing correction can use).
-    """
-    from scipy.stats import norm
-
-    d = np.asarray(boot_deltas, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if not np.isfinite(point) or len(d) < 2:
-        return None
-    sd = float(d.std(ddof=1))
-    if sd == 0.0:
-        return 1.0 if point == 0 else 0.0
-    return float(2 * norm.sf(abs(point) / sd))
-
-
-def paired_result(
-    *,
-    baseline: float,
-    value: float,
-    boot_deltas: np.ndarray | None,
-    level: float,
-    test: str,
-    n: int,
-    p_value: float | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """The ``details["paired"]`` record of a dense-vs-variant comparison.
-
-    ``delta`` is variant minus dense; the CI comes from paired bootstrap deltas; the
-    p-value is ``p_value`` when a dedicated test gave one (McNemar, DeLong), else the
-    bootstrap normal approximation. :mod:`audit.analysis` adds ``q_value``.
-    """
-    delta = float(value - baseline) if np.isfinite(value) and np.isfinite(baseline) else float("nan")
-    lo, hi = percentile_ci(boot_deltas, level) if boot_deltas is not None and len(boot_deltas) else (None, None)
-    if p_value is None and boot_deltas is not None:
-        p_value = bootstrap_p_value(delta, boot_deltas)
-    return {
-        "baseline": _num(baseline),
-        "delta": _num(delta),
-        "ci_low": lo,
-        "ci_high": hi,
-        "p_value": _num(p_value),
-        "test": test,
-        "n": int(n),
-        **extra,
-    }
-
-
-def _num(x: float | None) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if np.isfinite(x) else None
 
 
 # -- calibration ---------------------------------------------------------------------------
@@ -635,58 +507,6 @@ def disparity_differences(
         if return_boot:
             out[name]["boot"] = boot if boot is not None else np.zeros(0)
     return out
-
-
-def pruning_disparate_impact(
-    base_correct: np.ndarray,
-    correct: np.ndarray,
-    feature: np.ndarray,
-    *,
-    n_boot: int = 200,
-    level: float = 0.95,
-    seed: int | np.random.Generator = 0,
-) -> dict[str, Any]:
-    """Disparate impact of pruning per group (Tran et al. 2022).
-
-    For each group G, ``gap(G) = acc(dense | G) - acc(pruned | G)`` and its *excess*
-    over the overall gap, ``gap(G) - gap(all)``: positive when pruning costs G more
-    than the average. CIs come from one paired bootstrap over examples (the same
-    resample for dense and pruned, for the group and for the whole set); each group
-    also gets an exact McNemar test of its own accuracy change.
-    """
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    base = np.asarray(base_correct, dtype=np.float64)
-    new = np.asarray(correct, dtype=np.float64)
-    diff = base - new  # accuracy lost per example: 1 lost, -1 gained
-    uniq, codes = _group_codes(feature)
-    k = len(uniq)
-    n = len(diff)
-    gap_all = float(diff.mean()) if n else float("nan")
-    counts = np.bincount(codes, minlength=k)
-    gap_g = np.bincount(codes, weights=diff, minlength=k) / np.maximum(counts, 1)
-    boot_excess = None
-    if n_boot > 0 and n:
-        idx = bootstrap_indices(n, n_boot, rng)
-        b = len(idx)
-        cc = (np.arange(b)[:, None] * k + codes[idx]).ravel()
-        num = np.bincount(cc, weights=diff[idx].ravel(), minlength=b * k).reshape(b, k)
-        den = np.bincount(cc, minlength=b * k).reshape(b, k)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            boot_gap = num / den
-        boot_excess = boot_gap - diff[idx].mean(axis=1)[:, None]
-    groups = {}
-    for g, name in enumerate(uniq):
-        members = codes == g
-        lo, hi = percentile_ci(boot_excess[:, g], level) if boot_excess is not None else (None, None)
-        groups[str(name)] = {
-            "gap": float(gap_g[g]),
-            "excess": float(gap_g[g] - gap_all),
-            "ci_low": lo,
-            "ci_high": hi,
-            "n": int(counts[g]),
-            "mcnemar": mcnemar_exact(base[members] > 0, new[members] > 0),
-        }
-    return {"overall_gap": gap_all, "groups": groups}
 
 
 def benjamini_hochberg(p_values: np.ndarray, *, method: str = "bh") -> np.ndarray:

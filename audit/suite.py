@@ -219,38 +219,12 @@ def accuracy_delta_measurement(
 ) -> Measurement:
     """``<suite>/<dataset>/accuracy_delta``: variant minus dense accuracy on the same examples.
 
-    Paired bootstrap CI; the exact McNemar test's p-value, lost and gained counts go in
-    ``details["paired"]``, where :mod:`audit.analysis` finds them for the FDR control.
+    Paired bootstrap CI and exact McNemar test, as the :class:`audit.paired.PairedComparison`
+    in ``details["paired"]``, where :mod:`audit.analysis` finds it for the FDR control.
     """
-    from audit import stats
+    from audit import paired
 
-    correct, base_correct = pred == labels, base_pred == labels
-    delta, lo, hi = stats.paired_bootstrap_delta(
-        base_correct, correct, n_boot=ctx.n_boot, level=ctx.ci_level, seed=seed
-    )
-    test = stats.mcnemar_exact(base_correct, correct)
-    m = Measurement(
-        suite=suite,
-        dataset=dataset,
-        metric="accuracy_delta",
-        value=delta,
-        ci_low=lo,
-        ci_high=hi,
-        ci_method=stats.ci_method(f"paired bootstrap, {ctx.n_boot} resamples", ctx.n_boot),
-        n=len(labels),
-        details={
-            "paired": {
-                "baseline": float(base_correct.mean()),
-                "delta": delta,
-                "ci_low": lo,
-                "ci_high": hi,
-                "p_value": test["p_value"],
-                "test": "exact McNemar",
-                "n": len(labels),
-                "lost": test["lost"],
-                "gained": test["gained"],
-            }
-        },
-    )
+    rec = paired.paired_binary(base_pred == labels, pred == labels, n_boot=ctx.n_boot, level=ctx.ci_level, seed=seed)
+    m = paired.delta_measurement(rec, suite=suite, dataset=dataset, metric="accuracy_delta")
     flag_suspicious_gain(m, labels, pred, base_pred, ctx)
     return m

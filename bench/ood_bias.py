@@ -189,7 +189,7 @@ def metric_table(result: Any, suite: str, metrics: tuple[str, ...]) -> tuple[str
         cells, row = [], {}
         for v in variants:
             m = v.measurement(mid)
-            rec = (m.details.get("paired") or m.details.get("mcnemar") or {}) if m else {}
+            rec = (m.details.get("paired") or {}) if m else {}
             sig = bool(rec.get("regression"))
             cells.append(_fmt(m.value if m else None, sig))
             row[v.id] = {"value": m.value if m else None, "q_value": rec.get("q_value"), "regression": sig}

@@ -184,7 +184,7 @@ def run_model(name: str, methods: list[str], args: argparse.Namespace) -> dict[s
                 "n": acc.n if acc else None,
                 "delta": delta.value if delta else None,
                 "delta_ci": [delta.ci_low, delta.ci_high] if delta else None,
-                "mcnemar_p": (delta.details.get("mcnemar") or {}).get("p_value") if delta else None,
+                "mcnemar_p": (delta.details.get("paired") or {}).get("p_value") if delta else None,
                 "achieved_sparsity": p.achieved_sparsity if p else 0.0,
                 "model_sparsity": p.model_sparsity if p else 0.0,
                 "prune_wall_s": p.wall_time_s if p else 0.0,
@@ -243,7 +243,7 @@ def verdict(result: dict[str, Any], n_boot: int = 2000) -> list[dict[str, Any]]:
     """
     import numpy as np
 
-    from audit.stats import mcnemar_exact, paired_bootstrap_delta
+    from audit.paired import mcnemar_exact, paired_bootstrap_delta
 
     rows = result["rows"]
 

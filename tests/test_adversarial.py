@@ -252,7 +252,7 @@ def test_variant_direct_transfer_and_paired_results(
             ms[f"adversarial/{recipe}/accuracy_under_attack"].value
             - dense_ms[f"adversarial/{recipe}/accuracy_under_attack"].value
         )
-        assert "mcnemar" in delta.details
+        assert delta.details["paired"]["test"] == "exact McNemar"
         assert f"adversarial/{recipe}/transfer_success_rate" not in dense_ms
 
 

@@ -10,6 +10,7 @@ from results_factory import m, run, variant
 from audit import stats
 from audit.analysis import analyze_sweep, iter_tests
 from audit.config import load_config
+from audit.paired import PairedComparison
 from audit.results import MetricInfo, load_results
 from audit.runner import run_audit
 
@@ -22,7 +23,22 @@ def _with(meas, **details):
 def _result():
     def tests(p_acc: float, p_group: float, p_f1: float, delta: float):
         return [
-            _with(m("accuracy_delta", delta), mcnemar={"lost": 5, "gained": 1, "p_value": p_acc}),
+            _with(
+                m("accuracy_delta", delta),
+                paired=PairedComparison(
+                    baseline=0.9,
+                    delta=delta,
+                    ci_low=None,
+                    ci_high=None,
+                    ci_method=None,
+                    test="exact McNemar",
+                    p_value=p_acc,
+                    n=400,
+                    lost=5,
+                    gained=1,
+                    discordant=6,
+                ).to_dict(),
+            ),
             _with(
                 m("ece", 0.1, suite="ood", dataset="yelp"),
                 paired={"delta": 0.05, "p_value": p_f1},  # ECE is lower-is-better: +0.05 is worse
@@ -53,7 +69,7 @@ def _result():
 def test_bh_over_every_test_of_the_sweep() -> None:
     res = _result()
     found = list(iter_tests(res))
-    assert len(found) == 12  # 3 variants x (mcnemar, paired, one group, one heterogeneity)
+    assert len(found) == 12  # 3 variants x (two overall records, one group, one heterogeneity)
     p = np.array([t.record["p_value"] for t in found])
     summary = analyze_sweep(res, alpha=0.05)
     q = stats.benjamini_hochberg(p)
@@ -72,8 +88,8 @@ def test_regressions_follow_each_metrics_direction_and_give_the_onset() -> None:
     analyze_sweep(res, alpha=0.05)
     regs = res.statistics["regressions"]
     assert {(r["metric"], r["test"], r["sparsity"]) for r in regs} == {
-        ("performance/test/accuracy_delta", "mcnemar", 0.5),
-        ("performance/test/accuracy_delta", "mcnemar", 0.7),
+        ("performance/test/accuracy_delta", "paired", 0.5),
+        ("performance/test/accuracy_delta", "paired", 0.7),
         ("ood/yelp/ece", "paired", 0.5),
         ("ood/yelp/ece", "paired", 0.7),
         ("bias/test/pruning_disparate_impact", "paired_groups.gender.f", 0.5),

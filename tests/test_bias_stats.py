@@ -5,7 +5,7 @@ import pytest
 from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 from sklearn.metrics import roc_auc_score
 
-from audit import stats
+from audit import paired, stats
 
 
 def test_delong_matches_sklearn_and_bootstrap_variance() -> None:
@@ -52,7 +52,7 @@ def test_pruning_disparate_impact_is_group_gap_minus_overall_gap() -> None:
     new = base.copy()
     hit = (g == "y") & base & (rng.random(n) < 0.3)  # pruning hurts group y only
     new[hit] = False
-    res = stats.pruning_disparate_impact(base, new, g, n_boot=300, seed=0)
+    res = paired.pruning_disparate_impact(base, new, g, n_boot=300, seed=0)
     overall = base.mean() - new.mean()
     assert res["overall_gap"] == pytest.approx(overall)
     for name in ("x", "y"):
@@ -62,10 +62,14 @@ def test_pruning_disparate_impact_is_group_gap_minus_overall_gap() -> None:
         assert r["gap"] == pytest.approx(gap)
         assert r["excess"] == pytest.approx(gap - overall)
         assert r["n"] == int(m.sum())
-        assert r["mcnemar"] == stats.mcnemar_exact(base[m], new[m])
+        t = paired.mcnemar_exact(base[m], new[m])
+        rec = r["paired"]
+        assert (rec.p_value, rec.lost, rec.gained, rec.n) == (t["p_value"], t["lost"], t["gained"], int(m.sum()))
+        assert rec.delta == pytest.approx(-gap)
     assert res["groups"]["y"]["ci_low"] > 0  # y loses significantly more than average
     assert res["groups"]["x"]["ci_high"] < 0
-    assert res["groups"]["y"]["mcnemar"]["lost"] == int(hit.sum())
+    assert res["groups"]["y"]["paired"].lost == int(hit.sum())
+    assert res["groups"]["y"]["paired"].ci_high < 0  # y's own accuracy falls, and its CI says so
 
 
 def test_benjamini_hochberg_by_hand() -> None:

@@ -81,11 +81,29 @@ def test_every_p_value_of_every_suite_gets_a_q_value(tiny_model_dir: Path, tiny_
     suites_with_tests = {p.split("/")[0] for p in found}
     assert suites_with_tests == {s.name for s in SUITES}  # each suite emitted at least one test
     assert res.statistics["multiple_testing"]["n_tests"] == len(found)
+    # issue 14 move 2: every suite stores its dense-vs-variant comparisons as one record shape
+    from audit.paired import RECORD_KEYS
+
+    def records(node: Any) -> Iterator[dict[str, Any]]:
+        if isinstance(node, dict):
+            if "p_value" in node and "delta" in node:
+                yield node
+            for v in node.values():
+                yield from records(v)
+
+    with_record = set()
+    for m in res.variants[0].measurements:
+        assert "mcnemar" not in m.details, m.id
+        if "paired" in m.details:
+            with_record.add(m.suite)
+        for rec in records(m.details):
+            assert tuple(rec) == RECORD_KEYS, m.id
+    assert with_record == {s.name for s in SUITES}  # each suite has a measurement with details["paired"]
     # the overall counterfactual flip test takes texts as clusters, not counterfactuals as independent
     flips = res.variants[0].measurement("bias/test/counterfactual_flip_rate")
     assert flips is not None and flips.n > flips.details["n_texts"]  # several counterfactuals per text
     assert flips.details["paired"]["test"].startswith("clustered McNemar")
-    assert flips.details["paired"]["n_texts"] == flips.details["n_texts"]
+    assert flips.details["paired"]["clusters"] == flips.details["n_texts"]
 
 
 def test_p_values_in_lists_and_nested_tests_join_the_family() -> None:

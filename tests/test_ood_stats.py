@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from audit import stats
+from audit import paired, stats
 
 
 def _ece_loop(proba: np.ndarray, y: np.ndarray, bins: int) -> float:
@@ -56,14 +56,14 @@ def test_auc_helpers_agree_with_sklearn() -> None:
     assert np.isnan(stats.roc_auc(s, np.ones(300, bool)))
     order = np.concatenate([np.flatnonzero(y), np.flatnonzero(~y)])
     assert stats.auc_from_ranks(s[order][None, :], int(y.sum()))[0] == pytest.approx(roc_auc_score(y, s))
-    boot, paired = stats.bootstrap_auc(s, y, n_boot=200, seed=0, paired_with=-s)
-    assert boot.shape == (200,) and paired is not None
-    assert np.allclose(paired, 1 - boot)  # same resamples: a mirrored score has the mirrored AUC
+    boot, mirrored = stats.bootstrap_auc(s, y, n_boot=200, seed=0, paired_with=-s)
+    assert boot.shape == (200,) and mirrored is not None
+    assert np.allclose(mirrored, 1 - boot)  # same resamples: a mirrored score has the mirrored AUC
     lo, hi = stats.percentile_ci(boot)
     assert lo < roc_auc_score(y, s) < hi
 
 
-def test_confusion_from_index_and_paired_result() -> None:
+def test_confusion_from_index_and_paired_continuous() -> None:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 100)
     p = np.where(rng.random(100) < 0.7, y, rng.integers(0, 3, 100))
@@ -71,10 +71,10 @@ def test_confusion_from_index_and_paired_result() -> None:
     cm = stats.confusion_from_index(y, p, idx, 3)
     for b in range(5):
         assert np.array_equal(cm[b], stats.confusion_counts(y[idx[b]], p[idx[b]], 3))
-    rec = stats.paired_result(
+    rec = paired.paired_continuous(
         baseline=0.8, value=0.7, boot_deltas=rng.normal(-0.1, 0.02, 500), level=0.95, test="t", n=100
-    )
+    ).to_dict()
     assert rec["delta"] == pytest.approx(-0.1)
     assert rec["ci_low"] < -0.1 < rec["ci_high"] and rec["p_value"] < 1e-4
-    null = stats.paired_result(baseline=0.8, value=0.8, boot_deltas=np.zeros(50), level=0.95, test="t", n=100)
-    assert null["p_value"] == 1.0
+    null = paired.paired_continuous(baseline=0.8, value=0.8, boot_deltas=np.zeros(50), level=0.95, test="t", n=100)
+    assert null.p_value == 1.0

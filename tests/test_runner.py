@@ -25,7 +25,7 @@ def test_pipeline_end_to_end_in_process(tiny_model_dir: Path, tiny_data_dir: Pat
     assert heavy.measurement("performance/test/accuracy_delta").value == pytest.approx(
         acc["magnitude-s0.90-seed0"] - acc["dense"]
     )
-    assert "mcnemar" in heavy.measurement("performance/test/accuracy_delta").details
+    assert heavy.measurement("performance/test/accuracy_delta").details["paired"]["test"] == "exact McNemar"
     groups = res.baseline.measurement("performance/test/accuracy").groups
     assert set(groups) == {"gender", "identity", "gender&identity"}
     # provenance and identity

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import chi2
 
-from audit import stats
+from audit import paired, stats
 
 
 def _clusters(spec: list[tuple[int, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -25,7 +25,7 @@ def test_clustered_mcnemar_hand_computed() -> None:
     # p_a - p_b = (30 - 10) / 50 = 0.4; d_k - n_k * 0.4 = 3 (x6), -7 (x2), -2 (x2): sum of squares 160
     # var = 10 / (9 * 2500) * 160 = 1600 / 22500; X^2 = 0.16 / var = 2.25 exactly
     a, b, c = _clusters([(5, "lost")] * 6 + [(5, "gained")] * 2 + [(5, "same")] * 2)
-    t = stats.clustered_mcnemar(a, b, c)
+    t = paired.clustered_mcnemar(a, b, c)
     assert (t["lost"], t["gained"], t["clusters"]) == (30, 10, 10)
     assert t["statistic"] == pytest.approx(2.25)
     assert t["p_value"] == pytest.approx(chi2.sf(2.25, 1))
@@ -35,7 +35,7 @@ def test_clustered_mcnemar_hand_computed() -> None:
 def test_clustered_mcnemar_singletons_match_the_closed_form() -> None:
     # clusters of one unit: X^2 = (b - c)^2 (N - 1) / (N (b + c) - (b - c)^2), close to McNemar's (b - c)^2 / (b + c)
     a, b, c = _clusters([(1, "lost")] * 12 + [(1, "gained")] * 4 + [(1, "same")] * 24)
-    t = stats.clustered_mcnemar(a, b, c)
+    t = paired.clustered_mcnemar(a, b, c)
     n, lost, gained = 40, 12, 4
     closed_form = (lost - gained) ** 2 * (n - 1) / (n * (lost + gained) - (lost - gained) ** 2)
     assert t["statistic"] == pytest.approx(closed_form)
@@ -43,15 +43,15 @@ def test_clustered_mcnemar_singletons_match_the_closed_form() -> None:
 
 def test_clustered_mcnemar_is_more_conservative_than_naive_when_clusters_move_together() -> None:
     a, b, c = _clusters([(5, "lost")] * 6 + [(5, "gained")] * 2 + [(5, "same")] * 2)
-    naive = stats.mcnemar_exact(a, b)["p_value"]
-    clustered = stats.clustered_mcnemar(a, b, c)["p_value"]
+    naive = paired.mcnemar_exact(a, b)["p_value"]
+    clustered = paired.clustered_mcnemar(a, b, c)["p_value"]
     assert naive < 0.01 < 0.05 < clustered  # 40 correlated discordant units are 8 clusters' worth of evidence
 
 
 def test_clustered_mcnemar_edge_cases() -> None:
     same = np.ones(6, bool)
-    assert stats.clustered_mcnemar(same, same, np.arange(6))["p_value"] == 1.0  # nothing discordant
-    one = stats.clustered_mcnemar(np.array([1, 1, 0], bool), np.array([0, 0, 0], bool), np.zeros(3))
+    assert paired.clustered_mcnemar(same, same, np.arange(6))["p_value"] == 1.0  # nothing discordant
+    one = paired.clustered_mcnemar(np.array([1, 1, 0], bool), np.array([0, 0, 0], bool), np.zeros(3))
     assert one["p_value"] is None and one["clusters"] == 1  # one cluster: no between-cluster variance
 
 
@@ -59,7 +59,7 @@ def test_no_resamples_give_no_interval() -> None:
     a = np.array([1, 1, 0, 1, 0, 1], bool)
     b = np.array([1, 0, 0, 1, 1, 1], bool)
     for n_boot in (0, 1):
-        d, lo, hi = stats.paired_bootstrap_delta(a, b, n_boot=n_boot)
+        d, lo, hi = paired.paired_bootstrap_delta(a, b, n_boot=n_boot)
         assert d == pytest.approx(0.0) and (lo, hi) == (None, None)
         assert stats.bootstrap_ci(a.astype(float), n_boot=n_boot) == (None, None)
         assert stats.ci_method("bootstrap", n_boot) is None

@@ -17,10 +17,6 @@ from audit.results import Measurement, MetricInfo, RuleResult, RunResult
 from reports.views.common import fmt, fmt_value, metric_info
 
 _WORST = re.compile(r"worst: ([^;()]+?)(?:;|\)|$)")
-_LEGACY = ("mcnemar",)
-"""Older results keep performance's overall test here (read only for its q-value)."""
-
-
 def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
@@ -87,10 +83,7 @@ def evidence(
         src = gv if gv is not None else m
         delta, lo, hi, n = src.value, src.ci_low, src.ci_high, src.n
         scope = f"{where[0]}={where[1]}" if gv is not None and where is not None else ""
-        legacy = next((m.details[k] for k in _LEGACY if isinstance(m.details.get(k), dict)), None)
-        q = _num(legacy.get("q_value")) if legacy is not None and gv is None else None
-        sig = legacy.get("significant") if legacy is not None and gv is None else None
-        kind = "value"
+        q, sig, kind = None, None, "value"
     ci = f"[{fmt_value(lo, info, signed=kind == 'paired')}, {fmt_value(hi, info, signed=kind == 'paired')}]"
     ci = ci if lo is not None and hi is not None else ""
     n_text = f"n={n}" if isinstance(n, int) and n else ""

@@ -50,7 +50,7 @@ def _metric_table_rows(result: RunResult, ids: list[str], cat: dict[str, MetricI
             delta = None
             if m is not None and b is not None and m.value is not None and b.value is not None and not v.is_baseline:
                 delta = m.value - b.value
-            p = (m.details.get("mcnemar") or {}).get("p_value") if m is not None else None
+            p = (m.details.get("paired") or {}).get("p_value") if m is not None else None
             ev = evidence(m, info) if m is not None and not v.is_baseline else None
             paired = ev is not None and ev["kind"] == "paired"
             cells.append(

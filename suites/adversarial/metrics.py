@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from audit import stats
+from audit import paired, stats
 from audit.results import GroupValue, Measurement
 
 SUITE = "adversarial"
@@ -70,21 +70,10 @@ def paired_delta_measurement(
     seed: int,
     details: dict[str, Any] | None = None,
 ) -> Measurement:
-    """``mean(variant) - mean(base)`` on the same examples: paired bootstrap CI and exact McNemar."""
-    base = np.asarray(base, dtype=bool)
-    variant = np.asarray(variant, dtype=bool)
-    n = len(base)
-    if n == 0:
-        return Measurement(suite=SUITE, dataset=recipe, metric=metric, value=None, n=0, details=dict(details or {}))
-    delta, lo, hi = stats.paired_bootstrap_delta(base, variant, n_boot=max(n_boot, 1), level=level, seed=seed)
-    return Measurement(
-        suite=SUITE,
-        dataset=recipe,
-        metric=metric,
-        value=delta,
-        ci_low=lo,
-        ci_high=hi,
-        ci_method=f"paired bootstrap, {max(n_boot, 1)} resamples, {level:.0%}",
-        n=n,
-        details={**(details or {}), "mcnemar": stats.mcnemar_exact(base, variant)},
-    )
+    """``mean(variant) - mean(base)`` on the same examples: the paired record of :func:`audit.paired.paired_binary`.
+
+    Paired bootstrap CI (none with fewer than two resamples) and exact McNemar test, in
+    ``details["paired"]``; no examples: no value, and a record with no p-value.
+    """
+    rec = paired.paired_binary(base, variant, n_boot=n_boot, level=level, seed=seed)
+    return paired.delta_measurement(rec, suite=SUITE, dataset=recipe, metric=metric, details=details)

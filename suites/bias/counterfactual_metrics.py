@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from audit import stats
+from audit import paired, stats
 from audit.data import EvalSet
 from audit.results import GroupValue, Measurement
 from audit.suite import SuiteContext, Variant
@@ -151,45 +151,45 @@ def counterfactual_metrics(
                     signed_by_pair.setdefault(cat, {})[pair] = float(signed[m].mean())
                 elif base_values is not None:
                     # one counterfactual per text and pair (one target per pair): independent units
-                    t = stats.mcnemar_exact(~base_values[m], ~values[m])
-                    paired_groups.setdefault(cat, {})[pair] = {
-                        "baseline": float(base_values[m].mean()),
-                        "delta": float(values[m].mean() - base_values[m].mean()),
-                        "p_value": t["p_value"],
-                        "test": "exact McNemar on flips",
-                        "n": n,
-                        "newly_flipped": t["lost"],
-                        "no_longer_flipped": t["gained"],
-                    }
+                    t = paired.paired_binary(
+                        base_values[m],
+                        values[m],
+                        n_boot=ctx.n_boot,
+                        level=ctx.ci_level,
+                        seed=ctx.seed,
+                        test="exact McNemar on flips",
+                    )
+                    paired_groups.setdefault(cat, {})[pair] = t.replace(
+                        extra={"newly_flipped": t.gained, "no_longer_flipped": t.lost}
+                    ).to_dict()
         if signed_by_pair:
             details["signed_shift"] = signed_by_pair
         if base_values is not None:
             if metric == "counterfactual_flip_rate":
                 # one text gives several counterfactuals whose flips are correlated: the test
                 # takes texts as clusters (Obuchowski 1998), not counterfactuals as independent
-                t = stats.clustered_mcnemar(~base_values, ~values, cf.rows)
-                details["paired"] = stats.paired_result(
-                    baseline=float(base_values.mean()),
-                    value=float(values.mean()),
-                    boot_deltas=boot - cluster_boot(base_values),
+                t = paired.paired_binary(
+                    base_values,
+                    values,
+                    n_boot=ctx.n_boot,
                     level=ctx.ci_level,
+                    clusters=cf.rows,
+                    boot_deltas=boot - cluster_boot(base_values),
                     test="clustered McNemar on flips, texts as clusters (Obuchowski 1998)",
-                    n=len(values),
-                    p_value=t["p_value"],
-                    n_texts=t["clusters"],
-                    newly_flipped=t["lost"],
-                    no_longer_flipped=t["gained"],
+                    ci_method=suite.ci_method(ctx, ", texts resampled, paired"),
                 )
+                details["paired"] = t.replace(extra={"newly_flipped": t.gained, "no_longer_flipped": t.lost}).to_dict()
                 details["paired_groups"] = paired_groups
             else:
-                details["paired"] = stats.paired_result(
+                details["paired"] = paired.paired_continuous(
                     baseline=float(base_values.mean()),
                     value=float(values.mean()),
                     boot_deltas=boot - cluster_boot(base_values),
                     level=ctx.ci_level,
                     test="paired cluster bootstrap (normal approximation)",
                     n=len(values),
-                )
+                    ci_method=suite.ci_method(ctx, ", texts resampled, paired"),
+                ).to_dict()
         out.append(
             Measurement(
                 suite=suite.name,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from audit import stats
+from audit import paired, stats
 from audit.data import EvalSet
 from audit.results import Measurement
 from audit.suite import SuiteContext
@@ -53,14 +53,14 @@ def disparities(
             entry: dict[str, Any] = {**r, "intersection": feat not in singles}
             if base is not None:
                 b = base[metric]
-                entry["paired"] = stats.paired_result(
+                entry["paired"] = paired.paired_continuous(
                     baseline=b["value"],
                     value=r["value"],
                     boot_deltas=boot - b["boot"],
                     level=ctx.ci_level,
                     test="paired bootstrap within groups (normal approximation)",
                     n=len(y),
-                )
+                ).to_dict()
             by_metric[metric][feat] = entry
     out = []
     for metric, feats in by_metric.items():

@@ -13,6 +13,7 @@ import numpy as np
 from audit import stats
 from audit.data import MISSING_GROUP, EvalSet
 from audit.errors import DataError
+from audit.paired import paired_auc
 from audit.results import GroupValue, Measurement
 from audit.suite import SuiteContext
 from suites.bias import IdentitySetRef
@@ -123,15 +124,7 @@ def identity_metrics(
     lo, hi = stats.percentile_ci(boot, ctx.ci_level)
     details: dict[str, Any] = {"positive_class": int(suite.positive or 0), "n_positive": int(y.sum())}
     if base_scores is not None:
-        d = stats.delong_paired(base_scores, scores, y)
-        details["paired"] = {
-            "baseline": d["auc_a"],
-            "delta": d["delta"],
-            "se": d["se"],
-            "p_value": d["p_value"],
-            "test": "DeLong (paired ROC AUCs)",
-            "n": len(y),
-        }
+        details["paired"] = paired_auc(base_scores, scores, y).to_dict()
     out = [
         Measurement(
             suite=suite.name,
@@ -161,14 +154,7 @@ def identity_metrics(
             n = int(member.sum())
             groups[g] = GroupValue(value=value, ci_low=glo, ci_high=ghi, n=n, small_n=n < suite.params.min_group_n)
             if base_scores is not None:
-                d = stats.delong_paired(base_scores[sel], scores[sel], y[sel])
-                paired[g] = {
-                    "baseline": d["auc_a"],
-                    "delta": d["delta"],
-                    "p_value": d["p_value"],
-                    "test": "DeLong (paired ROC AUCs)",
-                    "n": int(sel.sum()),
-                }
+                paired[g] = paired_auc(base_scores[sel], scores[sel], y[sel]).to_dict()
         # the power mean is pulled to the worst subgroup, so tiny subgroups (an AUC of 0
         # from one pair) would decide it: it uses subgroups of at least min_group_n
         # examples, all of them when none is that large

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from audit import stats
+from audit import paired, stats
 from audit.data import EvalSet
 from audit.results import GroupValue, Measurement
 from audit.suite import SuiteContext
@@ -44,7 +44,7 @@ def disparate_impact(
     overall_gap = float("nan")
     worst, worst_where = None, None
     for k, (feat, values) in enumerate(feats.items()):
-        res = stats.pruning_disparate_impact(
+        res = paired.pruning_disparate_impact(
             base_correct,
             correct,
             values,
@@ -58,16 +58,14 @@ def disparate_impact(
             groups.setdefault(feat, {})[g] = GroupValue(
                 value=r["excess"], ci_low=r["ci_low"], ci_high=r["ci_high"], n=r["n"], small_n=small
             )
-            t = r["mcnemar"]
-            paired_groups.setdefault(feat, {})[g] = {
-                "delta": -r["gap"],
-                "p_value": t["p_value"],
-                "test": "exact McNemar (group accuracy, dense vs variant)",
-                "higher_is_better": True,  # delta is the group's accuracy change
-                "n": r["n"],
-                "lost": t["lost"],
-                "gained": t["gained"],
-            }
+            paired_groups.setdefault(feat, {})[g] = (
+                r["paired"]
+                .replace(
+                    test="exact McNemar (group accuracy, dense vs variant)",
+                    higher_is_better=True,  # delta is the group's accuracy change
+                )
+                .to_dict()
+            )
             if feat in features and not small and (worst is None or r["excess"] > worst):
                 worst, worst_where = r["excess"], f"{feat}={g}"
     if worst is None:  # every group is small: take the largest excess anyway

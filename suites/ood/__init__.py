@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from audit.config import DatasetRef
 from audit.registry import SUITES, MetricSpec, PluginParams, SuiteSpec
@@ -54,6 +55,24 @@ class Corruption(PluginParams):
         return self.rate if self.rate is not None else DEFAULT_RATES[self.kind]
 
 
+class ShiftedDataset(DatasetRef):
+    """An other-domain labelled set; ``paired_with`` names its counterpart among the shifted sets.
+
+    ```yaml
+    - {name: contrast, path: data/revised.tsv, paired_with: original}
+    - {name: original, path: data/orig.tsv}
+    ```
+    """
+
+    paired_with: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="Name of another shifted set whose rows are this set's counterparts, one per row and in the "
+        "same order (e.g. a contrast set and its originals): the suite reports accuracy on this set minus on "
+        "the counterpart, pair by pair (paired_set_gap), and on variants the change of that gap vs dense.",
+    )
+
+
 def _default_corruptions() -> list[Corruption]:
     return [Corruption(kind=k) for k in DEFAULT_RATES]  # type: ignore[arg-type]
 
@@ -71,9 +90,11 @@ class OodParams(PluginParams):
           - {kind: synonym, rate: 0.2, seed: 1}
         ece_bins: 15
     ```
+
+    A shifted set may name its counterpart (``paired_with``, see :class:`ShiftedDataset`).
     """
 
-    shifted: list[DatasetRef] = Field(default_factory=list, description="Other-domain labelled sets.")
+    shifted: list[ShiftedDataset] = Field(default_factory=list, description="Other-domain labelled sets.")
     corruptions: list[Corruption] = Field(
         default_factory=_default_corruptions,
         description="Seeded corruptions of the eval set (default: all six kinds at their default rates; [] for none).",
@@ -92,6 +113,20 @@ class OodParams(PluginParams):
         again = sorted({k for k in kinds if kinds.count(k) > 1})
         if again:
             raise ValueError(f"corruptions of the same kind need a `name` each to tell them apart: {again}")
+        sets = [d.name for d in self.shifted]
+        for i, d in enumerate(self.shifted):
+            if d.paired_with is None or (d.paired_with in sets and d.paired_with != d.name):
+                continue
+            why = (
+                "a set cannot be paired with itself"
+                if d.paired_with == d.name
+                else f"it names no shifted set (shifted sets: {', '.join(sets)}; corruptions are paired with the "
+                "in-distribution rows already)"
+            )
+            error = PydanticCustomError("paired_with", f"{d.paired_with!r}: {why}")
+            raise ValidationError.from_exception_data(
+                "OodParams", [InitErrorDetails(type=error, loc=("shifted", i, "paired_with"), input=d.paired_with)]
+            )
         return self
 
 
@@ -123,6 +158,14 @@ METRICS = (
         "notice the shift.",
         higher_is_better=True,
         citation=CITE_MSP,
+    ),
+    MetricSpec(
+        "paired_set_gap",
+        "Accuracy on this shifted set minus accuracy on its counterpart (paired_with), pair by "
+        "pair (paired bootstrap CI over pairs); on variants details.paired tests the change of "
+        "the gap vs dense, e.g. whether pruning widens a contrast set's gap.",
+        higher_is_better=True,
+        range=(-1.0, 1.0),
     ),
     MetricSpec(
         "accuracy_delta",

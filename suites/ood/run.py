@@ -6,6 +6,10 @@ ID and the max-softmax OOD-detection AUROC, each with a percentile-bootstrap CI.
 pruned variants every metric also carries a paired comparison with the dense model
 (``details["paired"]``): the same bootstrap resamples are drawn for both models (the
 generators are seeded by run seed, set and metric), so the CI of the change is paired.
+
+A shifted set that names its counterpart (``paired_with``: a contrast set and its
+originals, row by row) also gets ``paired_set_gap``: its accuracy minus the counterpart's,
+pair by pair, and on variants the change of that gap against dense.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from audit import stats
+from audit import paired, stats
 from audit.data import EvalSet
 from audit.errors import DataError
 from audit.results import DatasetIdentity, Measurement
@@ -25,7 +29,7 @@ from suites.ood import Corruption, OodParams
 
 log = logging.getLogger(__name__)
 
-_METRIC_CODE = {"acc": 1, "f1": 2, "ece": 3, "drop": 4, "auroc": 5}
+_METRIC_CODE = {"acc": 1, "f1": 2, "ece": 3, "drop": 4, "auroc": 5, "gap": 6}
 TEXT_CHARS = 300
 
 
@@ -70,6 +74,7 @@ class OodSuite(Suite):
                 )
             shifted = ctx.load_dataset(ref)
             self.sets.append(ShiftedSet(ref.name, "dataset", shifted))
+        self.pairs = self._pairs()
         taken = {es.name, *(s.name for s in self.sets)}
         for c in self.params.corruptions:
             name = self._corruption_name(c, es.name)
@@ -99,6 +104,35 @@ class OodSuite(Suite):
             )
             log.info("ood: %s changed %.0f%% of %d texts", name, 100 * share, len(es))
 
+    def _pairs(self) -> list[tuple[int, int]]:
+        """``(set, counterpart)`` indices into :attr:`sets` of every ``paired_with``, checked row by row."""
+        index = {s.name: i for i, s in enumerate(self.sets)}
+        out = []
+        for ref in self.params.shifted:
+            if ref.paired_with is None:
+                continue
+            i, j = index[ref.name], index[ref.paired_with]
+            a, b = self.sets[i].es, self.sets[j].es
+            where = f"suites.ood.shifted[{ref.name}].paired_with"
+            if len(a) != len(b):
+                raise DataError(
+                    f"shifted set {ref.name!r} has {len(a)} rows but its counterpart {ref.paired_with!r} has "
+                    f"{len(b)}; paired sets need one row per pair, in the same order",
+                    where=where,
+                    hint="give both sets the same rows (and the same max_examples), or drop paired_with",
+                )
+            other = next(r for r in self.params.shifted if r.name == ref.paired_with)
+            if ref.columns.id and other.columns.id and a.ids != b.ids:
+                k = next(k for k, (x, y) in enumerate(zip(a.ids, b.ids, strict=True)) if x != y)
+                raise DataError(
+                    f"shifted set {ref.name!r} and its counterpart {ref.paired_with!r} are not in the same order: "
+                    f"row {k + 1} has id {a.ids[k]!r} in one and {b.ids[k]!r} in the other",
+                    where=where,
+                    hint="sort both files by the id column",
+                )
+            out.append((i, j))
+        return out
+
     @staticmethod
     def _corruption_name(c: Corruption, eval_name: str) -> str:
         return c.name or f"{eval_name}-{c.kind}"
@@ -125,14 +159,14 @@ class OodSuite(Suite):
         details: dict[str, Any] = {"bins": bins}
         if base_proba is not None:
             base_boot = stats.bootstrap_ece(base_proba, labels, idx, n_bins=bins)
-            details["paired"] = stats.paired_result(
+            details["paired"] = paired.paired_continuous(
                 baseline=stats.expected_calibration_error(base_proba, labels, n_bins=bins),
                 value=value,
                 boot_deltas=boot - base_boot,
                 level=ctx.ci_level,
                 test="paired bootstrap (normal approximation)",
                 n=len(labels),
-            )
+            ).to_dict()
         return Measurement(
             suite=self.name,
             dataset=dataset,
@@ -176,14 +210,14 @@ class OodSuite(Suite):
         cm = stats.confusion_from_index(es.labels, pred, idx, ctx.num_labels)
         cm_base = stats.confusion_from_index(es.labels, base_pred, idx, ctx.num_labels)
         f1 = next(m for m in ms if m.metric == "macro_f1")
-        f1.details["paired"] = stats.paired_result(
+        f1.details["paired"] = paired.paired_continuous(
             baseline=f1_m(es.labels, base_pred),
             value=f1.value if f1.value is not None else float("nan"),
             boot_deltas=f1_m.from_counts(cm) - f1_m.from_counts(cm_base),
             level=ctx.ci_level,
             test="paired bootstrap (normal approximation)",
             n=len(es),
-        )
+        ).to_dict()
         ms.append(
             accuracy_delta_measurement(self.name, s.name, es.labels, pred, base_pred, ctx, seed=ctx.seed + set_index)
         )
@@ -224,14 +258,14 @@ class OodSuite(Suite):
         if base is not None:
             b_id, b_sh = base
             b_ref = b_id[s.rows] if s.paired_with_id else b_id
-            details["paired"] = stats.paired_result(
+            details["paired"] = paired.paired_continuous(
                 baseline=float(b_ref.mean() - b_sh.mean()),
                 value=value,
                 boot_deltas=boot - drop_boot(b_ref, b_sh),
                 level=ctx.ci_level,
                 test="paired bootstrap (normal approximation)",
                 n=len(correct),
-            )
+            ).to_dict()
         return Measurement(
             suite=self.name,
             dataset=s.name,
@@ -288,14 +322,14 @@ class OodSuite(Suite):
             "mean_confidence_shifted": float(msp.mean()) if len(msp) else None,
         }
         if base_scores is not None and base_boot is not None:
-            details["paired"] = stats.paired_result(
+            details["paired"] = paired.paired_continuous(
                 baseline=stats.roc_auc(base_scores, positive),
                 value=value,
                 boot_deltas=boot - base_boot,
                 level=ctx.ci_level,
                 test="paired bootstrap (normal approximation)",
                 n=len(scores),
-            )
+            ).to_dict()
         return Measurement(
             suite=self.name,
             dataset=s.name,
@@ -307,6 +341,55 @@ class OodSuite(Suite):
                 ctx, ", paired rows" if s.paired_with_id else ", stratified (in and shifted resampled separately)"
             ),
             n=len(scores),
+            details=details,
+        )
+
+    def _gap(
+        self,
+        ctx: SuiteContext,
+        pair: tuple[int, int],
+        correct: dict[str, np.ndarray],
+        base_correct: dict[str, np.ndarray] | None,
+    ) -> Measurement:
+        """``ood/<set>/paired_set_gap``: accuracy on the set minus on its counterpart, pair by pair."""
+        s, cp = self.sets[pair[0]], self.sets[pair[1]]
+        a, b = correct[s.name], correct[cp.name]
+        d = a.astype(float) - b.astype(float)
+        idx = stats.bootstrap_indices(len(d), ctx.n_boot, self._rng(ctx, pair[0], "gap"))
+
+        def boot_of(x: np.ndarray) -> np.ndarray:
+            return x[idx].mean(axis=1) if len(idx) else np.zeros(0)
+
+        boot = boot_of(d)
+        lo, hi = stats.percentile_ci(boot, ctx.ci_level)
+        value = float(d.mean()) if len(d) else None
+        details: dict[str, Any] = {
+            "paired_with": cp.name,
+            "shift": "dataset",
+            "accuracy": float(a.mean()) if len(a) else None,
+            "counterpart_accuracy": float(b.mean()) if len(b) else None,
+            "only_this_right": int((a & ~b).sum()),
+            "only_counterpart_right": int((~a & b).sum()),
+        }
+        if base_correct is not None:
+            bd = base_correct[s.name].astype(float) - base_correct[cp.name].astype(float)
+            details["paired"] = paired.paired_continuous(
+                baseline=float(bd.mean()) if len(bd) else None,
+                value=value,
+                boot_deltas=boot - boot_of(bd),
+                level=ctx.ci_level,
+                test="paired bootstrap over example pairs (normal approximation)",
+                n=len(d),
+            ).to_dict()
+        return Measurement(
+            suite=self.name,
+            dataset=s.name,
+            metric="paired_set_gap",
+            value=value,
+            ci_low=lo,
+            ci_high=hi,
+            ci_method=self._ci_method(ctx, ", example pairs"),
+            n=len(d),
             details=details,
         )
 
@@ -325,6 +408,8 @@ class OodSuite(Suite):
         artifacts: dict[str, Any] = {"id_proba": id_proba, "sets": {}}
         examples: list[dict[str, Any]] = []
         datasets: list[DatasetIdentity] = []
+        correct_of: dict[str, np.ndarray] = {}
+        base_correct_of: dict[str, np.ndarray] = {}
         for i, s in enumerate(self.sets):
             proba = ctx.proba(variant, s.es.texts, s.es.text_pairs)
             pred = proba.argmax(axis=1)
@@ -333,6 +418,9 @@ class OodSuite(Suite):
             artifacts["sets"][s.name] = proba
             b_proba = np.asarray(base["sets"][s.name]) if base is not None and s.name in base["sets"] else None
             b_pred = b_proba.argmax(axis=1) if b_proba is not None else None
+            correct_of[s.name] = correct
+            if b_pred is not None:
+                base_correct_of[s.name] = b_pred == s.es.labels
             ms = self._classification(ctx, s, i, pred, b_pred)
             ms.append(self._ece(ctx, s.name, i, proba, s.es.labels, b_proba))
             ms.append(
@@ -369,6 +457,9 @@ class OodSuite(Suite):
             examples.extend(self._examples(s, pred, b_pred, id_pred))
             if s.es.identity is not None:
                 datasets.append(s.es.identity)
+        for pair in self.pairs:
+            both = all(self.sets[k].name in base_correct_of for k in pair)
+            measurements.append(self._gap(ctx, pair, correct_of, base_correct_of if both else None))
         warnings = list(self._setup_warnings) if variant.is_baseline else []
         return SuiteOutput(
             measurements=measurements, artifacts=artifacts, examples=examples, warnings=warnings, datasets=datasets

@@ -6,7 +6,14 @@ import numpy as np
 
 from audit import stats
 from audit.results import Measurement
-from audit.suite import Suite, SuiteContext, SuiteOutput, Variant, add_prediction_details, flag_suspicious_gain
+from audit.suite import (
+    Suite,
+    SuiteContext,
+    SuiteOutput,
+    Variant,
+    accuracy_delta_measurement,
+    add_prediction_details,
+)
 
 
 class PerformanceSuite(Suite):
@@ -16,7 +23,6 @@ class PerformanceSuite(Suite):
         es = ctx.eval_set
         proba = ctx.proba(variant, es.texts, es.text_pairs)
         pred = proba.argmax(axis=1)
-        correct = pred == es.labels
         measurements = stats.group_measurements(
             suite=self.name,
             dataset=es.name,
@@ -32,24 +38,8 @@ class PerformanceSuite(Suite):
         add_prediction_details(measurements, es.labels, pred, ctx)
         if ctx.baseline is not None:
             base_pred = np.asarray(ctx.baseline["pred"])
-            base_correct = base_pred == es.labels
-            delta, lo, hi = stats.paired_bootstrap_delta(
-                base_correct, correct, n_boot=ctx.n_boot, level=ctx.ci_level, seed=ctx.seed
-            )
-            test = stats.mcnemar_exact(base_correct, correct)
-            delta_m = Measurement(
-                suite=self.name,
-                dataset=es.name,
-                metric="accuracy_delta",
-                value=delta,
-                ci_low=lo,
-                ci_high=hi,
-                ci_method=stats.ci_method(f"paired bootstrap, {ctx.n_boot} resamples", ctx.n_boot),
-                n=len(es),
-                details={"mcnemar": test},
-            )
-            flag_suspicious_gain(delta_m, es.labels, pred, base_pred, ctx)
-            measurements.append(delta_m)
+            delta = accuracy_delta_measurement(self.name, es.name, es.labels, pred, base_pred, ctx, seed=ctx.seed)
+            measurements.append(delta)
             same = pred == base_pred
             lo, hi = stats.bootstrap_ci(same.astype(float), n_boot=ctx.n_boot, level=ctx.ci_level, seed=ctx.seed)
             measurements.append(
