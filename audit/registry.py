@@ -138,7 +138,8 @@ class SuiteSpec(PluginSpec):
     ``title`` heads the suite's report sections (empty: ``Suite: <name>``). ``not_run`` is
     the limitation a report states when the suite did not run (empty: none is stated).
     Sections are ordered by ``report_order``, then name; an ``always_reported`` suite gets
-    its section even when it did not run, marked as such.
+    its section even when it did not run, marked as such. ``model_kinds``: the kinds of
+    audited model it can measure; the runner refuses it for any other before any work.
     """
 
     metrics: tuple[MetricSpec, ...] = ()
@@ -146,6 +147,8 @@ class SuiteSpec(PluginSpec):
     not_run: str = ""
     report_order: int = 100
     always_reported: bool = False
+    model_kinds: tuple[str, ...] = ("classifier",)
+    """The model kinds (:data:`audit.models.adapter.MODEL_KINDS`) the suite can measure."""
 
     def metric(self, name: str) -> MetricSpec | None:
         for m in self.metrics:
@@ -242,8 +245,10 @@ REPORTERS: Registry[ReporterSpec] = Registry("reporter", "prune_audit.reporters"
 
 
 def register(spec: PluginSpec, *, replace: bool = False) -> PluginSpec:
-    """Register a spec in the registry that matches its type."""
-    for reg in (PRUNERS, SUITES, REPORTERS):
+    """Register a spec in the registry that matches its type (model adapters: :mod:`audit.models`)."""
+    from audit.models.adapter import ADAPTERS
+
+    for reg in (PRUNERS, SUITES, REPORTERS, ADAPTERS):
         if isinstance(spec, reg.spec_type):
             return reg.register(spec, replace=replace)  # type: ignore[arg-type]
-    raise PluginError(f"cannot register {type(spec).__name__}: not a pruner, suite or reporter spec")
+    raise PluginError(f"cannot register {type(spec).__name__}: not a pruner, suite, reporter or model adapter spec")
