@@ -172,7 +172,9 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
 
     paths = pre.paths
     loaded = load_checkpoint(config.model, paths.model_dir, offline=config.offline)
-    adapter = loaded.adapter
+    from audit.models import adapter_of
+
+    adapter = loaded.adapter or adapter_of(loaded.model)
     check_suite_kinds(config, adapter.kind)
     id2label = loaded.id2label
     eval_set = read_split(
