@@ -210,3 +210,27 @@ def test_no_module_outside_the_adapters_names_a_family_layout() -> None:
                 if FAMILY_SPECIFIC.search(line):
                     offenders.append(f"{rel}:{i}: {line.strip()}")
     assert offenders == []
+
+
+def test_preflight_reads_the_kind_from_the_checkpoint_before_loading_it(
+    tiny_family: AdapterSpec, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from audit.config import config_from_text
+    from audit.run.session import preflight
+
+    d = tmp_path / "other-family"
+    shutil.copytree(tiny_model_dir, d)
+    hf = json.loads((d / "config.json").read_text())
+    hf["architectures"] = [ARCH]
+    (d / "config.json").write_text(json.dumps(hf))
+    cfg = config_from_text(
+        f"model: {{path: {d}}}\ndata: {{files: {{test: t.csv}}, splits: {{eval: test}}}}\n"
+        "suites: [{name: performance}]\n"
+    )
+    with pytest.raises(
+        UsageError, match="suite 'performance' measures classifier models; the audited model is a causal"
+    ):
+        preflight(cfg)
