@@ -6,6 +6,7 @@ Importing a spec module registers its specs; implementations load lazily.
 from __future__ import annotations
 
 import audit.deploy.spec  # noqa: F401
+import audit.models  # noqa: F401
 import audit.pruning.specs  # noqa: F401
 import reports  # noqa: F401
 import suites.adversarial  # noqa: F401

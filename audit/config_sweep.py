@@ -70,9 +70,10 @@ class CalibrationConfig(StrictModel):
 class LayerSelection(StrictModel):
     """Which Linear layers are pruned; regexes match module names."""
 
-    include: list[str] = Field(
-        default_factory=lambda: [r"encoder\.layer\.\d+\."],
-        description="Regexes; a Linear layer is pruned if its name matches one.",
+    include: list[str] | None = Field(
+        None,
+        description="Regexes; a Linear layer is pruned if its name matches one. Unset: the model adapter's default "
+        "(a classifier's: every Linear layer inside the encoder blocks).",
     )
     exclude: list[str] = Field(default_factory=list, description="Regexes; a matching Linear layer is not pruned.")
     overrides: dict[str, float] = Field(

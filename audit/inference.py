@@ -2,7 +2,9 @@
 
 Every suite runs its forward passes through :class:`Predictor`, which tokenizes a
 set of texts once (cached by content), sorts by length for tight padding, and calls
-whatever model it is given: the dense baseline or a deployed variant.
+whatever model it is given: the dense baseline or a deployed variant. It is the
+sequence-classifier adapter's predictor (:meth:`audit.models.ModelAdapter.predictor`):
+its ``logits`` are one row of class logits per text.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Loading the audited classifier: local checkpoints (safetensors) or the hub when online."""
+"""Loading the audited model: local checkpoints (safetensors) or the hub when online.
+
+The checks of a checkpoint directory are family-independent; the loading itself is the
+model adapter's (:mod:`audit.models`), chosen from the checkpoint's architecture.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from typing import Any
 
 from audit.config import AuditConfig, ModelConfig
 from audit.errors import ModelError
-from audit.fingerprint import dir_sha256, short
 from audit.results import ModelIdentity
 
 log = logging.getLogger(__name__)
@@ -20,12 +23,14 @@ SAFE_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 @dataclass
 class LoadedModel:
-    """A classifier, its tokenizer and its identity."""
+    """A model, its tokenizer, its identity and the adapter of its family (:mod:`audit.models`)."""
 
     model: Any
     tokenizer: Any
     identity: ModelIdentity
     source_dir: Path | None
+    adapter: Any = None
+    """The :class:`~audit.models.adapter.ModelAdapter` that loaded it."""
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -65,83 +70,67 @@ def check_model_dir(spec: ModelConfig, path: Path) -> None:
 
 
 def load_model(config: AuditConfig) -> LoadedModel:
-    """Load tokenizer and sequence-classification model as the config says (:func:`load_checkpoint`)."""
+    """Load the tokenizer and model as the config says (:func:`load_checkpoint`)."""
     return load_checkpoint(config.model, config.paths.model_dir, offline=config.offline)
 
 
-def load_checkpoint(spec: ModelConfig, local: Path | None, *, offline: bool) -> LoadedModel:
-    """Load the tokenizer and sequence-classification model ``spec`` names.
-
-    ``local``: ``spec.path`` resolved (None for a hub model); ``offline``: never touch the network.
-    """
-    if not spec.path:
-        local = None
-    if local is not None:
-        check_model_dir(spec, local)
-    import torch  # noqa: F401 - imported here so that config validation stays torch-free
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    source = str(local) if local is not None else str(spec.hub_id)
-    where = f"model.path={spec.path}" if local is not None else f"model.hub_id={spec.hub_id}"
+def _common(spec: ModelConfig, local: Path | None, offline: bool) -> dict[str, Any]:
     common: dict[str, Any] = {
         "trust_remote_code": spec.trust_remote_code,
         "local_files_only": offline or local is not None,
     }
     if spec.revision and local is None:
         common["revision"] = spec.revision
+    return common
+
+
+def read_hf_config(spec: ModelConfig, local: Path | None, *, offline: bool) -> tuple[Any, dict[str, Any]]:
+    """The checkpoint's transformers config and the ``from_pretrained`` keywords every load uses."""
+    from transformers import AutoConfig
+
+    source = str(local) if local is not None else str(spec.hub_id)
+    where = f"model.path={spec.path}" if local is not None else f"model.hub_id={spec.hub_id}"
+    common = _common(spec, local, offline)
     try:
-        hf_config = AutoConfig.from_pretrained(source, **common)
+        return AutoConfig.from_pretrained(source, **common), common
     except Exception as exc:  # noqa: BLE001
         hint = None
         if "custom code" in str(exc) and not spec.trust_remote_code:
             hint = "the checkpoint ships its own code; set model.trust_remote_code: true only if you trust it"
-        raise ModelError(f"cannot read the model config: {_first_line(exc)}", where=where, hint=hint) from None
-    use_safetensors = not spec.allow_pickle or (local is not None and any((local / f).is_file() for f in SAFE_FILES))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **common)
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            source,
-            config=hf_config,
-            use_safetensors=use_safetensors,
-            output_loading_info=True,
-            **common,
-        )
-    except ValueError as exc:
-        raise ModelError(f"not a sequence-classification checkpoint: {_first_line(exc)}", where=where) from None
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"cannot load the model: {_first_line(exc)}", where=where) from None
-    missing = [k for k in info.get("missing_keys", []) if "classifier" in k or "score" in k]
-    if missing:
-        raise ModelError(
-            f"the checkpoint has no trained classification head (missing {', '.join(missing[:3])})",
-            where=where,
-            hint="audit a fine-tuned classifier; a bare encoder would get a random head",
-        )
-    model.eval()
+        raise ModelError(f"cannot read the model config: {first_line(exc)}", where=where, hint=hint) from None
+
+
+def load_checkpoint(spec: ModelConfig, local: Path | None, *, offline: bool) -> LoadedModel:
+    """Load the tokenizer and model ``spec`` names, through the adapter of its architecture.
+
+    ``local``: ``spec.path`` resolved (None for a hub model); ``offline``: never touch the
+    network. The adapter (:func:`audit.models.adapter_for`) is chosen from the
+    checkpoint's ``config.architectures`` (``model_type`` when none matches) and
+    ``model.kind`` when the config sets one.
+    """
+    if not spec.path:
+        local = None
     if local is not None:
-        fingerprint = dir_sha256(local)
-    else:
-        fingerprint = f"hub:{spec.hub_id}@{getattr(hf_config, '_commit_hash', None) or spec.revision}"
-    n_params = sum(p.numel() for p in model.parameters())
-    identity = ModelIdentity(
-        source=source,
-        revision=spec.revision or getattr(hf_config, "_commit_hash", None),
-        fingerprint=fingerprint,
-        architecture=(hf_config.architectures or [type(model).__name__])[0],
-        num_labels=int(hf_config.num_labels),
-        labels={str(k): str(v) for k, v in hf_config.id2label.items()},
-        params_total=int(n_params),
-    )
-    log.info(
-        "loaded %s (%s, %.1fM params, fingerprint %s)",
-        source,
-        identity.architecture,
-        n_params / 1e6,
-        short(fingerprint),
-    )
-    return LoadedModel(model=model, tokenizer=tokenizer, identity=identity, source_dir=local)
+        check_model_dir(spec, local)
+    import torch  # noqa: F401 - imported here so that config validation stays torch-free
+
+    from audit.models import adapter_for
+
+    where = f"model.path={spec.path}" if local is not None else f"model.hub_id={spec.hub_id}"
+    hf_config, common = read_hf_config(spec, local, offline=offline)
+    adapter = adapter_for(hf_config, kind=model_kind(spec), where=where)
+    return adapter.load(spec, local, offline=offline, hf_config=hf_config, common=common)
 
 
-def _first_line(exc: BaseException) -> str:
+def model_kind(spec: ModelConfig) -> str | None:
+    """``model.kind`` when the config has that setting (``auto``: None)."""
+    kind = getattr(spec, "kind", None)
+    return None if kind in (None, "auto") else str(kind)
+
+
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+_first_line = first_line

@@ -166,9 +166,15 @@ class MeasuredSpec(PluginSpec):
 
 @dataclass(frozen=True)
 class SuiteSpec(MeasuredSpec):
-    """An evaluation suite, configured under ``suites:``, run on the dense model and every variant."""
+    """An evaluation suite, configured under ``suites:``, run on the dense model and every variant.
+
+    ``model_kinds``: the kinds of audited model it can measure; the runner refuses it for
+    any other before any work.
+    """
 
     kind: ClassVar[str] = "suite"
+    model_kinds: tuple[str, ...] = ("classifier",)
+    """The model kinds (:data:`audit.models.adapter.MODEL_KINDS`) the suite can measure."""
 
 
 @dataclass(frozen=True)
@@ -290,11 +296,15 @@ REPORTERS: Registry[ReporterSpec] = Registry("reporter", "prune_audit.reporters"
 
 
 def register(spec: PluginSpec, *, replace: bool = False) -> PluginSpec:
-    """Register a spec in the registry that matches its type."""
-    for reg in (PRUNERS, SUITES, STAGES, REPORTERS):
+    """Register a spec in the registry that matches its type (model adapters: :mod:`audit.models`)."""
+    from audit.models.adapter import ADAPTERS
+
+    for reg in (PRUNERS, SUITES, STAGES, REPORTERS, ADAPTERS):
         if isinstance(spec, reg.spec_type):
             return reg.register(spec, replace=replace)  # type: ignore[arg-type]
-    raise PluginError(f"cannot register {type(spec).__name__}: not a pruner, suite, stage or reporter spec")
+    raise PluginError(
+        f"cannot register {type(spec).__name__}: not a pruner, suite, stage, reporter or model adapter spec"
+    )
 
 
 def measured() -> list[MeasuredSpec]:

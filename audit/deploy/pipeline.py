@@ -48,8 +48,16 @@ class DeployContext:
     threads: int | None = None
     speed_cache: SpeedCache | None = None
     """Per-machine speed records of unchanged deployments (None: always measure)."""
+    adapter: Any = None
+    """The model adapter: probe outputs and speed inputs (None: class logits, random token ids)."""
     _dense_bytes: int | None = field(default=None, repr=False)
     _dense_fingerprint: str | None = field(default=None, repr=False)
+
+    def outputs(self, model: nn.Module) -> Any:
+        """What the equivalence check compares: the adapter's probe outputs (default: the probe logits)."""
+        if self.adapter is not None:
+            return self.adapter.probe_outputs(model, self.probe)
+        return probe_logits(model, self.probe)
 
     @property
     def dense_fingerprint(self) -> str:
@@ -71,9 +79,11 @@ class DeployContext:
         dense: nn.Module,
         *,
         threads: int | None = None,
+        adapter: Any = None,
     ) -> DeployContext:
         """The context of a run: its ``deploy:`` section used as it is, ``threads`` from ``runtime.threads``."""
         return cls(
+            adapter=adapter,
             converter=Converter(config, threads=threads),
             probe=probe,
             dense=dense,
@@ -133,10 +143,10 @@ def deploy_variant(model: nn.Module, pruning: PruningRecord | None, ctx: DeployC
 
     t0 = time.perf_counter()
     variant_fp = weights_fingerprint(model) if ctx.speed_cache is not None and ctx.measure_speed else None
-    reference = probe_logits(model, ctx.probe)
+    reference = ctx.outputs(model)
     conversion = ctx.converter.convert(model)
     gc.collect()
-    deployed_logits = probe_logits(model, ctx.probe)
+    deployed_logits = ctx.outputs(model)
     if ctx.tolerance is not None:
         tol, basis = float(ctx.tolerance), f"fixed: deploy.tolerance = {ctx.tolerance:g}"
     else:
@@ -200,6 +210,7 @@ def _speed(ctx: DeployContext, model: nn.Module, conversion: Conversion, variant
         threads=ctx.threads,
         min_time=ctx.speed_min_time,
         rounds=ctx.speed_rounds,
+        inputs=ctx.adapter.synthetic_inputs if ctx.adapter is not None else None,
     )
     if key is not None and ctx.speed_cache is not None:
         ctx.speed_cache.put(key, speed)

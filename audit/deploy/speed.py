@@ -136,16 +136,19 @@ def measure_speed(
     min_time: float = 0.2,
     rounds: int = 7,
     identical: bool | None = None,
+    inputs: Any = None,
 ) -> SpeedRecord:
     """Batch-1 latency and batch-``batch_size`` throughput at ``seq_len`` tokens, dense vs deployed.
 
     See the module docstring for the protocol. ``identical`` (default: decided by
-    :func:`identical_to_dense`) skips timing and records 1.0.
+    :func:`identical_to_dense`) skips timing and records 1.0. ``inputs(model, batch,
+    seq_len)``: the timed inputs (default :func:`synthetic_inputs`; the model adapter's).
     """
     threads = threads or torch.get_num_threads()
     rounds = max(1, int(rounds))
-    one = synthetic_inputs(dense, 1, seq_len)
-    many = synthetic_inputs(dense, batch_size, seq_len)
+    make = inputs or synthetic_inputs
+    one = make(dense, 1, seq_len)
+    many = make(dense, batch_size, seq_len)
     seq = int(one["input_ids"].shape[1])
     if identical is None:
         identical = identical_to_dense(dense, deployed)

@@ -21,6 +21,7 @@ from torch.nn.utils import prune as torch_prune
 
 from audit.config import LayerSelection
 from audit.errors import UsageError
+from audit.models import adapter_of
 from audit.registry import PluginParams, PrunerSpec
 from audit.results import CalibrationRecord, LayerRecord, PruningRecord
 
@@ -214,17 +215,20 @@ class Pruner:
 
 
 def _example_names(model: nn.Module, k: int = 3) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:k]
+    return [n for n, _ in adapter_of(model, where="sweep.layers").prunable_linears(model)][:k]
 
 
 def select_layers(model: nn.Module, selection: LayerSelection) -> list[tuple[str, nn.Linear]]:
-    """Linear layers whose names match ``include`` and not ``exclude`` (in model order)."""
-    inc = [re.compile(p) for p in selection.include]
+    """The adapter's prunable Linear layers whose names match ``include`` and not ``exclude`` (in model order).
+
+    ``include`` unset: the adapter's ``default_include`` (none: every prunable layer).
+    """
+    adapter = adapter_of(model, where="sweep.layers")
+    include = adapter.spec.default_include if selection.include is None else selection.include
+    inc = [re.compile(p) for p in include]
     exc = [re.compile(p) for p in selection.exclude]
     out = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
+    for name, module in adapter.prunable_linears(model):
         if inc and not any(p.search(name) for p in inc):
             continue
         if any(p.search(name) for p in exc):

@@ -19,10 +19,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from audit.fingerprint import texts_sha256
+from audit.models import adapter_of
 from audit.pruning.base import CalibrationData
 from audit.results import CalibrationRecord
 
@@ -134,10 +134,9 @@ def labelled_loss(
     device: torch.device,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Cross-entropy of the model's logits on one calibration batch against its labels."""
-    out = model(**to_device(batch, device))
-    logits = out.logits if hasattr(out, "logits") else out[0]
-    return F.cross_entropy(logits.float(), labels.to(device), reduction=reduction)
+    """The model's loss on one labelled calibration batch (the adapter's; a classifier: cross-entropy)."""
+    adapter = adapter_of(model, where="sweep.calibration")
+    return adapter.loss(model, to_device(batch, device), labels.to(device), reduction)
 
 
 @contextmanager
@@ -152,17 +151,8 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """The transformer blocks: the longest ``ModuleList`` of same-type modules holding Linear layers."""
-    best: tuple[str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        kinds = {type(m) for m in module}
-        if len(kinds) != 1 or not any(isinstance(x, nn.Linear) for x in module[0].modules()):
-            continue
-        if best is None or len(module) > len(best[1]):
-            best = (name, module)
-    return best
+    """The transformer blocks (module path, ``ModuleList``), as the model's adapter finds them."""
+    return adapter_of(model, where="pruning").blocks(model)
 
 
 def tokens_of(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

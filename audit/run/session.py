@@ -58,6 +58,7 @@ def preflight(config: AuditConfig, *, points: list[SweepPoint] | None = None) ->
         check_rule_metrics(policy, paths.policy, base_dir=paths.base_dir)  # a typo'd metric: before any work
     if paths.model_dir is not None:
         check_model_dir(config.model, paths.model_dir)
+        check_suite_kinds(config, _dir_kind(config, paths.model_dir))
     check_data_paths(config.data, paths.data_files)
     from audit.pruning.base import check_overrides
 
@@ -66,6 +67,37 @@ def preflight(config: AuditConfig, *, points: list[SweepPoint] | None = None) ->
     for point in points[1:]:
         validate_point_params(point)
     return Preflight(policy=policy, policy_label=label, points=points, paths=paths)
+
+
+def _dir_kind(config: AuditConfig, model_dir: Path) -> str | None:
+    """The model kind of a local checkpoint, read torch-free from its config.json (None: not decidable here).
+
+    A checkpoint no adapter serves is reported when it is loaded, with the loader's reason.
+    """
+    from audit.model_io import model_kind
+    from audit.models import adapter_spec_for, read_dir_config
+
+    hf = read_dir_config(model_dir)
+    if not hf:
+        return None
+    try:
+        return adapter_spec_for(hf, kind=model_kind(config.model)).kind
+    except UsageError:
+        return None
+
+
+def check_suite_kinds(config: AuditConfig, kind: str | None) -> None:
+    """Every configured suite must measure models of ``kind`` (its spec's ``model_kinds``)."""
+    if kind is None:
+        return
+    for i, s in enumerate(config.suites):
+        spec = SUITES.get(s.name)
+        if kind not in spec.model_kinds:
+            raise UsageError(
+                f"suite {s.name!r} measures {', '.join(spec.model_kinds)} models; the audited model is a {kind}",
+                where=f"suites[{i}]",
+                hint=f"remove it from suites, or use suites for {kind} models",
+            )
 
 
 def _calibration(config: AuditConfig, paths: RunPaths, predictor: Any, id2label: dict[int, str]) -> Any:
@@ -130,7 +162,6 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
 
     import torch
 
-    from audit.inference import Predictor
     from audit.model_io import load_checkpoint
     from audit.suite import SuiteContext
 
@@ -141,6 +172,10 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
 
     paths = pre.paths
     loaded = load_checkpoint(config.model, paths.model_dir, offline=config.offline)
+    from audit.models import adapter_of
+
+    adapter = loaded.adapter or adapter_of(loaded.model)
+    check_suite_kinds(config, adapter.kind)
     id2label = loaded.id2label
     eval_set = read_split(
         config.data, paths.data_files, config.data.splits.eval, id2label, seed=config.seed, offline=config.offline
@@ -148,12 +183,10 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
     device = config.runtime.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    predictor = Predictor(
+    predictor = adapter.predictor(
         loaded.tokenizer, max_length=config.model.max_length, batch_size=config.runtime.batch_size, device=device
     )
-    from audit.data import record_truncation
-
-    record_truncation(eval_set, predictor)  # the encoding is cached: the suites reuse it
+    data_identity = adapter.data_identity(eval_set, predictor)
     dense = loaded.model.to(device)
     points = pre.points
 
@@ -196,27 +229,28 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
         suites=suites,
         base_ctx=base_ctx,
         deploy_ctx=None,
-        keys=StoreKeys.create(config, paths, loaded.identity.fingerprint, eval_set.identity),
+        keys=StoreKeys.create(config, paths, loaded.identity.fingerprint, data_identity),
         paths=paths,
         started_at=started_at,
     )
     for point in points[1:]:  # every point is checked before any work starts
         pruners[point.label].validate(dense, session.prune_ctx(point))
-    session.deploy_ctx = _deploy_context(config, eval_set, predictor, dense) if len(points) > 1 else None
+    session.deploy_ctx = _deploy_context(config, eval_set, predictor, dense, adapter) if len(points) > 1 else None
     return session
 
 
-def _deploy_context(config: AuditConfig, eval_set: EvalSet, predictor: Any, dense: Any) -> Any:
-    """Probe batch, converter and speed settings shared by every variant (None if disabled)."""
+def _deploy_context(config: AuditConfig, eval_set: EvalSet, predictor: Any, dense: Any, adapter: Any) -> Any:
+    """Probe batch, converter and speed settings shared by every variant (None if disabled).
+
+    The probe inputs, the outputs compared on them and the speed inputs are the model adapter's.
+    """
     dc = config.deploy
     if not dc.enabled:
         return None
     from audit.deploy.pipeline import DeployContext
 
-    k = min(dc.probe_size, len(eval_set))
-    probe = eval_set.subset(np.arange(k), name=eval_set.name)
-    batches = predictor.encode(probe.texts, probe.text_pairs).batches
-    return DeployContext.create(dc, batches, dense, threads=config.runtime.threads)
+    batches = adapter.probe_batches(eval_set, predictor, dc.probe_size)
+    return DeployContext.create(dc, batches, dense, threads=config.runtime.threads, adapter=adapter)
 
 
 def check_output_dir(out: Path) -> None:
