@@ -193,3 +193,17 @@ def test_generation_agreement_counts_positions_and_prefix():
     np.testing.assert_array_equal(agree.exact, [0, 0, 1])
     with pytest.raises(ValueError, match="reference"):
         generation_agreement(ref, var[:2])
+
+
+def test_batches_respect_the_row_and_token_budgets():
+    from suites.lm.scoring import _batches
+
+    assert _batches([10, 5, 5, 3, 3, 3], batch_size=8, max_tokens=10) == [[0], [1, 2], [3, 4, 5]]
+    assert _batches([2, 2, 2], batch_size=2, max_tokens=100) == [[0, 1], [2]]
+    assert _batches([50], batch_size=4, max_tokens=10) == [[0]]  # too long for the budget: alone
+
+
+def test_a_small_token_budget_gives_the_same_scores(llama, tok):
+    big = document_nll(llama, tok, DOCS, batch_size=8)
+    small = document_nll(llama, tok, DOCS, batch_size=8, max_batch_tokens=16)
+    np.testing.assert_allclose(small.nll, big.nll, rtol=1e-5)

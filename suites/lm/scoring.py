@@ -101,6 +101,7 @@ def document_nll(
     texts: Sequence[str],
     *,
     batch_size: int = 8,
+    max_batch_tokens: int = 2048,
     max_length: int | None = None,
     stride: int | None = None,
 ) -> DocumentNLL:
@@ -108,7 +109,8 @@ def document_nll(
 
     ``max_length``: the window length in tokens (default: the model's context,
     ``config.max_position_embeddings``, capped at 1024); ``stride``: the new tokens scored per
-    window after the first (default ``max_length // 2``).
+    window after the first (default ``max_length // 2``). A batch holds at most ``batch_size``
+    windows and ``max_batch_tokens`` padded tokens (a longer window goes alone).
     """
     length = max_length or min(int(getattr(model.config, "max_position_embeddings", 1024) or 1024), 1024)
     if length < 2:
@@ -129,7 +131,7 @@ def document_nll(
             pieces.append((doc, seq[begin:end], scored - begin))
             scored = end
     nll = np.zeros(len(texts), dtype=np.float64)
-    logprobs = _target_logprobs(model, [p[1] for p in pieces], tokenizer, batch_size)
+    logprobs = _target_logprobs(model, [p[1] for p in pieces], tokenizer, batch_size, max_batch_tokens)
     for (doc, _ids, first), lp in zip(pieces, logprobs, strict=True):
         # lp[j] = log p(ids[j + 1] | ids[: j + 1]); labels from index `first` on are this window's
         nll[doc] -= float(lp[first - 1 :].sum(dtype=np.float64))
@@ -144,6 +146,7 @@ def score_choices(
     *,
     delimiter: str = " ",
     batch_size: int = 8,
+    max_batch_tokens: int = 2048,
     max_length: int | None = None,
 ) -> ChoiceScores:
     """Log-likelihood of each ``delimiter + choice`` after each context (lm-evaluation-harness style).
@@ -169,7 +172,7 @@ def score_choices(
             requests.append((i, j, whole, min(len(cont_ids), len(whole) - 1)))
             char_len[i, j] = float(len(choice))
             n_tok[i, j] = len(cont_ids)
-    logprobs = _target_logprobs(model, [r[2] for r in requests], tokenizer, batch_size)
+    logprobs = _target_logprobs(model, [r[2] for r in requests], tokenizer, batch_size, max_batch_tokens)
     for (i, j, _ids, n_cont), lp in zip(requests, logprobs, strict=True):
         loglik[i, j] = float(lp[-n_cont:].sum(dtype=np.float64))
     return ChoiceScores(loglik=loglik, char_len=char_len, n_tokens=n_tok)
@@ -271,17 +274,33 @@ def generation_agreement(reference: Sequence[np.ndarray], variant: Sequence[np.n
 # -- internals -------------------------------------------------------------------------------------
 
 
-def _target_logprobs(model: Any, sequences: list[list[int]], tokenizer: Any, batch_size: int) -> list[np.ndarray]:
+def _batches(lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Indices grouped longest first: at most ``batch_size`` rows and ``max_tokens`` padded tokens a batch.
+
+    The logits of a batch are rows x width x vocabulary floats (49,152 for SmolLM2: 2,048
+    tokens are 400 MB), so the token budget, not the row count, bounds the memory.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def _target_logprobs(
+    model: Any, sequences: list[list[int]], tokenizer: Any, batch_size: int, max_tokens: int
+) -> list[np.ndarray]:
     """For each sequence, ``lp[j] = log p(seq[j + 1] | seq[: j + 1])`` (length ``len(seq) - 1``)."""
     import torch
 
     pad = _pad_id(tokenizer)
     device = _device(model)
     out: list[np.ndarray] = [np.zeros(0)] * len(sequences)
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     model.eval()
-    for start in range(0, len(order), max(batch_size, 1)):
-        idx = order[start : start + batch_size]
+    for idx in _batches([len(s) - 1 for s in sequences], max(batch_size, 1), max_tokens):
         # the inputs are seq[:-1] (the last token is only a target), right-padded
         width = max(len(sequences[i]) for i in idx) - 1
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
