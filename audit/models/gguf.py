@@ -214,7 +214,7 @@ def load_gguf(path: str | Path, *, rebuild: bool = False) -> LoadedCausalLM:
             from_cache = False
     model.eval()
     seconds = time.perf_counter() - t0
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(t.numel() for t in model.parameters())
     log.info(
         "loaded %s (%s %s, %.1fM params, sha256 %s) %s in %.1fs",
         Path(info.path).name,
