@@ -94,6 +94,9 @@ def test_the_second_load_reads_the_cache_keyed_by_the_files_sha256(f32_file, tmp
     card = json.loads((gg.cache_entry(sha) / "card.json").read_text())
     assert card["gguf"]["sha256"] == sha and card["gguf"]["file_type"] == "ALL_F32"
     torch.testing.assert_close(logits(second.model, second.tokenizer), logits(first.model, first.tokenizer))
+    # the fixed-up special tokens survive the round trip through the cache
+    assert (second.tokenizer.eos_token, second.tokenizer.pad_token) == ("</s>", "</s>")
+    assert second.tokenizer(PROMPT).input_ids == first.tokenizer(PROMPT).input_ids
     # the same bytes under another name are the same model: same entry
     copy = tmp_path / "renamed.gguf"
     shutil.copyfile(f32_file, copy)
