@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from audit.deploy.spec import STAGE as DEPLOY_STAGE
 from audit.results import RunResult
 from reports.views.common import catalog, rule_row, sorted_rules
 from reports.views.groups import MAX_FINDINGS, group_views
@@ -12,6 +13,7 @@ from reports.views.limitations import limitations
 from reports.views.measurements import suite_sections
 from reports.views.protocol import protocol
 from reports.views.regressions import grouped_by_variant, regression_rows, suspicious_rows, top_findings
+from reports.views.suite_text import suite_text
 from reports.views.sweeps import sweep_charts, sweep_legend
 from reports.views.variants import layer_views, variant_row
 from reports.views.verdict import matrix, verdict_view
@@ -76,6 +78,7 @@ def build_view(result: RunResult) -> dict[str, Any]:
         "datasets": dataset_rows(result),
         "variants": variants,
         "has_deployment": any(v.deployment for v in result.variants),
+        "deployment_stage": suite_text(DEPLOY_STAGE.name),
         "has_structured": any(r["heads_removed"] or r["neurons_removed"] for r in variants),
         "layers": layer_views(result),
         "variant_ids": [v.id for v in result.all_variants()],
