@@ -2,7 +2,7 @@
 
 A saved variant is a directory with
 
-* ``config.json``: the Hugging Face model config (``pruned_heads`` included),
+* ``config.json``: the Hugging Face model config (structured pruning's records included),
 * ``model.safetensors``: every tensor; deployed layers store their own arrays
   (e.g. ``<layer>.rowptr``, ``<layer>.cols``, ``<layer>.values``),
 * ``deploy.json``: the manifest: format version, architecture, each Linear layer's

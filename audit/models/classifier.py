@@ -8,17 +8,30 @@ heads and FFN neurons from (``model_type`` ``bert`` — MiniLM included — and
 and logits deployment verifies on, and the evaluated data's identity (its truncation
 at ``model.max_length`` recorded).
 
-Heads are removed with the model's own ``prune_heads`` (Hugging Face records them in
-``config.pruned_heads`` and re-applies them when the model is loaded); FFN neurons by
-shrinking ``intermediate.dense`` (rows) and ``output.dense`` (columns) with
-``transformers.pytorch_utils.prune_linear_layer``. HF's ``BertConfig`` has a single
+Heads are removed by our own code (transformers 5 has no head pruning): the heads' rows
+of ``query``/``key``/``value`` (weights and biases) go, with the matching input columns
+of ``attention.output.dense``, and the attention module's ``num_attention_heads`` and
+``all_head_size`` (what its forward reads) follow; the head size never changes. The
+original ids of the heads each block keeps are recorded in ``config.prune_audit_heads``
+(their count is the block's head count), so heads are named by their original index
+however often a model is pruned. FFN neurons go by shrinking ``intermediate.dense``
+(rows) and ``output.dense`` (columns). HF's ``BertConfig`` has a single
 ``intermediate_size``, so the width of every block's FFN is also written to
 ``config.prune_audit_ffn_widths``; when all blocks end up with the same width,
-``intermediate_size`` is patched too, so that plain ``from_pretrained`` loads the model.
+``intermediate_size`` is patched too. The row/column slicing is
+:mod:`audit.models.decoder_prune`'s.
+
+:meth:`ClassifierAdapter.load_pruned` builds the dense architecture from the config,
+cuts each block down to its recorded heads and FFN width and loads the weights; the
+audit's own loading (:meth:`ClassifierAdapter.load`) sends pruned checkpoints there.
+Checkpoints written by earlier versions, which recorded heads in HF's
+``config.pruned_heads``, are converted on loading: that record becomes the kept heads
+and is cleared, so transformers never applies it.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,11 +39,14 @@ from typing import Any
 from audit.errors import ModelError, UsageError
 from audit.fingerprint import dir_sha256, short
 from audit.models.adapter import ModelAdapter, UnitGroups
+from audit.models.decoder_prune import _head_rows, _keep, _slice_linear
 
 log = logging.getLogger(__name__)
 
 STRUCTURED_MODEL_TYPES = ("bert", "roberta")
 FFN_WIDTHS_KEY = "prune_audit_ffn_widths"
+HEADS_KEY = "prune_audit_heads"
+LEGACY_HEADS_KEY = "pruned_heads"  # earlier versions' record (HF's), converted on loading
 ATTN_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense")
 FFN_LINEARS = ("intermediate.dense", "output.dense")
 SAFE_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -55,13 +71,18 @@ class ClassifierAdapter(ModelAdapter):
         )
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **common)
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                source,
-                config=hf_config,
-                use_safetensors=use_safetensors,
-                output_loading_info=True,
-                **common,
-            )
+            if local is not None and is_pruned_config(hf_config):  # per-block shapes: our own loader
+                model, info = self.load_pruned(local, hf_config), {}
+            else:
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    source,
+                    config=hf_config,
+                    use_safetensors=use_safetensors,
+                    output_loading_info=True,
+                    **common,
+                )
+        except (ModelError, UsageError):
+            raise
         except ValueError as exc:
             raise ModelError(f"not a sequence-classification checkpoint: {first_line(exc)}", where=where) from None
         except Exception as exc:  # noqa: BLE001
@@ -109,7 +130,7 @@ class ClassifierAdapter(ModelAdapter):
         config = getattr(model, "config", None)
         model_type = getattr(config, "model_type", None)
         arch = type(model).__name__
-        if model_type not in STRUCTURED_MODEL_TYPES or not hasattr(model, "prune_heads"):
+        if model_type not in STRUCTURED_MODEL_TYPES:
             raise UsageError(
                 f"structured pruning supports BERT-family encoders ({', '.join(STRUCTURED_MODEL_TYPES)}); "
                 f"this model is {arch} (model_type {model_type!r})",
@@ -150,61 +171,104 @@ class ClassifierAdapter(ModelAdapter):
         )
 
     def head_ids(self, model: Any, block: UnitGroups) -> list[int]:
-        """Original head index of each current head (HF indexes pruned_heads by the original heads)."""
-        total = int(model.config.num_attention_heads)
-        gone = set(model.config.pruned_heads.get(block.index, []))
-        return [h for h in range(total) if h not in gone]
+        """Original head index of each current head of ``block`` (from :data:`HEADS_KEY`)."""
+        kept = kept_heads(model.config, block.index + 1)
+        return list(range(block.heads)) if kept is None else list(kept[block.index])
 
     def remove_heads(self, model: Any, heads: dict[int, list[int]]) -> None:
-        if heads:
-            model.prune_heads(heads)  # patches config.pruned_heads
+        """Remove heads (original ids, as :meth:`head_ids` gives them) of each block; record the rest."""
+        if not heads:
+            return
+        groups = self.unit_groups(model)
+        kept = kept_heads(model.config, len(groups)) or [list(range(g.heads)) for g in groups]
+        plan: dict[int, set[int]] = {}
+        for i, ids in heads.items():  # check every block before cutting any
+            if not 0 <= int(i) < len(groups):
+                raise UsageError(f"block {i} does not exist (the model has {len(groups)} blocks)", where="remove_heads")
+            current, drop = kept[int(i)], {int(h) for h in ids}
+            if not drop <= set(current):
+                raise UsageError(
+                    f"{groups[int(i)].name} has heads {current}; cannot remove {sorted(drop - set(current))}",
+                    where="remove_heads",
+                )
+            if len(drop) >= len(current):
+                raise UsageError(
+                    f"removing all {len(current)} heads would empty {groups[int(i)].name}", where="remove_heads"
+                )
+            plan[int(i)] = drop
+        for i, drop in plan.items():
+            cut_heads(groups[i], [j for j, h in enumerate(kept[i]) if h in drop])
+            kept[i] = [h for h in kept[i] if h not in drop]
+        record_heads(model.config, kept)
 
     def remove_neurons(self, model: Any, block: UnitGroups, drop: list[int]) -> None:
-        import torch
-        from transformers.pytorch_utils import prune_linear_layer
-
         if not drop:
             return
-        gone = set(drop)
-        keep = torch.tensor([j for j in range(block.ffn_width) if j not in gone], dtype=torch.long)
-        block.module.intermediate.dense = prune_linear_layer(block.module.intermediate.dense, keep, dim=0)
-        block.module.output.dense = prune_linear_layer(block.module.output.dense, keep, dim=1)
+        keep = _keep(block.ffn_width, drop)
+        block.module.intermediate.dense = _slice_linear(block.module.intermediate.dense, keep, 0)
+        block.module.output.dense = _slice_linear(block.module.output.dense, keep, 1)
         block.ffn_width = len(keep)
 
     def finish_structured(self, model: Any) -> list[str]:
-        """Write each block's FFN width to the config; patch ``intermediate_size`` when uniform."""
-        widths = [int(g.module.intermediate.dense.out_features) for g in self.unit_groups(model)]
+        """Write each block's kept heads and FFN width to the config; patch ``intermediate_size`` when uniform."""
+        groups = self.unit_groups(model)
+        record_heads(model.config, kept_heads(model.config, len(groups)) or [list(range(g.heads)) for g in groups])
+        widths = [int(g.module.intermediate.dense.out_features) for g in groups]
         setattr(model.config, FFN_WIDTHS_KEY, widths)
         if len(set(widths)) == 1:
             model.config.intermediate_size = widths[0]
         return [
-            f"config patched: pruned_heads, {FFN_WIDTHS_KEY}={widths}"
-            + (", intermediate_size" if len(set(widths)) == 1 else " (non-uniform: reload with load_pruned)")
+            f"config patched: {HEADS_KEY} (heads per block {[g.heads for g in groups]}), {FFN_WIDTHS_KEY}={widths}"
+            + (", intermediate_size" if len(set(widths)) == 1 else " (non-uniform)")
+            + "; reload with load_pruned"
         ]
 
     def load_pruned(self, directory: Path, config: Any) -> Any:
+        """Build the dense architecture, cut each block to its recorded heads and FFN width, load the weights."""
         from safetensors.torch import load_file
         from transformers import AutoModelForSequenceClassification
         from transformers.modeling_utils import load_sharded_checkpoint
 
         d = Path(directory)
+        where = str(d / "config.json")
         if config.model_type not in STRUCTURED_MODEL_TYPES:
             raise UsageError(
                 f"load_pruned supports {', '.join(STRUCTURED_MODEL_TYPES)}; {d} holds model_type {config.model_type!r}",
                 where="load_pruned",
             )
+        config = copy.deepcopy(config)
+        n_blocks = int(config.num_hidden_layers)
+        if getattr(config, HEADS_KEY, None) is None and getattr(config, LEGACY_HEADS_KEY, None):
+            log.info("%s: converting the earlier %s record to %s", where, LEGACY_HEADS_KEY, HEADS_KEY)
+        try:
+            kept = kept_heads(config, n_blocks)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"unreadable {HEADS_KEY}: {exc}", where=where) from None
+        if getattr(config, LEGACY_HEADS_KEY, None):
+            setattr(config, LEGACY_HEADS_KEY, {})  # never let transformers apply it
         widths = getattr(config, FFN_WIDTHS_KEY, None)
-        model = AutoModelForSequenceClassification.from_config(config)  # re-applies config.pruned_heads
+        model = AutoModelForSequenceClassification.from_config(config)
         groups = self.unit_groups(model)
+        if kept is not None:
+            if len(kept) != len(groups):
+                raise ModelError(f"{HEADS_KEY} lists {len(kept)} blocks but the model has {len(groups)}", where=where)
+            for g, ids in zip(groups, kept, strict=True):
+                if not ids or len(set(ids)) != len(ids) or not set(ids) <= set(range(g.heads)):
+                    raise ModelError(
+                        f"{HEADS_KEY} keeps heads {ids} of block {g.index}, which has heads 0..{g.heads - 1}",
+                        where=where,
+                    )
+                cut_heads(g, [h for h in range(g.heads) if h not in set(ids)])
+            record_heads(model.config, kept)
         if widths is not None:
             if len(widths) != len(groups):
                 raise ModelError(
-                    f"{FFN_WIDTHS_KEY} lists {len(widths)} widths but the model has {len(groups)} blocks",
-                    where=str(d / "config.json"),
+                    f"{FFN_WIDTHS_KEY} lists {len(widths)} widths but the model has {len(groups)} blocks", where=where
                 )
             for g, w in zip(groups, widths, strict=True):
-                if w != g.ffn_width:
-                    self.remove_neurons(model, g, list(range(int(w), g.ffn_width)))
+                if not 0 < int(w) <= g.ffn_width:
+                    raise ModelError(f"{FFN_WIDTHS_KEY} gives block {g.index} width {w} of {g.ffn_width}", where=where)
+                self.remove_neurons(model, g, list(range(int(w), g.ffn_width)))
         try:
             if (d / "model.safetensors").is_file():
                 missing, unexpected = model.load_state_dict(load_file(str(d / "model.safetensors")), strict=False)
@@ -244,3 +308,59 @@ class ClassifierAdapter(ModelAdapter):
 
         record_truncation(eval_set, predictor)  # the encoding is cached: the suites reuse it
         return eval_set.identity
+
+
+# -- heads: our own removal and record -----------------------------------------------
+def is_pruned_config(config: Any) -> bool:
+    """Whether a checkpoint's config records structured pruning (ours, or an earlier version's)."""
+    return any(getattr(config, k, None) for k in (HEADS_KEY, FFN_WIDTHS_KEY, LEGACY_HEADS_KEY))
+
+
+def kept_heads(config: Any, n_blocks: int) -> list[list[int]] | None:
+    """Per block, the original ids of the heads kept; None when no block lost a head.
+
+    Read from :data:`HEADS_KEY`; a config of an earlier version, with HF's
+    ``pruned_heads`` (block -> removed ids; JSON keys are strings) instead, is converted.
+    """
+    record = getattr(config, HEADS_KEY, None)
+    if record is not None:
+        return [[int(h) for h in ids] for ids in record]
+    legacy = getattr(config, LEGACY_HEADS_KEY, None) or {}
+    if not legacy:
+        return None
+    gone = {int(k): {int(h) for h in v} for k, v in dict(legacy).items()}
+    total = int(config.num_attention_heads)
+    return [[h for h in range(total) if h not in gone.get(i, set())] for i in range(n_blocks)]
+
+
+def record_heads(config: Any, kept: list[list[int]]) -> None:
+    """Write the kept heads to :data:`HEADS_KEY` (HF's ``pruned_heads``, if any, is cleared: it is converted)."""
+    setattr(config, HEADS_KEY, [sorted(int(h) for h in ids) for ids in kept])
+    if getattr(config, LEGACY_HEADS_KEY, None):
+        setattr(config, LEGACY_HEADS_KEY, {})
+
+
+def cut_heads(block: UnitGroups, drop: list[int]) -> None:
+    """Remove heads ``drop`` (positions among the block's current heads) of one BERT-family block.
+
+    Their rows of query/key/value (weights and biases) and their input columns of
+    ``attention.output.dense`` go; ``num_attention_heads`` and ``all_head_size``, which
+    the attention's forward reads, follow. The head size is unchanged.
+    """
+    drop = sorted({int(j) for j in drop})
+    if not drop:
+        return
+    attn = block.module.attention
+    sa = attn.self
+    n, d = int(sa.num_attention_heads), int(sa.attention_head_size)
+    if drop[0] < 0 or drop[-1] >= n:
+        raise UsageError(f"{block.name} has {n} heads; cannot remove positions {drop}", where="structured pruning")
+    if len(drop) >= n:
+        raise UsageError(f"removing all {n} heads would empty {block.name}", where="structured pruning")
+    keep = _keep(n * d, _head_rows(drop, d))
+    for name in ("query", "key", "value"):
+        setattr(sa, name, _slice_linear(getattr(sa, name), keep, 0))
+    attn.output.dense = _slice_linear(attn.output.dense, keep, 1)
+    sa.num_attention_heads = n - len(drop)
+    sa.all_head_size = sa.num_attention_heads * d
+    block.heads = sa.num_attention_heads

@@ -149,13 +149,14 @@ class GradientParams(PluginParams):
 
 class StructuredParams(PluginParams):
     """Structured pruning: whole attention heads and FFN neurons are removed, so the
-    matrices shrink and the HF config is patched (``pruned_heads``, per-block FFN
-    widths). The sweep level is the fraction of heads and of FFN neurons removed in
-    each block (rounded to the nearest whole head/neuron); removing every head of a
-    block is refused. Units are ranked by the L2 (or L1) norm of their weights, or by
-    an importance score from labelled calibration data: ``|sum x * dL/dx|`` of a gate
-    on each head's context / each neuron's activation (Michel et al. 2019; Molchanov
-    et al. 2017). Save and reload with :func:`audit.pruning.structured.save_pruned` /
+    matrices shrink and the config records each block's kept heads and FFN width
+    (``prune_audit_heads``, ``prune_audit_ffn_widths``). The sweep level is the
+    fraction of heads and of FFN neurons removed in each block (rounded to the nearest
+    whole head/neuron); removing every head of a block is refused. Units are ranked by
+    the L2 (or L1) norm of their weights, or by an importance score from labelled
+    calibration data: ``|sum x * dL/dx|`` of a gate on each head's context / each
+    neuron's activation (Michel et al. 2019; Molchanov et al. 2017). Save and reload
+    with :func:`audit.pruning.structured.save_pruned` /
     :func:`~audit.pruning.structured.load_pruned`. BERT-family encoders only.
 
     ```yaml
