@@ -72,8 +72,10 @@ def two_four(model: nn.Module) -> None:
 
 
 def structured(model: nn.Module, heads: dict[int, list[int]], keep_neurons: int) -> None:
-    """Structured pruning as it ships: heads removed (transformers), FFN neurons sliced out."""
-    model.prune_heads(heads)
+    """Structured pruning as it ships: heads removed (the model adapter's own code), FFN neurons sliced out."""
+    from audit.models.adapter import adapter_of
+
+    adapter_of(model).remove_heads(model, heads)
     for layer in model.bert.encoder.layer:
         up, down = layer.intermediate.dense, layer.output.dense
         idx = up.weight.detach().norm(dim=1).argsort(descending=True)[:keep_neurons].sort().values
