@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from audit.config_base import StrictModel, _err
+from audit.config_base import StrictModel, _err, plugin_params
 from audit.config_sweep import (
     CalibrationConfig,
     DeployConfig,
@@ -247,18 +247,7 @@ class SuiteConfig(StrictModel):
 
     @model_validator(mode="after")
     def _params(self) -> SuiteConfig:
-        spec = SUITES.get(self.name)
-        try:
-            parsed = spec.params.model_validate(self.params)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise _err(
-                "suite_params",
-                f"invalid params for suite {self.name!r}: {where}: {first['msg']}",
-                f"allowed params: {', '.join(spec.params.model_fields) or '(none)'}",
-            ) from None
-        object.__setattr__(self, "params", parsed.model_dump(mode="json"))
+        object.__setattr__(self, "params", plugin_params(SUITES, "suite", self.name, self.params))
         return self
 
     def typed_params(self) -> PluginParams:

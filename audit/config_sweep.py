@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from audit.config_base import StrictModel, _err
+from audit.config_base import StrictModel, _err, plugin_params
 from audit.deploy.formats import DEFAULT_FORMATS, DENSE, FORMATS, is_known
 from audit.registry import PRUNERS, PluginParams
 
@@ -39,18 +39,7 @@ class MethodConfig(StrictModel):
 
     @model_validator(mode="after")
     def _params(self) -> MethodConfig:
-        spec = PRUNERS.get(self.name)
-        try:
-            parsed = spec.params.model_validate(self.params)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise _err(
-                "method_params",
-                f"invalid params for method {self.name!r}: {where}: {first['msg']}",
-                f"allowed params: {', '.join(spec.params.model_fields) or '(none)'}",
-            ) from None
-        object.__setattr__(self, "params", parsed.model_dump(mode="json"))
+        object.__setattr__(self, "params", plugin_params(PRUNERS, "method", self.name, self.params))
         return self
 
     def typed_params(self) -> PluginParams:
