@@ -168,6 +168,12 @@ class CausalLMAdapter(ModelAdapter):
 
         return prunable_linears(model)
 
+    def protected_modules(self, model: Any) -> list[str]:
+        """The LM head, the embeddings and the final norm: never pruned, never converted by deployment."""
+        from audit.models.decoders import protected_modules
+
+        return protected_modules(model)
+
     def loss(self, model: Any, batch: dict[str, Any], labels: Any, reduction: str = "mean") -> Any:
         """Next-token cross-entropy over the real tokens (``labels`` unused: the text is its own target)."""
         import torch.nn.functional as F
