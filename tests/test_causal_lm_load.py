@@ -14,6 +14,7 @@ from audit.errors import ModelError
 from audit.fingerprint import file_sha256
 from audit.model_io import load_model
 from audit.models.causal_lm import LMPredictor
+from audit.run.finish import quantization_note
 
 
 def _config(tmp_path: Path, model_line: str):
@@ -36,6 +37,10 @@ def test_a_gguf_file_loads_as_a_causal_lm_with_its_sha256_as_fingerprint(tok, tm
     assert ident.gguf["file_type"] == "Q8_0" and ident.gguf["quantized_upstream"] is True
     assert ident.architecture == "LlamaForCausalLM" and loaded.adapter.spec.name == "causal-lm"
     assert isinstance(loaded.adapter.predictor(loaded.tokenizer, max_length=16, batch_size=2), LMPredictor)
+    (note,) = quantization_note(ident)  # the report's limitations say so
+    assert "quantized upstream (GGUF file type Q8_0" in note and "Q8_0 x" in note
+    lossless = write_tiny_gguf(tmp_path / "tiny.F32.gguf", tiny_llama(tok), tok, qtype="F32")
+    assert quantization_note(load_model(_config(tmp_path, f"model: {{gguf_file: {lossless}}}")).identity) == []
 
 
 def test_a_missing_gguf_file_is_a_model_error_naming_it(tmp_path: Path) -> None:
