@@ -72,6 +72,10 @@ def test_probe_outputs_are_next_token_logits_of_every_real_token(lm) -> None:
     with torch.no_grad():
         row0 = model(input_ids=first["input_ids"][:1, :1]).logits[0, 0].double().numpy()
     assert np.allclose(out[0], row0, atol=1e-5)  # a causal model: row 0 needs only token 0
+    many = EvalSet(name="many", texts=list(TEXTS) * 4, labels=np.full(4 * len(TEXTS), -1))
+    capped = adapter.probe_batches(many, predictor, 64)  # deploy.probe_size 64: 8 texts of at most 32 tokens
+    assert sum(int(b["input_ids"].shape[0]) for b in capped) == 8
+    assert max(int(b["input_ids"].shape[1]) for b in capped) <= 32
 
 
 def test_a_deployed_llama_is_equivalent_on_logits_and_generation_and_timed(lm, tmp_path: Path) -> None:
