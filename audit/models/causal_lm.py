@@ -53,7 +53,9 @@ class LMPredictor(Predictor):
     on the right with an attention mask. There are no class logits (:meth:`logits` refuses).
     """
 
-    def logits(self, model: Any, texts: list[str], pairs: list[str] | None = None, batch_size: int | None = None) -> Any:
+    def logits(
+        self, model: Any, texts: list[str], pairs: list[str] | None = None, batch_size: int | None = None
+    ) -> Any:
         raise UsageError(
             "a causal LM has no class logits; this suite measures classifiers",
             where="suites",
