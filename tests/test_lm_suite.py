@@ -192,26 +192,46 @@ def test_unknown_gold_column_is_a_one_line_data_error(tmp_path: Path, tok: Any) 
     assert "\n" not in msg and "'label' (columns.label) not found" in msg and str(data) in msg
 
 
-def test_template_without_text_is_exit_4_at_validate(tmp_path: Path, tok: Any, llama: Any) -> None:
+def _lm_config(tmp_path: Path, tok: Any, llama: Any, task: str) -> Path:
+    """A run config for the tiny llama (saved to disk) whose lm suite has one choice task ``task`` (YAML flow map)."""
     model_dir = tmp_path / "model"
     llama.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    data = _write_csv(tmp_path / "reviews.csv", [{"text": "good", "label": 1}])
+    data = _write_csv(tmp_path / "reviews.csv", [{"text": t, "label": i % 2} for i, t in enumerate(TEXTS)])
     cfg = tmp_path / "audit.yaml"
     cfg.write_text(
-        f"model: {{path: {model_dir}}}\n"
-        f"data:\n  files: {{test: {data}}}\n  splits: {{eval: test, calibration: null}}\n"
-        "sweep: {methods: [magnitude], sparsities: [0.5]}\n"
-        "suites:\n  lm:\n    choice_tasks:\n"
-        f"      - {{name: sst, path: {data}, template: 'Review: {{review}} Sentiment:', choices: [' a', ' b']}}\n",
+        f"model: {{path: {model_dir}, max_length: 64}}\n"
+        f"data:\n  files: {{test: {data}}}\n  columns: {{text: text, label: null}}\n"
+        "  splits: {eval: test, calibration: null}\n"
+        "sweep: {methods: [magnitude], sparsities: [0.5]}\ndeploy: {enabled: false}\n"
+        f"output_dir: {tmp_path / 'out'}\npolicy: lm-default\n"
+        f"suites:\n  lm:\n    choice_tasks:\n      - {{name: sst, path: {data}, choices: [' a', ' b'], {task}}}\n",
         encoding="utf-8",
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "audit", "validate", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    return cfg
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "audit", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_template_without_text_is_exit_4_at_validate(tmp_path: Path, tok: Any, llama: Any) -> None:
+    cfg = _lm_config(tmp_path, tok, llama, "template: 'Review: {review} Sentiment:'")
+    proc = _cli("validate", str(cfg))
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == ExitCode.USAGE_ERROR
     assert len(lines) == 1 and "must contain {text}" in lines[0] and f"{cfg}:" in lines[0]
+
+
+def test_unknown_template_column_stops_the_run_with_exit_4_before_anything_is_written(
+    tmp_path: Path, tok: Any, llama: Any
+) -> None:
+    cfg = _lm_config(tmp_path, tok, llama, "template: '{title}: {text}'")
+    proc = _cli("run", "-c", str(cfg))
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == ExitCode.USAGE_ERROR
+    assert len(errors) == 1 and "template field {title} names no column" in errors[0] and "reviews.csv" in errors[0]
+    assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_lm_spec_declares_directions_and_causal_lm_kind() -> None:
@@ -275,3 +295,25 @@ def test_greedy_agreement_is_one_by_construction_on_dense_and_counts_tokens_in_p
     ref = greedy_continuations(llama, tok, prompts, max_new_tokens=6)
     expected = np.mean([np.sum(r[:6] == 0) / len(r) for r in ref])
     assert zero["lm/p/greedy_agreement"].value == pytest.approx(expected)
+
+
+def test_a_choice_task_without_a_gold_column_is_refused_at_config_time() -> None:
+    from pydantic import ValidationError
+
+    task = {"name": "t", "path": "x.csv", "template": "{text}", "choices": [" a", " b"], "columns": {"label": None}}
+    with pytest.raises(ValidationError, match="set columns.label"):
+        SUITES.get("lm").params.model_validate({"choice_tasks": [task]})
+
+
+def test_limitations_name_only_the_suites_that_could_measure_the_audited_model_kind() -> None:
+    from results_factory import m, run
+
+    from audit.results import ModelIdentity
+    from reports.views import limitations
+
+    lm_not_run, ood_not_run = SUITES.get("lm").not_run, SUITES.get("ood").not_run
+    classifier = run([m("accuracy", 0.9)], [])
+    lm = run([m("accuracy", 0.9)], [])
+    lm.model = ModelIdentity(source="m", fingerprint="f" * 64, kind="causal-lm")
+    assert (lm_not_run in limitations(classifier), ood_not_run in limitations(classifier)) == (False, True)
+    assert (lm_not_run in limitations(lm), ood_not_run in limitations(lm)) == (True, False)

@@ -74,6 +74,8 @@ class ChoiceTask(DatasetRef):
     @model_validator(mode="after")
     def _template(self) -> ChoiceTask:
         _check_template(self.template, self.columns.text)
+        if self.columns.label is None:
+            raise ValueError("a choice task needs its gold column: set columns.label (the choice's index or text)")
         stripped = [c.strip().lower() for c in self.choices]
         if len(set(stripped)) != len(stripped):
             raise ValueError(f"choices must differ (after stripping spaces, ignoring case): {self.choices}")

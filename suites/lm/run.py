@@ -81,7 +81,7 @@ def render(template: str, es: EvalSet, ref: Any) -> list[str]:
             )
         if f not in values:
             raise DataError(
-                f"template field {{{f}}} names no column; the data has columns {sorted(values)}",
+                f"template field {{{f}}} names no column; the template can use {sorted(values)}",
                 where=_where(ref),
                 hint="fix the template or the column map",
             )
