@@ -57,9 +57,9 @@ class ControlledLM:
         return _LM()
 
 
-def _ctx(tok: Any, *, n_boot: int = 200) -> SuiteContext:
+def _ctx(tok: Any, *, n_boot: int = 200, max_length: int = 64) -> SuiteContext:
     config = SimpleNamespace(paths=SimpleNamespace(dataset=lambda p: Path(p)), seed=0, offline=True)
-    predictor = SimpleNamespace(tokenizer=tok, max_length=64, batch_size=4, device="cpu")
+    predictor = SimpleNamespace(tokenizer=tok, max_length=max_length, batch_size=4, device="cpu")
     return SuiteContext(config=config, eval_set=None, predictor=predictor, id2label={}, n_boot=n_boot)  # type: ignore[arg-type]
 
 
@@ -317,3 +317,21 @@ def test_limitations_name_only_the_suites_that_could_measure_the_audited_model_k
     lm.model = ModelIdentity(source="m", fingerprint="f" * 64, kind="causal-lm")
     assert (lm_not_run in limitations(classifier), ood_not_run in limitations(classifier)) == (False, True)
     assert (lm_not_run in limitations(lm), ood_not_run in limitations(lm)) == (True, False)
+
+
+def test_prompts_longer_than_max_length_are_counted_in_a_warning(tmp_path: Path, tok: Any) -> None:
+    texts = [*TEXTS, "good", "bad"]
+    data = _write_csv(tmp_path / "reviews.csv", [{"text": t, "label": 1} for t in texts])
+    task = {"name": "sst", "path": str(data), "template": "Review: {text}\nSentiment:", "choices": CHOICES}
+    spec = SUITES.get("lm")
+    suite = spec.load()(spec, spec.params.model_validate({"choice_tasks": [task]}))
+    suite.setup(_ctx(tok, max_length=20))
+    longest = max(CHOICES, key=len)
+    lengths = [len(tok(f"Review: {t}\nSentiment:{longest}", add_special_tokens=False)["input_ids"]) for t in texts]
+    cut = sum(n > 21 for n in lengths)
+    out = suite.run(_variant(ControlledLM(len(tok), [0]), "dense"), _ctx(tok, max_length=20))
+    assert 0 < cut < len(texts)  # the lengths straddle the limit, so the count is informative
+    assert [w for w in out.warnings if "cut on the left" in w] == [
+        f"dataset sst ({data}): {cut} of {len(texts)} prompts with their longest choice are longer than "
+        "max_length=20 tokens and are cut on the left (the model sees only their last tokens)"
+    ]

@@ -20,6 +20,7 @@ Every comparison with dense is the :class:`audit.paired.PairedComparison` at
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,9 @@ from audit.errors import DataError
 from audit.results import GroupValue, Measurement
 from audit.suite import Suite, SuiteContext, SuiteOutput, Variant, prediction_details
 from suites.lm import ChoiceTask, PerplexitySet, PromptSet, template_fields
-from suites.lm.scoring import document_nll, generation_agreement, greedy_continuations, score_choices
+from suites.lm.scoring import document_nll, encode_pair, generation_agreement, greedy_continuations, score_choices
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,12 +109,14 @@ class LmSuite(Suite):
     def setup(self, ctx: SuiteContext) -> None:
         p = self.params
         self.sets: list[LoadedSet] = []
+        self._setup_warnings: list[str] = []
         for ref in p.perplexity:
             es = load_set(ref, ctx)
             self.sets.append(LoadedSet("perplexity", ref, es, list(es.texts)))
         for task in p.choice_tasks:
             es = load_set(task, ctx, id2label={i: c.strip() for i, c in enumerate(task.choices)})
             self.sets.append(LoadedSet("choice", task, es, render(task.template, es, task)))
+            self._check_length(self.sets[-1], ctx)
         for ps in p.generation:
             es = load_set(ps, ctx)
             self.sets.append(LoadedSet("generation", ps, es, render(ps.template, es, ps)))
@@ -132,10 +137,31 @@ class LmSuite(Suite):
                 out.datasets.append(s.es.identity)
             if variant.is_baseline:
                 out.warnings.extend(f"{_where(s.ref)}: {w}" for w in s.es.warnings)
+        if variant.is_baseline:
+            out.warnings.extend(self._setup_warnings)
         out.artifacts = {"sets": sets_art}
         return out
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _check_length(self, s: LoadedSet, ctx: SuiteContext) -> None:
+        """Warn when prompts with a choice exceed ``max_length`` tokens: the scorer cuts them on the left."""
+        limit = getattr(ctx.predictor, "max_length", None)
+        if not limit:
+            return
+        task: ChoiceTask = s.ref  # type: ignore[assignment]
+        longest = max(task.choices, key=len)
+        cut = 0
+        for prompt in s.inputs:
+            context, continuation = encode_pair(ctx.predictor.tokenizer, prompt, task.delimiter + longest)
+            cut += len(context) + len(continuation) > limit + 1  # the scorer keeps the last limit + 1 tokens
+        if cut:
+            msg = (
+                f"{_where(task)}: {cut} of {len(s.inputs)} prompts with their longest choice are longer than "
+                f"max_length={limit} tokens and are cut on the left (the model sees only their last tokens)"
+            )
+            log.warning(msg)
+            self._setup_warnings.append(msg)
 
     def _batch_size(self, ctx: SuiteContext) -> int:
         return int(self.params.batch_size or getattr(ctx.predictor, "batch_size", 8) or 8)
