@@ -246,6 +246,7 @@ def test_lm_measurements_join_the_fdr_family_the_lm_policy_and_the_reports(tmp_p
     from results_factory import run, variant
 
     from audit.analysis import analyze_sweep
+    from audit.paired import RECORD_KEYS
     from audit.policy import evaluate_policy, load_policy
     from audit.results import MetricInfo
     from reports.writer import render_reports
@@ -265,6 +266,10 @@ def test_lm_measurements_join_the_fdr_family_the_lm_policy_and_the_reports(tmp_p
         }
     )
     analyze_sweep(res)
+    records = {mid: mm.details["paired"] for mid, mm in worse.items() if "paired" in mm.details}
+    assert set(records) == {"lm/sst/acc_delta", "lm/docs/nll_delta"}
+    assert all(tuple(r) == RECORD_KEYS and r["q_value"] is not None for r in records.values())
+    assert res.statistics["multiple_testing"]["n_tests"] == 2
     paired_acc = worse["lm/sst/acc_delta"].details["paired"]
     assert (paired_acc["lost"], paired_acc["p_value"]) == (12, pytest.approx(2 * 0.5**12))
     assert paired_acc["significant"] is True and paired_acc["regression"] is True
