@@ -67,7 +67,8 @@ def _variant(model: Any, vid: str) -> Variant:
     return Variant(point=SimpleNamespace(id=vid, is_baseline=vid == "dense"), model=model)  # type: ignore[arg-type]
 
 
-def _run(params: dict[str, Any], ctx: SuiteContext, models: list[Any]) -> list[Any]:
+def _outputs(params: dict[str, Any], ctx: SuiteContext, models: list[Any]) -> list[Any]:
+    """The suite on ``models``, dense (the first) first, as the runner runs it: its SuiteOutputs."""
     spec = SUITES.get("lm")
     suite = spec.load()(spec, spec.params.model_validate(params))
     suite.setup(ctx)
@@ -77,8 +78,13 @@ def _run(params: dict[str, Any], ctx: SuiteContext, models: list[Any]) -> list[A
         out = suite.run(v, ctx.for_suite(None if v.is_baseline else base))
         if v.is_baseline:
             base = out.artifacts
-        outs.append({m.id: m for m in out.measurements})
+        outs.append(out)
     return outs
+
+
+def _run(params: dict[str, Any], ctx: SuiteContext, models: list[Any]) -> list[Any]:
+    """Measurements by id, per model."""
+    return [{m.id: m for m in out.measurements} for out in _outputs(params, ctx, models)]
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -135,8 +141,12 @@ def test_degraded_variant_has_a_definite_negative_acc_delta_with_mcnemar_counts(
     assert ids[0] and ids[1]  # each choice has tokens of its own: favouring them makes the preference definite
     dense, degraded = ControlledLM(len(tok), ids[1]), ControlledLM(len(tok), ids[0])
     task = {"name": "sst", "path": str(data), "template": "Review: {text}\nSentiment:", "choices": CHOICES}
-    outs = _run({"choice_tasks": [task]}, _ctx(tok), [dense, degraded])
+    raw = _outputs({"choice_tasks": [task], "n_examples": 4}, _ctx(tok), [dense, degraded])
+    outs = [{m.id: m for m in out.measurements} for out in raw]
     assert outs[0]["lm/sst/acc"].value == 0.75
+    assert [(r["prompt"], r["dense"], r["variant"]) for r in raw[1].examples] == [
+        (f"Review: {r['text']}\nSentiment:", " positive", " negative") for r in rows[:4]
+    ]  # the report's examples: rows dense got right and the variant gets wrong, in data order
     m = outs[1]["lm/sst/acc_delta"]
     p = m.details["paired"]
     assert (m.value, p["lost"], p["gained"], p["test"]) == (-0.5, 6, 2, "exact McNemar")

@@ -120,6 +120,13 @@ class LmParams(PluginParams):
     generation: list[PromptSet] = Field(default_factory=list, description="Prompt sets for greedy agreement.")
     intersections: bool = Field(True, description="Also report accuracy on the intersection of all group columns.")
     batch_size: int | None = Field(None, ge=1, description="Sequences per forward pass (default: the predictor's).")
+    n_examples: int = Field(
+        5,
+        ge=0,
+        le=50,
+        description="Rows per set shown in the report for each variant: choice examples dense got right and the "
+        "variant gets wrong, and the prompts whose greedy continuation departs most from dense's.",
+    )
 
     @model_validator(mode="after")
     def _names(self) -> LmParams:

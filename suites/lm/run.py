@@ -93,6 +93,14 @@ def render(template: str, es: EvalSet, ref: Any) -> list[str]:
     ]
 
 
+TEXT_CHARS = 200
+"""Characters of a prompt or continuation shown in the report's examples."""
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= TEXT_CHARS else text[: TEXT_CHARS - 1] + "…"
+
+
 def _choice_metric(name: str, k: int) -> stats.ConfusionMetric:
     base = stats.accuracy_metric(k)
     return stats.ConfusionMetric(name, base.from_counts, k)
@@ -131,6 +139,7 @@ class LmSuite(Suite):
                 raise RuntimeError(f"lm suite: the dense baseline has no artifacts for set {s.name!r}")
             fn = {"perplexity": self._perplexity, "choice": self._choice, "generation": self._generation}[s.kind]
             ms, art = fn(s, variant, ctx, b)
+            out.examples.extend(art.pop("_examples", []))
             out.measurements.extend(ms)
             sets_art[s.name] = art
             if s.es.identity is not None:
@@ -307,7 +316,20 @@ class LmSuite(Suite):
             if reason is not None:
                 m.details["suspicious_gain"] = reason
             ms.append(m)
-        return ms, {"pred": sc.pred.tolist(), "pred_norm": sc.pred_norm.tolist()}
+        art: dict[str, Any] = {"pred": sc.pred.tolist(), "pred_norm": sc.pred_norm.tolist()}
+        if base is not None and self.params.n_examples:
+            lost = np.flatnonzero((base_pred == gold) & (sc.pred != gold))[: self.params.n_examples]
+            art["_examples"] = [
+                {
+                    "set": s.name,
+                    "prompt": _short(s.inputs[i]),
+                    "gold": task.choices[gold[i]],
+                    "dense": task.choices[base_pred[i]],
+                    "variant": task.choices[sc.pred[i]],
+                }
+                for i in lost
+            ]
+        return ms, art
 
     # -- greedy generation -----------------------------------------------------------------------
 
@@ -364,4 +386,18 @@ class LmSuite(Suite):
                     details=details,
                 )
             )
-        return ms, {"continuations": [c.tolist() for c in conts]}
+        art = {"continuations": [c.tolist() for c in conts]}
+        if self.params.n_examples:
+            tok = ctx.predictor.tokenizer
+            worst = [int(i) for i in np.argsort(ag.token, kind="stable")[: self.params.n_examples] if ag.token[i] < 1.0]
+            art["_examples"] = [
+                {
+                    "set": s.name,
+                    "prompt": _short(s.inputs[i]),
+                    "dense": _short(tok.decode(ref[i], skip_special_tokens=True)),
+                    "variant": _short(tok.decode(conts[i], skip_special_tokens=True)),
+                    "token_agreement": round(float(ag.token[i]), 3),
+                }
+                for i in worst
+            ]
+        return ms, art
