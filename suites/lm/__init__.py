@@ -45,8 +45,8 @@ class PerplexitySet(DatasetRef):
     max_length: int | None = Field(
         None,
         ge=2,
-        description="Window length in tokens (default: the model's context, at most 1024); longer "
-        "documents are scored in strided sliding windows.",
+        description="Window length in tokens (default: model.max_length); longer documents are scored in "
+        "strided sliding windows (every token once, with at least half a window of context).",
     )
 
 
