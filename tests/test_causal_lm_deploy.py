@@ -72,6 +72,10 @@ def test_probe_outputs_are_next_token_logits_of_every_real_token(lm) -> None:
     with torch.no_grad():
         row0 = model(input_ids=first["input_ids"][:1, :1]).logits[0, 0].double().numpy()
     assert np.allclose(out[0], row0, atol=1e-5)  # a causal model: row 0 needs only token 0
+    many = EvalSet(name="many", texts=list(TEXTS) * 4, labels=np.full(4 * len(TEXTS), -1))
+    capped = adapter.probe_batches(many, predictor, 64)  # deploy.probe_size 64: 8 texts of at most 32 tokens
+    assert sum(int(b["input_ids"].shape[0]) for b in capped) == 8
+    assert max(int(b["input_ids"].shape[1]) for b in capped) <= 32
 
 
 def test_a_deployed_llama_is_equivalent_on_logits_and_generation_and_timed(lm, tmp_path: Path) -> None:
@@ -125,3 +129,27 @@ def test_a_corrupted_deployment_fails_on_logits_and_on_generation(lm, tmp_path: 
     assert not out.passed and not rec.equivalence.passed
     assert not rec.generation.passed and rec.generation.diverged_beyond_tie == rec.generation.prompts == 5
     assert rec.speed is None and "failed its equivalence check" in rec.notes[-1]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_deployed_decoder_saves_and_reloads_with_the_same_logits(arch: str, tmp_path: Path) -> None:
+    from decoder_helpers import batch, tiny_decoder
+
+    from audit.deploy.io import load_deployed, save_deployed
+    from audit.models.decoders import convert_conv1d
+
+    dense = tiny_decoder(arch)
+    convert_conv1d(dense)
+    variant = _pruned(dense)
+    cfg = DeployConfig(choose_tokens=[16], timing_min_s=0.001, max_block_density=1.0, force_format="csr")
+    from audit.deploy.choose import TimingCache
+
+    Converter(cfg, TimingCache(tmp_path / "t.json")).convert(variant, keep_dense={"lm_head"})  # type: ignore[arg-type]
+    probe = batch(5)
+    with torch.no_grad():
+        before = variant(**probe, use_cache=False).logits
+    save_deployed(variant, tmp_path / "v")
+    again = load_deployed(tmp_path / "v")
+    assert sum(isinstance(m, DeployedLinear) for m in again.modules()) == len(prunable_linears(dense))
+    with torch.no_grad():
+        assert torch.allclose(again(**probe, use_cache=False).logits, before, atol=1e-5, rtol=0)

@@ -62,12 +62,9 @@ class DeployContext:
         return getattr(self.adapter, "kind", None) == "causal-lm"
 
     def keep_dense(self, model: nn.Module) -> set[str]:
-        """Linear layers never converted: a causal LM's head and embeddings (the adapter's protected modules)."""
-        if not self.causal_lm:
-            return set()
-        from audit.models.decoders import protected_modules
-
-        return set(protected_modules(model))
+        """Linear layers never converted: the adapter's ``protected_modules`` (a causal LM's head and embeddings)."""
+        protected = getattr(self.adapter, "protected_modules", None)
+        return set(protected(model)) if protected is not None else set()
 
     def outputs(self, model: nn.Module) -> Any:
         """What the equivalence check compares: the adapter's probe outputs (default: the probe logits)."""

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 SAFE_FILES = ("model.safetensors", "model.safetensors.index.json")
 PROBE_TOKENS = 256
 """Real-token rows the equivalence probe compares in all (each row is a vocabulary of logits)."""
+PROBE_TEXTS = 8
+"""Probe texts at most (``deploy.probe_size`` caps it lower)."""
 
 
 class LMPredictor(Predictor):
@@ -168,6 +170,12 @@ class CausalLMAdapter(ModelAdapter):
 
         return prunable_linears(model)
 
+    def protected_modules(self, model: Any) -> list[str]:
+        """The LM head, the embeddings and the final norm: never pruned, never converted by deployment."""
+        from audit.models.decoders import protected_modules
+
+        return protected_modules(model)
+
     def loss(self, model: Any, batch: dict[str, Any], labels: Any, reduction: str = "mean") -> Any:
         """Next-token cross-entropy over the real tokens (``labels`` unused: the text is its own target)."""
         import torch.nn.functional as F
@@ -265,11 +273,15 @@ class CausalLMAdapter(ModelAdapter):
 
     # -- deployment ----------------------------------------------------------------
     def probe_batches(self, eval_set: Any, predictor: Any, k: int) -> list[dict[str, Any]]:
-        """The first ``k`` texts, right-padded, each cut so that all hold at most :data:`PROBE_TOKENS` tokens."""
+        """The first ``min(k, PROBE_TEXTS)`` texts, right-padded, each cut to ``PROBE_TOKENS // texts`` tokens.
+
+        Fewer, longer texts rather than many short ones: later positions (rotary angles, a
+        longer attention span) are compared too, within the :data:`PROBE_TOKENS` budget.
+        """
         import numpy as np
         import torch
 
-        n = min(k, len(eval_set))
+        n = min(k, len(eval_set), PROBE_TEXTS)
         probe = eval_set.subset(np.arange(n), name=eval_set.name)
         per_text = max(2, PROBE_TOKENS // max(1, n))
         out = []

@@ -133,6 +133,7 @@ def finish(
         baseline=results[0],
         variants=results[1:],
         limitations=_limitations(config, eval_set, results)
+        + quantization_note(session.loaded.identity)
         + [d.truncation_note for d in datasets if d.truncation_note],
     )
     from audit.analysis import analyze_sweep  # FDR control over every variant's tests
@@ -150,6 +151,19 @@ def finish(
         with deferred():  # all the reports or none: a signal now waits until they are written
             files = write_reports(result, out_dir, formats or config.report.formats, paths=paths)
     return RunOutcome(result=result, verdict=verdict, output_dir=out_dir, files=files)
+
+
+def quantization_note(identity: Any) -> list[str]:
+    """The limitation of a model loaded from a GGUF file: its weights were quantized upstream."""
+    gguf = getattr(identity, "gguf", None)
+    if not gguf or not gguf.get("quantized_upstream"):
+        return []
+    types = ", ".join(f"{t} x{n}" for t, n in sorted((gguf.get("tensor_types") or {}).items()))
+    return [
+        f"model: the weights were quantized upstream (GGUF file type {gguf.get('file_type')}; tensors {types}) "
+        "and dequantized to float for this audit: the dense baseline is the dequantized model, not the original "
+        "full-precision one."
+    ]
 
 
 def _limitations(config: AuditConfig, eval_set: EvalSet, results: list[VariantResult]) -> list[str]:

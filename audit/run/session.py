@@ -279,14 +279,19 @@ def _deploy_context(config: AuditConfig, eval_set: EvalSet, predictor: Any, dens
 
     batches = adapter.probe_batches(eval_set, predictor, dc.probe_size)
     prompts: list[str] = []
-    if adapter.kind == "causal-lm":  # equivalence on greedy continuations too
+    if adapter.kind == "causal-lm" and eval_set is not None:  # equivalence on greedy continuations too
         from audit.deploy.lm import prompts_of
 
         prompts = prompts_of(eval_set.texts)
     return DeployContext.create(
-        dc, batches, dense, threads=config.runtime.threads, adapter=adapter, tokenizer=predictor.tokenizer,
+        dc,
+        batches,
+        dense,
+        threads=config.runtime.threads,
+        adapter=adapter,
+        tokenizer=getattr(predictor, "tokenizer", None),
         prompts=prompts,
-    )  # fmt: skip
+    )
 
 
 def check_output_dir(out: Path) -> None:
