@@ -8,7 +8,7 @@ from audit.policy import skipped_rules
 from audit.registry import STAGES
 from audit.results import RunResult
 from reports.views.common import clip
-from reports.views.suite_text import registered_suites
+from reports.views.suite_text import model_kind, registered_suites
 
 _STALE_SKIP = re.compile(r"^rule \S+ \(.*\) skipped: ")
 
@@ -25,7 +25,7 @@ def limitations(result: RunResult) -> list[str]:
             out.setdefault(d.truncation_note, None)
     suites = {m.suite for v in result.all_variants() for m in v.measurements}
     suites |= {s.get("name") for s in result.config.get("suites", []) if isinstance(s, dict)}  # type: ignore[misc]
-    for t in registered_suites():
+    for t in registered_suites(model_kind(result)):
         if t.not_run and t.name not in suites:
             out.setdefault(t.not_run, None)
     for stage in STAGES:  # a stage runs on the pruned variants: not run when none went through it

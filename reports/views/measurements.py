@@ -21,7 +21,7 @@ from reports.views.common import (
     worse,
 )
 from reports.views.evidence import evidence
-from reports.views.suite_text import registered_suites, suite_order, suite_text
+from reports.views.suite_text import model_kind, registered_suites, suite_order, suite_text
 
 LONG_ROWS = 12
 """A suite section (or its dataset tables) with more metric rows than this starts closed."""
@@ -105,7 +105,7 @@ def suite_sections(result: RunResult, cat: dict[str, MetricInfo]) -> list[dict[s
     for v in result.all_variants():
         for e in v.errors:
             errors[e.suite].append(f"{v.id}: {e.error_type}: {e.message}")
-    always = {t.name for t in registered_suites() if t.always}
+    always = {t.name for t in registered_suites(model_kind(result)) if t.always}
     names = set(by_suite) | set(examples) | {s for s in errors if s != "pruning"} | always
     out = []
     for suite in suite_order(names):

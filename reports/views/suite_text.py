@@ -10,6 +10,7 @@ keeps its sections, headed by its name.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from audit.registry import SUITES, MeasuredSpec, measured_spec
 
@@ -45,9 +46,17 @@ def suite_text(name: str) -> SuiteText:
     return SuiteText(name, spec.title, spec.not_run, spec.report_order, spec.always_reported)
 
 
-def registered_suites() -> list[SuiteText]:
-    """Every registered suite's declarations, in report order."""
-    return sorted((suite_text(s.name) for s in SUITES), key=lambda t: (t.order, t.name))
+def registered_suites(kind: str | None = None) -> list[SuiteText]:
+    """Every registered suite's declarations, in report order; with ``kind``, only the suites that
+    measure models of that kind (``SuiteSpec.model_kinds``): an LM suite is no limitation of a classifier's run.
+    """
+    specs = [s for s in SUITES if kind is None or kind in s.model_kinds]
+    return sorted((suite_text(s.name) for s in specs), key=lambda t: (t.order, t.name))
+
+
+def model_kind(result: Any) -> str:
+    """The audited model's kind as a run records it (``causal-lm``; unset means a classifier)."""
+    return getattr(result.model, "kind", None) or "classifier"
 
 
 def suite_order(names: set[str]) -> list[str]:
