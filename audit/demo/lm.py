@@ -102,3 +102,111 @@ def ensure_lm_demo_data(*, rebuild: bool = False) -> dict[str, Path]:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+LM_DEMO_SWEEP: list[dict[str, Any]] = [
+    {"name": "magnitude"},
+    {"name": "wanda"},
+    {"name": "wanda", "params": {"n": 2, "m": 4}},
+]
+"""The LM demo's sweep at 50 %: magnitude and Wanda unstructured, and Wanda 2:4 (one seed)."""
+LM_DEMO_BUDGET: dict[str, int] = {
+    "sentiment": 160,
+    "shifted": 120,
+    "corpus": 120,
+    "prompts": 12,
+    "new_tokens": 16,
+    "calibration": 16,
+}
+"""Examples per set, chosen so that the first run (GGUF dequantization included) stays under
+10 minutes on 2 cores; raise them for a real audit."""
+LM_DEMO_MAX_LENGTH = 96
+
+
+def _methods_yaml(methods: list[dict[str, Any]]) -> str:
+    out = []
+    for m in methods:
+        if m.get("params"):
+            params = ", ".join(f"{k}: {v}" for k, v in m["params"].items())
+            out.append(f"{{name: {m['name']}, params: {{{params}}}}}")
+        else:
+            out.append(m["name"])
+    return ", ".join(out)
+
+
+def lm_demo_config_text(gguf_file: Path, files: dict[str, Path]) -> str:
+    """The audit config the LM demo runs (also written next to its report)."""
+    b = LM_DEMO_BUDGET
+    groups = ", ".join(GROUP_COLUMNS)
+    choices = ", ".join(json.dumps(c) for c in SENTIMENT_CHOICES)
+    template = json.dumps(SENTIMENT_TEMPLATE)
+    return f"""# Audit config of `prune-audit demo lm` (generated; edit and re-run with `prune-audit run -c`).
+# Budgets are small so that the demo finishes in a few minutes on 2 cores; raise them for a real audit.
+model:
+  kind: causal-lm
+  gguf_file: {gguf_file}        # SmolLM2-135M-Instruct, Q4_1 (dequantized to fp32 and cached on first use)
+  max_length: {LM_DEMO_MAX_LENGTH}
+data:
+  name: demo-reviews
+  files:
+    sentiment: {files["sentiment"]}
+    calibration: {files["calibration"]}
+  columns: {{text: text, label: label, id: id, groups: [{groups}]}}
+  splits: {{eval: sentiment, calibration: calibration}}
+  max_eval_examples: {b["sentiment"]}
+sweep:
+  methods: [{_methods_yaml(LM_DEMO_SWEEP)}]
+  sparsities: [0.5]
+  seeds: [0]
+  calibration: {{n: {b["calibration"]}, seed: 0}}
+suites:
+  lm:
+    perplexity:
+      - {{name: reviews, path: {files["corpus"]}, columns: {{text: text, groups: [domain]}},
+         max_examples: {b["corpus"]}}}
+      - {{name: other-domains, path: {files["shifted"]}, columns: {{text: text, groups: [domain]}},
+         max_examples: {b["corpus"]}}}   # hotel and book reviews: the generator's held-out domains
+    choice_tasks:
+      - name: sentiment
+        path: {files["sentiment"]}
+        template: {template}
+        choices: [{choices}]
+        columns: {{text: text, label: label, id: id, groups: [{groups}]}}
+        max_examples: {b["sentiment"]}
+      - name: sentiment-other-domains
+        path: {files["shifted"]}
+        template: {template}
+        choices: [{choices}]
+        columns: {{text: text, label: label, id: id, groups: [{groups}]}}
+        max_examples: {b["shifted"]}
+    generation:
+      - {{name: continuations, path: {files["corpus"]}, template: {template}, max_new_tokens: {b["new_tokens"]},
+         max_examples: {b["prompts"]}}}
+policy: lm-default
+output_dir: .
+seed: 0
+runtime:
+  n_boot: 500
+deploy:                  # each Linear layer runs the format measured fastest for it; timings kept short for the demo
+  choose_tokens: [128]
+  timing_min_s: 0.1
+  speed_min_time_s: 0.05
+  speed_rounds: 3
+report:
+  title: "prune-audit demo: SmolLM2-135M-Instruct (causal LM)"
+"""
+
+
+def run_lm_demo(output_dir: Path, *, rebuild: bool = False, command: str | None = None) -> Any:
+    """Write (or reuse) the LM demo data, write its config, audit the embedded SmolLM2."""
+    from audit.config import load_config
+    from audit.env import configure_offline
+    from audit.models.gguf import embedded_smollm2_path
+    from audit.runner import run_audit
+
+    configure_offline(True)
+    gguf_file = embedded_smollm2_path()
+    files = ensure_lm_demo_data(rebuild=rebuild)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = atomic_write_text(output_dir / "audit.yaml", lm_demo_config_text(gguf_file, files))
+    return run_audit(load_config(cfg_path), command=command)
