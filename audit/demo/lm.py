@@ -111,10 +111,10 @@ LM_DEMO_SWEEP: list[dict[str, Any]] = [
 ]
 """The LM demo's sweep at 50 %: magnitude and Wanda unstructured, and Wanda 2:4 (one seed)."""
 LM_DEMO_BUDGET: dict[str, int] = {
-    "sentiment": 160,
-    "shifted": 120,
-    "corpus": 120,
-    "prompts": 12,
+    "sentiment": 100,
+    "shifted": 80,
+    "corpus": 80,
+    "prompts": 8,
     "new_tokens": 16,
     "calibration": 16,
 }
