@@ -70,10 +70,22 @@ DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "txt")
 
 
 class ModelConfig(StrictModel):
-    """Which classifier to audit: a local checkpoint directory, or a hub id when online."""
+    """Which model to audit: a local checkpoint directory, a GGUF file, or a hub id when online."""
 
     path: str | None = Field(None, description="Local Hugging Face checkpoint directory.")
     hub_id: str | None = Field(None, description="Hub repository id; needs `offline: false` and network access.")
+    gguf_file: str | None = Field(
+        None,
+        description="A GGUF file (a causal LM, quantized upstream): loaded dequantized through transformers' GGUF "
+        "loader and cached as safetensors; its sha256 is the model's fingerprint, and the report records the "
+        "GGUF file type.",
+    )
+    kind: Literal["auto", "classifier", "causal-lm"] = Field(
+        "auto",
+        description="What the model is: `auto` decides from the checkpoint's architecture (`*ForSequenceClassification`"
+        ": classifier; `*ForCausalLM`/`*LMHeadModel`: causal-lm). A causal LM needs no label column: the eval "
+        "split's texts are its probe and calibration texts.",
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Allow custom modelling code shipped with the checkpoint.")
     allow_pickle: bool = Field(False, description="Allow pickle (.bin) weights; only safetensors are loaded otherwise.")
@@ -87,13 +99,26 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        if (self.path is None) == (self.hub_id is None):
+        if sum(x is not None for x in (self.path, self.hub_id, self.gguf_file)) != 1:
             raise _err(
                 "model_source",
-                "set exactly one of model.path (local directory) or model.hub_id",
+                "set exactly one of model.path (local directory), model.gguf_file or model.hub_id",
                 "use `path:` for a local checkpoint",
             )
+        if self.gguf_file is not None and self.kind == "classifier":
+            raise _err(
+                "model_kind",
+                "model.gguf_file holds a causal LM, but model.kind is classifier",
+                "set model.kind to causal-lm or auto",
+            )
         return self
+
+    @property
+    def declared_kind(self) -> str | None:
+        """The kind known without reading the checkpoint (a GGUF file is a causal LM); None: decided at load."""
+        if self.kind != "auto":
+            return self.kind
+        return "causal-lm" if self.gguf_file is not None else None
 
 
 class HubDataset(StrictModel):
@@ -109,7 +134,11 @@ class ColumnMap(StrictModel):
 
     text: str = Field("text", description="Column holding the input text.")
     text_pair: str | None = Field(None, description="Column holding the second text of a sentence pair (NLI, QQP).")
-    label: str = Field("label", description="Column holding the gold label (a class index or a label name).")
+    label: str | None = Field(
+        "label",
+        description="Column holding the gold label (a class index or a label name). Unused for a causal LM; "
+        "null only there.",
+    )
     groups: list[str] = Field(default_factory=list, description="Sensitive-feature columns.")
     id: str | None = Field(None, description="Optional stable example id column.")
 
@@ -359,6 +388,16 @@ class AuditConfig(StrictModel):
         if len(set(names)) != len(names):
             raise _err("suite_dup", f"suites lists a suite twice: {names}")
         return values
+
+    @model_validator(mode="after")
+    def _label_for_classifier(self) -> AuditConfig:
+        if self.model.kind == "classifier" and self.data.columns.label is None:
+            raise _err(
+                "no_label",
+                "data.columns.label is null, but a classifier needs a label column",
+                "name the gold-label column, or set model.kind: causal-lm for a language model",
+            )
+        return self
 
     @model_validator(mode="after")
     def _online(self) -> AuditConfig:

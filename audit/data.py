@@ -186,6 +186,12 @@ def _first_line(exc: BaseException) -> str:
 def _check_columns(ds: Any, columns: ColumnMap, where: str, need_label: bool = True) -> None:
     have = list(ds.column_names)
     wanted = [("text", columns.text)]
+    if need_label and columns.label is None:
+        raise DataError(
+            "columns.label is null, but this model is a classifier and needs gold labels",
+            where=where,
+            hint="name the label column in data.columns.label (only a causal LM runs without one)",
+        )
     if need_label:
         wanted.append(("label", columns.label))
     if columns.text_pair:

@@ -69,9 +69,25 @@ def check_model_dir(spec: ModelConfig, path: Path) -> None:
         raise ModelError(f"{path} has no tokenizer files", where=where, hint="save the tokenizer with the model")
 
 
+def check_gguf_file(spec: ModelConfig, path: Path) -> None:
+    """Fail fast, before any import of torch, when ``model.gguf_file`` is not a file."""
+    where = f"model.gguf_file={spec.gguf_file}"
+    if not path.exists():
+        raise ModelError(f"no GGUF file at {path}", where=where, hint="point model.gguf_file at a .gguf file")
+    if not path.is_file():
+        raise ModelError(f"{path} is a directory; expected a GGUF file", where=where)
+
+
+def model_location(config: AuditConfig) -> Path | None:
+    """The local model the config names, resolved: ``model.path`` or ``model.gguf_file`` (None for a hub id)."""
+    if config.model.gguf_file is not None:
+        return config.paths.resolve(config.model.gguf_file)
+    return config.paths.model_dir
+
+
 def load_model(config: AuditConfig) -> LoadedModel:
     """Load the tokenizer and model as the config says (:func:`load_checkpoint`)."""
-    return load_checkpoint(config.model, config.paths.model_dir, offline=config.offline)
+    return load_checkpoint(config.model, model_location(config), offline=config.offline)
 
 
 def _common(spec: ModelConfig, local: Path | None, offline: bool) -> dict[str, Any]:
@@ -106,8 +122,18 @@ def load_checkpoint(spec: ModelConfig, local: Path | None, *, offline: bool) -> 
     ``local``: ``spec.path`` resolved (None for a hub model); ``offline``: never touch the
     network. The adapter (:func:`audit.models.adapter_for`) is chosen from the
     checkpoint's ``config.architectures`` (``model_type`` when none matches) and
-    ``model.kind`` when the config sets one.
+    ``model.kind`` when the config sets one. ``model.gguf_file``: ``local`` is the resolved
+    file, loaded by the causal-LM adapter.
     """
+    if getattr(spec, "gguf_file", None):
+        if local is None:
+            raise ModelError("model.gguf_file was not resolved to a path", where="model.gguf_file")
+        check_gguf_file(spec, local)
+        import torch  # noqa: F401
+
+        from audit.models import CAUSAL_LM
+
+        return CAUSAL_LM.load()(CAUSAL_LM).load(spec, local, offline=True)  # a GGUF file is a causal LM
     if not spec.path:
         local = None
     if local is not None:

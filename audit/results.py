@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from audit.errors import UsageError
 
@@ -319,6 +319,18 @@ class ModelIdentity(Record):
     num_labels: int = 0
     labels: dict[str, str] = Field(default_factory=dict)
     params_total: int = 0
+    kind: str | None = None
+    """The model kind when not a classifier (``causal-lm``); omitted from the record when None."""
+    gguf: dict[str, Any] | None = None
+    """A model loaded from a GGUF file: its record (sha256, ``file_type``, ``quantized_upstream``...)."""
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        for key in ("kind", "gguf"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class Provenance(Record):

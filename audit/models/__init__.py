@@ -43,8 +43,22 @@ SEQUENCE_CLASSIFIER = ADAPTERS.register(
     )
 )
 
+CAUSAL_LM = ADAPTERS.register(
+    AdapterSpec(
+        name="causal-lm",
+        impl="audit.models.causal_lm:CausalLMAdapter",
+        summary="decoder-only causal LMs (AutoModelForCausalLM, or a GGUF file): next-token logits",
+        kind="causal-lm",
+        architecture_suffixes=("ForCausalLM", "LMHeadModel"),
+        model_types=("llama", "mistral", "qwen2", "gpt2", "gpt_neox", "opt"),
+        # the decoder blocks' Linear layers only (never the LM head or the embeddings)
+        default_include=(r"^(model\.layers|transformer\.h|gpt_neox\.layers|model\.decoder\.layers)\.\d+\.",),
+    )
+)
+
 __all__ = [
     "ADAPTERS",
+    "CAUSAL_LM",
     "MODEL_KINDS",
     "SEQUENCE_CLASSIFIER",
     "AdapterSpec",

@@ -207,6 +207,8 @@ class StructuredPruner(Pruner):
         )
         if p.criterion == "importance":
             head_scores, neuron_scores = importance_scores(model, blocks, self.calibration(ctx))
+        elif hasattr(adapter, "norm_scores"):  # a family whose unit rows are not contiguous (fused GPT-2 qkv)
+            head_scores, neuron_scores = adapter.norm_scores(model, blocks, 2 if p.criterion == "l2" else 1)
         else:
             head_scores, neuron_scores = norm_scores(blocks, 2 if p.criterion == "l2" else 1)
         to_prune: dict[int, list[int]] = {}

@@ -20,7 +20,7 @@ from audit.data import EvalSet, read_split
 from audit.datafiles import check_data_paths
 from audit.env import configure_offline
 from audit.errors import UsageError
-from audit.model_io import check_model_dir
+from audit.model_io import check_gguf_file, check_model_dir, model_location
 from audit.plan import SweepPoint, plan
 from audit.policy import Policy, load_policy
 from audit.registry import PRUNERS, SUITES
@@ -56,9 +56,14 @@ def preflight(config: AuditConfig, *, points: list[SweepPoint] | None = None) ->
 
         policy, label = load_policy(paths.policy, paths.base_dir)
         check_rule_metrics(policy, paths.policy, base_dir=paths.base_dir)  # a typo'd metric: before any work
-    if paths.model_dir is not None:
+    kind = config.model.declared_kind
+    if config.model.gguf_file is not None:
+        check_gguf_file(config.model, model_location(config))
+    elif paths.model_dir is not None:
         check_model_dir(config.model, paths.model_dir)
-        check_suite_kinds(config, _dir_kind(config, paths.model_dir))
+        kind = _dir_kind(config, paths.model_dir)
+    check_suite_kinds(config, kind)
+    check_label_column(config, kind)
     check_data_paths(config.data, paths.data_files)
     from audit.pruning.base import check_overrides
 
@@ -100,7 +105,19 @@ def check_suite_kinds(config: AuditConfig, kind: str | None) -> None:
             )
 
 
-def _calibration(config: AuditConfig, paths: RunPaths, predictor: Any, id2label: dict[int, str]) -> Any:
+def check_label_column(config: AuditConfig, kind: str | None) -> None:
+    """A classifier needs ``data.columns.label``; only a causal LM runs without labels."""
+    if kind == "classifier" and config.data.columns.label is None:
+        raise UsageError(
+            "data.columns.label is null, but the audited model is a classifier and needs gold labels",
+            where="data.columns.label",
+            hint="name the label column (only a causal LM runs without one)",
+        )
+
+
+def _calibration(
+    config: AuditConfig, paths: RunPaths, predictor: Any, id2label: dict[int, str], *, need_label: bool = True
+) -> Any:
     """A :class:`~audit.pruning.calibration.CalibrationSampler` over the configured split (or None).
 
     The split is loaded here, before any pruning, so that a bad split fails early;
@@ -112,7 +129,9 @@ def _calibration(config: AuditConfig, paths: RunPaths, predictor: Any, id2label:
     split = calib_cfg.split or config.data.splits.calibration
     if split is None:
         return None
-    es = read_split(config.data, paths.data_files, split, id2label, seed=config.seed, offline=config.offline)
+    es = read_split(
+        config.data, paths.data_files, split, id2label, seed=config.seed, offline=config.offline, need_label=need_label
+    )
     return CalibrationSampler(
         es, predictor, n=calib_cfg.n, seed=calib_cfg.seed, dataset=config.data.name or split, split=split
     )
@@ -171,14 +190,23 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
     np.random.seed(config.seed % (2**32))
 
     paths = pre.paths
-    loaded = load_checkpoint(config.model, paths.model_dir, offline=config.offline)
+    loaded = load_checkpoint(config.model, model_location(config), offline=config.offline)
     from audit.models import adapter_of
 
     adapter = loaded.adapter or adapter_of(loaded.model)
     check_suite_kinds(config, adapter.kind)
-    id2label = loaded.id2label
+    check_label_column(config, adapter.kind)
+    # a causal LM has no classes and no labels: its eval texts are its probe and calibration texts
+    need_label = adapter.kind != "causal-lm"
+    id2label = loaded.id2label if need_label else {}
     eval_set = read_split(
-        config.data, paths.data_files, config.data.splits.eval, id2label, seed=config.seed, offline=config.offline
+        config.data,
+        paths.data_files,
+        config.data.splits.eval,
+        id2label,
+        seed=config.seed,
+        offline=config.offline,
+        need_label=need_label,
     )
     device = config.runtime.device
     if device == "auto":
@@ -197,7 +225,7 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
             cls = spec.load()
             pruners[point.label] = cls(spec, spec.params.model_validate(point.params))
     needs_calibration = any(p.needs_calibration for p in pruners.values())
-    calibration = _calibration(config, paths, predictor, id2label) if needs_calibration else None
+    calibration = _calibration(config, paths, predictor, id2label, need_label=need_label) if needs_calibration else None
 
     base_ctx = SuiteContext(
         config=config,

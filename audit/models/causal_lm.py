@@ -1,0 +1,321 @@
+"""The causal-LM adapter: decoder-only Hugging Face ``*ForCausalLM`` / ``*LMHeadModel`` checkpoints.
+
+Loading: a local Hugging Face directory through ``AutoModelForCausalLM`` (safetensors
+unless pickle is allowed, ``trust_remote_code`` always off, local files only), or a GGUF
+file (``model.gguf_file``) through :func:`audit.models.gguf.load_gguf` (dequantized by
+transformers' GGUF loader, cached as safetensors keyed by the file's sha256, which is then
+the model's fingerprint; the identity records that the weights were quantized upstream
+and the GGUF file type). GPT-2's ``Conv1D`` layers become ``nn.Linear`` at load
+(:func:`audit.models.decoders.convert_conv1d`, the same arithmetic), so every pruning
+method and deploy format applies. A tokenizer without a pad token pads with EOS.
+
+Layout (:mod:`audit.models.decoders`): the decoder blocks' Linear layers are the
+prunable ones; the LM head and the embeddings never are. Structured pruning
+(:mod:`audit.models.decoder_prune`): a unit is a key-value group with the query heads
+that read it (one head under multi-head attention), so the GQA ratio is kept; an FFN
+neuron is a row of gate and up (or fc_in) with the matching column of down. Saved and
+reloaded with our own code (:func:`~audit.models.decoder_prune.save_decoder` layout,
+:func:`~audit.models.decoder_prune.load_decoder`), never ``prune_heads``.
+
+The predictor (:class:`LMPredictor`) is what suites for causal LMs get as
+``ctx.predictor``: ``tokenizer``, ``max_length``, ``batch_size`` and ``device``, plus the
+tokenize-once ``encode`` of :class:`audit.inference.Predictor` (calibration and the probe
+use it). It has no class logits: a classifier suite refuses a causal LM before any work
+(``SuiteSpec.model_kinds``). Deployment compares next-token logits on every real token
+of the probe texts (:meth:`CausalLMAdapter.probe_outputs`, at most
+:data:`PROBE_TOKENS` rows in all).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from audit.errors import ModelError, UsageError
+from audit.fingerprint import dir_sha256, short
+from audit.inference import Predictor
+from audit.models.adapter import ModelAdapter, UnitGroups
+
+log = logging.getLogger(__name__)
+
+SAFE_FILES = ("model.safetensors", "model.safetensors.index.json")
+PROBE_TOKENS = 256
+"""Real-token rows the equivalence probe compares in all (each row is a vocabulary of logits)."""
+
+
+class LMPredictor(Predictor):
+    """The causal-LM predictor: the tokenizer and run settings suites need, tokenizing once per set.
+
+    Contract for LM suites: ``tokenizer`` (a Hugging Face tokenizer with a pad token),
+    ``max_length`` (``model.max_length``), ``batch_size`` (``runtime.batch_size``),
+    ``device`` (a ``torch.device``); pass them to :mod:`suites.lm.scoring`. ``encode`` pads
+    on the right with an attention mask. There are no class logits (:meth:`logits` refuses).
+    """
+
+    def logits(
+        self, model: Any, texts: list[str], pairs: list[str] | None = None, batch_size: int | None = None
+    ) -> Any:
+        raise UsageError(
+            "a causal LM has no class logits; this suite measures classifiers",
+            where="suites",
+            hint="use suites for causal-lm models",
+        )
+
+    probs = logits
+
+
+class CausalLMAdapter(ModelAdapter):
+    """Decoder-only causal LMs: next-token logits."""
+
+    # -- loading ---------------------------------------------------------------
+    def load(self, spec: Any, local: Path | None, *, offline: bool, hf_config: Any = None, common: Any = None) -> Any:
+        from audit.model_io import LoadedModel
+        from audit.models.decoders import convert_conv1d
+
+        if getattr(spec, "gguf_file", None):
+            if local is None:
+                raise UsageError("model.gguf_file was not resolved to a path", where="model.gguf_file")
+            model, tokenizer, identity = self._load_gguf(spec, local)
+            source_dir = None
+        else:
+            model, tokenizer, identity = self._load_dir(spec, local, offline=offline, hf_config=hf_config)
+            source_dir = local
+        converted = convert_conv1d(model)
+        if converted:
+            log.info("converted %d GPT-2 Conv1D layers to nn.Linear", len(converted))
+        from audit.models.decoders import decoder_blocks
+
+        decoder_blocks(model)  # an unsupported layout is refused here, before any work
+        _pad_with_eos(tokenizer)
+        model.eval()
+        log.info(
+            "loaded %s (%s, %.1fM params, fingerprint %s)",
+            identity.source,
+            identity.architecture,
+            identity.params_total / 1e6,
+            short(identity.fingerprint),
+        )
+        return LoadedModel(model=model, tokenizer=tokenizer, identity=identity, source_dir=source_dir, adapter=self)
+
+    def _load_dir(self, spec: Any, local: Path | None, *, offline: bool, hf_config: Any) -> tuple[Any, Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from audit.model_io import first_line, read_hf_config
+        from audit.results import ModelIdentity
+
+        source = str(local) if local is not None else str(spec.hub_id)
+        where = f"model.path={spec.path}" if local is not None else f"model.hub_id={spec.hub_id}"
+        if hf_config is None:
+            hf_config, _ = read_hf_config(spec, local, offline=offline)
+        kw: dict[str, Any] = {"trust_remote_code": False, "local_files_only": offline or local is not None}
+        if spec.revision and local is None:
+            kw["revision"] = spec.revision
+        use_safetensors = not spec.allow_pickle or (
+            local is not None and any((local / f).is_file() for f in SAFE_FILES)
+        )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, config=hf_config, use_safetensors=use_safetensors, **kw
+            )
+        except ValueError as exc:
+            raise ModelError(f"not a causal-LM checkpoint: {first_line(exc)}", where=where) from None
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"cannot load the model: {first_line(exc)}", where=where) from None
+        if local is not None:
+            fingerprint = dir_sha256(local)
+        else:
+            fingerprint = f"hub:{spec.hub_id}@{getattr(hf_config, '_commit_hash', None) or spec.revision}"
+        identity = ModelIdentity(
+            source=source,
+            revision=spec.revision or getattr(hf_config, "_commit_hash", None),
+            fingerprint=fingerprint,
+            architecture=(getattr(hf_config, "architectures", None) or [type(model).__name__])[0],
+            params_total=int(sum(p.numel() for p in model.parameters())),
+            kind="causal-lm",
+        )
+        return model, tokenizer, identity
+
+    def _load_gguf(self, spec: Any, path: Path) -> tuple[Any, Any, Any]:
+        from audit.models.gguf import load_gguf
+        from audit.results import ModelIdentity
+
+        loaded = load_gguf(path)
+        model = loaded.model
+        identity = ModelIdentity(
+            source=str(path),
+            fingerprint=loaded.info.sha256,
+            architecture=(getattr(model.config, "architectures", None) or [type(model).__name__])[0],
+            params_total=int(sum(p.numel() for p in model.parameters())),
+            kind="causal-lm",
+            gguf=loaded.info.record(),
+        )
+        return model, loaded.tokenizer, identity
+
+    # -- pruning ---------------------------------------------------------------
+    def blocks(self, model: Any) -> tuple[str, Any] | None:
+        from audit.models.decoders import decoder_blocks, get_module
+
+        blocks = decoder_blocks(model)
+        if not blocks:
+            return None
+        path = blocks[0].name.rpartition(".")[0]
+        return path, get_module(model, path)
+
+    def prunable_linears(self, model: Any) -> list[tuple[str, Any]]:
+        from audit.models.decoders import prunable_linears
+
+        return prunable_linears(model)
+
+    def loss(self, model: Any, batch: dict[str, Any], labels: Any, reduction: str = "mean") -> Any:
+        """Next-token cross-entropy over the real tokens (``labels`` unused: the text is its own target)."""
+        import torch.nn.functional as F
+
+        out = model(**batch, use_cache=False)
+        logits = out.logits[:, :-1].float()
+        target = batch["input_ids"][:, 1:].clone()
+        mask = batch.get("attention_mask")
+        if mask is not None:
+            target[mask[:, 1:] == 0] = -100
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1).to(logits.device), ignore_index=-100,
+            reduction=reduction,
+        )  # fmt: skip
+
+    def unit_groups(self, model: Any, *, where: str = "method 'structured'") -> list[UnitGroups]:
+        from audit.models.decoders import decoder_blocks
+
+        out = []
+        for b in decoder_blocks(model):
+            lay, d, gs = b.layout, b.head_dim, b.group_size
+            if lay.fused:
+                # rows per unit in total; GPT-2's [q | k | v] rows of a head are not contiguous, so
+                # scores (norm_scores) and removal (remove_heads) go through decoder_prune
+                head_rows = {lay.qkv: 3 * d}
+            else:
+                head_rows = {lay.q: gs * d, lay.k: d, lay.v: d}
+            ffn_in = (lay.gate, lay.up) if lay.gated else (lay.fc_in,)
+            out.append(
+                UnitGroups(
+                    index=b.index,
+                    name=b.name,
+                    module=b.module,
+                    heads=b.kv_heads,
+                    head_rows=head_rows,  # type: ignore[arg-type]
+                    head_out=(lay.o, gs * d),
+                    ffn_width=b.ffn,
+                    ffn_in=ffn_in,  # type: ignore[arg-type]
+                    ffn_out=lay.down,
+                    extra={"block": b, "query_heads": b.heads, "group_size": gs},
+                )
+            )
+        return out
+
+    def norm_scores(self, model: Any, blocks: list[UnitGroups], p: int) -> tuple[dict[int, Any], dict[int, Any]]:
+        """Weight-norm scores per key-value group and per neuron (fused qkv rows found by their order)."""
+        from audit.models.decoder_prune import group_scores, neuron_scores
+
+        return group_scores(model, p), neuron_scores(model, p)
+
+    def remove_heads(self, model: Any, heads: dict[int, list[int]]) -> None:
+        """Remove key-value groups (with their query heads), by position, per block index."""
+        from audit.models.decoder_prune import remove_kv_groups
+        from audit.models.decoders import decoder_blocks
+
+        blocks = {b.index: b for b in decoder_blocks(model)}
+        for i, drop in heads.items():
+            if drop:
+                remove_kv_groups(blocks[i], sorted(drop))
+
+    def remove_neurons(self, model: Any, block: UnitGroups, drop: list[int]) -> None:
+        from audit.models.decoder_prune import remove_neurons
+
+        if not drop:
+            return
+        remove_neurons(block.extra["block"], sorted(drop))
+        block.ffn_width -= len(set(drop))
+
+    def finish_structured(self, model: Any) -> list[str]:
+        from audit.models.decoder_prune import SHAPES_KEY, patch_decoder_config
+
+        shapes = patch_decoder_config(model)
+        return [
+            f"config patched: {SHAPES_KEY} (heads {shapes['heads']}, kv_heads {shapes['kv_heads']}, "
+            f"ffn {shapes['ffn']}); reload with load_pruned"
+        ]
+
+    def save_pruned(self, model: Any, directory: Path, tokenizer: Any = None) -> None:
+        from audit.models.decoder_prune import patch_decoder_config
+
+        patch_decoder_config(model)
+        model.save_pretrained(directory, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(directory)
+
+    def load_pruned(self, directory: Path, config: Any) -> Any:
+        from audit.models.decoder_prune import load_decoder
+
+        return load_decoder(directory)
+
+    # -- inference ---------------------------------------------------------------
+    def predictor(self, tokenizer: Any, *, max_length: int, batch_size: int, device: str = "cpu") -> Any:
+        _pad_with_eos(tokenizer)
+        return LMPredictor(tokenizer, max_length=max_length, batch_size=batch_size, device=device)
+
+    # -- deployment ----------------------------------------------------------------
+    def probe_batches(self, eval_set: Any, predictor: Any, k: int) -> list[dict[str, Any]]:
+        """The first ``k`` texts, right-padded, each cut so that all hold at most :data:`PROBE_TOKENS` tokens."""
+        import numpy as np
+        import torch
+
+        n = min(k, len(eval_set))
+        probe = eval_set.subset(np.arange(n), name=eval_set.name)
+        per_text = max(2, PROBE_TOKENS // max(1, n))
+        out = []
+        for b in predictor.encode(probe.texts).batches:
+            width = min(int(b["input_ids"].shape[1]), per_text)
+            out.append({key: torch.as_tensor(v)[:, :width].contiguous() for key, v in b.items()})
+        return out
+
+    def probe_outputs(self, model: Any, batches: list[dict[str, Any]]) -> Any:
+        """Next-token logits at every real token of the probe, ``[rows, vocab]`` float64, in batch order."""
+        import numpy as np
+        import torch
+
+        device = next(model.parameters()).device
+        rows = []
+        with torch.inference_mode():
+            for batch in batches:
+                if device.type != "cpu":
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                logits = model(**batch, use_cache=False).logits
+                mask = batch["attention_mask"].bool()
+                rows.append(logits[mask].double().cpu().numpy())
+        if not rows:
+            return np.zeros((0, 0))
+        return np.concatenate(rows, axis=0)
+
+    def synthetic_inputs(self, model: Any, batch: int, seq_len: int, seed: int = 0) -> dict[str, Any]:
+        from audit.deploy.speed import synthetic_inputs
+
+        inputs = synthetic_inputs(model, batch, seq_len, seed)
+        inputs.pop("token_type_ids", None)
+        return inputs
+
+    # -- data --------------------------------------------------------------------
+    def data_identity(self, eval_set: Any, predictor: Any) -> Any:
+        """The eval set's identity, with its truncation at ``model.max_length`` recorded."""
+        from audit.data import record_truncation
+
+        record_truncation(eval_set, predictor)
+        return eval_set.identity
+
+
+def _pad_with_eos(tokenizer: Any) -> None:
+    """A tokenizer without a pad token pads with EOS (the usual choice for causal LMs)."""
+    if tokenizer is not None and getattr(tokenizer, "pad_token", None) is None:
+        eos = getattr(tokenizer, "eos_token", None)
+        if eos is None:
+            raise ModelError("the tokenizer has neither a pad token nor an EOS token to pad with", where="model")
+        tokenizer.pad_token = eos
