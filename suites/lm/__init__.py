@@ -1,4 +1,205 @@
-"""Causal-LM suites (issue 16): the scoring building blocks live in :mod:`suites.lm.scoring`.
+"""LM performance suite (causal LMs): perplexity, zero-shot multiple choice, greedy agreement, paired vs dense.
 
-No suite is registered yet; the spec and registration come with the model adapter.
+Torch-free: spec, params and metric declarations only; the implementation is in
+:mod:`suites.lm.run`, the scoring building blocks in :mod:`suites.lm.scoring`.
 """
+
+from __future__ import annotations
+
+import string
+
+from pydantic import Field, model_validator
+
+from audit.config import DatasetRef
+from audit.registry import SUITES, MetricSpec, PluginParams, SuiteSpec
+
+
+def template_fields(template: str) -> list[str]:
+    """The ``{column}`` names a prompt template uses, in order (``{{`` / ``}}`` are literal braces)."""
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"template {template!r} is not a valid format string: {exc}") from None
+
+
+def _check_template(template: str, text_column: str) -> None:
+    fields = template_fields(template)
+    bad = [f"{{{f}}}" for f in fields if not f or any(c in f for c in ".[]")]
+    if bad:
+        raise ValueError(f"template {template!r}: every {{...}} must name a column, found {', '.join(bad)}")
+    if text_column not in fields:
+        raise ValueError(
+            f"template {template!r} must contain {{{text_column}}} (the text column, columns.text) "
+            "where each example's text goes"
+        )
+
+
+class PerplexitySet(DatasetRef):
+    """A local text set scored document by document (labels not needed).
+
+    ```yaml
+    - {name: reviews, path: data/reviews.csv, columns: {text: text, groups: [domain]}, max_examples: 500}
+    ```
+    """
+
+    max_length: int | None = Field(
+        None,
+        ge=2,
+        description="Window length in tokens (default: the model's context, at most 1024); longer "
+        "documents are scored in strided sliding windows.",
+    )
+
+
+class ChoiceTask(DatasetRef):
+    r"""A zero-shot multiple-choice task on a local dataset, scored by log-likelihood (lm-evaluation-harness).
+
+    ```yaml
+    - name: sentiment
+      path: data/reviews.csv
+      template: "Review: {text}\nSentiment:"
+      choices: [" negative", " positive"]
+      columns: {text: text, label: label, groups: [domain]}
+    ```
+
+    The gold column (``columns.label``) holds the choice's index or its text (matched after
+    stripping spaces, case-insensitive); ``label_map`` maps other values to indices.
+    """
+
+    template: str = Field(description="Prompt with {column} placeholders; it must contain the text column's.")
+    choices: list[str] = Field(
+        min_length=2, description="The continuations scored after the prompt, each with its leading space."
+    )
+    delimiter: str = Field("", description="Put between prompt and each choice (the harness's target_delimiter).")
+
+    @model_validator(mode="after")
+    def _template(self) -> ChoiceTask:
+        _check_template(self.template, self.columns.text)
+        stripped = [c.strip().lower() for c in self.choices]
+        if len(set(stripped)) != len(stripped):
+            raise ValueError(f"choices must differ (after stripping spaces, ignoring case): {self.choices}")
+        if any(not (self.delimiter + c) for c in self.choices):
+            raise ValueError("a choice (with the delimiter) must not be empty")
+        return self
+
+
+class PromptSet(DatasetRef):
+    r"""Prompts the variant continues greedily, compared token by token with dense's continuation.
+
+    ```yaml
+    - {name: prompts, path: data/prompts.jsonl, template: "Q: {text}\nA:", max_new_tokens: 32}
+    ```
+    """
+
+    template: str = Field("{text}", description="Prompt with {column} placeholders (default: the text itself).")
+    max_new_tokens: int = Field(32, ge=1, le=512, description="Greedy tokens generated per prompt.")
+
+    @model_validator(mode="after")
+    def _template(self) -> PromptSet:
+        _check_template(self.template, self.columns.text)
+        return self
+
+
+class LmParams(PluginParams):
+    r"""Perplexity sets, multiple-choice tasks and prompt sets; every variant is paired with dense.
+
+    ```yaml
+    suites:
+      lm:
+        perplexity: [{name: reviews, path: data/reviews.csv}]
+        choice_tasks:
+          - {name: sentiment, path: data/reviews.csv, template: "Review: {text}\nSentiment:",
+             choices: [" negative", " positive"]}
+        generation: [{name: prompts, path: data/prompts.csv, max_new_tokens: 16}]
+    ```
+    """
+
+    perplexity: list[PerplexitySet] = Field(default_factory=list, description="Text sets scored for perplexity.")
+    choice_tasks: list[ChoiceTask] = Field(default_factory=list, description="Zero-shot multiple-choice tasks.")
+    generation: list[PromptSet] = Field(default_factory=list, description="Prompt sets for greedy agreement.")
+    intersections: bool = Field(True, description="Also report accuracy on the intersection of all group columns.")
+    batch_size: int | None = Field(None, ge=1, description="Sequences per forward pass (default: the predictor's).")
+
+    @model_validator(mode="after")
+    def _names(self) -> LmParams:
+        names = [d.name for d in [*self.perplexity, *self.choice_tasks, *self.generation]]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"perplexity sets, choice tasks and prompt sets need distinct names; repeated: {dup}")
+        if not names:
+            raise ValueError("set at least one of perplexity, choice_tasks or generation")
+        return self
+
+
+CITE_HARNESS = "Gao et al., A framework for few-shot language model evaluation (lm-evaluation-harness), v0.4"
+
+METRICS = (
+    MetricSpec(
+        "perplexity",
+        "Corpus perplexity exp(total NLL / total tokens) of the set, each document scored after a BOS token "
+        "(bootstrap CI over documents).",
+        higher_is_better=False,
+        range=(1.0, None),
+    ),
+    MetricSpec(
+        "nll_delta",
+        "Variant minus dense NLL per token (nats) on the same documents, i.e. the log of the perplexity ratio "
+        "(paired bootstrap over documents; its p-value in details).",
+        higher_is_better=False,
+        range=(None, None),
+        unit="nats/token",
+    ),
+    MetricSpec(
+        "perplexity_ratio",
+        "Variant perplexity over dense perplexity on the same documents (exp of nll_delta, with its CI); "
+        "1.0 is no change.",
+        higher_is_better=False,
+        range=(0.0, None),
+        unit="x",
+    ),
+    MetricSpec(
+        "acc",
+        "Zero-shot multiple-choice accuracy: the choice with the highest summed log-likelihood after the prompt.",
+        higher_is_better=True,
+        citation=CITE_HARNESS,
+    ),
+    MetricSpec(
+        "acc_norm",
+        "Zero-shot multiple-choice accuracy with each choice's log-likelihood divided by its length in characters.",
+        higher_is_better=True,
+        citation=CITE_HARNESS,
+    ),
+    MetricSpec(
+        "acc_delta",
+        "acc of the variant minus acc of the dense model on the same examples "
+        "(paired bootstrap CI; exact McNemar p-value in details).",
+        higher_is_better=True,
+        range=(-1.0, 1.0),
+    ),
+    MetricSpec(
+        "greedy_agreement",
+        "Share of dense's greedy continuation tokens the variant reproduces at the same position, mean over "
+        "prompts (bootstrap CI over prompts; exact-match share in details). Dense is 1.0 by construction.",
+        higher_is_better=True,
+    ),
+    MetricSpec(
+        "greedy_exact_match",
+        "Share of prompts whose greedy continuation is identical to dense's (bootstrap CI over prompts).",
+        higher_is_better=True,
+    ),
+)
+
+SPEC = SUITES.register(
+    SuiteSpec(
+        name="lm",
+        impl="suites.lm.run:LmSuite",
+        summary="Causal-LM perplexity, zero-shot multiple-choice accuracy per group and greedy agreement, "
+        "paired vs dense.",
+        params=LmParams,
+        metrics=METRICS,
+        tags=("core",),
+        title="Language-model performance",
+        not_run="No LM performance suite ran: perplexity and zero-shot accuracy were not measured.",
+        report_order=12,
+        model_kinds=("causal-lm",),
+    )
+)

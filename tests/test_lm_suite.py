@@ -1,0 +1,222 @@
+"""The LM performance suite (suites/lm) on tiny causal LMs built in code.
+
+The suite runs directly (setup once, dense first, the dense artifacts handed to each variant,
+as the runner does) with a minimal context: a tokenizer-carrying predictor and the config's
+paths/seed. A model "whose logits we control" always prefers one choice's tokens, so
+correctness, McNemar counts and per-group accuracies are definite, not a tiny random model's whim.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from lm_helpers import TEXTS, tiny_llama, tiny_tokenizer
+
+from audit.errors import DataError, ExitCode
+from audit.registry import SUITES
+from audit.suite import SuiteContext, Variant
+
+ROOT = Path(__file__).resolve().parents[1]
+CHOICES = [" negative", " positive"]
+
+
+@pytest.fixture(scope="module")
+def tok() -> Any:
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def llama(tok: Any) -> Any:
+    return tiny_llama(tok)
+
+
+class ControlledLM:
+    """A causal LM whose next-token logits are 0 except +10 on ``favoured`` ids, at every position."""
+
+    def __new__(cls, vocab: int, favoured: list[int]) -> Any:
+        import torch
+
+        class _LM(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.dummy = torch.nn.Parameter(torch.zeros(1))
+                self.config = SimpleNamespace(max_position_embeddings=64)
+
+            def forward(self, input_ids: Any, attention_mask: Any = None, **_: Any) -> Any:
+                logits = torch.zeros(*input_ids.shape, vocab)
+                logits[..., favoured] = 10.0
+                return SimpleNamespace(logits=logits)
+
+        return _LM()
+
+
+def _ctx(tok: Any, *, n_boot: int = 200) -> SuiteContext:
+    config = SimpleNamespace(paths=SimpleNamespace(dataset=lambda p: Path(p)), seed=0, offline=True)
+    predictor = SimpleNamespace(tokenizer=tok, max_length=64, batch_size=4, device="cpu")
+    return SuiteContext(config=config, eval_set=None, predictor=predictor, id2label={}, n_boot=n_boot)  # type: ignore[arg-type]
+
+
+def _variant(model: Any, vid: str) -> Variant:
+    return Variant(point=SimpleNamespace(id=vid, is_baseline=vid == "dense"), model=model)  # type: ignore[arg-type]
+
+
+def _run(params: dict[str, Any], ctx: SuiteContext, models: list[Any]) -> list[Any]:
+    spec = SUITES.get("lm")
+    suite = spec.load()(spec, spec.params.model_validate(params))
+    suite.setup(ctx)
+    outs, base = [], None
+    for i, model in enumerate(models):
+        v = _variant(model, "dense" if i == 0 else f"v{i}")
+        out = suite.run(v, ctx.for_suite(None if v.is_baseline else base))
+        if v.is_baseline:
+            base = out.artifacts
+        outs.append({m.id: m for m in out.measurements})
+    return outs
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _own_ids(tok: Any, prompt: str) -> list[list[int]]:
+    """Per choice, the ids of its continuation's tokens the other choice does not have."""
+    from suites.lm.scoring import encode_pair
+
+    a, b = (set(encode_pair(tok, prompt, c)[1]) for c in CHOICES)
+    return [sorted(a - b), sorted(b - a)]
+
+
+def test_dense_perplexity_is_exp_of_the_recomputed_summed_nll(tmp_path: Path, tok: Any, llama: Any) -> None:
+    import torch
+
+    data = _write_csv(tmp_path / "docs.csv", [{"text": t} for t in TEXTS])
+    (outs,) = [_run({"perplexity": [{"name": "docs", "path": str(data)}]}, _ctx(tok), [llama])]
+    total_nll, total_tokens = 0.0, 0
+    for text in TEXTS:  # independent of suites.lm.scoring: one plain forward pass per document
+        ids = torch.tensor([[tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"]]])
+        with torch.no_grad():
+            logits = llama(input_ids=ids).logits[0, :-1]
+        total_nll += float(torch.nn.functional.cross_entropy(logits.double(), ids[0, 1:], reduction="sum"))
+        total_tokens += ids.shape[1] - 1
+    m = outs[0]["lm/docs/perplexity"]
+    assert m.value == pytest.approx(np.exp(total_nll / total_tokens), rel=1e-6)
+    assert m.details["tokens"] == total_tokens
+    assert m.ci_low < m.value < m.ci_high
+
+
+def test_identical_variant_has_zero_nll_delta_and_p_value_one(tmp_path: Path, tok: Any, llama: Any) -> None:
+    data = _write_csv(tmp_path / "docs.csv", [{"text": t} for t in TEXTS])
+    outs = _run({"perplexity": [{"name": "docs", "path": str(data)}]}, _ctx(tok), [llama, copy.deepcopy(llama)])
+    delta = outs[1]["lm/docs/nll_delta"]
+    assert (delta.value, delta.details["paired"]["p_value"]) == (0.0, 1.0)
+    assert (delta.ci_low, delta.ci_high) == (0.0, 0.0)
+    assert outs[1]["lm/docs/perplexity_ratio"].value == 1.0
+
+
+def test_degraded_variant_has_a_definite_negative_acc_delta_with_mcnemar_counts(tmp_path: Path, tok: Any) -> None:
+    # 6 positive and 2 negative reviews; dense always prefers " positive", the variant " negative"
+    rows = [{"text": t, "label": "positive"} for t in TEXTS[:5] + ["fine"]]
+    rows += [{"text": "awful", "label": "negative"}, {"text": "dull", "label": 0}]
+    data = _write_csv(tmp_path / "reviews.csv", rows)
+    ids = _own_ids(tok, "Review: fine\nSentiment:")
+    assert ids[0] and ids[1]  # each choice has tokens of its own: favouring them makes the preference definite
+    dense, degraded = ControlledLM(len(tok), ids[1]), ControlledLM(len(tok), ids[0])
+    task = {"name": "sst", "path": str(data), "template": "Review: {text}\nSentiment:", "choices": CHOICES}
+    outs = _run({"choice_tasks": [task]}, _ctx(tok), [dense, degraded])
+    assert outs[0]["lm/sst/acc"].value == 0.75
+    m = outs[1]["lm/sst/acc_delta"]
+    p = m.details["paired"]
+    assert (m.value, p["lost"], p["gained"], p["test"]) == (-0.5, 6, 2, "exact McNemar")
+    assert p["p_value"] == pytest.approx(0.2890625)  # two-sided binomial: 6 of 8 discordant pairs
+
+
+def test_per_group_acc_comes_from_metricframe_groups(tmp_path: Path, tok: Any) -> None:
+    from fairlearn.metrics import MetricFrame
+
+    labels = ["positive"] * 4 + ["positive", "negative", "positive", "negative"]
+    domains = ["books"] * 4 + ["films"] * 4
+    pairs = enumerate(zip(labels, domains, strict=True))
+    rows = [{"text": f"text {i}", "label": lab, "domain": d} for i, (lab, d) in pairs]
+    data = _write_csv(tmp_path / "reviews.csv", rows)
+    dense = ControlledLM(len(tok), _own_ids(tok, "Review: text 0\nSentiment:")[1])
+    task = {
+        "name": "sst",
+        "path": str(data),
+        "template": "Review: {text}\nSentiment:",
+        "choices": CHOICES,
+        "columns": {"text": "text", "label": "label", "groups": ["domain"]},
+    }
+    (outs,) = _run({"choice_tasks": [task]}, _ctx(tok), [dense])
+    groups = outs["lm/sst/acc"].groups["domain"]
+    gold = np.array([1 if lab == "positive" else 0 for lab in labels])
+    mf = MetricFrame(
+        metrics=lambda y, p: float(np.mean(y == p)),
+        y_true=gold,
+        y_pred=np.ones(8, dtype=int),
+        sensitive_features={"domain": np.array(domains)},
+    )
+    assert {g: v.value for g, v in groups.items()} == {"books": 1.0, "films": 0.5} == mf.by_group.to_dict()
+    assert {g: v.n for g, v in groups.items()} == {"books": 4, "films": 4}
+
+
+def test_template_with_an_unknown_column_is_a_one_line_data_error(tmp_path: Path, tok: Any) -> None:
+    data = _write_csv(tmp_path / "reviews.csv", [{"text": "good", "label": 1}])
+    task = {"name": "sst", "path": str(data), "template": "{title}: {text}", "choices": CHOICES}
+    with pytest.raises(DataError) as err:
+        _run({"choice_tasks": [task]}, _ctx(tok), [])
+    msg = str(err.value)
+    assert err.value.exit_code == ExitCode.USAGE_ERROR
+    assert "\n" not in msg and "{title}" in msg and str(data) in msg and "['text']" in msg
+
+
+def test_unknown_gold_column_is_a_one_line_data_error(tmp_path: Path, tok: Any) -> None:
+    data = _write_csv(tmp_path / "reviews.csv", [{"text": "good", "sentiment": 1}])
+    task = {"name": "sst", "path": str(data), "template": "{text}", "choices": CHOICES}
+    with pytest.raises(DataError) as err:
+        _run({"choice_tasks": [task]}, _ctx(tok), [])
+    msg = str(err.value)
+    assert err.value.exit_code == ExitCode.USAGE_ERROR
+    assert "\n" not in msg and "'label' (columns.label) not found" in msg and str(data) in msg
+
+
+def test_template_without_text_is_exit_4_at_validate(tmp_path: Path, tok: Any, llama: Any) -> None:
+    model_dir = tmp_path / "model"
+    llama.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    data = _write_csv(tmp_path / "reviews.csv", [{"text": "good", "label": 1}])
+    cfg = tmp_path / "audit.yaml"
+    cfg.write_text(
+        f"model: {{path: {model_dir}}}\n"
+        f"data:\n  files: {{test: {data}}}\n  splits: {{eval: test, calibration: null}}\n"
+        "sweep: {methods: [magnitude], sparsities: [0.5]}\n"
+        "suites:\n  lm:\n    choice_tasks:\n"
+        f"      - {{name: sst, path: {data}, template: 'Review: {{review}} Sentiment:', choices: [' a', ' b']}}\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "audit", "validate", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == ExitCode.USAGE_ERROR
+    assert len(lines) == 1 and "must contain {text}" in lines[0] and f"{cfg}:" in lines[0]
+
+
+def test_lm_spec_declares_directions_and_causal_lm_kind() -> None:
+    spec = SUITES.get("lm")
+    assert spec.model_kinds == ("causal-lm",)
+    lower = {m.name for m in spec.metrics if m.higher_is_better is False}
+    assert lower == {"perplexity", "nll_delta", "perplexity_ratio"}
+    assert all(m.higher_is_better is not None for m in spec.metrics)
