@@ -220,3 +220,58 @@ def test_lm_spec_declares_directions_and_causal_lm_kind() -> None:
     lower = {m.name for m in spec.metrics if m.higher_is_better is False}
     assert lower == {"perplexity", "nll_delta", "perplexity_ratio"}
     assert all(m.higher_is_better is not None for m in spec.metrics)
+
+
+def test_lm_measurements_join_the_fdr_family_the_lm_policy_and_the_reports(tmp_path: Path, tok: Any) -> None:
+    from results_factory import run, variant
+
+    from audit.analysis import analyze_sweep
+    from audit.policy import evaluate_policy, load_policy
+    from audit.results import MetricInfo
+    from reports.writer import render_reports
+
+    rows = [{"text": f"review {i}", "label": "positive"} for i in range(12)]
+    data = _write_csv(tmp_path / "reviews.csv", rows)
+    ids = _own_ids(tok, "Review: review 0\nSentiment:")
+    task = {"name": "sst", "path": str(data), "template": "Review: {text}\nSentiment:", "choices": CHOICES}
+    params = {"choice_tasks": [task], "perplexity": [{"name": "docs", "path": str(data)}]}
+    dense, worse = _run(params, _ctx(tok), [ControlledLM(len(tok), ids[1]), ControlledLM(len(tok), ids[0])])
+    res = run(list(dense.values()), [variant("magnitude-0.5", "magnitude", 0.5, list(worse.values()))], suites=("lm",))
+    spec = SUITES.get("lm")
+    res.metrics.update(
+        {
+            f"lm/{s.name}": MetricInfo(suite="lm", name=s.name, meaning=s.meaning, higher_is_better=s.higher_is_better)
+            for s in spec.metrics
+        }
+    )
+    analyze_sweep(res)
+    paired_acc = worse["lm/sst/acc_delta"].details["paired"]
+    assert (paired_acc["lost"], paired_acc["p_value"]) == (12, pytest.approx(2 * 0.5**12))
+    assert paired_acc["significant"] is True and paired_acc["regression"] is True
+    res.verdict = evaluate_policy(load_policy("lm-default")[0], res)
+    status = {r.rule: r.status for r in res.verdict.rules}
+    assert status["lm-zero-shot-accuracy-drop"] == "FAIL"
+    out = render_reports(res, ["all"])  # no edit in reports/: the views iterate the registered specs
+    assert f"{spec.title}</h2>" in out["html"] and "nll_delta" in out["html"]  # the suite's own section
+    assert "`lm/sst/acc_delta`" in out["markdown"]  # the summary's regressions and judged metrics
+
+
+def test_greedy_agreement_is_one_by_construction_on_dense_and_counts_tokens_in_place(
+    tmp_path: Path, tok: Any, llama: Any
+) -> None:
+    import torch
+
+    from suites.lm.scoring import greedy_continuations
+
+    prompts = ["the movie was", "Paris is the", "a terrible"]
+    data = _write_csv(tmp_path / "prompts.csv", [{"text": p} for p in prompts])
+    silent = copy.deepcopy(llama)
+    with torch.no_grad():
+        silent.lm_head.weight.zero_()  # every logit 0: greedy picks token 0 at every step
+    params = {"generation": [{"name": "p", "path": str(data), "max_new_tokens": 6}]}
+    dense, same, zero = _run(params, _ctx(tok), [llama, copy.deepcopy(llama), silent])
+    assert dense["lm/p/greedy_agreement"].details == {"by_construction": True}
+    assert (same["lm/p/greedy_agreement"].value, same["lm/p/greedy_exact_match"].value) == (1.0, 1.0)
+    ref = greedy_continuations(llama, tok, prompts, max_new_tokens=6)
+    expected = np.mean([np.sum(r[:6] == 0) / len(r) for r in ref])
+    assert zero["lm/p/greedy_agreement"].value == pytest.approx(expected)

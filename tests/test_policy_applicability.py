@@ -95,7 +95,7 @@ def test_groupless_data_skips_group_rules_under_every_shipped_policy(
         "bias/test/pruning_disparate_impact",
     }
     assert all("no sensitive-group columns" in reason for reason in na.values())
-    for name in builtin_policies():
+    for name in sorted(set(builtin_policies()) - {"lm-default"}):  # lm-default gates causal LMs, not a classifier
         policy, label = load_policy(name)
         verdict = evaluate_policy(policy, res, policy_label=label)
         errors = [f"{r.rule}: {r.message}" for r in verdict.rules if r.status == "ERROR"]

@@ -247,7 +247,7 @@ def test_published_schema_matches_the_models() -> None:
 def test_shipped_policies_validate_against_the_published_schema() -> None:
     schema = json.loads(schema_path().read_text(encoding="utf-8"))
     validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
-    assert set(builtin_policies()) == {"default", "strict", "exploratory"}
+    assert set(builtin_policies()) == {"default", "strict", "exploratory", "lm-default"}
     for path in builtin_policies().values():
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         doc = json.loads(json.dumps(doc, default=str))  # dates as ISO strings, as JSON carries them
@@ -259,7 +259,7 @@ def test_shipped_policies_validate_against_the_published_schema() -> None:
 
 # -- the shipped policies on a realistic run -----------------------------------------
 
-KNOWN_SUITES = {"performance", "ood", "bias", "adversarial", "deployment"}
+KNOWN_SUITES = {"performance", "ood", "bias", "adversarial", "lm", "deployment"}
 
 
 def test_shipped_policies_explain_every_rule_and_name_real_suites() -> None:
