@@ -128,7 +128,7 @@ def _paired(m: dict[str, Any] | None) -> dict[str, Any] | None:
 def _speed(variant: dict[str, Any]) -> dict[str, Any]:
     dep = variant.get("deployment") or {}
     speed = dep.get("speed") or {}
-    keep = {k: v for k, v in speed.items() if any(w in k for w in ("decode", "prefill", "tokens"))}
+    keep = {k: v for k, v in speed.items() if any(w in k for w in ("decode", "prefill", "latency_b1", "speedup_b1", "seq_len"))}
     keep["formats"] = dep.get("formats")
     keep["linear_bytes_dense"] = dep.get("linear_bytes_dense")
     keep["linear_bytes_deployed"] = dep.get("linear_bytes_deployed")
