@@ -155,3 +155,39 @@ def test_run_refuses_a_choice_task_whose_template_has_no_text_slot(tiny_lm_run: 
     assert proc.returncode == 4, proc.stderr[-3000:]
     assert "bad.yaml" in proc.stderr and "{text}" in proc.stderr
     assert not out.exists()
+
+
+def test_lm_demo_config_is_a_valid_audit_config_of_the_embedded_smollm2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config `prune-audit demo lm` writes loads (keys of the model, sweep, lm suite and policy are real)."""
+    from audit.config import load_config
+    from audit.models.gguf import embedded_smollm2_path
+
+    monkeypatch.setenv("PRUNE_AUDIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(demo_lm, "LM_SPLITS", {k: (s, 8) for k, (s, _) in demo_lm.LM_SPLITS.items()})
+    files = demo_lm.ensure_lm_demo_data()
+    path = tmp_path / "audit.yaml"
+    path.write_text(demo_lm.lm_demo_config_text(embedded_smollm2_path(), files), encoding="utf-8")
+    cfg = load_config(path)
+    assert cfg.model.declared_kind == "causal-lm" and cfg.model.gguf_file == str(embedded_smollm2_path())
+    assert [(m.name, m.params.get("n")) for m in cfg.sweep.methods] == [
+        ("magnitude", None),
+        ("wanda", None),
+        ("wanda", 2),
+    ]
+    (suite,) = cfg.suites
+    params = suite.params
+    assert suite.name == "lm"
+    assert [t["name"] for t in params["choice_tasks"]] == ["sentiment", "sentiment-other-domains"]
+    assert params["choice_tasks"][0]["choices"] == demo_lm.SENTIMENT_CHOICES
+    assert params["choice_tasks"][0]["template"] == demo_lm.SENTIMENT_TEMPLATE
+    assert [p["name"] for p in params["perplexity"]] == ["reviews", "other-domains"]
+    assert cfg.policy == "lm-default"
+
+
+@pytest.mark.slow
+def test_demo_refuses_an_unknown_target() -> None:
+    proc = _cli("demo", "gpt")
+    assert proc.returncode == 4
+    assert "classifier, lm" in proc.stderr and "'gpt'" in proc.stderr
