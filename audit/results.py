@@ -178,6 +178,23 @@ class SpeedRecord(Record):
     cached: bool = Field(
         False, description="Reused from this machine's speed cache (same model, formats, settings): see ``note``."
     )
+    decode_new_tokens: int | None = Field(
+        None, description="Causal LMs: tokens generated per timed greedy decode at batch 1 (KV cache on)."
+    )
+    decode_prompt_tokens: int | None = Field(None, description="Causal LMs: prompt length before the timed decode.")
+    decode_tps_dense: float | None = Field(None, description="Dense decode tokens per second (median of rounds).")
+    decode_tps_deployed: float | None = None
+    decode_tps_deployed_ci: list[float] | None = None
+    decode_speedup: float | None = Field(None, description="Dense decode time / deployed decode time (median).")
+    decode_speedup_ci: list[float] | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        for key in [k for k in data if k.startswith("decode_")]:
+            if data[key] is None:
+                data.pop(key)
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -193,6 +210,21 @@ class SpeedRecord(Record):
                     data = {**data, new: data[old]}
                 data = {k: v for k, v in data.items() if k != old}
         return data
+
+
+class GenerationRecord(Record):
+    """Causal LMs: greedy continuations of the deployed model against its masked-dense reference."""
+
+    prompts: int
+    new_tokens: int = Field(description="Greedy tokens generated per prompt (at most; EOS ends one early).")
+    token_agreement: float = Field(description="Mean share of the reference's tokens reproduced at their position.")
+    exact: int = Field(description="Prompts whose continuation is identical.")
+    diverged: int = Field(0, description="Prompts whose continuation differs somewhere.")
+    diverged_beyond_tie: int = Field(
+        0, description="Divergences where the reference's top-2 margin at that step was not a near-tie."
+    )
+    tolerance: float = Field(description="The logit tolerance: a near-tie is a top-2 margin below twice it.")
+    passed: bool
 
 
 class DeploymentRecord(Record):
@@ -216,6 +248,16 @@ class DeploymentRecord(Record):
         description="Layers left dense, by reason: no_zeros, above_max_density, no_speedup, not_applicable, forced.",
     )
     wall_time_s: float = 0.0
+    generation: GenerationRecord | None = Field(
+        None, description="Causal LMs: greedy-continuation agreement with the masked model (omitted otherwise)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("generation") is None:
+            data.pop("generation", None)
+        return data
 
 
 class SuiteError(Record):

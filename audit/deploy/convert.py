@@ -10,6 +10,7 @@ weights are freed as the conversion goes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -185,8 +186,12 @@ class Converter:
         return decision, density
 
     # -- converting ----------------------------------------------------------------------
-    def convert(self, model: nn.Module) -> Conversion:
-        """Replace every ``nn.Linear`` of ``model`` by its deployed module (in place)."""
+    def convert(self, model: nn.Module, keep_dense: Collection[str] = ()) -> Conversion:
+        """Replace every ``nn.Linear`` of ``model`` by its deployed module (in place).
+
+        ``keep_dense``: Linear layers that stay ``nn.Linear`` whatever they hold (a causal
+        LM's head), recorded as kept dense (``not_applicable``).
+        """
         result = Conversion()
         hits0, measured0 = self.cache.hits, self.cache.measured
         self.unavailable = {}  # notes are about this model's layers, not earlier conversions'
@@ -206,7 +211,15 @@ class Converter:
                 )
                 continue
             weight = module.weight.detach()
-            decision, density = self.choose(weight, module.bias is not None)
+            if name in keep_dense:
+                nnz = int(torch.count_nonzero(weight))
+                decision, density = (
+                    Decision(DENSE, "kept dense: not a decoder-block layer (the LM head stays dense)",
+                             kept_dense="not_applicable"),
+                    nnz / weight.numel() if weight.numel() else 1.0,
+                )  # fmt: skip
+            else:
+                decision, density = self.choose(weight, module.bias is not None)
             bytes_dense = weight.numel() * weight.element_size()
             if decision.format == DENSE:
                 new: nn.Module = module

@@ -50,8 +50,24 @@ class DeployContext:
     """Per-machine speed records of unchanged deployments (None: always measure)."""
     adapter: Any = None
     """The model adapter: probe outputs and speed inputs (None: class logits, random token ids)."""
+    tokenizer: Any = None
+    """Causal LMs: the tokenizer the generation check prompts with."""
+    prompts: list[str] = field(default_factory=list)
+    """Causal LMs: the greedy-generation prompts (:func:`audit.deploy.lm.prompts_of` of the probe texts)."""
     _dense_bytes: int | None = field(default=None, repr=False)
     _dense_fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def causal_lm(self) -> bool:
+        return getattr(self.adapter, "kind", None) == "causal-lm"
+
+    def keep_dense(self, model: nn.Module) -> set[str]:
+        """Linear layers never converted: a causal LM's head and embeddings (the adapter's protected modules)."""
+        if not self.causal_lm:
+            return set()
+        from audit.models.decoders import protected_modules
+
+        return set(protected_modules(model))
 
     def outputs(self, model: nn.Module) -> Any:
         """What the equivalence check compares: the adapter's probe outputs (default: the probe logits)."""
@@ -80,10 +96,14 @@ class DeployContext:
         *,
         threads: int | None = None,
         adapter: Any = None,
+        tokenizer: Any = None,
+        prompts: list[str] | None = None,
     ) -> DeployContext:
         """The context of a run: its ``deploy:`` section used as it is, ``threads`` from ``runtime.threads``."""
         return cls(
             adapter=adapter,
+            tokenizer=tokenizer,
+            prompts=list(prompts or []),
             converter=Converter(config, threads=threads),
             probe=probe,
             dense=dense,
@@ -109,8 +129,8 @@ class Deployed:
 
     @property
     def passed(self) -> bool:
-        eq = self.record.equivalence
-        return eq is not None and eq.passed
+        eq, gen = self.record.equivalence, self.record.generation
+        return eq is not None and eq.passed and (gen is None or gen.passed)
 
 
 def _fill_layer_records(pruning: PruningRecord | None, conversion: Conversion) -> None:
@@ -143,8 +163,13 @@ def deploy_variant(model: nn.Module, pruning: PruningRecord | None, ctx: DeployC
 
     t0 = time.perf_counter()
     variant_fp = weights_fingerprint(model) if ctx.speed_cache is not None and ctx.measure_speed else None
+    ref_gen = None
+    if ctx.causal_lm and ctx.prompts and ctx.tokenizer is not None:
+        from audit.deploy.lm import reference_generation
+
+        ref_gen = reference_generation(model, ctx.tokenizer, ctx.prompts)
     reference = ctx.outputs(model)
-    conversion = ctx.converter.convert(model)
+    conversion = ctx.converter.convert(model, keep_dense=ctx.keep_dense(model))
     gc.collect()
     deployed_logits = ctx.outputs(model)
     if ctx.tolerance is not None:
@@ -170,9 +195,14 @@ def deploy_variant(model: nn.Module, pruning: PruningRecord | None, ctx: DeployC
         timings_cached=conversion.timings_cached,
         kept_dense=conversion.kept_dense(),
     )
-    if eq.passed and ctx.measure_speed:
+    if ref_gen is not None:
+        from audit.deploy.lm import check_generation
+
+        record.generation = check_generation(model, ctx.tokenizer, ref_gen, tolerance=tol)
+    passed = eq.passed and (record.generation is None or record.generation.passed)
+    if passed and ctx.measure_speed:
         record.speed = _speed(ctx, model, conversion, variant_fp, device)
-    elif not eq.passed:
+    elif not passed:
         record.notes.append("speed not measured: the deployed model failed its equivalence check")
     record.wall_time_s = time.perf_counter() - t0
     return Deployed(record=record, measurements=measurements_of(record), conversion=conversion)
@@ -185,12 +215,16 @@ def _speed(ctx: DeployContext, model: nn.Module, conversion: Conversion, variant
         from audit.deploy.choose import environment_key
 
         threads = ctx.threads or torch.get_num_threads()
-        settings = {
+        settings: dict[str, Any] = {
             "seq_len": ctx.speed_seq_len,
             "batch_size": ctx.speed_batch_size,
             "rounds": ctx.speed_rounds,
             "min_time": ctx.speed_min_time,
         }
+        if ctx.causal_lm:
+            from audit.deploy.lm import DECODE_PROMPT, DECODE_TOKENS
+
+            settings.update(batch_size=1, decode=[DECODE_PROMPT, DECODE_TOKENS])
         key = speed_key(
             env=environment_key(threads, device),
             dense=ctx.dense_fingerprint,
@@ -206,12 +240,41 @@ def _speed(ctx: DeployContext, model: nn.Module, conversion: Conversion, variant
         ctx.dense,
         model,
         seq_len=ctx.speed_seq_len,
-        batch_size=ctx.speed_batch_size,
+        batch_size=1 if ctx.causal_lm else ctx.speed_batch_size,  # a causal LM: prefill latency at batch 1
         threads=ctx.threads,
         min_time=ctx.speed_min_time,
         rounds=ctx.speed_rounds,
         inputs=ctx.adapter.synthetic_inputs if ctx.adapter is not None else None,
     )
+    if ctx.causal_lm:
+        _decode_speed(ctx, model, speed)
     if key is not None and ctx.speed_cache is not None:
         ctx.speed_cache.put(key, speed)
     return speed
+
+
+def _decode_speed(ctx: DeployContext, model: nn.Module, speed: Any) -> None:
+    """Add decode tokens/s at batch 1 with the KV cache to a causal LM's speed record (1.0 when identical)."""
+    from audit.deploy.lm import DECODE_PROMPT, DECODE_TOKENS, measure_decode
+
+    if speed.identical:
+        speed.decode_new_tokens, speed.decode_prompt_tokens = DECODE_TOKENS, DECODE_PROMPT
+        speed.decode_speedup, speed.decode_speedup_ci = 1.0, [1.0, 1.0]
+        return
+    timing = measure_decode(ctx.dense, model, rounds=ctx.speed_rounds, threads=ctx.threads)
+    speed.decode_new_tokens = timing.new_tokens
+    speed.decode_prompt_tokens = timing.prompt_tokens
+    speed.decode_tps_dense = timing.tps_dense
+    speed.decode_tps_deployed = timing.tps_deployed
+    speed.decode_tps_deployed_ci = timing.tps_deployed_ci
+    speed.decode_speedup = timing.speedup
+    speed.decode_speedup_ci = timing.speedup_ci
+    speed.per_round["decode_speedup"] = timing.per_round
+    log.info(
+        "speed: decode %.1f -> %.1f tokens/s (%.2fx, CI %s), %d tokens at batch 1",
+        timing.tps_dense,
+        timing.tps_deployed,
+        timing.speedup,
+        timing.speedup_ci,
+        timing.new_tokens,
+    )

@@ -15,6 +15,7 @@ any suite's metrics, e.g.::
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from audit.deploy.formats import DENSE
 from audit.registry import STAGES, MetricSpec, StageSpec
@@ -112,6 +113,37 @@ def _metrics(batch: int) -> tuple[MetricSpec, ...]:
             higher_is_better=None,
             range=(0.0, None),
             unit="layers",
+        ),
+    )
+    specs += (
+        MetricSpec(
+            "prefill_speedup",
+            "Causal LMs: dense / deployed prefill latency at batch 1 and the dataset's prompt length (`seq<L>`); "
+            "median of interleaved rounds, with a CI; 1.0, untimed, for a deployment with no sparse layer.",
+            higher_is_better=True,
+            range=(0.0, None),
+            unit="x",
+        ),
+        MetricSpec(
+            "decode_speedup",
+            "Causal LMs: dense / deployed time of greedy decoding at batch 1 with the KV cache (dataset "
+            "`decode<N>`: N new tokens); median of interleaved rounds, with a CI; 1.0, untimed, when identical.",
+            higher_is_better=True,
+            range=(0.0, None),
+            unit="x",
+        ),
+        MetricSpec(
+            "decode_tokens_per_s",
+            "Causal LMs: the deployed model's greedy decode speed at batch 1 with the KV cache (median).",
+            higher_is_better=True,
+            range=(0.0, None),
+            unit="tokens/s",
+        ),
+        MetricSpec(
+            "generation_agreement",
+            "Causal LMs: mean share of the masked model's greedy tokens the deployed model reproduces at the same "
+            "position (dataset `prompts`).",
+            higher_is_better=True,
         ),
     )
     out: dict[str, MetricSpec] = {}
@@ -233,6 +265,8 @@ def measurements_of(record: DeploymentRecord) -> list[Measurement]:
         ]
         if sp.batch_size == 1:  # the batch speed-up is the batch-1 one
             rows.pop(1)
+        if sp.decode_speedup is not None:  # a causal LM: batch-1 latency at seq_len is its prefill
+            rows.append(("prefill_speedup", sp.speedup_b1, sp.speedup_b1_ci, sp.per_round.get("speedup_b1")))
         for metric, value, ci, per_round in rows:
             if value is None:
                 continue
@@ -252,4 +286,54 @@ def measurements_of(record: DeploymentRecord) -> list[Measurement]:
                     **ci_kw,  # type: ignore[arg-type]
                 )
             )
+        if sp.decode_speedup is not None:
+            out += _decode_measurements(sp, details)
+    gen = record.generation
+    if gen is not None:
+        out.append(
+            Measurement(
+                suite=SUITE,
+                dataset="prompts",
+                metric="generation_agreement",
+                value=gen.token_agreement,
+                n=gen.prompts,
+                details={
+                    "new_tokens": gen.new_tokens,
+                    "exact": gen.exact,
+                    "diverged": gen.diverged,
+                    "diverged_beyond_tie": gen.diverged_beyond_tie,
+                    "passed": gen.passed,
+                },
+            )  # fmt: skip
+        )
+    return out
+
+
+def _decode_measurements(sp: Any, details: dict[str, object]) -> list[Measurement]:
+    ds = f"decode{sp.decode_new_tokens}"
+    d = {**details, "prompt_tokens": sp.decode_prompt_tokens, "new_tokens": sp.decode_new_tokens}
+    out = []
+    rows = [
+        ("decode_speedup", sp.decode_speedup, sp.decode_speedup_ci, sp.per_round.get("decode_speedup")),
+        ("decode_tokens_per_s", sp.decode_tps_deployed, sp.decode_tps_deployed_ci, None),
+    ]
+    for metric, value, ci, per_round in rows:
+        if value is None:
+            continue
+        dd = dict(d)
+        if per_round:
+            dd["per_round"] = [round(x, 4) for x in per_round]
+        ci_kw = _speed_ci(value, ci)
+        out.append(
+            Measurement(
+                suite=SUITE,
+                dataset=ds,
+                metric=metric,
+                value=value,
+                n=sp.rounds,
+                ci_method=sp.ci_method if ci_kw else None,
+                details=dd,
+                **ci_kw,  # type: ignore[arg-type]
+            )  # fmt: skip
+        )
     return out

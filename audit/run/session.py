@@ -278,7 +278,15 @@ def _deploy_context(config: AuditConfig, eval_set: EvalSet, predictor: Any, dens
     from audit.deploy.pipeline import DeployContext
 
     batches = adapter.probe_batches(eval_set, predictor, dc.probe_size)
-    return DeployContext.create(dc, batches, dense, threads=config.runtime.threads, adapter=adapter)
+    prompts: list[str] = []
+    if adapter.kind == "causal-lm":  # equivalence on greedy continuations too
+        from audit.deploy.lm import prompts_of
+
+        prompts = prompts_of(eval_set.texts)
+    return DeployContext.create(
+        dc, batches, dense, threads=config.runtime.threads, adapter=adapter, tokenizer=predictor.tokenizer,
+        prompts=prompts,
+    )  # fmt: skip
 
 
 def check_output_dir(out: Path) -> None:
