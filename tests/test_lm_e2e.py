@@ -107,6 +107,8 @@ def tiny_lm_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         sweep="sweep:\n  methods: [magnitude, wanda]\n  sparsities: [0.5]\n  seeds: [0]\n  calibration: {n: 8}\n",
         suites=LM_SUITE.format(d=d),
         policy=lm_pass_policy(root),
+        # deployed and proven equivalent, but not timed (speed is tests/test_causal_lm_deploy.py's, and bench/'s)
+        deploy="deploy:\n  choose_tokens: [16]\n  timing_min_s: 0.002\n  probe_size: 16\n  measure_speed: false\n",
     )
     return {"root": root, "config": cfg, "data": d}
 
@@ -140,6 +142,7 @@ def test_run_audits_a_tiny_causal_lm_end_to_end(tiny_lm_run: dict[str, Path]) ->
         assert nll["p_value"] is not None and 0.0 <= nll["p_value"] <= 1.0
         assert lm[("reviews", "nll_delta")]["n"] == 12
         assert ("continuations", "greedy_agreement") in lm
+        assert variant["deployment"]["equivalence"]["passed"] is True
     assert (out / "report.html").is_file()
 
 
