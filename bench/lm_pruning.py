@@ -98,7 +98,7 @@ suites:
         path: {sst2 / "dev.tsv"}
         format: tsv
         quoting: none
-        template: {json.dumps(TEMPLATE)}
+        template: {json.dumps(TEMPLATE.format(text="{sentence}"))}
         choices: {json.dumps(CHOICES)}
         columns: {{text: sentence, label: label}}{task_n}
 policy: null
@@ -106,8 +106,11 @@ output_dir: {out}
 seed: 0
 runtime:
   n_boot: {args.n_boot}
-deploy:
+deploy:                      # formats chosen at 1 token (decode at batch 1 is the case timed)
+  choose_tokens: [1]
+  timing_min_s: 0.05
   speed_rounds: {args.speed_rounds}
+  speed_min_time_s: 0.05
 report:
   formats: [json]
   title: "bench.lm_pruning: SmolLM2-135M-Instruct"
@@ -128,7 +131,8 @@ def _paired(m: dict[str, Any] | None) -> dict[str, Any] | None:
 def _speed(variant: dict[str, Any]) -> dict[str, Any]:
     dep = variant.get("deployment") or {}
     speed = dep.get("speed") or {}
-    keep = {k: v for k, v in speed.items() if any(w in k for w in ("decode", "prefill", "latency_b1", "speedup_b1", "seq_len"))}
+    words = ("decode", "prefill", "latency_b1", "speedup_b1", "seq_len")
+    keep = {k: v for k, v in speed.items() if any(w in k for w in words)}
     keep["formats"] = dep.get("formats")
     keep["linear_bytes_dense"] = dep.get("linear_bytes_dense")
     keep["linear_bytes_deployed"] = dep.get("linear_bytes_deployed")
@@ -251,7 +255,7 @@ def main() -> None:
     ap.add_argument("--calibration-n", type=int, default=128)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--speed-rounds", type=int, default=5)
+    ap.add_argument("--speed-rounds", type=int, default=5, help="Interleaved dense/deployed rounds (>= 3).")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lm_pruning.json")
     ap.add_argument("--reprint", type=Path, help="Print the tables of a saved JSON and exit.")
     args = ap.parse_args()
