@@ -18,7 +18,7 @@ Run by hand (from the repository root; heavy: tens of minutes on 2 cores)::
 
     nice -n 19 .venv/bin/python -m bench.lm_pruning
     nice -n 19 .venv/bin/python -m bench.lm_pruning --ppl-n 300 --sst2-n 300   # smaller
-    .venv/bin/python -m bench.lm_pruning --reprint bench/results/lm_pruning.json
+    .venv/bin/python -m bench.lm_pruning --reprint bench/results/lm_pruning.json   # (re)writes the .md
 
 JSON goes to ``bench/results/lm_pruning.json``; the table is printed (markdown) and the published
 ordering at 50 % (Wanda's README, LLaMA-2-7B WikiText perplexity: dense 5.12 < Wanda 6.42 ≈
@@ -248,6 +248,32 @@ def ordering(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def markdown(doc: dict[str, Any]) -> str:
+    """The tables and the ordering check as a short markdown note."""
+    o = doc["ordering"]
+    a = doc["args"]
+    holds = o.get("holds_qualitatively")
+    verdict = "not decided (a method is missing)" if holds is None else ("yes" if holds else "no")
+    return (
+        "# SmolLM2-135M-Instruct pruned: perplexity, zero-shot SST-2, decode speed\n\n"
+        f"`python -m bench.lm_pruning --sst2-n {a['sst2_n']} --ppl-n {a['ppl_n']} --calibration-n "
+        f"{a['calibration_n']} --max-length {a['max_length']} --n-boot {a['n_boot']} --speed-rounds "
+        f"{a['speed_rounds']}`; {doc['wall_s']:.0f} s wall on {doc['cpu']} (2 cores; share of the CPUs used by "
+        f"other processes at start {doc['other_cpu_load_before']:.2f}, at end {doc['other_cpu_load_after']:.2f}).\n\n"
+        "Perplexity per sentence set (UCI Sentiment Labelled Sentences, corpus perplexity with its bootstrap CI in "
+        "the JSON), its ratio to dense on the same sentences (paired bootstrap), zero-shot SST-2 dev accuracy "
+        "(lm-evaluation-harness log-likelihood scoring) and its paired change (bootstrap CI, exact McNemar p).\n\n"
+        + table(doc["summary"])
+        + "\n\nDeployment (each variant's Linear layers on the format measured fastest at 1 token), decode at batch "
+        "1 with the KV cache, dense and deployed timed in interleaved rounds of the one run:\n\n"
+        + speed_table(doc["summary"])
+        + "\n\n**Published ordering at 50 %** (dense < Wanda ≈ SparseGPT << magnitude): "
+        f"{verdict}. Mean perplexity over the sets: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in o.get("mean_perplexity", {}).items())
+        + f" (Wanda / SparseGPT = {_fmt(o.get('wanda_sparsegpt_ratio'))}).\n"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ppl-n", type=int, default=1000, help="Sentences per UCI source (1000 = all).")
@@ -262,8 +288,8 @@ def main() -> None:
     setup_logging()
     if args.reprint:
         saved = json.loads(args.reprint.read_text())
-        print(table(saved["summary"]) + "\n\n" + speed_table(saved["summary"]))
-        print(json.dumps(saved["ordering"], indent=2))
+        atomic_write_text(args.reprint.with_suffix(".md"), markdown(saved))
+        print(markdown(saved))
         return
 
     from audit.config import load_config
@@ -297,8 +323,8 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(doc, indent=2) + "\n")
-    print(table(summary) + "\n\n" + speed_table(summary))
-    print(json.dumps(doc["ordering"], indent=2))
+    atomic_write_text(args.out.with_suffix(".md"), markdown(doc))
+    print(markdown(doc))
     log.info("wrote %s (%.0f s)", args.out, wall)
 
 
