@@ -43,14 +43,14 @@ log = logging.getLogger("bench.lm_pruning")
 TEMPLATE = "Review: {text}\nSentiment:"
 CHOICES = [" negative", " positive"]
 UCI = ("amazon_cells", "imdb", "yelp")
-METHODS = [
-    ("magnitude", {}),
-    ("wanda", {}),
-    ("sparsegpt", {}),
-    ("nm", {"n": 2, "m": 4}),
-    ("wanda", {"n": 2, "m": 4}),
-    ("sparsegpt", {"n": 2, "m": 4}),
-]
+METHODS = {
+    "magnitude": ("magnitude", {}),
+    "wanda": ("wanda", {}),
+    "sparsegpt": ("sparsegpt", {}),
+    "magnitude-2:4": ("nm", {"n": 2, "m": 4}),
+    "wanda-2:4": ("wanda", {"n": 2, "m": 4}),
+    "sparsegpt-2:4": ("sparsegpt", {"n": 2, "m": 4}),
+}
 PUBLISHED = {"dense": 5.12, "magnitude": 14.89, "sparsegpt": 6.51, "wanda": 6.42}
 
 
@@ -70,7 +70,7 @@ def config_text(args: argparse.Namespace, out: Path) -> str:
         f"         column_names: [text, label], columns: {{text: text}}, max_examples: {args.ppl_n}}}"
         for src in UCI
     )
-    methods = ", ".join(_method_yaml(n, p) for n, p in METHODS)
+    methods = ", ".join(_method_yaml(*METHODS[k]) for k in args.methods.split(","))
     sst2_n = f"\n  max_eval_examples: {args.sst2_n}" if args.sst2_n < 872 else ""
     task_n = f"\n        max_examples: {args.sst2_n}" if args.sst2_n < 872 else ""
     return f"""model:
@@ -256,7 +256,8 @@ def markdown(doc: dict[str, Any]) -> str:
     verdict = "not decided (a method is missing)" if holds is None else ("yes" if holds else "no")
     return (
         "# SmolLM2-135M-Instruct pruned: perplexity, zero-shot SST-2, decode speed\n\n"
-        f"`python -m bench.lm_pruning --sst2-n {a['sst2_n']} --ppl-n {a['ppl_n']} --calibration-n "
+        f"`python -m bench.lm_pruning --methods {a['methods']} --sst2-n {a['sst2_n']} --ppl-n {a['ppl_n']} "
+        f"--calibration-n "
         f"{a['calibration_n']} --max-length {a['max_length']} --n-boot {a['n_boot']} --speed-rounds "
         f"{a['speed_rounds']}`; {doc['wall_s']:.0f} s wall on {doc['cpu']} (2 cores; share of the CPUs used by "
         f"other processes at start {doc['other_cpu_load_before']:.2f}, at end {doc['other_cpu_load_after']:.2f}).\n\n"
@@ -282,6 +283,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--speed-rounds", type=int, default=5, help="Interleaved dense/deployed rounds (>= 3).")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"Comma-separated subset of {', '.join(METHODS)}.")
+    ap.add_argument("--work-dir", type=Path, help="Keep the audit's output here (default: a temporary directory).")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lm_pruning.json")
     ap.add_argument("--reprint", type=Path, help="Print the tables of a saved JSON and exit.")
     args = ap.parse_args()
@@ -298,7 +301,9 @@ def main() -> None:
 
     configure_offline(True)
     load_before = other_cpu_load()
-    with tempfile.TemporaryDirectory(prefix="bench-lm-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-lm-") as tmp_dir:
+        tmp = args.work_dir or Path(tmp_dir)
+        tmp.mkdir(parents=True, exist_ok=True)
         out = Path(tmp) / "out"
         cfg_path = Path(tmp) / "audit.yaml"
         cfg_path.write_text(config_text(args, out), encoding="utf-8")
@@ -311,7 +316,7 @@ def main() -> None:
     doc = {
         "bench": "lm_pruning",
         "model": results.get("model"),
-        "args": {k: str(v) for k, v in vars(args).items() if k not in ("reprint",)},
+        "args": {k: str(v) for k, v in vars(args).items() if k not in ("reprint", "work_dir")},
         "config": config,
         "wall_s": round(wall, 1),
         "other_cpu_load_before": load_before,
