@@ -233,7 +233,7 @@ def ordering(summary: dict[str, Any]) -> dict[str, Any]:
     sets = summary["sets"]
     ppl = {}
     for r in summary["rows"]:
-        if r["params"]:
+        if r["method"] == "nm" or (r["params"] or {}).get("n"):
             continue  # the 2:4 variants are not in the published comparison
         vals = [r[f"ppl/{s}"]["value"] for s in sets if r[f"ppl/{s}"]]
         if len(vals) == len(sets):
