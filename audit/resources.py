@@ -33,6 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from audit.atomic import atomic_dir
 from audit.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -188,8 +189,7 @@ def _install_wordnet(root: Path, source: Path) -> None:
     if missing:
         raise UsageError(f"{source} is not a WordNet 3.0 database (missing {missing})", hint=HOW_TO_PROVIDE)
     dest = root / "corpora" / "wordnet"
-    tmp = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=root / "corpora"))
-    try:
+    with atomic_dir(dest, prefix=".wordnet-") as tmp:
         for f in (*WORDNET_FILES, *OPTIONAL_WORDNET_FILES):
             if (source / f).is_file():
                 shutil.copyfile(source / f, tmp / f)
@@ -198,12 +198,6 @@ def _install_wordnet(root: Path, source: Path) -> None:
             encoding="utf-8",
         )
         (tmp / "README").write_text(f"WordNet 3.0 from {source}, provisioned by prune-audit.\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def provision(

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from audit.atomic import atomic_write_text
+from audit.atomic import atomic_dir, atomic_write_text
 from audit.cache import cache_root  # also re-exported for existing callers
 from audit.cache import file_lock as _lock  # re-exported for existing callers
 from audit.fingerprint import canonical_json, dir_sha256, file_sha256, sha256_text
@@ -74,9 +72,7 @@ def ensure_demo_assets(*, rebuild: bool = False) -> dict[str, Any]:
         else:
             from audit.demo.train import base_model_path, finetune
 
-            root.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root.parent))
-            try:
+            with atomic_dir(root, prefix=".build-") as tmp:
                 log.info("building the demo model (first run only; cached under %s)", root)
                 files = write_demo_data(tmp / "data", seed=DEMO_SEED)
                 metrics = finetune(base_model_path(), files, tmp / "model", seed=DEMO_SEED)
@@ -86,12 +82,6 @@ def ensure_demo_assets(*, rebuild: bool = False) -> dict[str, Any]:
                     **metrics,
                 }
                 atomic_write_text(tmp / "demo_card.json", json.dumps(meta, indent=2) + "\n")
-                if root.exists():
-                    shutil.rmtree(root)
-                os.replace(tmp, root)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
             log.info(
                 "demo model trained in %.0fs: validation accuracy %.3f, test %.3f, ood %.3f",
                 meta["train_seconds"],

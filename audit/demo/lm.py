@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from audit.atomic import atomic_write_text
+from audit.atomic import atomic_dir, atomic_write_text
 from audit.cache import cache_root, file_lock
 from audit.fingerprint import canonical_json, file_sha256, sha256_text
 
@@ -84,18 +82,10 @@ def ensure_lm_demo_data(*, rebuild: bool = False) -> dict[str, Path]:
         if rebuild and root.exists():
             shutil.rmtree(root)
         if not (card.is_file() and all((root / f"{n}.jsonl").is_file() for n in LM_SPLITS)):
-            base.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=base))
-            try:
+            with atomic_dir(root, prefix=".build-") as tmp:
                 write_lm_demo_data(tmp, seed=LM_DEMO_SEED)
                 meta = {"fingerprint": fp, "splits": LM_SPLITS, "seed": LM_DEMO_SEED}
                 atomic_write_text(tmp / "card.json", json.dumps(meta, indent=2) + "\n")
-                if root.exists():
-                    shutil.rmtree(root)
-                os.replace(tmp, root)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
             log.info("wrote the LM demo data under %s", root)
     return {n: root / f"{n}.jsonl" for n in LM_SPLITS}
 

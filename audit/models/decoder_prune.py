@@ -36,9 +36,6 @@ MHA families) reload exactly; :func:`save_decoder` writes atomically.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from audit.atomic import atomic_dir
 from audit.errors import ModelError, UsageError
 from audit.models.decoders import DecoderBlock, convert_conv1d, decoder_blocks, layout_for
 
@@ -435,18 +433,10 @@ def save_decoder(model: nn.Module, directory: str | Path, tokenizer: Any = None,
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists", where="save_decoder", hint="pass overwrite=True or another path")
     patch_decoder_config(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from audit.atomic import atomic_write_text
+from audit.atomic import atomic_dir, atomic_write_text
 from audit.cache import file_lock, gguf_cache_root
 from audit.errors import ModelError
 from audit.fingerprint import file_sha256, short
@@ -343,9 +340,7 @@ def _info_fields(record: dict[str, Any]) -> dict[str, Any]:
 
 def _write_entry(entry: Path, model: Any, tokenizer: Any, info: GGUFInfo) -> None:
     """Save model + tokenizer + card into a temp dir beside ``entry``, then rename it into place."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=entry.parent))
-    try:
+    with atomic_dir(entry, prefix=".build-") as tmp:
         model_dir = tmp / "model"
         model.save_pretrained(model_dir, safe_serialization=True)
         tokenizer.save_pretrained(model_dir)
@@ -356,12 +351,6 @@ def _write_entry(entry: Path, model: Any, tokenizer: Any, info: GGUFInfo) -> Non
             "files": {p.name: file_sha256(p) for p in sorted(model_dir.iterdir()) if p.is_file()},
         }
         atomic_write_text(tmp / CARD, json.dumps(card, indent=2, sort_keys=True) + "\n")
-        if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(tmp, entry)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _field(reader: Any, key: str) -> Any:

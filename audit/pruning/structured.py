@@ -20,9 +20,6 @@ Architectures whose adapter has no unit groups get a :class:`UsageError` before 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from audit.atomic import atomic_dir
 from audit.errors import ModelError, UsageError
 from audit.models import UnitGroups, adapter_for, adapter_of
 from audit.models.classifier import FFN_WIDTHS_KEY  # noqa: F401 - re-exported (the config key of FFN widths)
@@ -257,16 +255,8 @@ def save_pruned(model: nn.Module, directory: str | Path, tokenizer: Any = None, 
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists", where="save_pruned", hint="pass overwrite=True or another path")
     adapter.finish_structured(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         adapter.save_pruned(model, tmp, tokenizer)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
