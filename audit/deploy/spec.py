@@ -256,7 +256,6 @@ def measurements_of(record: DeploymentRecord) -> list[Measurement]:
         }
         if sp.note:
             details["note"] = sp.note
-        method = sp.ci_method
         rows: list[tuple[str, float | None, list[float] | None, list[float] | None]] = [
             ("speedup_b1", sp.speedup_b1, sp.speedup_b1_ci, sp.per_round.get("speedup_b1")),
             (f"speedup_b{sp.batch_size}", sp.speedup_batch, sp.speedup_batch_ci, sp.per_round.get("speedup_batch")),
@@ -267,25 +266,7 @@ def measurements_of(record: DeploymentRecord) -> list[Measurement]:
             rows.pop(1)
         if sp.decode_speedup is not None:  # a causal LM: batch-1 latency at seq_len is its prefill
             rows.append(("prefill_speedup", sp.speedup_b1, sp.speedup_b1_ci, sp.per_round.get("speedup_b1")))
-        for metric, value, ci, per_round in rows:
-            if value is None:
-                continue
-            d = dict(details)
-            if per_round:
-                d["per_round"] = [round(x, 4) for x in per_round]
-            ci_kw = _speed_ci(value, ci)
-            out.append(
-                Measurement(
-                    suite=SUITE,
-                    dataset=ds,
-                    metric=metric,
-                    value=value,
-                    n=sp.rounds,
-                    ci_method=method if ci_kw else None,
-                    details=d,
-                    **ci_kw,  # type: ignore[arg-type]
-                )
-            )
+        out += _speed_measurements(rows, ds, details, sp)
         if sp.decode_speedup is not None:
             out += _decode_measurements(sp, details)
     gen = record.generation
@@ -312,17 +293,27 @@ def measurements_of(record: DeploymentRecord) -> list[Measurement]:
 def _decode_measurements(sp: Any, details: dict[str, object]) -> list[Measurement]:
     ds = f"decode{sp.decode_new_tokens}"
     d = {**details, "prompt_tokens": sp.decode_prompt_tokens, "new_tokens": sp.decode_new_tokens}
-    out = []
     rows = [
         ("decode_speedup", sp.decode_speedup, sp.decode_speedup_ci, sp.per_round.get("decode_speedup")),
         ("decode_tokens_per_s", sp.decode_tps_deployed, sp.decode_tps_deployed_ci, None),
     ]
+    return _speed_measurements(rows, ds, d, sp)
+
+
+def _speed_measurements(
+    rows: list[tuple[str, float | None, list[float] | None, list[float] | None]],
+    ds: str,
+    details: dict[str, object],
+    sp: Any,
+) -> list[Measurement]:
+    """One measurement per timed ``(metric, value, ci, per_round)`` row of the speed record ``sp``."""
+    out = []
     for metric, value, ci, per_round in rows:
         if value is None:
             continue
-        dd = dict(d)
+        d = dict(details)
         if per_round:
-            dd["per_round"] = [round(x, 4) for x in per_round]
+            d["per_round"] = [round(x, 4) for x in per_round]
         ci_kw = _speed_ci(value, ci)
         out.append(
             Measurement(
@@ -332,8 +323,8 @@ def _decode_measurements(sp: Any, details: dict[str, object]) -> list[Measuremen
                 value=value,
                 n=sp.rounds,
                 ci_method=sp.ci_method if ci_kw else None,
-                details=dd,
+                details=d,
                 **ci_kw,  # type: ignore[arg-type]
-            )  # fmt: skip
+            )
         )
     return out
