@@ -3,7 +3,8 @@
 On a TTY (stderr) each stage gets a ``rich`` progress bar with elapsed time and ETA.
 When stderr is not a terminal (CI logs, files), no carriage returns are written:
 one plain line per finished step, rate-limited to one every ``interval`` seconds
-except for the first and last step, each with the ETA of the stage.
+except for the first step, the first step after the warm-up (the first with an ETA) and
+the last step, each with the ETA of the stage.
 
 The ETA is estimated from the rate of the steps after a stage's ``warmup`` steps: the
 sweep's first step is the dense point, which does different work from a variant (it
@@ -65,6 +66,8 @@ class Stage:
         self.started = time.monotonic()
         self._done_at: list[float] = []
         self._last_line = 0.0
+        self._eta_shown = False
+        """Whether a plain line was written since the warm-up ended (the first that can carry an ETA)."""
         self._task: Any = None
 
     def eta(self) -> float | None:
@@ -129,8 +132,10 @@ class Progress:
             )
             return
         last = st.done >= st.total
-        if st.done == 1 or last or now - st._last_line >= self.interval:
+        first_eta = st.warmup > 0 and not st._eta_shown and st.done > st.warmup
+        if st.done == 1 or first_eta or last or now - st._last_line >= self.interval:
             st._last_line = now
+            st._eta_shown = st._eta_shown or st.done > st.warmup
             eta = st.eta()
             eta_text = f", ETA {_fmt_duration(eta)}" if eta is not None and not last else ""
             elapsed = _fmt_duration(now - st.started)

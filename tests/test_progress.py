@@ -78,3 +78,14 @@ def test_the_sweep_line_after_the_dense_point_has_no_eta_and_the_next_one_uses_t
     lines = out.getvalue().splitlines()
     assert lines[1] == "sweep: 1/6 (10m00s elapsed) dense"
     assert lines[2] == "sweep: 2/6 (11m00s elapsed, ETA 4m00s) v1"
+
+
+def test_the_first_line_that_can_carry_an_eta_is_written_despite_the_rate_limit() -> None:
+    """With a warm-up, the first step has no ETA; the step after the warm-up is written anyway, with one."""
+    out = io.StringIO()
+    with Progress(out, interval=3600).stage("sweep", 5, warmup=1) as st:
+        for i in range(5):
+            st.advance(f"point {i}")
+    lines = out.getvalue().splitlines()
+    assert [ln.split(" (")[0] for ln in lines[1:4]] == ["sweep: 1/5", "sweep: 2/5", "sweep: 5/5"]
+    assert "ETA" not in lines[1] and "ETA" in lines[2]
