@@ -1,4 +1,4 @@
-"""suites.lm.scoring: per-document NLL, harness-style multiple choice, greedy agreement."""
+"""audit.models.lm_scoring: per-document NLL, harness-style multiple choice, greedy agreement."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from lm_helpers import tiny_llama, tiny_tokenizer  # noqa: E402
 
-from suites.lm.scoring import (  # noqa: E402
+from audit.models.lm_scoring import (  # noqa: E402
     document_nll,
     encode_pair,
     generation_agreement,
@@ -196,7 +196,7 @@ def test_generation_agreement_counts_positions_and_prefix():
 
 
 def test_batches_respect_the_row_and_token_budgets():
-    from suites.lm.scoring import _batches
+    from audit.models.lm_scoring import _batches
 
     assert _batches([10, 5, 5, 3, 3, 3], batch_size=8, max_tokens=10) == [[0], [1, 2], [3, 4, 5]]
     assert _batches([2, 2, 2], batch_size=2, max_tokens=100) == [[0, 1], [2]]

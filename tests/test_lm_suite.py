@@ -99,7 +99,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def _own_ids(tok: Any, prompt: str) -> list[list[int]]:
     """Per choice, the ids of its continuation's tokens the other choice does not have."""
-    from suites.lm.scoring import encode_pair
+    from audit.models.lm_scoring import encode_pair
 
     a, b = (set(encode_pair(tok, prompt, c)[1]) for c in CHOICES)
     return [sorted(a - b), sorted(b - a)]
@@ -111,7 +111,7 @@ def test_dense_perplexity_is_exp_of_the_recomputed_summed_nll(tmp_path: Path, to
     data = _write_csv(tmp_path / "docs.csv", [{"text": t} for t in TEXTS])
     (outs,) = [_run({"perplexity": [{"name": "docs", "path": str(data)}]}, _ctx(tok), [llama])]
     total_nll, total_tokens = 0.0, 0
-    for text in TEXTS:  # independent of suites.lm.scoring: one plain forward pass per document
+    for text in TEXTS:  # independent of audit.models.lm_scoring: one plain forward pass per document
         ids = torch.tensor([[tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"]]])
         with torch.no_grad():
             logits = llama(input_ids=ids).logits[0, :-1]
@@ -296,7 +296,7 @@ def test_greedy_agreement_is_one_by_construction_on_dense_and_counts_tokens_in_p
 ) -> None:
     import torch
 
-    from suites.lm.scoring import greedy_continuations
+    from audit.models.lm_scoring import greedy_continuations
 
     prompts = ["the movie was", "Paris is the", "a terrible"]
     data = _write_csv(tmp_path / "prompts.csv", [{"text": p} for p in prompts])

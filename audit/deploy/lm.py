@@ -2,9 +2,9 @@
 
 Equivalence on generation (:func:`reference_generation` before conversion,
 :func:`check_generation` after): each prompt's greedy continuation
-(:func:`suites.lm.scoring.greedy_continuations`, KV cache on) by the deployed model is
+(:func:`audit.models.lm_scoring.greedy_continuations`, KV cache on) by the deployed model is
 compared token by token with the masked-dense model's
-(:func:`suites.lm.scoring.generation_agreement`). Summation order can flip a greedy
+(:func:`audit.models.lm_scoring.generation_agreement`). Summation order can flip a greedy
 choice only where the reference's two best next tokens were a near-tie, so a
 divergence passes only when the reference's top-2 margin at its first differing step
 (teacher-forced on the reference continuation) is below twice the logit tolerance.
@@ -76,7 +76,7 @@ def reference_generation(
     model: Any, tokenizer: Any, prompts: list[str], *, new_tokens: int = GENERATION_TOKENS
 ) -> ReferenceGeneration:
     """Greedy continuations of ``model`` (the masked-dense variant) and their step-wise top-2 margins."""
-    from suites.lm.scoring import greedy_continuations
+    from audit.models.lm_scoring import greedy_continuations
 
     tokens = greedy_continuations(model, tokenizer, prompts, max_new_tokens=new_tokens)
     device = next(model.parameters()).device
@@ -95,7 +95,7 @@ def reference_generation(
 
 def check_generation(model: Any, tokenizer: Any, ref: ReferenceGeneration, *, tolerance: float) -> GenerationRecord:
     """The deployed ``model``'s greedy continuations against ``ref`` (see the module docstring)."""
-    from suites.lm.scoring import generation_agreement, greedy_continuations
+    from audit.models.lm_scoring import generation_agreement, greedy_continuations
 
     got = greedy_continuations(model, tokenizer, ref.prompts, max_new_tokens=ref.new_tokens)
     agreement = generation_agreement(ref.tokens, got)

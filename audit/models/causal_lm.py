@@ -51,7 +51,7 @@ class LMPredictor(Predictor):
 
     Contract for LM suites: ``tokenizer`` (a Hugging Face tokenizer with a pad token),
     ``max_length`` (``model.max_length``), ``batch_size`` (``runtime.batch_size``),
-    ``device`` (a ``torch.device``); pass them to :mod:`suites.lm.scoring`. ``encode`` pads
+    ``device`` (a ``torch.device``); pass them to :mod:`audit.models.lm_scoring`. ``encode`` pads
     on the right with an attention mask. There are no class logits (:meth:`logits` refuses).
     """
 

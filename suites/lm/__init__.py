@@ -1,7 +1,8 @@
 """LM performance suite (causal LMs): perplexity, zero-shot multiple choice, greedy agreement, paired vs dense.
 
 Torch-free: spec, params and metric declarations only; the implementation is in
-:mod:`suites.lm.run`, the scoring building blocks in :mod:`suites.lm.scoring`.
+:mod:`suites.lm.run`, the scoring building blocks in :mod:`audit.models.lm_scoring` (shared with
+the zero-shot predictor and the deployment check).
 """
 
 from __future__ import annotations

@@ -3,12 +3,12 @@
 Per set, on every variant (dense first), with ``variant.model`` a causal LM and
 ``ctx.predictor.tokenizer`` its tokenizer:
 
-* perplexity sets: per-document NLL (:func:`suites.lm.scoring.document_nll`), corpus perplexity
+* perplexity sets: per-document NLL (:func:`audit.models.lm_scoring.document_nll`), corpus perplexity
   ``exp(sum nll / sum tokens)`` with a percentile bootstrap CI over documents, per group through
   fairlearn's ``MetricFrame``; on a variant ``nll_delta``: the change of the corpus NLL per token,
   ``sum(nll_v - nll_d) / sum tokens``, with a paired bootstrap over documents (the same resamples
   for both models; :func:`audit.paired.paired_continuous`), and ``perplexity_ratio = exp(nll_delta)``;
-* choice tasks: ``acc`` / ``acc_norm`` (:func:`suites.lm.scoring.score_choices`) overall and per
+* choice tasks: ``acc`` / ``acc_norm`` (:func:`audit.models.lm_scoring.score_choices`) overall and per
   group (:func:`audit.stats.group_measurements`, i.e. ``MetricFrame``); on a variant ``acc_delta``
   with the exact McNemar test on per-example correctness (:func:`audit.paired.paired_binary`);
 * prompt sets: on a variant ``greedy_agreement`` and ``greedy_exact_match`` against dense's greedy
@@ -30,10 +30,10 @@ import numpy as np
 from audit import paired, stats
 from audit.data import EvalSet, read_ref
 from audit.errors import DataError
+from audit.models.lm_scoring import document_nll, encode_pair, generation_agreement, greedy_continuations, score_choices
 from audit.results import GroupValue, Measurement
 from audit.suite import Suite, SuiteContext, SuiteOutput, Variant, prediction_details
 from suites.lm import ChoiceTask, PerplexitySet, PromptSet, template_fields
-from suites.lm.scoring import document_nll, encode_pair, generation_agreement, greedy_continuations, score_choices
 
 log = logging.getLogger(__name__)
 
