@@ -238,6 +238,7 @@ def stage_catalog() -> dict[str, MetricInfo]:
             higher_is_better=m.higher_is_better,
             range=list(m.range),
             unit=m.unit,
+            reference=m.reference,
         )
         for st in STAGES
         for m in st.metrics

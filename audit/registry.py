@@ -57,6 +57,9 @@ class MetricSpec:
     range: tuple[float | None, float | None] = (0.0, 1.0)
     unit: str = ""
     citation: str = ""
+    reference: float | None = None
+    """The value that means "no effect" or "unbiased" (0.5 for a stereotype preference share, 1.0 for a
+    ratio, 0.0 for a bias score), drawn as a line in the report's charts; None when there is none."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +69,7 @@ class MetricSpec:
             "range": list(self.range),
             "unit": self.unit,
             "citation": self.citation,
+            "reference": self.reference,
         }
 
 
@@ -175,6 +179,9 @@ class SuiteSpec(MeasuredSpec):
     kind: ClassVar[str] = "suite"
     model_kinds: tuple[str, ...] = ("classifier",)
     """The model kinds (:data:`audit.models.adapter.MODEL_KINDS`) the suite can measure."""
+    task_formats: Callable[[Any], list[str]] | None = None
+    """Given the suite's validated params, one line per task format it scores (e.g. a prompt template
+    with its choices, "CrowS-Pairs sentence pairs"), named by the model card and the report."""
 
 
 @dataclass(frozen=True)

@@ -401,6 +401,8 @@ class MetricInfo(Record):
     range: list[float | None] = Field(default_factory=lambda: [0.0, 1.0])
     unit: str = ""
     citation: str = ""
+    reference: float | None = None
+    """The "no effect" / "unbiased" value the report draws as a line (:attr:`audit.registry.MetricSpec.reference`)."""
 
 
 class RuleResult(Record):

@@ -71,6 +71,7 @@ def _info(suite: str, m: Any) -> MetricInfo:
         range=list(m.range),
         unit=m.unit,
         citation=m.citation,
+        reference=m.reference,
     )
 
 
