@@ -253,6 +253,7 @@ def _speed(ctx: DeployContext, model: nn.Module, conversion: Conversion, variant
 def _decode_speed(ctx: DeployContext, model: nn.Module, speed: Any) -> None:
     """Add decode tokens/s at batch 1 with the KV cache to a causal LM's speed record (1.0 when identical)."""
     from audit.deploy.lm import DECODE_PROMPT, DECODE_TOKENS, measure_decode
+    from audit.deploy.speed import ci_text
 
     if speed.identical:
         speed.decode_new_tokens, speed.decode_prompt_tokens = DECODE_TOKENS, DECODE_PROMPT
@@ -272,6 +273,6 @@ def _decode_speed(ctx: DeployContext, model: nn.Module, speed: Any) -> None:
         timing.tps_dense,
         timing.tps_deployed,
         timing.speedup,
-        timing.speedup_ci,
+        ci_text(timing.speedup_ci),
         timing.new_tokens,
     )

@@ -220,7 +220,7 @@ def measure_speed(
         record.latency_b1_ms_dense,
         record.latency_b1_ms_deployed,
         record.speedup_b1,
-        record.speedup_b1_ci,
+        ci_text(record.speedup_b1_ci),
         batch_size,
         record.throughput_dense,
         record.throughput_deployed,
@@ -228,3 +228,10 @@ def measure_speed(
         rounds,
     )
     return record
+
+
+def ci_text(ci: Any) -> str:
+    """``[1.01, 1.17]`` for a log line (``n/a`` without a CI)."""
+    if not ci or ci[0] is None or ci[1] is None:
+        return "n/a"
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]"
