@@ -87,12 +87,14 @@ def _print_outcome(outcome: object) -> None:
     from audit.runner import RunOutcome
 
     assert isinstance(outcome, RunOutcome)
+    from audit.plan import method_display
+
     v = outcome.verdict
     if v is not None:
         counts = ", ".join(f"{k} {n}" for k, n in v.counts.items() if n)
         _say(f"verdict: {v.status} under policy {v.policy} ({counts})")
         for method, s in sorted(v.max_compliant_sparsity.items()):
-            typer.echo(f"max compliant sparsity for {method}: {'none' if s is None else f'{s:.2f}'}")
+            typer.echo(f"max compliant sparsity for {method_display(method)}: {'none' if s is None else f'{s:.2f}'}")
     for name, path in outcome.files.items():
         _say(f"{name}: {path}")
 
@@ -269,8 +271,10 @@ def check(
     for r in verdict.rules:
         if r.status in ("FAIL", "ERROR", "WARN"):
             _say(f"  {r.status:5} {r.rule} [{r.variant}] {r.metric}: {r.message}")
+    from audit.plan import method_display
+
     for method, s in sorted(verdict.max_compliant_sparsity.items()):
-        typer.echo(f"max compliant sparsity for {method}: {'none' if s is None else f'{s:.2f}'}")
+        typer.echo(f"max compliant sparsity for {method_display(method)}: {'none' if s is None else f'{s:.2f}'}")
     paths = _output_paths(junit, markdown)
     if formats or paths:
         from reports.writer import write_reports

@@ -126,3 +126,20 @@ def _variant_label(method: str, params: dict[str, Any]) -> str:
             text = sha256_text(text)[:8]
         parts.append(f"{key}={text}")
     return ",".join(parts)
+
+
+def method_display(label: str) -> str:
+    """A method label in the user's words: ``wanda[m=4,n=2]`` reads ``wanda 2:4``.
+
+    An N:M pattern (both ``n`` and ``m`` among the label's params) is written ``n:m``
+    after the method; other params stay in brackets.
+    """
+    name, sep, rest = label.partition("[")
+    if not sep or not rest.endswith("]"):
+        return label
+    params = dict(p.partition("=")[::2] for p in rest[:-1].split(",") if p)
+    if not (params.get("n") and params.get("m")):
+        return label
+    pattern = f" {params.pop('n')}:{params.pop('m')}"
+    others = ",".join(f"{k}={v}" for k, v in params.items())
+    return f"{name}{pattern}" + (f" [{others}]" if others else "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from audit.plan import method_display  # noqa: F401 - re-exported for the views
 from audit.policy import stage_catalog
 from audit.results import Measurement, MetricInfo, RuleResult, RunResult, VariantResult
 
@@ -101,23 +102,6 @@ def metric_info(cat: dict[str, MetricInfo], metric_id: str) -> MetricInfo | None
 def method_label(v: VariantResult) -> str:
     """The method key of a variant (as the policy's max compliant sparsity names it)."""
     return v.point.label or v.point.method
-
-
-def method_display(label: str) -> str:
-    """A method label in the user's words: ``wanda[m=4,n=2]`` reads ``wanda 2:4``.
-
-    An N:M pattern (both ``n`` and ``m`` among the label's params) is written ``n:m``
-    after the method; other params stay in brackets.
-    """
-    name, sep, rest = label.partition("[")
-    if not sep or not rest.endswith("]"):
-        return label
-    params = dict(p.partition("=")[::2] for p in rest[:-1].split(",") if p)
-    if not (params.get("n") and params.get("m")):
-        return label
-    pattern = f" {params.pop('n')}:{params.pop('m')}"
-    others = ",".join(f"{k}={v}" for k, v in params.items())
-    return f"{name}{pattern}" + (f" [{others}]" if others else "")
 
 
 def worse(delta: float | None, info: MetricInfo | None, eps: float = 1e-12) -> bool:
