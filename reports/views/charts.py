@@ -198,7 +198,13 @@ def line_chart(
         ),
         "thresholds": out_thresholds,
         "reference": (
-            {"y": _f(Y(reference)), "label": reference_label(reference), "label_x": _f(left + pw - 3)}
+            {
+                "y": _f(Y(reference)),
+                "label": reference_label(reference),
+                "label_x": _f(left + pw - 3),
+                # above the line, or below it where the line runs along the top of the plot
+                "label_y": _f(Y(reference) + 10 if Y(reference) - top < 12 else Y(reference) - 3),
+            }
             if reference is not None and lo <= reference <= hi
             else None
         ),
@@ -396,7 +402,16 @@ def group_chart(
         "series": out_series,
         "legend": legend,
         "reference": (
-            {"x": _f(X(reference)), "label": reference_label(reference)}
+            {
+                "x": _f(X(reference)),
+                "label": reference_label(reference),
+                # centred over the line, or running inwards from it near either end of the axis
+                "anchor": "start"
+                if X(reference) - label_w < 30
+                else "end"
+                if label_w + pw - X(reference) < 30
+                else "middle",
+            }
             if reference is not None and lo <= reference <= hi
             else None
         ),
