@@ -467,6 +467,9 @@ class RunResult(Record):
     model: ModelIdentity
     datasets: list[DatasetIdentity] = Field(default_factory=list)
     metrics: dict[str, MetricInfo] = Field(default_factory=dict)
+    task_formats: dict[str, list[str]] = Field(default_factory=dict)
+    """Per suite that declares them, the task formats it scored (prompt templates with their choices, sentence
+    pairs, ...): :attr:`audit.registry.SuiteSpec.task_formats` of its params, evaluated when the run finished."""
     baseline: VariantResult
     variants: list[VariantResult] = Field(default_factory=list)
     verdict: Verdict | None = None

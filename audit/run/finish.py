@@ -54,6 +54,16 @@ def _metric_catalog(config: AuditConfig, *, stages: tuple[str, ...] = ()) -> dic
     return out
 
 
+def _task_formats(config: AuditConfig) -> dict[str, list[str]]:
+    """Per suite that declares :attr:`SuiteSpec.task_formats`, the task formats its validated params describe."""
+    out: dict[str, list[str]] = {}
+    for s in config.suites:
+        spec = SUITES.get(s.name)
+        if spec.task_formats is not None:
+            out.setdefault(spec.name, []).extend(str(line) for line in spec.task_formats(s.typed_params()))
+    return out
+
+
 def _stages_run(session: Session) -> tuple[str, ...]:
     """The stages this session ran on its variants (the runner holds a context for each one it runs)."""
     from audit.deploy.spec import STAGE as DEPLOY_STAGE
@@ -131,6 +141,7 @@ def finish(
         model=session.loaded.identity,
         datasets=datasets,
         metrics=_metric_catalog(config, stages=_stages_run(session)),
+        task_formats=_task_formats(config),
         baseline=results[0],
         variants=results[1:],
         limitations=_limitations(config, eval_set, results)

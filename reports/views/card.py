@@ -127,5 +127,7 @@ def build_card(result: RunResult, variant_id: str | None = None) -> dict[str, An
         "rows": rows,
         "results_meta": results_meta,
         "worst_groups": worst_groups[:12],
+        # recorded by the run from each suite's params (SuiteSpec.task_formats): the card names what was scored
+        "task_formats": [{"suite": k, "formats": v} for k, v in result.task_formats.items() if v],
         "limitations": limitations(result),
     }

@@ -14,6 +14,12 @@ from typing import Any
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies, and in greyscale print.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#8C6D31")
 SEVERITY_COLOUR = {"fail": "#B3261E", "warn": "#B26A00"}
+DENSE_COLOUR = "#6e7781"
+
+
+def reference_label(value: float) -> str:
+    """The label of a metric's reference line: its "no effect" / "unbiased" value."""
+    return f"{value:g}: neutral"
 
 
 def _f(x: float) -> str:
@@ -83,6 +89,7 @@ def line_chart(
     series: list[Series],
     dense: float | None = None,
     thresholds: list[Threshold] | None = None,
+    reference: float | None = None,
     x_ticks: list[float] | None = None,
     value_range: tuple[float | None, float | None] = (None, None),
     xlabel: str = "sparsity",
@@ -91,9 +98,11 @@ def line_chart(
     height: int = 250,
     legend: bool = True,
 ) -> dict[str, Any] | None:
-    """Metric-vs-sparsity chart with CI whiskers, a dense reference line and policy bounds.
+    """Metric-vs-sparsity chart with CI whiskers, a dense line, policy bounds and the metric's reference.
 
-    Returns None when there is nothing to draw.
+    ``reference``: the metric's "no effect" / "unbiased" value (:attr:`audit.results.MetricInfo.reference`),
+    drawn as a labelled horizontal line and always inside the value axis. Returns None when there is nothing
+    to draw.
     """
     thresholds = thresholds or []
     pts = [p for s in series for p in s.points]
@@ -103,6 +112,8 @@ def line_chart(
     ys += [t.y for t in thresholds]
     if dense is not None:
         ys.append(dense)
+    if reference is not None:
+        ys.append(reference)
     lo, hi = min(ys), max(ys)
     span = hi - lo
     pad = span * 0.08 if span > 0 else (abs(hi) * 0.05 or 0.05)
@@ -186,6 +197,17 @@ def line_chart(
             {"y": _f(Y(dense)), "label": f"dense {dense:.4g}"} if dense is not None and lo <= dense <= hi else None
         ),
         "thresholds": out_thresholds,
+        "reference": (
+            {
+                "y": _f(Y(reference)),
+                "label": reference_label(reference),
+                "label_x": _f(left + pw - 3),
+                # above the line, or below it where the line runs along the top of the plot
+                "label_y": _f(Y(reference) + 10 if Y(reference) - top < 12 else Y(reference) - 3),
+            }
+            if reference is not None and lo <= reference <= hi
+            else None
+        ),
         "xlabel": xlabel,
         "ylabel": ylabel,
         "legend": legend,
@@ -266,4 +288,134 @@ def heatmap(
         "legend": legend,
         "legend_label_x": label_w - 6,
         "legend_y": height - 24,
+    }
+
+
+MAX_ROW_LABEL = 22
+"""Characters of a group name shown left of its row (the full name is the label's tooltip)."""
+
+
+@dataclass
+class Dot:
+    """One group's value with its optional interval [lo, hi]."""
+
+    value: float
+    lo: float | None = None
+    hi: float | None = None
+    label: str = ""
+
+
+@dataclass
+class DotSeries:
+    """One model's values per group (dense, or a variant)."""
+
+    name: str
+    colour: str
+    dots: dict[str, Dot] = field(default_factory=dict)
+
+
+def group_chart(
+    *,
+    title: str,
+    groups: list[str],
+    series: list[DotSeries],
+    reference: float | None = None,
+    value_range: tuple[float | None, float | None] = (None, None),
+    xlabel: str = "",
+    width: int = 340,
+    label_w: int = 120,
+) -> dict[str, Any] | None:
+    """A dot plot: one row per group, one dot per series with its CI as a horizontal whisker, and the
+    metric's reference as a labelled vertical line. Returns None when no series has a value.
+    """
+    dots = [d for s in series for d in s.dots.values()]
+    if not groups or not dots:
+        return None
+    xs = [d.value for d in dots] + [v for d in dots for v in (d.lo, d.hi) if v is not None]
+    if reference is not None:
+        xs.append(reference)
+    lo, hi = min(xs), max(xs)
+    span = hi - lo
+    pad = span * 0.06 if span > 0 else (abs(hi) * 0.05 or 0.05)
+    lo, hi = lo - pad, hi + pad
+    rmin, rmax = value_range
+    if rmin is not None:
+        lo = max(lo, rmin)
+    if rmax is not None:
+        hi = min(hi, rmax)
+    if hi <= lo:
+        hi = lo + 1e-6
+    slot = 7
+    row_h = slot * len(series) + 6
+    top, right, bottom = 24, 14, 34
+    pw = width - label_w - right
+    ph = row_h * len(groups)
+    height = top + ph + bottom
+
+    def X(x: float) -> float:
+        return label_w + (min(max(x, lo), hi) - lo) / (hi - lo) * pw
+
+    xt = nice_ticks(lo, hi, 5)  # at least two ticks: the step is under half the span
+    step = xt[1] - xt[0] if len(xt) > 1 else max(abs(hi - lo), 1e-6)
+    out_series = []
+    for k, s in enumerate(series):
+        out = []
+        for r, g in enumerate(groups):
+            d = s.dots.get(g)
+            if d is None:
+                continue
+            cy = top + r * row_h + 3 + slot * k + slot / 2
+            out.append(
+                {
+                    "cx": _f(X(d.value)),
+                    "cy": _f(cy),
+                    "whisker": (
+                        {"x1": _f(X(d.lo)), "x2": _f(X(d.hi))} if d.lo is not None and d.hi is not None else None
+                    ),
+                    "group": g,
+                    "label": d.label,
+                }
+            )
+        out_series.append({"name": s.name, "colour": s.colour, "dots": out})
+    legend_x = label_w
+    legend = []
+    for s in series:
+        legend.append({"x": legend_x, "name": s.name, "colour": s.colour})
+        legend_x += 16 + 6 * len(s.name)
+    return {
+        "title": title,
+        "width": width,
+        "height": height,
+        "plot": {"x": label_w, "y": top, "w": pw, "h": ph, "x2": label_w + pw, "y2": top + ph},
+        "rows": [
+            {
+                "y": _f(top + r * row_h + row_h / 2),
+                "y0": top + r * row_h,
+                "label": g if len(g) <= MAX_ROW_LABEL else g[: MAX_ROW_LABEL - 1] + "…",
+                "full": g,
+                "band": r % 2 == 1,
+            }
+            for r, g in enumerate(groups)
+        ],
+        "row_h": row_h,
+        "xticks": [{"x": _f(X(v)), "label": tick_label(v, step)} for v in xt if lo <= v <= hi],
+        "series": out_series,
+        "legend": legend,
+        "reference": (
+            {
+                "x": _f(X(reference)),
+                "label": reference_label(reference),
+                # centred over the line, or running inwards from it near either end of the axis
+                "anchor": "start"
+                if X(reference) - label_w < 30
+                else "end"
+                if label_w + pw - X(reference) < 30
+                else "middle",
+            }
+            if reference is not None and lo <= reference <= hi
+            else None
+        ),
+        "xlabel": xlabel,
+        "xlabel_x": _f(label_w + pw / 2),
+        "xlabel_y": _f(height - 4),
     }

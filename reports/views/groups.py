@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.results import MetricInfo, RunResult
+from audit.results import GroupValue, Measurement, MetricInfo, RunResult, VariantResult
 from audit.stats import SMALL_GROUP_N
-from reports.views.common import by_id, direction_text, fmt_value, metric_info, ordered_ids, worse
+from reports.views.charts import DENSE_COLOUR, Dot, DotSeries, group_chart
+from reports.views.common import (
+    by_id,
+    direction_text,
+    fmt_value,
+    method_display,
+    method_label,
+    metric_info,
+    ordered_ids,
+    worse,
+)
 from reports.views.evidence import evidence
+from reports.views.sweeps import method_colours
 
 DISPARATE_TOLERANCE = 0.02
 """A group whose loss exceeds the overall loss by more than this is flagged (Tran et al. 2022)."""
@@ -25,6 +36,54 @@ def _excess_loss(info: MetricInfo | None, base_g: float, var_g: float, base: flo
     return (var_g - base_g) - (var - base)
 
 
+def _dot(gv: GroupValue | None, who: str, group: str, info: MetricInfo | None) -> Dot | None:
+    if gv is None or gv.value is None:
+        return None
+    ci = f" [{fmt_value(gv.ci_low, info)}, {fmt_value(gv.ci_high, info)}]" if gv.ci_low is not None else ""
+    return Dot(gv.value, gv.ci_low, gv.ci_high, f"{who} · {group}: {fmt_value(gv.value, info)}{ci} (n={gv.n})")
+
+
+def group_charts(
+    mid: str,
+    feat: str,
+    groups: list[str],
+    variants: list[VariantResult],
+    ms: list[Measurement | None],
+    info: MetricInfo | None,
+    colours: dict[str, str],
+) -> list[dict[str, Any]]:
+    """For a metric that declares a reference value: per variant, dense and the variant per group (value and
+    CI as stored in each measurement's groups), the reference drawn; nothing for a metric without one.
+    """
+    if info is None or info.reference is None:
+        return []
+    base = ms[0]
+    rng = tuple(info.range) if len(info.range) == 2 else (None, None)
+    charts = []
+    for v, m in zip(variants[1:], ms[1:], strict=True):
+        if m is None or not m.groups.get(feat):
+            continue
+        series = []
+        for who, meas, colour in (
+            ("dense", base, DENSE_COLOUR),
+            (v.id, m, colours.get(method_display(method_label(v)), "#0072B2")),
+        ):
+            gvs = meas.groups.get(feat, {}) if meas is not None else {}
+            dots = {g: d for g in groups if (d := _dot(gvs.get(g), who, g, info)) is not None}
+            series.append(DotSeries(who, colour, dots))
+        chart = group_chart(
+            title=f"{mid} by {feat}: dense vs {v.id}",
+            groups=groups,
+            series=series,
+            reference=info.reference,
+            value_range=(rng[0], rng[1]),  # type: ignore[arg-type]
+            xlabel=mid.rsplit("/", 1)[-1],
+        )
+        if chart is not None:
+            charts.append(chart)
+    return charts
+
+
 def policy_min_group_n(result: RunResult) -> int:
     """The largest ``min_group_n`` of the policy's rules: groups under it are ignored by some rule."""
     rules = result.verdict.policy_rules if result.verdict is not None else []
@@ -38,6 +97,7 @@ def group_views(result: RunResult, cat: dict[str, MetricInfo]) -> tuple[list[dic
     maps = [by_id(v) for v in variants]
     tables = []
     findings = []
+    colours = method_colours(result)
     for mid in ordered_ids(result):
         ms = [mm.get(mid) for mm in maps]
         if not any(m is not None and m.groups for m in ms):
@@ -139,7 +199,10 @@ def group_views(result: RunResult, cat: dict[str, MetricInfo]) -> tuple[list[dic
                 rows = rows[:MAX_GROUP_ROWS]
             for r in rows:
                 r.pop("_sort")
-            feature_views.append({"feature": feat, "intersection": "&" in feat, "rows": rows, "truncated": truncated})
+            charts = group_charts(mid, feat, [r["group"] for r in rows], variants, ms, info, colours)
+            feature_views.append(
+                {"feature": feat, "intersection": "&" in feat, "rows": rows, "truncated": truncated, "charts": charts}
+            )
         tables.append(
             {
                 "id": mid,

@@ -131,6 +131,7 @@ def suite_sections(result: RunResult, cat: dict[str, MetricInfo]) -> list[dict[s
                 "tables": tables,
                 "examples": [_example_table(v, rows) for v, rows in examples.get(suite, [])],
                 "errors": errors.get(suite, []),
+                "task_formats": result.task_formats.get(suite, []),
                 "count": f"{n_rows} rows" if present else "did not run",
                 "open": n_rows <= LONG_ROWS and len(examples.get(suite, [])) <= 1,
             }

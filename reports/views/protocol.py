@@ -34,6 +34,7 @@ def protocol(result: RunResult, cat: dict[str, MetricInfo]) -> dict[str, Any]:
             "range": " – ".join("∞" if x is None else f"{x:g}" for x in info.range),
             "unit": info.unit,
             "citation": info.citation,
+            "reference": "" if info.reference is None else f"{info.reference:g}",
             "measured": key in used,
         }
         for key, info in sorted(cat.items())
@@ -92,6 +93,7 @@ def protocol(result: RunResult, cat: dict[str, MetricInfo]) -> dict[str, Any]:
             )
     return {
         "metrics": metrics,
+        "task_formats": [{"suite": k, "formats": v} for k, v in result.task_formats.items() if v],
         "ci_methods": list(ci_methods),
         "n_boot": runtime.get("n_boot", ""),
         "ci_statement": (result.statistics.get("bootstrap") or {}).get("statement", ""),

@@ -117,6 +117,7 @@ def sweep_charts(result: RunResult, cat: dict[str, MetricInfo]) -> list[dict[str
             series=series,
             dense=dense,
             thresholds=thresholds,
+            reference=info.reference if info else None,
             x_ticks=[0.0, *levels] if dense is not None else levels,
             value_range=(rng[0], rng[1]),  # type: ignore[arg-type]
             ylabel=mid.rsplit("/", 1)[-1],

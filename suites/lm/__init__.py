@@ -7,6 +7,7 @@ the zero-shot predictor and the deployment check).
 
 from __future__ import annotations
 
+import json
 import string
 
 from pydantic import Field, model_validator
@@ -140,6 +141,34 @@ class LmParams(PluginParams):
         return self
 
 
+def task_formats(params: LmParams) -> list[str]:
+    r"""One line per set the suite scores, for the model card: each choice task's prompt template and choices,
+    each perplexity set, each prompt set's template (JSON-quoted, so a newline shows as ``\n``).
+    """
+
+    def q(text: str) -> str:
+        return json.dumps(text, ensure_ascii=False)
+
+    out = []
+    for t in params.choice_tasks:
+        choices = " / ".join(q(t.delimiter + c) for c in t.choices)
+        out.append(
+            f"choice task {t.name}: prompt {q(t.template)} + one of {choices}; the answer is the choice with "
+            "the highest log-likelihood (acc: summed; acc_norm: per character)"
+        )
+    for p in params.perplexity:
+        window = f"{p.max_length} tokens" if p.max_length else "model.max_length"
+        out.append(
+            f"perplexity set {p.name}: each document scored after a BOS token (documents longer than {window} "
+            "in strided sliding windows)"
+        )
+    for g in params.generation:
+        out.append(
+            f"prompt set {g.name}: prompt {q(g.template)}, {g.max_new_tokens} greedy tokens compared with dense's"
+        )
+    return out
+
+
 CITE_HARNESS = "Gao et al., A framework for few-shot language model evaluation (lm-evaluation-harness), v0.4"
 
 METRICS = (
@@ -157,6 +186,7 @@ METRICS = (
         higher_is_better=False,
         range=(None, None),
         unit="nats/token",
+        reference=0.0,
     ),
     MetricSpec(
         "perplexity_ratio",
@@ -165,6 +195,7 @@ METRICS = (
         higher_is_better=False,
         range=(0.0, None),
         unit="x",
+        reference=1.0,
     ),
     MetricSpec(
         "acc",
@@ -184,6 +215,7 @@ METRICS = (
         "(paired bootstrap CI; exact McNemar p-value in details).",
         higher_is_better=True,
         range=(-1.0, 1.0),
+        reference=0.0,
     ),
     MetricSpec(
         "greedy_agreement",
@@ -211,5 +243,6 @@ SPEC = SUITES.register(
         not_run="No LM performance suite ran: perplexity and zero-shot accuracy were not measured.",
         report_order=12,
         model_kinds=("causal-lm",),
+        task_formats=task_formats,
     )
 )
