@@ -14,22 +14,33 @@ from typing import Any
 from audit.results import RunResult
 from reports.markdown import environment
 from reports.views import build_card
+from reports.views.suite_text import model_kind
 
-TASK_TYPE = "text-classification"
+TASK_TYPES: dict[str, tuple[str, str]] = {
+    "classifier": ("text-classification", "Text Classification"),
+    "causal-lm": ("text-generation", "Text Generation"),
+}
+"""The Hub's pipeline tag and task name per audited model kind."""
+
+
+def task_type(result: RunResult) -> tuple[str, str]:
+    """(pipeline tag, task name) of the audited model's kind (a classifier when the run does not say)."""
+    return TASK_TYPES.get(model_kind(result), TASK_TYPES["classifier"])
 
 
 def front_matter(result: RunResult, view: dict[str, Any]) -> str:
     """``model-index`` YAML of the card's variant (tags only when no variant is described)."""
     from huggingface_hub import EvalResult, ModelCardData
 
+    tag, task_name = task_type(result)
     variant = view["variant"]
     tags = ["prune-audit", "pruned"]
     if variant is not None:
         tags += [variant["method_key"], f"sparsity-{variant['sparsity']}"]
     eval_results = [
         EvalResult(
-            task_type=TASK_TYPE,
-            task_name="Text Classification",
+            task_type=tag,
+            task_name=task_name,
             dataset_type=r["dataset"],
             dataset_name=r["dataset"],
             dataset_split=r["split"],
@@ -45,7 +56,7 @@ def front_matter(result: RunResult, view: dict[str, Any]) -> str:
         model_name=f"{view['model_name']}-{variant['id']}" if variant is not None else view["model_name"],
         base_model=(model_cfg or {}).get("hub_id") or None,
         library_name="transformers",
-        pipeline_tag=TASK_TYPE,
+        pipeline_tag=tag,
         tags=tags,
         eval_results=eval_results or None,
     )

@@ -214,3 +214,15 @@ def test_results_without_task_formats_or_reference_still_load_and_render_the_sam
     assert render_reports(old, kinds) == render_reports(fresh, kinds)
     assert "Task formats" not in render_reports(old, ["model-card"])["model-card"]
     assert build_view(old)["protocol"]["task_formats"] == []
+
+
+@pytest.mark.parametrize(("kind", "tag"), [(None, "text-classification"), ("causal-lm", "text-generation")])
+def test_model_card_pipeline_tag_follows_the_audited_model_kind(kind: str | None, tag: str) -> None:
+    from audit.results import ModelIdentity
+
+    dense = [Measurement(suite="performance", dataset="eval", metric="accuracy", value=0.8)]
+    res = run(dense, [variant("m50", "magnitude", 0.5, dense)])
+    res = res.model_copy(update={"model": ModelIdentity(source="m", fingerprint="f" * 64, kind=kind)})
+    card = render_reports(res, ["model-card"])["model-card"]
+    front = card.split("---", 2)[1]
+    assert f"pipeline_tag: {tag}" in front
