@@ -201,3 +201,74 @@ def test_bad_corruption_kind_or_detection_set_is_a_config_error_naming_the_key(
     msg = str(err.value)
     assert err.value.exit_code == ExitCode.USAGE_ERROR and "\n" not in msg
     assert msg.startswith("audit.yaml:") and f"{key}: " in msg and says in msg
+
+
+class ControlledLM:
+    """A causal LM whose next-token logits are 0 except +10 on ``favoured`` ids, at every position."""
+
+    def __new__(cls, vocab: int, favoured: list[int]) -> Any:
+        import torch
+
+        class _LM(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.dummy = torch.nn.Parameter(torch.zeros(1))
+                self.config = SimpleNamespace(max_position_embeddings=64)
+
+            def forward(self, input_ids: Any, attention_mask: Any = None, **_: Any) -> Any:
+                logits = torch.zeros(*input_ids.shape, vocab)
+                logits[..., favoured] = 10.0
+                return SimpleNamespace(logits=logits)
+
+        return _LM()
+
+
+def test_the_ood_records_join_the_fdr_family_the_lm_policy_and_the_reports(tmp_path: Path, tok: Any) -> None:
+    """Dense favours exactly the in-set's tokens (AUROC 1 by construction); the variant is uniform (AUROC 0.5)."""
+    from results_factory import run, variant
+
+    from audit.analysis import analyze_sweep
+    from audit.paired import RECORD_KEYS
+    from audit.policy import evaluate_policy, load_policy
+    from audit.results import MetricInfo
+    from reports.writer import render_reports
+
+    favoured = sorted({i for t in TEXTS for i in tok(t, add_special_tokens=False)["input_ids"]})
+    assert all(set(tok(t, add_special_tokens=False)["input_ids"]) - set(favoured) for t in OTHER)
+    params = {
+        "perplexity": [
+            {"name": "in-set", "path": _csv(tmp_path / "i.csv", TEXTS), "corruptions": [{"kind": "typo", "rate": 0.5}]},
+            {"name": "out-set", "path": _csv(tmp_path / "o.csv", OTHER)},
+        ],
+        "ood_detection": [{"name": "shift", "in": "in-set", "out": "out-set"}],
+    }
+    dense, flat = _run(params, _ctx(tok), [ControlledLM(len(tok), favoured), ControlledLM(len(tok), [])])
+    assert dense["lm/shift/ood_auroc"].value == 1.0 and flat["lm/shift/ood_auroc"].value == 0.5
+    assert flat["lm/shift/ood_auroc_delta"].value == -0.5
+    assert flat["lm/in-set-typo/corruption_perplexity_ratio"].value == pytest.approx(1.0, abs=1e-12)  # uniform
+
+    res = run(list(dense.values()), [variant("magnitude-0.5", "magnitude", 0.5, list(flat.values()))], suites=("lm",))
+    spec = SUITES.get("lm")
+    res.metrics.update(
+        {
+            f"lm/{s.name}": MetricInfo(suite="lm", name=s.name, meaning=s.meaning, higher_is_better=s.higher_is_better)
+            for s in spec.metrics
+        }
+    )
+    analyze_sweep(res)
+    records = {mid: m.details["paired"] for mid, m in flat.items() if "paired" in m.details}
+    assert set(records) == {
+        "lm/in-set/nll_delta",
+        "lm/in-set-typo/nll_delta",
+        "lm/out-set/nll_delta",
+        "lm/in-set-typo/corruption_perplexity_ratio",
+        "lm/shift/ood_auroc_delta",
+    }
+    assert all(tuple(r) == RECORD_KEYS and r["q_value"] is not None for r in records.values())
+    assert res.statistics["multiple_testing"]["n_tests"] == 5
+    res.verdict = evaluate_policy(load_policy("lm-default")[0], res)
+    status = {r.rule: r.status for r in res.verdict.rules}
+    assert status["lm-ood-detection-drop"] == "WARN"  # -0.5 < -0.05
+    assert status["lm-corruption-sensitivity"] == "PASS"  # the uniform model's ratio (1.0) is not above dense's
+    out = render_reports(res, ["all"])
+    assert "ood_auroc_delta" in out["html"] and "corruption_perplexity_ratio" in out["html"]
