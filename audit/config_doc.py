@@ -113,7 +113,9 @@ def _submodel(annotation: Any, name: str) -> type[BaseModel] | None:
 
 
 def _default(model: type[BaseModel], key: str) -> str:
-    field = model.model_fields[key]
+    fields = model.model_fields
+    # the schema names a field by its alias (e.g. `in`, a Python keyword)
+    field = fields[key] if key in fields else next(f for f in fields.values() if f.alias == key)
     if field.is_required():
         return "required"
     value = to_jsonable_python(field.get_default(call_default_factory=True))

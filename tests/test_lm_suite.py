@@ -248,7 +248,7 @@ def test_lm_spec_declares_directions_and_causal_lm_kind() -> None:
     spec = SUITES.get("lm")
     assert spec.model_kinds == ("causal-lm",)
     lower = {m.name for m in spec.metrics if m.higher_is_better is False}
-    assert lower == {"perplexity", "nll_delta", "perplexity_ratio"}
+    assert lower == {"perplexity", "nll_delta", "perplexity_ratio", "corruption_perplexity_ratio"}
     assert all(m.higher_is_better is not None for m in spec.metrics)
 
 

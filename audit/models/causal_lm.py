@@ -14,8 +14,8 @@ prunable ones; the LM head and the embeddings never are. Structured pruning
 (:mod:`audit.models.decoder_prune`): a unit is a key-value group with the query heads
 that read it (one head under multi-head attention), so the GQA ratio is kept; an FFN
 neuron is a row of gate and up (or fc_in) with the matching column of down. Saved and
-reloaded with our own code (:func:`~audit.models.decoder_prune.save_decoder` layout,
-:func:`~audit.models.decoder_prune.load_decoder`), never ``prune_heads``.
+reloaded with our own code (:func:`~audit.pruning.structured.save_pruned`, which records the
+per-block widths, and :func:`~audit.models.decoder_prune.load_decoder`), never ``prune_heads``.
 
 The predictor (:class:`LMPredictor`) is what suites for causal LMs get as
 ``ctx.predictor``: ``tokenizer``, ``max_length``, ``batch_size`` and ``device``, plus the

@@ -39,7 +39,7 @@ from typing import Any
 from audit.errors import ModelError, UsageError
 from audit.fingerprint import dir_sha256, short
 from audit.models.adapter import ModelAdapter, UnitGroups
-from audit.models.decoder_prune import _head_rows, _keep, _slice_linear
+from audit.models.decoder_prune import head_rows, keep_index, slice_linear
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +204,9 @@ class ClassifierAdapter(ModelAdapter):
     def remove_neurons(self, model: Any, block: UnitGroups, drop: list[int]) -> None:
         if not drop:
             return
-        keep = _keep(block.ffn_width, drop)
-        block.module.intermediate.dense = _slice_linear(block.module.intermediate.dense, keep, 0)
-        block.module.output.dense = _slice_linear(block.module.output.dense, keep, 1)
+        keep = keep_index(block.ffn_width, drop)
+        block.module.intermediate.dense = slice_linear(block.module.intermediate.dense, keep, 0)
+        block.module.output.dense = slice_linear(block.module.output.dense, keep, 1)
         block.ffn_width = len(keep)
 
     def finish_structured(self, model: Any) -> list[str]:
@@ -357,10 +357,10 @@ def cut_heads(block: UnitGroups, drop: list[int]) -> None:
         raise UsageError(f"{block.name} has {n} heads; cannot remove positions {drop}", where="structured pruning")
     if len(drop) >= n:
         raise UsageError(f"removing all {n} heads would empty {block.name}", where="structured pruning")
-    keep = _keep(n * d, _head_rows(drop, d))
+    keep = keep_index(n * d, head_rows(drop, d))
     for name in ("query", "key", "value"):
-        setattr(sa, name, _slice_linear(getattr(sa, name), keep, 0))
-    attn.output.dense = _slice_linear(attn.output.dense, keep, 1)
+        setattr(sa, name, slice_linear(getattr(sa, name), keep, 0))
+    attn.output.dense = slice_linear(attn.output.dense, keep, 1)
     sa.num_attention_heads = n - len(drop)
     sa.all_head_size = sa.num_attention_heads * d
     block.heads = sa.num_attention_heads

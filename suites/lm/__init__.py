@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import json
 import string
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from audit.config import DatasetRef
 from audit.registry import SUITES, MetricSpec, PluginParams, SuiteSpec
+from suites.ood import DEFAULT_RATES, CorruptionKind
+
+_ID = r"^[A-Za-z0-9_.\-]+$"
 
 
 def template_fields(template: str) -> list[str]:
@@ -36,13 +41,48 @@ def _check_template(template: str, text_column: str) -> None:
         )
 
 
+class TextCorruption(PluginParams):
+    """A seeded corruption of a perplexity set's documents, scored as a set of its own (the ood suite's kinds).
+
+    ```yaml
+    - {kind: typo, rate: 0.1}
+    ```
+
+    Every document is corrupted with :func:`suites.ood.corruptions.corrupt` (row ``i`` seeded by
+    ``(seed, i)``, as the ood suite does) and the copy is scored like a clean set, under the dataset id
+    ``<set>-<kind>`` (or ``name``), paired with dense document by document.
+    """
+
+    kind: CorruptionKind = Field(description="One of the ood suite's corruption kinds (suites/ood/corruptions.py).")
+    rate: float | None = Field(
+        None, gt=0.0, le=1.0, description="Chance per word, mark or gap (default depends on the kind, as in ood)."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the corruption (the ood suite's default, 0).")
+    name: str | None = Field(None, pattern=_ID, description="Dataset id in metric ids (default: <set>-<kind>).")
+
+    @property
+    def effective_rate(self) -> float:
+        return self.rate if self.rate is not None else DEFAULT_RATES[self.kind]
+
+
 class PerplexitySet(DatasetRef):
     """A local text set scored document by document (labels not needed).
 
     ```yaml
-    - {name: reviews, path: data/reviews.csv, columns: {text: text, groups: [domain]}, max_examples: 500}
+    - {name: reviews, path: data/reviews.csv, columns: {text: text, groups: [domain]}, max_examples: 500,
+       corruptions: [{kind: typo, rate: 0.1}, {kind: casing}]}
     ```
     """
+
+    corruptions: list[TextCorruption] = Field(
+        default_factory=list,
+        description="Seeded corruptions of the documents, each scored as its own set (<set>-<kind>) with "
+        "perplexity, nll_delta and perplexity_ratio vs dense, plus corruption_perplexity_ratio vs the clean set.",
+    )
+
+    def corruption_ids(self) -> list[str]:
+        """The dataset id of each corrupted copy, in order."""
+        return [c.name or f"{self.name}-{c.kind}" for c in self.corruptions]
 
     max_length: int | None = Field(
         None,
@@ -103,13 +143,40 @@ class PromptSet(DatasetRef):
         return self
 
 
+class OodDetection(PluginParams):
+    """OOD detection from the sequence NLL: how well each model's mean NLL per token separates two sets.
+
+    ```yaml
+    - {name: shift, in: reviews, out: other-domains, score: nll}
+    ```
+    """
+
+    model_config = {**PluginParams.model_config, "populate_by_name": True}
+
+    name: str = Field(pattern=_ID, description="Dataset id of the detection in metric ids.")
+    in_: str = Field(alias="in", description="The in-distribution perplexity set (or a corrupted copy's id).")
+    out: str = Field(description="The out-of-distribution perplexity set (or a corrupted copy's id).")
+    score: Literal["nll"] = Field(
+        "nll", description="nll: each document's mean NLL per token, higher meaning out of distribution."
+    )
+
+
+def _key_error(loc: tuple[str | int, ...], value: object, message: str) -> ValidationError:
+    """A validation error at ``loc`` (so the config error names the key and its line)."""
+    error = PydanticCustomError("lm_params", message)
+    return ValidationError.from_exception_data("LmParams", [InitErrorDetails(type=error, loc=loc, input=value)])
+
+
 class LmParams(PluginParams):
-    r"""Perplexity sets, multiple-choice tasks and prompt sets; every variant is paired with dense.
+    r"""Perplexity sets (and seeded corruptions), OOD detection, choice tasks and prompt sets; paired with dense.
 
     ```yaml
     suites:
       lm:
-        perplexity: [{name: reviews, path: data/reviews.csv}]
+        perplexity:
+          - {name: reviews, path: data/reviews.csv, corruptions: [{kind: typo, rate: 0.1}]}
+          - {name: news, path: data/news.csv}
+        ood_detection: [{name: shift, in: reviews, out: news}]
         choice_tasks:
           - {name: sentiment, path: data/reviews.csv, template: "Review: {text}\nSentiment:",
              choices: [" negative", " positive"]}
@@ -120,6 +187,12 @@ class LmParams(PluginParams):
     perplexity: list[PerplexitySet] = Field(default_factory=list, description="Text sets scored for perplexity.")
     choice_tasks: list[ChoiceTask] = Field(default_factory=list, description="Zero-shot multiple-choice tasks.")
     generation: list[PromptSet] = Field(default_factory=list, description="Prompt sets for greedy agreement.")
+    ood_detection: list[OodDetection] = Field(
+        default_factory=list,
+        description="OOD detection from the sequence NLL: AUROC of each document's mean NLL per token for "
+        "telling `out` from `in` (two perplexity sets of this suite), and on variants its paired change vs dense "
+        "(DeLong).",
+    )
     intersections: bool = Field(True, description="Also report accuracy on the intersection of all group columns.")
     batch_size: int | None = Field(None, ge=1, description="Sequences per forward pass (default: the predictor's).")
     n_examples: int = Field(
@@ -130,14 +203,45 @@ class LmParams(PluginParams):
         "variant gets wrong, and the prompts whose greedy continuation departs most from dense's.",
     )
 
+    def perplexity_ids(self) -> list[str]:
+        """Dataset ids of the perplexity sets and their corrupted copies."""
+        return [i for p in self.perplexity for i in (p.name, *p.corruption_ids())]
+
     @model_validator(mode="after")
     def _names(self) -> LmParams:
-        names = [d.name for d in [*self.perplexity, *self.choice_tasks, *self.generation]]
+        if not [*self.perplexity, *self.choice_tasks, *self.generation]:
+            raise ValueError("set at least one of perplexity, choice_tasks or generation")
+        for i, p in enumerate(self.perplexity):
+            kinds = [c.kind for c in p.corruptions if not c.name]
+            again = sorted({k for k in kinds if kinds.count(k) > 1})
+            if again:
+                raise _key_error(
+                    ("perplexity", i, "corruptions"),
+                    again,
+                    f"corruptions of the same kind need a `name` each to tell them apart: {again}",
+                )
+        names = [
+            *self.perplexity_ids(),
+            *(d.name for d in [*self.choice_tasks, *self.generation, *self.ood_detection]),
+        ]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"perplexity sets, choice tasks and prompt sets need distinct names; repeated: {dup}")
-        if not names:
-            raise ValueError("set at least one of perplexity, choice_tasks or generation")
+            raise ValueError(
+                "perplexity sets (and their corrupted copies), choice tasks, prompt sets and ood_detection entries "
+                f"need distinct names; repeated: {dup}"
+            )
+        known = self.perplexity_ids()
+        for i, d in enumerate(self.ood_detection):
+            for key, value in (("in", d.in_), ("out", d.out)):
+                if value not in known:
+                    raise _key_error(
+                        ("ood_detection", i, key),
+                        value,
+                        f"{value!r} names no perplexity set of the lm suite (perplexity sets and corrupted copies: "
+                        f"{', '.join(known) or 'none'})",
+                    )
+            if d.in_ == d.out:
+                raise _key_error(("ood_detection", i, "out"), d.out, f"in and out are the same set {d.out!r}")
         return self
 
 
@@ -198,6 +302,31 @@ METRICS = (
         reference=1.0,
     ),
     MetricSpec(
+        "corruption_perplexity_ratio",
+        "Perplexity of a corrupted copy over the same model's perplexity of the clean set, on the same documents "
+        "(paired bootstrap over documents): what the corruption alone does to the model; on a variant, "
+        "details.paired tests the change of the ratio vs dense's (is the pruned model more fragile?).",
+        higher_is_better=False,
+        range=(0.0, None),
+        unit="x",
+        reference=1.0,
+    ),
+    MetricSpec(
+        "ood_auroc",
+        "ROC AUC of each document's mean NLL per token for telling the `out` set from the `in` set (higher NLL "
+        "meaning out; stratified bootstrap CI); 0.5 means the model's likelihood does not notice the shift.",
+        higher_is_better=True,
+        reference=0.5,
+    ),
+    MetricSpec(
+        "ood_auroc_delta",
+        "ood_auroc of the variant minus dense's on the same documents (DeLong's paired test in details; CI from "
+        "the paired stratified bootstrap).",
+        higher_is_better=True,
+        range=(-1.0, 1.0),
+        reference=0.0,
+    ),
+    MetricSpec(
         "acc",
         "Zero-shot multiple-choice accuracy: the choice with the highest summed log-likelihood after the prompt.",
         higher_is_better=True,
@@ -234,8 +363,8 @@ SPEC = SUITES.register(
     SuiteSpec(
         name="lm",
         impl="suites.lm.run:LmSuite",
-        summary="Causal-LM perplexity, zero-shot multiple-choice accuracy per group and greedy agreement, "
-        "paired vs dense.",
+        summary="Causal-LM perplexity (clean and seeded corruptions), OOD detection from the sequence NLL, "
+        "zero-shot multiple-choice accuracy per group and greedy agreement, paired vs dense.",
         params=LmParams,
         metrics=METRICS,
         tags=("core",),

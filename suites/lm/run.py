@@ -3,17 +3,19 @@
 Per set, on every variant (dense first), with ``variant.model`` a causal LM and
 ``ctx.predictor.tokenizer`` its tokenizer:
 
-* perplexity sets: per-document NLL (:func:`audit.models.lm_scoring.document_nll`), corpus perplexity
-  ``exp(sum nll / sum tokens)`` with a percentile bootstrap CI over documents, per group through
-  fairlearn's ``MetricFrame``; on a variant ``nll_delta``: the change of the corpus NLL per token,
-  ``sum(nll_v - nll_d) / sum tokens``, with a paired bootstrap over documents (the same resamples
-  for both models; :func:`audit.paired.paired_continuous`), and ``perplexity_ratio = exp(nll_delta)``;
+* perplexity sets (and their seeded corrupted copies, each a set of its own): per-document NLL
+  (:func:`audit.models.lm_scoring.document_nll`), corpus perplexity ``exp(sum nll / sum tokens)``
+  with a percentile bootstrap CI over documents, per group through fairlearn's ``MetricFrame``;
+  on a variant ``nll_delta``: the change of the corpus NLL per token, ``sum(nll_v - nll_d) / sum
+  tokens``, with a paired bootstrap over documents (the same resamples for both models;
+  :func:`audit.paired.paired_continuous`), and ``perplexity_ratio = exp(nll_delta)``;
 * choice tasks: ``acc`` / ``acc_norm`` (:func:`audit.models.lm_scoring.score_choices`) overall and per
   group (:func:`audit.stats.group_measurements`, i.e. ``MetricFrame``); on a variant ``acc_delta``
   with the exact McNemar test on per-example correctness (:func:`audit.paired.paired_binary`);
 * prompt sets: on a variant ``greedy_agreement`` and ``greedy_exact_match`` against dense's greedy
   continuations, bootstrap CI over prompts; dense is 1.0 by construction (not computed).
 
+Corruption ratios and OOD detection from the sequence NLL are in :mod:`suites.lm.ood`.
 Every comparison with dense is the :class:`audit.paired.PairedComparison` at
 ``details["paired"]``, so :mod:`audit.analysis` puts it in the run's FDR family.
 """
@@ -34,6 +36,7 @@ from audit.models.lm_scoring import document_nll, encode_pair, generation_agreem
 from audit.results import GroupValue, Measurement
 from audit.suite import Suite, SuiteContext, SuiteOutput, Variant, prediction_details
 from suites.lm import ChoiceTask, PerplexitySet, PromptSet, template_fields
+from suites.lm import ood as lm_ood
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +50,12 @@ class LoadedSet:
     es: EvalSet
     inputs: list[str]
     """Texts scored (perplexity) or prompts (choice tasks, prompt sets), one per row."""
+    id: str | None = None
+    """The dataset id when it is not the ref's name (a corrupted copy of a perplexity set)."""
 
     @property
     def name(self) -> str:
-        return self.ref.name
+        return self.id or self.ref.name
 
 
 def _where(ref: Any) -> str:
@@ -118,9 +123,18 @@ class LmSuite(Suite):
         p = self.params
         self.sets: list[LoadedSet] = []
         self._setup_warnings: list[str] = []
+        self.copies: list[lm_ood.CorruptedCopy] = []
         for ref in p.perplexity:
             es = load_set(ref, ctx)
             self.sets.append(LoadedSet("perplexity", ref, es, list(es.texts)))
+            for c in lm_ood.corrupted_copies(ref, es):
+                self.copies.append(c)
+                self.sets.append(LoadedSet("perplexity", ref, c.es, list(c.es.texts), id=c.id))
+                if not c.changed:
+                    self._setup_warnings.append(
+                        f"{_where(ref)}: corruption {c.id} ({c.corruption.kind}, rate {c.corruption.effective_rate}) "
+                        "changed none of the documents"
+                    )
         for task in p.choice_tasks:
             es = load_set(task, ctx, id2label={i: c.strip() for i, c in enumerate(task.choices)})
             self.sets.append(LoadedSet("choice", task, es, render(task.template, es, task)))
@@ -146,6 +160,7 @@ class LmSuite(Suite):
                 out.datasets.append(s.es.identity)
             if variant.is_baseline:
                 out.warnings.extend(f"{_where(s.ref)}: {w}" for w in s.es.warnings)
+        out.measurements.extend(lm_ood.measurements(self.name, self.params, self.copies, sets_art, base, ctx))
         if variant.is_baseline:
             out.warnings.extend(self._setup_warnings)
         out.artifacts = {"sets": sets_art}
