@@ -23,6 +23,7 @@ base in :mod:`audit.config_base`.
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +57,7 @@ __all__ = [
     "ModelConfig",
     "ReportConfig",
     "RuntimeConfig",
+    "ZeroShotConfig",
     "SplitMap",
     "StrictModel",
     "SuiteConfig",
@@ -67,6 +69,96 @@ __all__ = [
 ]
 
 DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "txt")
+ZERO_SHOT_FIELDS = ("text", "text_pair")
+"""The fields a zero-shot template may use: the example's text and, for sentence pairs, its second text."""
+
+
+def template_fields(template: str) -> list[str]:
+    """The ``{field}`` names a prompt template uses, in order (``{{`` / ``}}`` are literal braces)."""
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"template {template!r} is not a valid format string: {exc}") from None
+
+
+class ZeroShotConfig(StrictModel):
+    r"""A causal LM used as a zero-shot classifier, so the classifier suites audit it unchanged.
+
+    ```yaml
+    model:
+      path: ./SmolLM2-135M
+      zero_shot:
+        template: "Review: {text}\nSentiment:"
+        choices: [" negative", " positive"]
+    ```
+
+    Class ``i`` is choice ``i``: its logit is the summed log-likelihood of ``delimiter + choice``
+    after the filled-in template (lm-evaluation-harness multiple-choice scoring), divided by the
+    choice's length in characters with ``normalize: chars`` (the harness's ``acc_norm``); the
+    class probabilities are their softmax. The eval data's label column holds the choice's index
+    or its text (stripped, case-insensitive); ``data.label_map`` maps other values.
+    """
+
+    template: str = Field(
+        description="Prompt with `{text}` (the example's text) and, for sentence pairs, `{text_pair}`."
+    )
+    choices: list[str] = Field(
+        description="The continuations scored after the prompt, one per class in class order, each with its "
+        "leading space; at least two, distinct after stripping spaces (ignoring case)."
+    )
+    delimiter: str = Field("", description="Put between prompt and each choice (the harness's target_delimiter).")
+    normalize: Literal["none", "chars"] = Field(
+        "none",
+        description="none: a choice's logit is its summed log-likelihood (the harness's acc); chars: divided by the "
+        "choice's length in characters (acc_norm).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ZeroShotConfig:
+        try:
+            fields = template_fields(self.template)
+        except ValueError as exc:
+            raise _err("zero_shot_template", str(exc)) from None
+        bad = sorted({f"{{{f}}}" for f in fields if f not in ZERO_SHOT_FIELDS})
+        if bad:
+            raise _err(
+                "zero_shot_template",
+                f"model.zero_shot.template may use {{text}} and {{text_pair}} only, found {', '.join(bad)}",
+                "write literal braces as {{ and }}",
+            )
+        if "text" not in fields:
+            raise _err(
+                "zero_shot_template",
+                f"model.zero_shot.template {self.template!r} must contain {{text}}, where each example's text goes",
+            )
+        if len(self.choices) < 2:
+            raise _err(
+                "zero_shot_choices",
+                f"model.zero_shot.choices needs at least two choices (one per class), found {len(self.choices)}",
+            )
+        stripped = [c.strip().lower() for c in self.choices]
+        if len(set(stripped)) != len(stripped) or not all(stripped):
+            raise _err(
+                "zero_shot_choices",
+                f"model.zero_shot.choices must be distinct and non-empty (after stripping spaces, ignoring case): "
+                f"{self.choices}",
+            )
+        return self
+
+    @property
+    def uses_pairs(self) -> bool:
+        return "text_pair" in template_fields(self.template)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """Class index -> choice text (stripped): what the label column is matched against."""
+        return {i: c.strip() for i, c in enumerate(self.choices)}
+
+    def describe(self) -> str:
+        """One line for reports: the template, the choices and the scoring."""
+        norm = "summed log-likelihood per character" if self.normalize == "chars" else "summed log-likelihood"
+        choices = " / ".join(repr(self.delimiter + c) for c in self.choices)
+        return f"zero-shot classifier: prompt {self.template!r}, choices {choices} ({norm}, softmax over choices)"
 
 
 class ModelConfig(StrictModel):
@@ -96,6 +188,11 @@ class ModelConfig(StrictModel):
         description="Tokenizer truncation length in tokens (text and text pair together): longer inputs are cut, "
         "and the report counts how many texts of each dataset were (a truncation note in the limitations).",
     )
+    zero_shot: ZeroShotConfig | None = Field(
+        None,
+        description="Causal LMs only: score the LM as a zero-shot classifier (one class per choice), so the "
+        "performance, ood, bias and adversarial suites audit it; without it they refuse a causal LM.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -110,6 +207,12 @@ class ModelConfig(StrictModel):
                 "model_kind",
                 "model.gguf_file holds a causal LM, but model.kind is classifier",
                 "set model.kind to causal-lm or auto",
+            )
+        if self.zero_shot is not None and self.kind == "classifier":
+            raise _err(
+                "model_zero_shot",
+                "model.zero_shot is for a causal LM, but model.kind is classifier (a classifier has its own classes)",
+                "remove model.zero_shot, or set model.kind to causal-lm or auto",
             )
         return self
 
@@ -136,8 +239,8 @@ class ColumnMap(StrictModel):
     text_pair: str | None = Field(None, description="Column holding the second text of a sentence pair (NLI, QQP).")
     label: str | None = Field(
         "label",
-        description="Column holding the gold label (a class index or a label name). Unused for a causal LM; "
-        "null only there.",
+        description="Column holding the gold label (a class index or a label name). Unused for a causal LM "
+        "without model.zero_shot; null only there.",
     )
     groups: list[str] = Field(default_factory=list, description="Sensitive-feature columns.")
     id: str | None = Field(None, description="Optional stable example id column.")
@@ -385,6 +488,33 @@ class AuditConfig(StrictModel):
                 "no_label",
                 "data.columns.label is null, but a classifier needs a label column",
                 "name the gold-label column, or set model.kind: causal-lm for a language model",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _zero_shot_data(self) -> AuditConfig:
+        zs = self.model.zero_shot
+        if zs is None:
+            return self
+        cols = self.data.columns
+        if cols.label is None:
+            raise _err(
+                "zero_shot_label",
+                "model.zero_shot scores the LM as a classifier, but data.columns.label is null",
+                "name the gold column (each row's choice, by index or text)",
+            )
+        if zs.uses_pairs and cols.text_pair is None:
+            raise _err(
+                "zero_shot_pairs",
+                "model.zero_shot.template uses {text_pair}, but data.columns.text_pair is not set",
+                "name the second-text column in data.columns.text_pair, or drop {text_pair} from the template",
+            )
+        if cols.text_pair is not None and not zs.uses_pairs:
+            raise _err(
+                "zero_shot_pairs",
+                f"the data has text pairs (data.columns.text_pair: {cols.text_pair}), but model.zero_shot.template "
+                "has no {text_pair}: the second text would never reach the model",
+                "put {text_pair} into the template",
             )
         return self
 
