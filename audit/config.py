@@ -23,7 +23,6 @@ base in :mod:`audit.config_base`.
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +36,7 @@ from audit.config_sweep import (
     MethodConfig,
     SweepConfig,
 )
+from audit.config_zero_shot import ZeroShotConfig
 from audit.errors import ConfigError
 from audit.registry import SUITES, PluginParams
 from audit.runpaths import RunPaths
@@ -69,96 +69,6 @@ __all__ = [
 ]
 
 DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "txt")
-ZERO_SHOT_FIELDS = ("text", "text_pair")
-"""The fields a zero-shot template may use: the example's text and, for sentence pairs, its second text."""
-
-
-def template_fields(template: str) -> list[str]:
-    """The ``{field}`` names a prompt template uses, in order (``{{`` / ``}}`` are literal braces)."""
-    try:
-        return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        raise ValueError(f"template {template!r} is not a valid format string: {exc}") from None
-
-
-class ZeroShotConfig(StrictModel):
-    r"""A causal LM used as a zero-shot classifier, so the classifier suites audit it unchanged.
-
-    ```yaml
-    model:
-      path: ./SmolLM2-135M
-      zero_shot:
-        template: "Review: {text}\nSentiment:"
-        choices: [" negative", " positive"]
-    ```
-
-    Class ``i`` is choice ``i``: its logit is the summed log-likelihood of ``delimiter + choice``
-    after the filled-in template (lm-evaluation-harness multiple-choice scoring), divided by the
-    choice's length in characters with ``normalize: chars`` (the harness's ``acc_norm``); the
-    class probabilities are their softmax. The eval data's label column holds the choice's index
-    or its text (stripped, case-insensitive); ``data.label_map`` maps other values.
-    """
-
-    template: str = Field(
-        description="Prompt with `{text}` (the example's text) and, for sentence pairs, `{text_pair}`."
-    )
-    choices: list[str] = Field(
-        description="The continuations scored after the prompt, one per class in class order, each with its "
-        "leading space; at least two, distinct after stripping spaces (ignoring case)."
-    )
-    delimiter: str = Field("", description="Put between prompt and each choice (the harness's target_delimiter).")
-    normalize: Literal["none", "chars"] = Field(
-        "none",
-        description="none: a choice's logit is its summed log-likelihood (the harness's acc); chars: divided by the "
-        "choice's length in characters (acc_norm).",
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> ZeroShotConfig:
-        try:
-            fields = template_fields(self.template)
-        except ValueError as exc:
-            raise _err("zero_shot_template", str(exc)) from None
-        bad = sorted({f"{{{f}}}" for f in fields if f not in ZERO_SHOT_FIELDS})
-        if bad:
-            raise _err(
-                "zero_shot_template",
-                f"model.zero_shot.template may use {{text}} and {{text_pair}} only, found {', '.join(bad)}",
-                "write literal braces as {{ and }}",
-            )
-        if "text" not in fields:
-            raise _err(
-                "zero_shot_template",
-                f"model.zero_shot.template {self.template!r} must contain {{text}}, where each example's text goes",
-            )
-        if len(self.choices) < 2:
-            raise _err(
-                "zero_shot_choices",
-                f"model.zero_shot.choices needs at least two choices (one per class), found {len(self.choices)}",
-            )
-        stripped = [c.strip().lower() for c in self.choices]
-        if len(set(stripped)) != len(stripped) or not all(stripped):
-            raise _err(
-                "zero_shot_choices",
-                f"model.zero_shot.choices must be distinct and non-empty (after stripping spaces, ignoring case): "
-                f"{self.choices}",
-            )
-        return self
-
-    @property
-    def uses_pairs(self) -> bool:
-        return "text_pair" in template_fields(self.template)
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        """Class index -> choice text (stripped): what the label column is matched against."""
-        return {i: c.strip() for i, c in enumerate(self.choices)}
-
-    def describe(self) -> str:
-        """One line for reports: the template, the choices and the scoring."""
-        norm = "summed log-likelihood per character" if self.normalize == "chars" else "summed log-likelihood"
-        choices = " / ".join(repr(self.delimiter + c) for c in self.choices)
-        return f"zero-shot classifier: prompt {self.template!r}, choices {choices} ({norm}, softmax over choices)"
 
 
 class ModelConfig(StrictModel):
@@ -239,8 +149,8 @@ class ColumnMap(StrictModel):
     text_pair: str | None = Field(None, description="Column holding the second text of a sentence pair (NLI, QQP).")
     label: str | None = Field(
         "label",
-        description="Column holding the gold label (a class index or a label name). Unused for a causal LM "
-        "without model.zero_shot; null only there.",
+        description="Column holding the gold label (a class index or a label name). Unused for a causal LM; "
+        "null only there.",
     )
     groups: list[str] = Field(default_factory=list, description="Sensitive-feature columns.")
     id: str | None = Field(None, description="Optional stable example id column.")
