@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import string
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from audit.config_base import StrictModel, _err
 
-__all__ = ["ZERO_SHOT_FIELDS", "ZeroShotConfig", "template_fields"]
+__all__ = ["ZERO_SHOT_FIELDS", "ZeroShotConfig", "describe_zero_shot", "template_fields"]
 
 ZERO_SHOT_FIELDS = ("text", "text_pair")
 """The fields a zero-shot template may use: the example's text and, for sentence pairs, its second text."""
@@ -101,3 +101,15 @@ class ZeroShotConfig(StrictModel):
         norm = "summed log-likelihood per character" if self.normalize == "chars" else "summed log-likelihood"
         choices = " / ".join(repr(self.delimiter + c) for c in self.choices)
         return f"zero-shot classifier: prompt {self.template!r}, choices {choices} ({norm}, softmax over choices)"
+
+
+def describe_zero_shot(config: Any) -> str:
+    """The :meth:`ZeroShotConfig.describe` line of a run's recorded config (a dict), or ``""`` without one."""
+    model = config.get("model") if isinstance(config, dict) else None
+    zs = model.get("zero_shot") if isinstance(model, dict) else None
+    if not zs:
+        return ""
+    try:
+        return ZeroShotConfig.model_validate(zs).describe()
+    except ValueError:  # a recorded config of another version: name what it says, unjudged
+        return f"zero-shot classifier: {zs}"

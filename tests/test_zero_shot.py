@@ -216,6 +216,14 @@ def test_ood_bias_and_adversarial_audit_a_zero_shot_llama_paired_with_dense(lm_d
     assert "paired" in pruned["bias/test/counterfactual_flip_rate"].details
     assert "adversarial/pruthi/success_rate" in dense and "adversarial/pruthi/transfer_accuracy" in pruned
     assert "paired" in pruned["adversarial/pruthi/accuracy_under_attack_delta"].details
+    # the model card and the report's identity name the template and the choices the LM was scored with
+    from reports.model_card import render
+    from reports.views.identity import model_view
+
+    line = cfg.model.zero_shot.describe()
+    assert repr(TEMPLATE) in line and "' negative' / ' positive'" in line and model_view(result)["zero_shot"] == line
+    card = render(result, variant=variant.id)
+    assert "It was audited as a zero-shot classifier: prompt" in card and "positive" in card.split("audited as")[1]
 
 
 def test_a_classifier_suite_without_zero_shot_refuses_a_causal_lm_before_any_work(lm_dirs, tmp_path: Path) -> None:
