@@ -36,6 +36,7 @@ from audit.config_sweep import (
     MethodConfig,
     SweepConfig,
 )
+from audit.config_zero_shot import ZeroShotConfig
 from audit.errors import ConfigError
 from audit.registry import SUITES, PluginParams
 from audit.runpaths import RunPaths
@@ -56,6 +57,7 @@ __all__ = [
     "ModelConfig",
     "ReportConfig",
     "RuntimeConfig",
+    "ZeroShotConfig",
     "SplitMap",
     "StrictModel",
     "SuiteConfig",
@@ -96,6 +98,11 @@ class ModelConfig(StrictModel):
         description="Tokenizer truncation length in tokens (text and text pair together): longer inputs are cut, "
         "and the report counts how many texts of each dataset were (a truncation note in the limitations).",
     )
+    zero_shot: ZeroShotConfig | None = Field(
+        None,
+        description="Causal LMs only: score the LM as a zero-shot classifier (one class per choice), so the "
+        "performance, ood, bias and adversarial suites audit it; without it they refuse a causal LM.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -110,6 +117,12 @@ class ModelConfig(StrictModel):
                 "model_kind",
                 "model.gguf_file holds a causal LM, but model.kind is classifier",
                 "set model.kind to causal-lm or auto",
+            )
+        if self.zero_shot is not None and self.kind == "classifier":
+            raise _err(
+                "model_zero_shot",
+                "model.zero_shot is for a causal LM, but model.kind is classifier (a classifier has its own classes)",
+                "remove model.zero_shot, or set model.kind to causal-lm or auto",
             )
         return self
 
@@ -385,6 +398,33 @@ class AuditConfig(StrictModel):
                 "no_label",
                 "data.columns.label is null, but a classifier needs a label column",
                 "name the gold-label column, or set model.kind: causal-lm for a language model",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _zero_shot_data(self) -> AuditConfig:
+        zs = self.model.zero_shot
+        if zs is None:
+            return self
+        cols = self.data.columns
+        if cols.label is None:
+            raise _err(
+                "zero_shot_label",
+                "model.zero_shot scores the LM as a classifier, but data.columns.label is null",
+                "name the gold column (each row's choice, by index or text)",
+            )
+        if zs.uses_pairs and cols.text_pair is None:
+            raise _err(
+                "zero_shot_pairs",
+                "model.zero_shot.template uses {text_pair}, but data.columns.text_pair is not set",
+                "name the second-text column in data.columns.text_pair, or drop {text_pair} from the template",
+            )
+        if cols.text_pair is not None and not zs.uses_pairs:
+            raise _err(
+                "zero_shot_pairs",
+                f"the data has text pairs (data.columns.text_pair: {cols.text_pair}), but model.zero_shot.template "
+                "has no {text_pair}: the second text would never reach the model",
+                "put {text_pair} into the template",
             )
         return self
 

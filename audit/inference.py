@@ -70,6 +70,20 @@ class Predictor:
         self.forward_calls = 0
         self.examples_seen = 0
 
+    def derive(self, *, batch_size: int, cache_size: int = 1) -> Predictor:
+        """A predictor that scores as this one does, with another batch size and encoding cache.
+
+        The adversarial suite's TextAttack wrapper queries through one (it memoises outputs itself);
+        a subclass keeps its own scoring (a causal LM's zero-shot choices).
+        """
+        return Predictor(
+            self.tokenizer,
+            max_length=self.max_length,
+            batch_size=batch_size,
+            device=str(self.device),
+            cache_size=cache_size,
+        )
+
     def encode(self, texts: list[str], pairs: list[str] | None = None, batch_size: int | None = None) -> Encoded:
         bs = batch_size or self.batch_size
         key = _key(texts, pairs, self.max_length, bs)

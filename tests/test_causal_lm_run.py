@@ -95,7 +95,7 @@ def test_a_classifier_suite_is_refused_for_a_causal_lm_before_any_work(lm_dirs, 
     model, data = lm_dirs
     r = cli("run", "--config", str(_config(tmp_path, model, data, suites="suites:\n  performance: {}\n")))
     assert r.returncode == 4
-    assert "suite 'performance' measures classifier models; the audited model is a causal-lm" in r.stderr
+    assert "model.zero_shot: suite 'performance' measures a causal LM as a zero-shot classifier" in r.stderr
     assert not (tmp_path / "out" / "results.json").exists()
 
 

@@ -181,16 +181,20 @@ def test_a_suite_for_other_model_kinds_is_refused_before_any_work(tiny_model_dir
 
     cfg = config_from_text(
         f"model: {{path: {tiny_model_dir}}}\ndata: {{files: {{test: t.csv}}, splits: {{eval: test}}}}\n"
-        "suites: [{name: performance}]\n"
+        "suites: [{name: lm, params: {perplexity: [{name: docs, path: d.csv}]}}]\n"
     )
-    check_suite_kinds(cfg, "classifier")
+    check_suite_kinds(cfg, "causal-lm")
     with pytest.raises(
-        UsageError,
-        match=r"suite 'performance' measures classifier models; the audited model is a "
-        r"causal-lm",
+        UsageError, match=r"suite 'lm' measures causal-lm models; the audited model is a classifier"
     ) as info:
-        check_suite_kinds(cfg, "causal-lm")
+        check_suite_kinds(cfg, "classifier")
     assert info.value.where == "suites[0]"
+    # a classifier suite measures a causal LM only as a zero-shot classifier (model.zero_shot)
+    cfg = cfg.model_copy(update={"suites": [cfg.suites[0].model_copy(update={"name": "performance", "params": {}})]})
+    check_suite_kinds(cfg, "classifier")
+    with pytest.raises(UsageError, match=r"suite 'performance' measures a causal LM as a zero-shot classifier") as info:
+        check_suite_kinds(cfg, "causal-lm")
+    assert info.value.where == "model.zero_shot"
 
 
 FAMILY_SPECIFIC = re.compile(r"BertFor|encoder\\?\.layer|\.classifier\.")  # also the regex form encoder\.layer
@@ -230,7 +234,5 @@ def test_preflight_reads_the_kind_from_the_checkpoint_before_loading_it(
         f"model: {{path: {d}}}\ndata: {{files: {{test: t.csv}}, splits: {{eval: test}}}}\n"
         "suites: [{name: performance}]\n"
     )
-    with pytest.raises(
-        UsageError, match="suite 'performance' measures classifier models; the audited model is a causal"
-    ):
+    with pytest.raises(UsageError, match="suite 'performance' measures a causal LM as a zero-shot classifier"):
         preflight(cfg)

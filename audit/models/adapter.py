@@ -199,7 +199,7 @@ class ModelAdapter:
     :meth:`loss` (labelled calibration), and for structured pruning
     :meth:`unit_groups`, :meth:`head_ids`, :meth:`remove_heads`,
     :meth:`remove_neurons`, :meth:`finish_structured`, :meth:`save_pruned`,
-    :meth:`load_pruned`. Inference: :meth:`predictor`. Deployment:
+    :meth:`load_pruned`. Inference: :meth:`predictor`, :meth:`id2label`. Deployment:
     :meth:`probe_batches`, :meth:`probe_outputs`, :meth:`synthetic_inputs`. Data:
     :meth:`data_identity`. A method a family cannot do raises :class:`UsageError`.
     """
@@ -281,8 +281,15 @@ class ModelAdapter:
 
     # -- inference ---------------------------------------------------------------
     def predictor(self, tokenizer: Any, *, max_length: int, batch_size: int, device: str = "cpu") -> Any:
-        """The object suites run forward passes through (tokenized once per set)."""
+        """The object suites run forward passes through (tokenized once per set).
+
+        A causal LM's takes ``zero_shot`` too (``model.zero_shot``: its class logits are the choices').
+        """
         raise NotImplementedError
+
+    def id2label(self, loaded: Any, spec: Any) -> dict[int, str]:
+        """Class index -> name of the audited model (``spec``: the ``ModelConfig``); the eval labels map onto it."""
+        return loaded.id2label
 
     # -- deployment ----------------------------------------------------------------
     def probe_batches(self, eval_set: Any, predictor: Any, k: int) -> list[dict[str, Any]]:

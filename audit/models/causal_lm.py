@@ -20,8 +20,10 @@ per-block widths, and :func:`~audit.models.decoder_prune.load_decoder`), never `
 The predictor (:class:`LMPredictor`) is what suites for causal LMs get as
 ``ctx.predictor``: ``tokenizer``, ``max_length``, ``batch_size`` and ``device``, plus the
 tokenize-once ``encode`` of :class:`audit.inference.Predictor` (calibration and the probe
-use it). It has no class logits: a classifier suite refuses a causal LM before any work
-(``SuiteSpec.model_kinds``). Deployment compares next-token logits on every real token
+use it). With ``model.zero_shot`` it is a zero-shot classifier: its class logits are the
+choices' log-likelihoods after the filled-in template (:meth:`LMPredictor.logits`), so the
+classifier suites (performance, ood, bias, adversarial) run on it unchanged; without it
+they refuse a causal LM before any work. Deployment compares next-token logits on every real token
 of the probe texts (:meth:`CausalLMAdapter.probe_outputs`, at most
 :data:`PROBE_TOKENS` rows in all).
 """
@@ -29,12 +31,16 @@ of the probe texts (:meth:`CausalLMAdapter.probe_outputs`, at most
 from __future__ import annotations
 
 import logging
+import weakref
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from audit.errors import ModelError, UsageError
 from audit.fingerprint import dir_sha256, short
-from audit.inference import Predictor
+from audit.inference import Predictor, _key
 from audit.models.adapter import ModelAdapter, UnitGroups
 
 log = logging.getLogger(__name__)
@@ -52,19 +58,109 @@ class LMPredictor(Predictor):
     Contract for LM suites: ``tokenizer`` (a Hugging Face tokenizer with a pad token),
     ``max_length`` (``model.max_length``), ``batch_size`` (``runtime.batch_size``),
     ``device`` (a ``torch.device``); pass them to :mod:`audit.models.lm_scoring`. ``encode`` pads
-    on the right with an attention mask. There are no class logits (:meth:`logits` refuses).
+    on the right with an attention mask.
+
+    Class logits exist only with ``zero_shot`` (a :class:`audit.config.ZeroShotConfig`): row ``i``
+    holds, per choice, the summed log-likelihood of ``delimiter + choice`` after the template
+    filled with ``texts[i]`` (and ``pairs[i]``), scored as lm-evaluation-harness scores multiple
+    choice (:func:`audit.models.lm_scoring.score_choices`; inputs longer than ``max_length``
+    tokens are cut on the left), divided by the choice's length in characters with
+    ``normalize: chars``. ``proba`` is their softmax over the choices. Scores are kept per model
+    object and texts (``score_cache`` sets, least recently used first out), so the suites that
+    score the eval set score it once per model; a model must not be changed in place between
+    calls (the runner never does: every variant is its own copy).
     """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        max_length: int = 128,
+        batch_size: int = 32,
+        device: str = "cpu",
+        cache_size: int = 64,
+        zero_shot: Any = None,
+        score_cache: int = 32,
+    ) -> None:
+        super().__init__(tokenizer, max_length=max_length, batch_size=batch_size, device=device, cache_size=cache_size)
+        self.zero_shot = zero_shot
+        self._scores: OrderedDict[tuple[int, str], tuple[Any, np.ndarray]] = OrderedDict()
+        self._score_cache = score_cache
+
+    def derive(self, *, batch_size: int, cache_size: int = 1) -> LMPredictor:
+        """The same scoring with another batch size and caches (the adversarial suite's, which memoises itself)."""
+        return LMPredictor(
+            self.tokenizer,
+            max_length=self.max_length,
+            batch_size=batch_size,
+            device=str(self.device),
+            cache_size=cache_size,
+            zero_shot=self.zero_shot,
+            score_cache=0,
+        )
+
+    def prompts(self, texts: list[str], pairs: list[str] | None = None) -> list[str]:
+        """The zero-shot template filled in with each text (and its pair)."""
+        zs = self._zero_shot()
+        if zs.uses_pairs and pairs is None:
+            raise UsageError(
+                "model.zero_shot.template uses {text_pair}, but these texts come without pairs",
+                where="model.zero_shot.template",
+                hint="drop {text_pair} from the template, or name the pair column (columns.text_pair) of every set",
+            )
+        if pairs is not None and not zs.uses_pairs:
+            raise UsageError(
+                "these texts come with text pairs, but model.zero_shot.template has no {text_pair}: the second text "
+                "would never reach the model",
+                where="model.zero_shot.template",
+                hint="put {text_pair} into the template",
+            )
+        if pairs is not None:
+            return [zs.template.format(text=t, text_pair=p) for t, p in zip(texts, pairs, strict=True)]
+        return [zs.template.format(text=t) for t in texts]
+
+    def _zero_shot(self) -> Any:
+        if self.zero_shot is None:
+            raise UsageError(
+                "a causal LM has class logits only as a zero-shot classifier, and model.zero_shot is not set",
+                where="model.zero_shot",
+                hint="set model.zero_shot (a prompt template with {text} and one choice per class)",
+            )
+        return self.zero_shot
 
     def logits(
         self, model: Any, texts: list[str], pairs: list[str] | None = None, batch_size: int | None = None
     ) -> Any:
-        raise UsageError(
-            "a causal LM has no class logits; this suite measures classifiers",
-            where="suites",
-            hint="use suites for causal-lm models",
-        )
+        """Per text, each choice's (normalised) log-likelihood: ``[n, choices]`` float64, in the order of ``texts``."""
+        from audit.models.lm_scoring import score_choices
 
-    probs = logits
+        zs = self._zero_shot()
+        contexts = self.prompts(list(texts), list(pairs) if pairs is not None else None)
+        key = (id(model), _key(contexts, None, self.max_length, 0))
+        hit = self._scores.get(key)
+        if hit is not None and hit[0]() is model:
+            self._scores.move_to_end(key)
+            return hit[1].copy()
+        if not contexts:
+            return np.zeros((0, len(zs.choices)), dtype=np.float64)
+        scores = score_choices(
+            model,
+            self.tokenizer,
+            contexts,
+            list(zs.choices),
+            delimiter=zs.delimiter,
+            batch_size=batch_size or self.batch_size,
+            max_length=self.max_length,
+        )
+        out = scores.loglik / scores.char_len if zs.normalize == "chars" else scores.loglik
+        out = np.asarray(out, dtype=np.float64)
+        self.forward_calls += 1
+        self.examples_seen += len(contexts)
+        if self._score_cache > 0:
+            self._scores[key] = (weakref.ref(model), out)
+            while len(self._scores) > self._score_cache:
+                self._scores.popitem(last=False)
+        return out.copy()
 
 
 class CausalLMAdapter(ModelAdapter):
@@ -136,6 +232,7 @@ class CausalLMAdapter(ModelAdapter):
             architecture=(getattr(hf_config, "architectures", None) or [type(model).__name__])[0],
             params_total=int(sum(p.numel() for p in model.parameters())),
             kind="causal-lm",
+            **_class_labels(spec),
         )
         return model, tokenizer, identity
 
@@ -152,6 +249,7 @@ class CausalLMAdapter(ModelAdapter):
             params_total=int(sum(p.numel() for p in model.parameters())),
             kind="causal-lm",
             gguf=loaded.info.record(),
+            **_class_labels(spec),
         )
         return model, loaded.tokenizer, identity
 
@@ -267,9 +365,17 @@ class CausalLMAdapter(ModelAdapter):
         return load_decoder(directory)
 
     # -- inference ---------------------------------------------------------------
-    def predictor(self, tokenizer: Any, *, max_length: int, batch_size: int, device: str = "cpu") -> Any:
+    def predictor(
+        self, tokenizer: Any, *, max_length: int, batch_size: int, device: str = "cpu", zero_shot: Any = None
+    ) -> Any:
+        """An :class:`LMPredictor`; with ``zero_shot`` (``model.zero_shot``) it has class logits, one per choice."""
         _pad_with_eos(tokenizer)
-        return LMPredictor(tokenizer, max_length=max_length, batch_size=batch_size, device=device)
+        return LMPredictor(tokenizer, max_length=max_length, batch_size=batch_size, device=device, zero_shot=zero_shot)
+
+    def id2label(self, loaded: Any, spec: Any) -> dict[int, str]:
+        """The choices of ``model.zero_shot`` (stripped), or none: a causal LM has no classes of its own."""
+        zs = getattr(spec, "zero_shot", None)
+        return zs.id2label if zs is not None else {}
 
     # -- deployment ----------------------------------------------------------------
     def probe_batches(self, eval_set: Any, predictor: Any, k: int) -> list[dict[str, Any]]:
@@ -322,6 +428,14 @@ class CausalLMAdapter(ModelAdapter):
 
         record_truncation(eval_set, predictor)
         return eval_set.identity
+
+
+def _class_labels(spec: Any) -> dict[str, Any]:
+    """The identity's classes of a zero-shot classifier (its choices, stripped); none without ``zero_shot``."""
+    zs = getattr(spec, "zero_shot", None)
+    if zs is None:
+        return {}
+    return {"num_labels": len(zs.choices), "labels": {str(i): c for i, c in zs.id2label.items()}}
 
 
 def _pad_with_eos(tokenizer: Any) -> None:

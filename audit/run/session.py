@@ -92,9 +92,21 @@ def _dir_kind(config: AuditConfig, model_dir: Path) -> str | None:
 
 
 def check_suite_kinds(config: AuditConfig, kind: str | None) -> None:
-    """Every configured suite must measure models of ``kind`` (its spec's ``model_kinds``)."""
+    """Every configured suite must measure models of ``kind`` (its spec's ``model_kinds``).
+
+    A suite that measures classifiers measures a causal LM only as a zero-shot classifier
+    (its class logits are the choices' log-likelihoods): for a causal LM it needs
+    ``model.zero_shot``, and ``model.zero_shot`` is refused for a classifier.
+    """
     if kind is None:
         return
+    zero_shot = config.model.zero_shot
+    if kind == "classifier" and zero_shot is not None:
+        raise UsageError(
+            "model.zero_shot is for a causal LM, but the audited model is a classifier (it has its own classes)",
+            where="model.zero_shot",
+            hint="remove model.zero_shot",
+        )
     for i, s in enumerate(config.suites):
         spec = SUITES.get(s.name)
         if kind not in spec.model_kinds:
@@ -102,6 +114,13 @@ def check_suite_kinds(config: AuditConfig, kind: str | None) -> None:
                 f"suite {s.name!r} measures {', '.join(spec.model_kinds)} models; the audited model is a {kind}",
                 where=f"suites[{i}]",
                 hint=f"remove it from suites, or use suites for {kind} models",
+            )
+        if kind == "causal-lm" and "classifier" in spec.model_kinds and zero_shot is None:
+            raise UsageError(
+                f"suite {s.name!r} measures a causal LM as a zero-shot classifier, and model.zero_shot is not set",
+                where="model.zero_shot",
+                hint=f"set model.zero_shot (a prompt template with {{text}} and one choice per class), or remove "
+                f"{s.name} from suites",
             )
 
 
@@ -196,9 +215,11 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
     adapter = loaded.adapter or adapter_of(loaded.model)
     check_suite_kinds(config, adapter.kind)
     check_label_column(config, adapter.kind)
-    # a causal LM has no classes and no labels: its eval texts are its probe and calibration texts
-    need_label = adapter.kind != "causal-lm"
-    id2label = loaded.id2label if need_label else {}
+    # a causal LM has no classes and no labels (its eval texts are its probe and calibration texts),
+    # unless it is scored as a zero-shot classifier: its classes are then the choices
+    calibration_label = adapter.kind != "causal-lm"
+    need_label = calibration_label or config.model.zero_shot is not None
+    id2label = adapter.id2label(loaded, config.model) if need_label else {}
     eval_set = read_split(
         config.data,
         paths.data_files,
@@ -211,8 +232,13 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
     device = config.runtime.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    zero_shot = {"zero_shot": config.model.zero_shot} if config.model.zero_shot is not None else {}
     predictor = adapter.predictor(
-        loaded.tokenizer, max_length=config.model.max_length, batch_size=config.runtime.batch_size, device=device
+        loaded.tokenizer,
+        max_length=config.model.max_length,
+        batch_size=config.runtime.batch_size,
+        device=device,
+        **zero_shot,
     )
     data_identity = adapter.data_identity(eval_set, predictor)
     dense = loaded.model.to(device)
@@ -225,7 +251,11 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
             cls = spec.load()
             pruners[point.label] = cls(spec, spec.params.model_validate(point.params))
     needs_calibration = any(p.needs_calibration for p in pruners.values())
-    calibration = _calibration(config, paths, predictor, id2label, need_label=need_label) if needs_calibration else None
+    calibration = (
+        _calibration(config, paths, predictor, id2label if calibration_label else {}, need_label=calibration_label)
+        if needs_calibration
+        else None
+    )
 
     base_ctx = SuiteContext(
         config=config,

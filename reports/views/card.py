@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from audit.config_zero_shot import describe_zero_shot
 from audit.registry import stage_names
 from audit.results import RunResult, VariantResult
 from reports.views.common import by_id, catalog, fmt_value, method_label, metric_info, sorted_rules, worse, worst_status
@@ -115,6 +116,7 @@ def build_card(result: RunResult, variant_id: str | None = None) -> dict[str, An
     return {
         "title": result.title,
         "model": result.model.source,
+        "zero_shot": describe_zero_shot(result.config),
         "model_name": re.sub(r"[^A-Za-z0-9._-]+", "-", result.model.source.rstrip("/").rsplit("/", 1)[-1]).strip("-.")
         or "model",
         "run_id": result.run_id,

@@ -6,6 +6,7 @@ import re
 from pathlib import PurePath
 from typing import Any
 
+from audit.config_zero_shot import describe_zero_shot
 from audit.results import DatasetIdentity, RunResult
 from reports.views.common import clip
 
@@ -51,6 +52,7 @@ def model_view(result: RunResult) -> dict[str, Any]:
         "num_labels": result.model.num_labels,
         "params": f"{result.model.params_total:,}",
         "revision": result.model.revision or "",
+        "zero_shot": describe_zero_shot(result.config),
     }
 
 

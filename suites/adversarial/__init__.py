@@ -183,5 +183,6 @@ SPEC = SUITES.register(
         not_run="No adversarial suite ran: robustness to word-level attacks was not measured.",
         report_order=40,
         always_reported=True,
+        model_kinds=("classifier", "causal-lm"),  # a causal LM as a zero-shot classifier (model.zero_shot)
     )
 )

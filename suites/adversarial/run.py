@@ -73,18 +73,12 @@ class AdversarialSuite(Suite):
             for attack in self._attacks.values():
                 attack.clear_cache()  # TextAttack's own caches hold the previous model's outputs
             return
-        from audit.inference import Predictor
-
         from . import recipes as R
 
         p = self.params
-        predictor = Predictor(
-            ctx.predictor.tokenizer,
-            max_length=ctx.predictor.max_length,
-            batch_size=p.model_batch_size,
-            device=str(ctx.predictor.device),
-            cache_size=1,
-        )
+        # scores as the run's predictor does: a classifier's class logits, or a causal LM's zero-shot
+        # choice log-likelihoods (TextAttack's goal function takes their softmax: the choice probabilities)
+        predictor = ctx.predictor.derive(batch_size=p.model_batch_size, cache_size=1)
         self._wrapper = R.PredictorModelWrapper(predictor, variant.model)
         encoder = None
         if "textfooler_local" in p.recipes:

@@ -293,5 +293,6 @@ SPEC = SUITES.register(
         not_run="No bias suite ran: error-rate parity, counterfactual swaps and subgroup AUCs were not measured.",
         report_order=30,
         always_reported=True,
+        model_kinds=("classifier", "causal-lm"),  # a causal LM as a zero-shot classifier (model.zero_shot)
     )
 )

@@ -189,5 +189,6 @@ SPEC = SUITES.register(
         not_run="No out-of-distribution suite ran: behaviour under domain shift was not measured.",
         report_order=20,
         always_reported=True,
+        model_kinds=("classifier", "causal-lm"),  # a causal LM as a zero-shot classifier (model.zero_shot)
     )
 )

@@ -48,5 +48,6 @@ SPEC = SUITES.register(
         title="In-distribution performance",
         report_order=10,
         always_reported=True,
+        model_kinds=("classifier", "causal-lm"),  # a causal LM as a zero-shot classifier (model.zero_shot)
     )
 )
