@@ -33,7 +33,9 @@ def _check_template(template: str) -> None:
         )
     missing = [f"{{{f}}}" for f in TEMPLATE_FIELDS if f not in fields]
     if missing:
-        raise ValueError(f"template {template!r} must contain {' and '.join(missing)} (where each example's goes)")
+        raise ValueError(
+            f"template {template!r} must contain {' and '.join(missing)}: each example's context and question go there"
+        )
 
 
 class BbqSet(PluginParams):
