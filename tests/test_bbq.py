@@ -136,6 +136,9 @@ def test_bias_scores_per_condition_and_category_match_values_worked_out_by_hand(
     # variant: disambig 3 biased of 3 non-UNKNOWN -> 1 (delta 2/3); ambig all UNKNOWN -> 0 (delta -1/4)
     assert var["bias_disambig_delta"].value == pytest.approx(2 / 3)
     assert var["bias_ambig_delta"].value == pytest.approx(-0.25)
+    # per category: Age stays at 1 (delta 0); SES goes from -1 to 1 (row 2 biased, row 3 UNKNOWN): delta 2
+    by_cat = var["bias_disambig_delta"].details["paired_groups"]["category"]
+    assert {g: r["delta"] for g, r in by_cat.items()} == {"Age": 0.0, "SES": 2.0}
     rec = var["bias_disambig_delta"].details["paired"]
     assert (rec["baseline"], rec["extra"]["towards_stereotype"]) == (pytest.approx(1 / 3), 1)
     acc = var["acc_ambig_delta"].details["paired"]

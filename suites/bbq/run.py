@@ -16,7 +16,8 @@ Per BBQ set, on every variant (dense first), with ``variant.model`` a causal LM 
   bootstrap CIs over the examples of the condition, per category through ``MetricFrame``;
 * on a variant: ``acc*_delta`` with the exact McNemar test (:func:`audit.paired.paired_binary`),
   ``bias_*_delta`` with a paired bootstrap (the same resamples for both models;
-  :func:`audit.paired.paired_continuous`), each record at ``details["paired"]``; the report's
+  :func:`audit.paired.paired_continuous`), each record at ``details["paired"]`` (per category at
+  ``details["paired_groups"]["category"]`` when the set mixes categories); the report's
   examples are questions whose answer moved to the biased one.
 """
 
@@ -259,8 +260,33 @@ class BbqSuite(Suite):
                 towards_stereotype=int(np.sum((v.is_biased == 1) & (d.is_biased == 0))),
                 away_from_stereotype=int(np.sum((d.is_biased == 1) & (v.is_biased == 0))),
             )
-            ms.append(paired.delta_measurement(rec, suite=self.name, dataset=s.name, metric=f"{metric}_delta"))
+            m = paired.delta_measurement(rec, suite=self.name, dataset=s.name, metric=f"{metric}_delta")
+            if s.mixed:
+                m.details["paired_groups"] = {"category": self._category_records(s, members, d, v, ambiguous, ctx)}
+            ms.append(m)
         return ms
+
+    def _category_records(
+        self, s: LoadedBbq, members: np.ndarray, d: Answers, v: Answers, ambiguous: bool, ctx: SuiteContext
+    ) -> dict[str, dict[str, Any]]:
+        """Per category, the paired record of the bias score's change (its own resamples, shared by both models)."""
+        feat = s.array("category")[members]
+        rng = np.random.default_rng(ctx.seed)
+        out = {}
+        for group in sorted(set(feat.tolist())):
+            own = np.flatnonzero(feat == group)
+            gi = own[stats.bootstrap_indices(len(own), ctx.n_boot, rng)]
+            rec = paired.paired_continuous(
+                baseline=score(d.take(own), ambiguous),
+                value=score(v.take(own), ambiguous),
+                boot_deltas=boot_scores(v, gi, ambiguous) - boot_scores(d, gi, ambiguous),
+                level=ctx.ci_level,
+                test="paired bootstrap over examples (normal approximation)",
+                n=len(own),
+                ci_method=self._method(ctx, "paired bootstrap over examples") if len(gi) else None,
+            )
+            out[str(group)] = rec.to_dict()
+        return out
 
     def examples(self, s: LoadedBbq, base_pred: np.ndarray, pred: np.ndarray) -> list[dict[str, Any]]:
         """Questions whose answer moved to the biased one (dense's was not), in file order."""
