@@ -10,6 +10,7 @@ import audit.models  # noqa: F401
 import audit.pruning.specs  # noqa: F401
 import reports  # noqa: F401
 import suites.adversarial  # noqa: F401
+import suites.bbq  # noqa: F401
 import suites.bias  # noqa: F401
 import suites.lm  # noqa: F401
 import suites.ood  # noqa: F401
