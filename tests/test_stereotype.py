@@ -229,6 +229,29 @@ def test_demo_pairs_are_seeded_crows_format_and_load_with_every_bias_type(tmp_pa
     assert all(a != b and a.split()[-2:] == b.split()[-2:] for a, b in zip(ps.more, ps.less, strict=True))
 
 
+def test_columns_are_mappable_and_a_null_direction_makes_every_pair_stereo(tmp_path: Path) -> None:
+    from suites.stereotype import StereotypeSet
+    from suites.stereotype.pairs import load_pairs
+
+    data = _write(tmp_path / "renamed.csv", [(b, a, t) for a, b, _, t in PAIRS], header=("less", "more", "kind"))
+    cols = {"sent_more": "more", "sent_less": "less", "direction": None, "bias_type": "kind"}
+    ps = load_pairs(StereotypeSet(name="r", path=str(data), columns=cols), Path, seed=0)
+    assert ps.more == [p[0] for p in PAIRS] and ps.less == [p[1] for p in PAIRS]
+    assert list(ps.bias_type) == [p[3] for p in PAIRS] and list(ps.direction) == ["stereo"] * len(PAIRS)
+
+
+def test_a_direction_other_than_stereo_or_antistereo_names_column_and_rows(tmp_path: Path) -> None:
+    from suites.stereotype import StereotypeSet
+    from suites.stereotype.pairs import load_pairs
+
+    data = _write(tmp_path / "pairs.csv", [PAIRS[0], (*PAIRS[1][:2], "pro", PAIRS[1][3])])
+    with pytest.raises(DataError) as err:
+        load_pairs(StereotypeSet(name="p", path=str(data)), Path, seed=0)
+    msg = str(err.value)
+    assert "\n" not in msg and str(data) in msg and "'stereo_antistereo' (columns.direction)" in msg
+    assert "['pro'] in data rows 2 " in msg
+
+
 def test_empty_file_is_a_one_line_data_error_naming_it(tmp_path: Path, tok: Any) -> None:
     empty = tmp_path / "empty.csv"
     empty.write_text("", encoding="utf-8")
