@@ -15,3 +15,4 @@ import suites.bias  # noqa: F401
 import suites.lm  # noqa: F401
 import suites.ood  # noqa: F401
 import suites.performance  # noqa: F401
+import suites.stereotype  # noqa: F401

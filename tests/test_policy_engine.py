@@ -259,7 +259,7 @@ def test_shipped_policies_validate_against_the_published_schema() -> None:
 
 # -- the shipped policies on a realistic run -----------------------------------------
 
-KNOWN_SUITES = {"performance", "ood", "bias", "adversarial", "lm", "bbq", "deployment"}
+KNOWN_SUITES = {"performance", "ood", "bias", "adversarial", "lm", "stereotype", "bbq", "deployment"}
 
 
 def test_shipped_policies_explain_every_rule_and_name_real_suites() -> None:

@@ -178,6 +178,18 @@ def score_choices(
     return ChoiceScores(loglik=loglik, char_len=char_len, n_tokens=n_tok)
 
 
+def token_logprobs(
+    model: Any, tokenizer: Any, sequences: Sequence[Sequence[int]], *, batch_size: int = 8, max_batch_tokens: int = 2048
+) -> list[np.ndarray]:
+    """Per token-id sequence, ``lp[j] = log p(seq[j + 1] | seq[: j + 1])`` (length ``len(seq) - 1``).
+
+    The forward passes of :func:`document_nll` and :func:`score_choices` (right-padded batches of at
+    most ``batch_size`` rows and ``max_batch_tokens`` padded tokens), for a caller that picks the
+    scored tokens itself (the stereotype suite scores the tokens two sentences share).
+    """
+    return _target_logprobs(model, [list(s) for s in sequences], tokenizer, batch_size, max_batch_tokens)
+
+
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """The harness's ``_encode_pair``: context and continuation token ids, tokenized together.
 
