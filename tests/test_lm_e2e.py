@@ -26,7 +26,7 @@ def test_lm_demo_data_is_the_generator_as_a_sentiment_task_a_corpus_and_a_shifte
     )
     files = demo_lm.ensure_lm_demo_data()
     assert files["sentiment"].parent.name == demo_lm.lm_data_fingerprint()[:16]
-    rows = {name: demo_lm.read_jsonl(path) for name, path in files.items()}
+    rows = {name: demo_lm.read_jsonl(files[name]) for name in demo_lm.LM_SPLITS}
     assert [len(rows[n]) for n in ("sentiment", "corpus", "shifted", "calibration")] == [40, 20, 30, 8]
     # the rows are the generator's own, group columns included
     assert rows["sentiment"] == demo_data.generate_split("test", 40, demo_lm.LM_DEMO_SEED)
@@ -47,6 +47,28 @@ def test_lm_demo_data_is_the_generator_as_a_sentiment_task_a_corpus_and_a_shifte
     assert reseeded["corpus"].parent != files["corpus"].parent
     assert demo_lm.read_jsonl(reseeded["sentiment"]) == demo_data.generate_split("test", 40, 1)
     assert json.loads((files["corpus"].parent / "card.json").read_text())["seed"] == 0
+
+
+def test_lm_demo_bias_sets_are_the_generators_rows_under_the_same_cache_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit.demo import bbq as demo_bbq
+    from audit.demo import stereotypes as demo_stereotypes
+
+    monkeypatch.setenv("PRUNE_AUDIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(demo_lm, "LM_SPLITS", {k: (split, 12) for k, (split, _) in demo_lm.LM_SPLITS.items()})
+    monkeypatch.setattr(demo_lm, "LM_EXTRA_SETS", {"stereotypes.csv": 10, "bbq.jsonl": 8})
+    files = demo_lm.ensure_lm_demo_data()
+    # the bias sets are the generators' own rows, under the same cache key
+    assert files["stereotypes"].parent == files["sentiment"].parent
+    expected = tmp_path / "expected"
+    expected.mkdir()
+    for name, write in (
+        ("stereotypes.csv", demo_stereotypes.write_stereotype_pairs),
+        ("bbq.jsonl", demo_bbq.write_bbq_items),
+    ):
+        write(expected / name, demo_lm.LM_EXTRA_SETS[name], demo_lm.LM_DEMO_SEED)
+        assert (files["sentiment"].parent / name).read_bytes() == (expected / name).read_bytes()
 
 
 # -- `prune-audit run` on a tiny causal LM --------------------------------------------------------
@@ -169,6 +191,7 @@ def test_lm_demo_config_is_a_valid_audit_config_of_the_embedded_smollm2(
 
     monkeypatch.setenv("PRUNE_AUDIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(demo_lm, "LM_SPLITS", {k: (s, 8) for k, (s, _) in demo_lm.LM_SPLITS.items()})
+    monkeypatch.setattr(demo_lm, "LM_EXTRA_SETS", {"stereotypes.csv": 8, "bbq.jsonl": 8})
     files = demo_lm.ensure_lm_demo_data()
     path = tmp_path / "audit.yaml"
     path.write_text(demo_lm.lm_demo_config_text(embedded_smollm2_path(), files), encoding="utf-8")
@@ -179,9 +202,10 @@ def test_lm_demo_config_is_a_valid_audit_config_of_the_embedded_smollm2(
         ("wanda", None),
         ("wanda", 2),
     ]
-    (suite,) = cfg.suites
-    params = suite.params
-    assert suite.name == "lm"
+    assert [s.name for s in cfg.suites] == ["lm", "ood", "bias", "adversarial", "stereotype", "bbq"]
+    assert cfg.model.zero_shot.template == demo_lm.SENTIMENT_TEMPLATE  # the classifier suites' zero-shot task
+    assert cfg.model.zero_shot.choices == demo_lm.SENTIMENT_CHOICES
+    params = cfg.suites[0].params
     assert [t["name"] for t in params["choice_tasks"]] == ["sentiment", "sentiment-other-domains"]
     assert params["choice_tasks"][0]["choices"] == demo_lm.SENTIMENT_CHOICES
     assert params["choice_tasks"][0]["template"] == demo_lm.SENTIMENT_TEMPLATE

@@ -10,9 +10,14 @@ The review generator (:mod:`audit.demo.data`) serves an LM three ways:
   second perplexity corpus and as the sentiment task on unseen domains;
 
 plus ``calibration.jsonl`` (training-split texts) for the data-aware pruners. Every row keeps the
-generator's group columns (``gender``, ``race``, ``identity``) and its ``domain``. The files are
-cached under ``cache_root()/demo-lm/<fingerprint>``, keyed by the generator's code, version and
-seed and the sizes below, so that a second run reuses them.
+generator's group columns (``gender``, ``race``, ``identity``) and its ``domain``. Two more
+synthetic sets serve the bias suites for LMs: ``stereotypes.csv`` (templated minimal sentence
+pairs in CrowS-Pairs format, :mod:`audit.demo.stereotypes`) and ``bbq.jsonl`` (templated
+BBQ-style questions with ambiguous and disambiguated contexts, :mod:`audit.demo.bbq`). The
+sentiment task also runs as a zero-shot classifier (``model.zero_shot``), so the classifier
+suites (ood, bias, adversarial) audit the LM too. The files are cached under
+``cache_root()/demo-lm/<fingerprint>``, keyed by the generators' code, versions and seed and the
+sizes below, so that a second run reuses them.
 """
 
 from __future__ import annotations
@@ -42,10 +47,13 @@ SENTIMENT_TEMPLATE = "Review: {text}\nSentiment:"
 SENTIMENT_CHOICES = [" negative", " positive"]
 """Index i is the choice for label i (0 negative, 1 positive)."""
 GROUP_COLUMNS = ["gender", "race", "identity"]
+LM_EXTRA_SETS: dict[str, int] = {"stereotypes.csv": 100, "bbq.jsonl": 48}
+"""Synthetic bias sets (file name → rows): CrowS-format stereotype pairs and BBQ-style items."""
 
 
 def lm_data_fingerprint() -> str:
     """Everything that makes the LM demo data, hashed (the generator's code and version, seed, sizes)."""
+    from audit.demo import bbq, stereotypes
     from audit.demo import data as demo_data
 
     here = Path(__file__).resolve().parent
@@ -54,13 +62,18 @@ def lm_data_fingerprint() -> str:
         "generator_version": demo_data.GENERATOR_VERSION,
         "splits": LM_SPLITS,
         "seed": LM_DEMO_SEED,
+        "bias_code": [file_sha256(here / "stereotypes.py"), file_sha256(here / "bbq.py")],
+        "bias_versions": [stereotypes.GENERATOR_VERSION, bbq.GENERATOR_VERSION],
+        "bias_sets": LM_EXTRA_SETS,
     }
     return sha256_text(canonical_json(parts))
 
 
 def write_lm_demo_data(directory: Path, *, seed: int) -> dict[str, Path]:
     """Write every LM demo file as JSON lines under ``directory``; returns name → path."""
+    from audit.demo.bbq import write_bbq_items
     from audit.demo.data import generate_split
+    from audit.demo.stereotypes import write_stereotype_pairs
 
     directory.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -69,6 +82,8 @@ def write_lm_demo_data(directory: Path, *, seed: int) -> dict[str, Path]:
         path = directory / f"{name}.jsonl"
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         out[name] = path
+    out["stereotypes"] = write_stereotype_pairs(directory / "stereotypes.csv", LM_EXTRA_SETS["stereotypes.csv"], seed)
+    out["bbq"] = write_bbq_items(directory / "bbq.jsonl", LM_EXTRA_SETS["bbq.jsonl"], seed)
     return out
 
 
@@ -81,13 +96,16 @@ def ensure_lm_demo_data(*, rebuild: bool = False) -> dict[str, Path]:
     with file_lock(base / ".lock"):
         if rebuild and root.exists():
             shutil.rmtree(root)
-        if not (card.is_file() and all((root / f"{n}.jsonl").is_file() for n in LM_SPLITS)):
+        names = [f"{n}.jsonl" for n in LM_SPLITS] + list(LM_EXTRA_SETS)
+        if not (card.is_file() and all((root / n).is_file() for n in names)):
             with atomic_dir(root, prefix=".build-") as tmp:
                 write_lm_demo_data(tmp, seed=LM_DEMO_SEED)
                 meta = {"fingerprint": fp, "splits": LM_SPLITS, "seed": LM_DEMO_SEED}
                 atomic_write_text(tmp / "card.json", json.dumps(meta, indent=2) + "\n")
             log.info("wrote the LM demo data under %s", root)
-    return {n: root / f"{n}.jsonl" for n in LM_SPLITS}
+    files = {n: root / f"{n}.jsonl" for n in LM_SPLITS}
+    files.update({Path(n).stem: root / n for n in LM_EXTRA_SETS})
+    return files
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -107,6 +125,9 @@ LM_DEMO_BUDGET: dict[str, int] = {
     "prompts": 8,
     "new_tokens": 16,
     "calibration": 16,
+    "counterfactual": 40,
+    "attacked": 6,
+    "queries": 40,
 }
 """Examples per set, chosen so that the first run (GGUF dequantization included) stays under
 10 minutes on 2 cores; raise them for a real audit."""
@@ -136,6 +157,9 @@ model:
   kind: causal-lm
   gguf_file: {gguf_file}        # SmolLM2-135M-Instruct, Q4_1 (dequantized to fp32 and cached on first use)
   max_length: {LM_DEMO_MAX_LENGTH}
+  zero_shot:                    # the sentiment task as a classifier: the ood, bias and adversarial suites use it
+    template: {template}
+    choices: [{choices}]
 data:
   name: demo-reviews
   files:
@@ -153,9 +177,11 @@ suites:
   lm:
     perplexity:
       - {{name: reviews, path: {files["corpus"]}, columns: {{text: text, groups: [domain]}},
-         max_examples: {b["corpus"]}}}
+         max_examples: {b["corpus"]}, corruptions: [{{kind: typo, rate: 0.1}}]}}
       - {{name: other-domains, path: {files["shifted"]}, columns: {{text: text, groups: [domain]}},
          max_examples: {b["corpus"]}}}   # hotel and book reviews: the generator's held-out domains
+    ood_detection:           # does the model's likelihood tell the held-out domains from the training ones?
+      - {{name: domain-shift, in: reviews, out: other-domains}}
     choice_tasks:
       - name: sentiment
         path: {files["sentiment"]}
@@ -172,6 +198,24 @@ suites:
     generation:
       - {{name: continuations, path: {files["corpus"]}, template: {template}, max_new_tokens: {b["new_tokens"]},
          max_examples: {b["prompts"]}}}
+  ood:                       # the zero-shot classifier on shifted and corrupted reviews: accuracy, ECE, AUROC
+    shifted:
+      - {{name: other-domains, path: {files["shifted"]}, max_examples: {b["shifted"]}}}
+    corruptions:
+      - {{kind: typo, rate: 0.1}}
+  bias:                      # group rates (fairlearn MetricFrame) and counterfactual name/pronoun swaps
+    min_group_n: 30
+    counterfactual: {{categories: [gender, race], max_texts: {b["counterfactual"]}}}
+  adversarial:               # TextAttack against the zero-shot classifier; dense's examples replayed on variants
+    recipes: [deepwordbug]
+    n_examples: {b["attacked"]}
+    query_budget: {b["queries"]}
+  stereotype:                # synthetic CrowS-format pairs (audit/demo/stereotypes.py)
+    sets:
+      - {{name: demo-pairs, path: {files["stereotypes"]}, format: crows-pairs}}
+  bbq:                       # synthetic BBQ-style questions (audit/demo/bbq.py)
+    sets:
+      - {{name: demo-bbq, path: {files["bbq"]}}}
 policy: lm-default
 output_dir: .
 seed: 0
