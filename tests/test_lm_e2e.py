@@ -206,7 +206,7 @@ def test_lm_demo_config_is_a_valid_audit_config_of_the_embedded_smollm2(
     assert cfg.model.zero_shot.template == demo_lm.SENTIMENT_TEMPLATE  # the classifier suites' zero-shot task
     assert cfg.model.zero_shot.choices == demo_lm.SENTIMENT_CHOICES
     params = cfg.suites[0].params
-    assert [t["name"] for t in params["choice_tasks"]] == ["sentiment", "sentiment-other-domains"]
+    assert [t["name"] for t in params["choice_tasks"]] == ["sentiment"]  # ood scores the other domains
     assert params["choice_tasks"][0]["choices"] == demo_lm.SENTIMENT_CHOICES
     assert params["choice_tasks"][0]["template"] == demo_lm.SENTIMENT_TEMPLATE
     assert [p["name"] for p in params["perplexity"]] == ["reviews", "other-domains"]

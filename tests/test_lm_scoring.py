@@ -207,3 +207,20 @@ def test_a_small_token_budget_gives_the_same_scores(llama, tok):
     big = document_nll(llama, tok, DOCS, batch_size=8)
     small = document_nll(llama, tok, DOCS, batch_size=8, max_batch_tokens=16)
     np.testing.assert_allclose(small.nll, big.nll, rtol=1e-5)
+
+
+def test_one_token_choices_share_one_pass_of_the_context_and_score_as_full_sequences(llama, tok):
+    # each choice is one token after the context, so score_choices runs the context once for all of them;
+    # the scores must equal the log-prob of that token at the end of a plain forward pass of context + choice
+    contexts = ["the movie was", "Paris is the capital of"]
+    choices = ["a", "b", "the"]
+    for ctx in contexts:
+        assert all(len(encode_pair(tok, ctx, " " + c)[1]) == 1 for c in choices)  # the construction holds
+    scores = score_choices(llama, tok, contexts, choices, batch_size=8)
+    for i, ctx in enumerate(contexts):
+        for j, c in enumerate(choices):
+            ctx_ids, cont_ids = encode_pair(tok, ctx, " " + c)
+            with torch.inference_mode():
+                logits = llama(input_ids=torch.tensor([ctx_ids + cont_ids])).logits[0]
+            expected = torch.log_softmax(logits[len(ctx_ids) - 1].double(), dim=-1)[cont_ids[0]].item()
+            assert scores.loglik[i, j] == pytest.approx(expected, abs=1e-5)

@@ -47,7 +47,7 @@ SENTIMENT_TEMPLATE = "Review: {text}\nSentiment:"
 SENTIMENT_CHOICES = [" negative", " positive"]
 """Index i is the choice for label i (0 negative, 1 positive)."""
 GROUP_COLUMNS = ["gender", "race", "identity"]
-LM_EXTRA_SETS: dict[str, int] = {"stereotypes.csv": 100, "bbq.jsonl": 48}
+LM_EXTRA_SETS: dict[str, int] = {"stereotypes.csv": 60, "bbq.jsonl": 36}
 """Synthetic bias sets (file name → rows): CrowS-format stereotype pairs and BBQ-style items."""
 
 
@@ -119,15 +119,15 @@ LM_DEMO_SWEEP: list[dict[str, Any]] = [
 ]
 """The LM demo's sweep at 50 %: magnitude and Wanda unstructured, and Wanda 2:4 (one seed)."""
 LM_DEMO_BUDGET: dict[str, int] = {
-    "sentiment": 100,
-    "shifted": 80,
-    "corpus": 80,
-    "prompts": 8,
-    "new_tokens": 16,
+    "sentiment": 60,
+    "shifted": 40,
+    "corpus": 40,
+    "prompts": 4,
+    "new_tokens": 12,
     "calibration": 16,
-    "counterfactual": 40,
-    "attacked": 6,
-    "queries": 40,
+    "counterfactual": 24,
+    "attacked": 4,
+    "queries": 30,
 }
 """Examples per set, chosen so that the first run (GGUF dequantization included) stays under
 10 minutes on 2 cores; raise them for a real audit."""
@@ -189,12 +189,6 @@ suites:
         choices: [{choices}]
         columns: {{text: text, label: label, id: id, groups: [{groups}]}}
         max_examples: {b["sentiment"]}
-      - name: sentiment-other-domains
-        path: {files["shifted"]}
-        template: {template}
-        choices: [{choices}]
-        columns: {{text: text, label: label, id: id, groups: [{groups}]}}
-        max_examples: {b["shifted"]}
     generation:
       - {{name: continuations, path: {files["corpus"]}, template: {template}, max_new_tokens: {b["new_tokens"]},
          max_examples: {b["prompts"]}}}

@@ -172,9 +172,27 @@ def score_choices(
             requests.append((i, j, whole, min(len(cont_ids), len(whole) - 1)))
             char_len[i, j] = float(len(choice))
             n_tok[i, j] = len(cont_ids)
-    logprobs = _target_logprobs(model, [r[2] for r in requests], tokenizer, batch_size, max_batch_tokens)
-    for (i, j, _ids, n_cont), lp in zip(requests, logprobs, strict=True):
+    # An example whose choices are one token each after the same context needs one forward pass of that
+    # context, not one per choice (the harness's one-token-continuation cache): the same log-probs.
+    shared: dict[int, list[tuple[int, list[int], int]]] = {}
+    for i, j, whole, n_cont in requests:
+        shared.setdefault(i, []).append((j, whole, n_cont))
+    single = [
+        i
+        for i, reqs in shared.items()
+        if all(n == 1 for _, _, n in reqs) and all(w[:-1] == reqs[0][1][:-1] for _, w, _ in reqs)
+    ]
+    one_pass = set(single)
+    rest = [r for r in requests if r[0] not in one_pass]
+    logprobs = _target_logprobs(model, [r[2] for r in rest], tokenizer, batch_size, max_batch_tokens)
+    for (i, j, _ids, n_cont), lp in zip(rest, logprobs, strict=True):
         loglik[i, j] = float(lp[-n_cont:].sum(dtype=np.float64))
+    contexts = [shared[i][0][1][:-1] for i in single]
+    targets = [[w[-1] for _, w, _ in shared[i]] for i in single]
+    next_lps = _next_token_logprobs(model, contexts, targets, tokenizer, batch_size, max_batch_tokens)
+    for i, lps in zip(single, next_lps, strict=True):
+        for (j, _w, _n), lp in zip(shared[i], lps, strict=True):
+            loglik[i, j] = float(lp)
     return ChoiceScores(loglik=loglik, char_len=char_len, n_tokens=n_tok)
 
 
@@ -327,6 +345,32 @@ def _target_logprobs(
                 lp = torch.log_softmax(logits[row, :n].float(), dim=-1)
                 target = torch.tensor(sequences[i][1:], device=lp.device)
                 out[i] = lp.gather(-1, target[:, None])[:, 0].double().cpu().numpy()
+        del logits
+    return out
+
+
+def _next_token_logprobs(
+    model: Any, contexts: list[list[int]], targets: list[list[int]], tokenizer: Any, batch_size: int, max_tokens: int
+) -> list[np.ndarray]:
+    """For each context, ``log p(t | context)`` of each of its ``targets`` tokens (one forward pass per context)."""
+    import torch
+
+    pad = _pad_id(tokenizer)
+    device = _device(model)
+    out: list[np.ndarray] = [np.zeros(0)] * len(contexts)
+    model.eval()
+    for idx in _batches([len(c) for c in contexts], max(batch_size, 1), max_tokens):
+        width = max(len(contexts[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):  # right-padded, as _target_logprobs: real tokens keep their positions
+            ids[row, : len(contexts[i])] = torch.tensor(contexts[i])
+            mask[row, : len(contexts[i])] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            for row, i in enumerate(idx):
+                lp = torch.log_softmax(logits[row, len(contexts[i]) - 1].float(), dim=-1)
+                out[i] = lp[torch.tensor(targets[i], device=lp.device)].double().cpu().numpy()
         del logits
     return out
 
