@@ -47,7 +47,7 @@ SENTIMENT_TEMPLATE = "Review: {text}\nSentiment:"
 SENTIMENT_CHOICES = [" negative", " positive"]
 """Index i is the choice for label i (0 negative, 1 positive)."""
 GROUP_COLUMNS = ["gender", "race", "identity"]
-LM_EXTRA_SETS: dict[str, int] = {"stereotypes.csv": 60, "bbq.jsonl": 36}
+LM_EXTRA_SETS: dict[str, int] = {"stereotypes.csv": 60, "bbq.jsonl": 24}
 """Synthetic bias sets (file name → rows): CrowS-format stereotype pairs and BBQ-style items."""
 
 
@@ -121,7 +121,7 @@ LM_DEMO_SWEEP: list[dict[str, Any]] = [
 LM_DEMO_BUDGET: dict[str, int] = {
     "sentiment": 60,
     "shifted": 40,
-    "corpus": 40,
+    "corpus": 30,
     "prompts": 4,
     "new_tokens": 12,
     "calibration": 16,
@@ -204,6 +204,7 @@ suites:
     recipes: [deepwordbug]
     n_examples: {b["attacked"]}
     query_budget: {b["queries"]}
+    attack_variants: false   # the demo attacks dense only and replays its adversarial examples on every variant
   stereotype:                # synthetic CrowS-format pairs (audit/demo/stereotypes.py)
     sets:
       - {{name: demo-pairs, path: {files["stereotypes"]}, format: crows-pairs}}
