@@ -141,6 +141,13 @@ def _speed(variant: dict[str, Any]) -> dict[str, Any]:
     keep["equivalence"] = {k: v for k, v in eq.items() if k not in ("tolerance_basis",)}
     gen = dep.get("generation") or {}
     keep["generation"] = {k: gen.get(k) for k in ("prompts", "new_tokens", "token_agreement", "passed")}
+    keep["timings_measured"], keep["timings_cached"] = dep.get("timings_measured"), dep.get("timings_cached")
+    choice: dict[str, str] = {}  # the chooser's reason for the first layer of each shape
+    for layer in (variant.get("pruning") or {}).get("layers", []):
+        shape = "x".join(str(x) for x in layer["shape"])
+        if layer.get("format_reason") and shape not in choice:
+            choice[shape] = f"{layer['format']}: {layer['format_reason']}"
+    keep["choice_by_shape"] = choice
     return keep
 
 
@@ -275,6 +282,19 @@ def _verdict(f: dict[str, Any]) -> str:
     )
 
 
+def _choice_note(summary: dict[str, Any]) -> str:
+    rows = [r for r in summary["rows"] if r["deployment"] and r["deployment"].get("choice_by_shape")]
+    if not rows:
+        return ""
+    dep = rows[0]["deployment"]
+    lines = [
+        f"\n\nThe chooser's figures per layer shape ({rows[0]['label']}; {dep.get('timings_measured')} timings "
+        f"measured in this run, {dep.get('timings_cached')} reused from this machine's cache):\n"
+    ]
+    lines += [f"- {shape}: {why.split('; not tried')[0]}" for shape, why in dep["choice_by_shape"].items()]
+    return "\n".join(lines)
+
+
 def _command(a: dict[str, Any]) -> str:
     flags = ["methods", "sst2_n", "ppl_n", "calibration_n", "max_length", "n_boot", "speed_rounds",
              "decode_tokens", "csr_tokens", "decode_rounds"]  # fmt: skip
@@ -303,7 +323,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['wall_s']:.0f} s wall ({doc.get('wall_audit_s', doc['wall_s']):.0f} s the audit, the rest the decode "
         f"timing) on {doc['cpu']} (2 cores; share of the CPUs used by "
         f"other processes at start {doc['other_cpu_load_before']:.2f}, at end {doc['other_cpu_load_after']:.2f}).\n\n"
-        f"Sizes: SST-2 dev {a['sst2_n']} of 872 examples; perplexity on the first {a['ppl_n']} sentences of each UCI "
+        + (f"{doc['note']}\n\n" if doc.get("note") else "")
+        + f"Sizes: SST-2 dev {a['sst2_n']} of 872 examples; perplexity on the first {a['ppl_n']} sentences of each UCI "
         f"source; Wanda/SparseGPT calibrated on {a['calibration_n']} SST-2 train sentences; max length "
         f"{a['max_length']} tokens; {a['n_boot']} bootstrap resamples.\n\n"
         "Perplexity per sentence set (UCI Sentiment Labelled Sentences, corpus perplexity with its bootstrap CI in "
@@ -314,6 +335,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "[1]`; a sparse format must be 1.1× faster than dense; equivalence on next-token logits and greedy "
         "continuations vs the masked-dense variant):\n\n"
         + deployment_table(doc["summary"])
+        + _choice_note(doc["summary"])
         + decode_part
         + "\n\n**Published ordering at 50 %** (Wanda README, LLaMA-2-7B WikiText: dense 5.12 < Wanda 6.42 ≈ "
         "SparseGPT 6.51 << magnitude 14.89).\n\n"
@@ -338,10 +360,18 @@ def main() -> None:
     ap.add_argument("--work-dir", type=Path, help="Keep the audit's output here (default: a temporary directory).")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lm_pruning.json")
     ap.add_argument("--reprint", type=Path, help="(Re)write the .md of a saved JSON, print it and exit.")
+    ap.add_argument("--note", default="", help="A sentence about the run written into the .md (kept in the JSON).")
+    ap.add_argument("--results", type=Path, help="With --reprint: rebuild its tables from this results.json.")
     args = ap.parse_args()
     setup_logging()
     if args.reprint:
         saved = json.loads(args.reprint.read_text())
+        if args.note:
+            saved["note"] = args.note
+        if args.results:  # rebuild the tables from the audit's results.json (the run's other fields kept)
+            saved["summary"] = summarize(json.loads(args.results.read_text()))
+            saved["ordering"] = ordering(saved["summary"])
+            atomic_write_text(args.reprint, json.dumps(saved, indent=2) + "\n")
         atomic_write_text(args.reprint.with_suffix(".md"), markdown(saved))
         print(markdown(saved))
         return
@@ -379,6 +409,7 @@ def main() -> None:
         "config": config,
         "wall_s": round(wall, 1),
         "wall_audit_s": round(wall_audit, 1),
+        "note": args.note,
         "decode": decode,
         "other_cpu_load_before": load_before,
         "other_cpu_load_after": other_cpu_load(),
