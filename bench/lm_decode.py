@@ -2,13 +2,14 @@
 
 After the audit, each variant saved by the deployment stage (``deploy.save_variants``) is loaded
 back as deployed (the formats the chooser picked), and its masked-dense weights are also forced
-onto each sparse format that fits it (``deploy.force_format``: the compiled ``kernel`` and torch
-``csr`` for every variant; ``semi24``, the project's 2:4 format, runs on CUDA only and is reported
-as unavailable on a CPU). Every model is checked against the variant's masked-dense next-token
-logits, then decode at batch 1 with the KV cache (:func:`audit.deploy.lm._decode_seconds`: an
-untimed prefill of a 16-token prompt, then single-token greedy steps) is timed for all of them in
-interleaved rounds (one warm-up pass, then ``rounds`` rounds, the order reversed every other
-round); each round gives tokens/s per model and its ratio to dense in the same round.
+onto the sparse formats that fit it (``deploy.force_format``, :data:`FORCED`: the compiled
+``kernel`` and torch ``csr`` for unstructured variants, the kernel for 2:4 ones; ``semi24``, the
+project's 2:4 format, runs on CUDA only and is reported as unavailable on a CPU). Every model is
+checked against the variant's masked-dense next-token logits, then decode at batch 1 with the KV
+cache (:func:`audit.deploy.lm._decode_seconds`: an untimed prefill of a 16-token prompt, then
+single-token greedy steps) is timed for all of them in interleaved rounds (one warm-up pass, then
+``rounds`` rounds, the order reversed every other round); each round gives tokens/s per model and
+its ratio to dense in the same round.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from typing import Any
 
 log = logging.getLogger("bench.lm_decode")
 
-FORCED = ("kernel", "csr")
+FORCED = {"unstructured": ("kernel", "csr"), "2:4": ("kernel",)}
+"""Sparse formats each variant is forced onto: 2:4's own format (``semi24``) needs CUDA, so a 2:4 variant
+gets the compiled kernel only here (torch CSR, many times slower than the kernel at 1 token, is timed for
+the unstructured variants)."""
 
 
 def _masked_dense(model: Any) -> Any:
@@ -109,7 +113,9 @@ def decode_bench(
             }
         )
         keep = set(protected_modules(masked))
-        for fmt in FORCED:
+        params = v["point"].get("params") or {}
+        family = "2:4" if v["point"]["method"] == "nm" or params.get("n") else "unstructured"
+        for fmt in FORCED[family]:
             m = copy.deepcopy(masked)
             conv = Converter(DeployConfig(force_format=fmt, timing_cache=False)).convert(m, keep_dense=keep)
             entries.append(

@@ -113,6 +113,7 @@ deploy:                      # formats chosen at 1 token (decode at batch 1 is t
   speed_rounds: {args.speed_rounds}
   speed_min_time_s: 0.05
   save_variants: true        # the decode timing loads them back (bench/lm_decode.py)
+  probe_size: {args.probe_size}        # probe texts of the equivalence check (and its greedy prompts, up to 8)
 report:
   formats: [json]
   title: "bench.lm_pruning: SmolLM2-135M-Instruct"
@@ -296,7 +297,7 @@ def _choice_note(summary: dict[str, Any]) -> str:
 
 
 def _command(a: dict[str, Any]) -> str:
-    flags = ["methods", "sst2_n", "ppl_n", "calibration_n", "max_length", "n_boot", "speed_rounds",
+    flags = ["methods", "sst2_n", "ppl_n", "calibration_n", "max_length", "n_boot", "speed_rounds", "probe_size",
              "decode_tokens", "csr_tokens", "decode_rounds"]  # fmt: skip
     return "python -m bench.lm_pruning " + " ".join(f"--{k.replace('_', '-')} {a[k]}" for k in flags if k in a)
 
@@ -315,7 +316,8 @@ def markdown(doc: dict[str, Any]) -> str:
             "pass; the spread is min–max over the rounds, × dense is the same-round ratio. *As deployed* is the saved "
             "variant with the formats the chooser picked; *forced* is the variant's masked-dense weights converted "
             "with `deploy.force_format` (every decoder-block Linear; LM head and embeddings stay dense). "
-            f"2:4's own format is not timed: {dec['semi24']}.\n\n" + decode_table(dec)
+            "2:4 variants are forced onto the kernel only; their own format is not timed: "
+            f"{dec['semi24']}.\n\n" + decode_table(dec)
         )
     return (
         "# SmolLM2-135M-Instruct pruned: perplexity, zero-shot SST-2, decode speed\n\n"
@@ -352,6 +354,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--speed-rounds", type=int, default=3, help="The deployment stage's timing rounds (>= 3).")
+    ap.add_argument("--probe-size", type=int, default=64, help="deploy.probe_size of the equivalence check.")
     ap.add_argument("--decode-tokens", type=int, default=64, help="New tokens per timed decode (batch 1, KV cache).")
     ap.add_argument("--csr-tokens", type=int, default=64, help="New tokens per timed decode of the csr models.")
     ap.add_argument("--decode-rounds", type=int, default=3, help="Interleaved decode rounds over all models.")
