@@ -37,6 +37,7 @@ from typing import Any
 
 from audit.atomic import atomic_write_text
 from bench.common import ROOT, SHARED_DATA, other_cpu_load, setup_logging
+from bench.lm_decode import decode_bench, decode_table
 
 log = logging.getLogger("bench.lm_pruning")
 
@@ -111,6 +112,8 @@ deploy:                      # formats chosen at 1 token (decode at batch 1 is t
   timing_min_s: 0.05
   speed_rounds: {args.speed_rounds}
   speed_min_time_s: 0.05
+  save_variants: true        # the decode timing loads them back (bench/lm_decode.py)
+  probe_size: {args.probe_size}        # probe texts of the equivalence check (and its greedy prompts, up to 8)
 report:
   formats: [json]
   title: "bench.lm_pruning: SmolLM2-135M-Instruct"
@@ -129,15 +132,23 @@ def _paired(m: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _speed(variant: dict[str, Any]) -> dict[str, Any]:
+    """The deployment record's parts the tables use: formats chosen, why layers stayed dense, sizes, equivalence."""
     dep = variant.get("deployment") or {}
-    speed = dep.get("speed") or {}
-    words = ("decode", "prefill", "latency_b1", "speedup_b1", "seq_len")
-    keep = {k: v for k, v in speed.items() if any(w in k for w in words)}
-    keep["formats"] = dep.get("formats")
-    keep["linear_bytes_dense"] = dep.get("linear_bytes_dense")
+    keep: dict[str, Any] = {k: dep.get(k) for k in ("formats", "kept_dense", "linear_bytes_dense")}
     keep["linear_bytes_deployed"] = dep.get("linear_bytes_deployed")
+    keep["weight_bytes_dense"] = dep.get("weight_bytes_dense")
+    keep["weight_bytes_deployed"] = dep.get("weight_bytes_deployed")
     eq = dep.get("equivalence") or {}
     keep["equivalence"] = {k: v for k, v in eq.items() if k not in ("tolerance_basis",)}
+    gen = dep.get("generation") or {}
+    keep["generation"] = {k: gen.get(k) for k in ("prompts", "new_tokens", "token_agreement", "passed")}
+    keep["timings_measured"], keep["timings_cached"] = dep.get("timings_measured"), dep.get("timings_cached")
+    choice: dict[str, str] = {}  # the chooser's reason for the first layer of each shape
+    for layer in (variant.get("pruning") or {}).get("layers", []):
+        shape = "x".join(str(x) for x in layer["shape"])
+        if layer.get("format_reason") and shape not in choice:
+            choice[shape] = f"{layer['format']}: {layer['format_reason']}"
+    keep["choice_by_shape"] = choice
     return keep
 
 
@@ -207,71 +218,131 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def speed_table(summary: dict[str, Any]) -> str:
+def deployment_table(summary: dict[str, Any]) -> str:
     rows = [r for r in summary["rows"] if r["deployment"]]
     if not rows:
         return "(no deployment records)"
-    keys = sorted(
-        {k for r in rows for k, v in r["deployment"].items() if isinstance(v, (int, float)) or v is None}
-        - {"linear_bytes_dense", "linear_bytes_deployed"}
-    )
-    head = ["variant", *keys, "formats", "Linear MB dense → deployed"]
+    head = ["variant", "formats chosen (at 1 token)", "kept dense because", "max |Δlogit|, greedy agreement",
+            "Linear MB dense → deployed"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         dep = r["deployment"]
+        eq, gen = dep["equivalence"], dep["generation"]
         mb = f"{(dep['linear_bytes_dense'] or 0) / 1e6:.0f} → {(dep['linear_bytes_deployed'] or 0) / 1e6:.0f}"
-        cells = [r["label"], *[_fmt(dep.get(k)) for k in keys], json.dumps(dep.get("formats")), mb]
+        fmts = ", ".join(f"{k} ×{n}" for k, n in sorted((dep["formats"] or {}).items()))
+        kept = ", ".join(f"{k} ×{n}" for k, n in sorted((dep["kept_dense"] or {}).items())) or "—"
+        agree = "n/a" if gen.get("token_agreement") is None else f"{gen['token_agreement']:.3f}"
+        cells = [r["label"], fmts, kept, f"{eq.get('max_abs_logit_diff', 0):.1e}, {agree}", mb]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def ordering(summary: dict[str, Any]) -> dict[str, Any]:
-    """Mean perplexity over the sentence sets per method at 50 % unstructured.
+def _family(r: dict[str, Any]) -> str:
+    return "2:4" if r["method"] == "nm" or (r["params"] or {}).get("n") else "unstructured"
 
-    Is the published ordering there: dense < Wanda ≈ SparseGPT << magnitude?
+
+def ordering(summary: dict[str, Any]) -> dict[str, Any]:
+    """Mean perplexity over the sentence sets per method, at 50 % unstructured and at 2:4 (dense in both).
+
+    Is the published ordering there: dense < Wanda ≈ SparseGPT << magnitude? (<<: magnitude's
+    excess perplexity over dense is more than twice the worse of Wanda's and SparseGPT's.)
     """
     sets = summary["sets"]
-    ppl = {}
-    for r in summary["rows"]:
-        if r["method"] == "nm" or (r["params"] or {}).get("n"):
-            continue  # the 2:4 variants are not in the published comparison
-        vals = [r[f"ppl/{s}"]["value"] for s in sets if r[f"ppl/{s}"]]
-        if len(vals) == len(sets):
-            ppl[r["method"]] = sum(vals) / len(vals)
-    out: dict[str, Any] = {"mean_perplexity": ppl, "published_llama2_7b_wikitext": PUBLISHED}
-    if {"dense", "magnitude", "wanda", "sparsegpt"} <= set(ppl):
-        d, w, s, m = ppl["dense"], ppl["wanda"], ppl["sparsegpt"], ppl["magnitude"]
-        out["dense_lowest"] = d < min(w, s, m)
-        out["wanda_and_sparsegpt_far_below_magnitude"] = max(w, s) < m and (m - d) > 2 * (max(w, s) - d)
-        out["wanda_sparsegpt_ratio"] = w / s
-        out["holds_qualitatively"] = bool(out["dense_lowest"] and out["wanda_and_sparsegpt_far_below_magnitude"])
+    out: dict[str, Any] = {"published_llama2_7b_wikitext": PUBLISHED}
+    for fam in ("unstructured", "2:4"):
+        ppl: dict[str, float] = {}
+        acc: dict[str, float] = {}
+        for r in summary["rows"]:
+            if r["method"] != "dense" and _family(r) != fam:
+                continue
+            name = "magnitude" if r["method"] == "nm" else r["method"]
+            vals = [r[f"ppl/{s}"]["value"] for s in sets if r[f"ppl/{s}"]]
+            if len(vals) == len(sets):
+                ppl[name] = sum(vals) / len(vals)
+            if r["acc/sst2-dev"]:
+                acc[name] = r["acc/sst2-dev"]["value"]
+        f: dict[str, Any] = {"mean_perplexity": ppl, "sst2_acc": acc}
+        if {"dense", "magnitude", "wanda", "sparsegpt"} <= set(ppl):
+            d, w, sg, m = ppl["dense"], ppl["wanda"], ppl["sparsegpt"], ppl["magnitude"]
+            f["dense_lowest"] = d < min(w, sg, m)
+            f["wanda_and_sparsegpt_far_below_magnitude"] = max(w, sg) < m and (m - d) > 2 * (max(w, sg) - d)
+            f["wanda_sparsegpt_ratio"] = w / sg
+            f["holds_qualitatively"] = bool(f["dense_lowest"] and f["wanda_and_sparsegpt_far_below_magnitude"])
+        out[fam] = f
     return out
+
+
+def _verdict(f: dict[str, Any]) -> str:
+    holds = f.get("holds_qualitatively")
+    head = "not decided (a method is missing)" if holds is None else ("yes" if holds else "no")
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in f.get("mean_perplexity", {}).items())
+    acc = ", ".join(f"{k} {v:.3f}" for k, v in f.get("sst2_acc", {}).items())
+    return (
+        f"{head}. Mean perplexity over the sets: {parts} (Wanda / SparseGPT = "
+        f"{_fmt(f.get('wanda_sparsegpt_ratio'))}); SST-2 accuracy: {acc}."
+    )
+
+
+def _choice_note(summary: dict[str, Any]) -> str:
+    rows = [r for r in summary["rows"] if r["deployment"] and r["deployment"].get("choice_by_shape")]
+    if not rows:
+        return ""
+    dep = rows[0]["deployment"]
+    lines = [
+        f"\n\nThe chooser's figures per layer shape ({rows[0]['label']}; {dep.get('timings_measured')} timings "
+        f"measured in this run, {dep.get('timings_cached')} reused from this machine's cache):\n"
+    ]
+    lines += [f"- {shape}: {why.split('; not tried')[0]}" for shape, why in dep["choice_by_shape"].items()]
+    return "\n".join(lines)
+
+
+def _command(a: dict[str, Any]) -> str:
+    flags = ["methods", "sst2_n", "ppl_n", "calibration_n", "max_length", "n_boot", "speed_rounds", "probe_size",
+             "decode_tokens", "csr_tokens", "decode_rounds"]  # fmt: skip
+    return "python -m bench.lm_pruning " + " ".join(f"--{k.replace('_', '-')} {a[k]}" for k in flags if k in a)
 
 
 def markdown(doc: dict[str, Any]) -> str:
     """The tables and the ordering check as a short markdown note."""
     o = doc["ordering"]
     a = doc["args"]
-    holds = o.get("holds_qualitatively")
-    verdict = "not decided (a method is missing)" if holds is None else ("yes" if holds else "no")
+    dec = doc.get("decode")
+    decode_part = ""
+    if dec:
+        decode_part = (
+            f"\n\nDecode at batch 1 with the KV cache: a {dec['prompt_tokens']}-token prompt prefilled untimed, "
+            f"then {dec['new_tokens']} greedy single-token steps timed, {dec['threads']} threads; every model below "
+            f"timed in each of {dec['rounds']} interleaved rounds (order reversed every other round) after a warm-up "
+            "pass; the spread is min–max over the rounds, × dense is the same-round ratio. *As deployed* is the saved "
+            "variant with the formats the chooser picked; *forced* is the variant's masked-dense weights converted "
+            "with `deploy.force_format` (every decoder-block Linear; LM head and embeddings stay dense). "
+            "2:4 variants are forced onto the kernel only; their own format is not timed: "
+            f"{dec['semi24']}.\n\n" + decode_table(dec)
+        )
     return (
         "# SmolLM2-135M-Instruct pruned: perplexity, zero-shot SST-2, decode speed\n\n"
-        f"`python -m bench.lm_pruning --methods {a['methods']} --sst2-n {a['sst2_n']} --ppl-n {a['ppl_n']} "
-        f"--calibration-n "
-        f"{a['calibration_n']} --max-length {a['max_length']} --n-boot {a['n_boot']} --speed-rounds "
-        f"{a['speed_rounds']}`; {doc['wall_s']:.0f} s wall on {doc['cpu']} (2 cores; share of the CPUs used by "
+        f"`{_command(a)}` (niced; `PRUNE_AUDIT_SHARED_DATA` pointing at `../shared/data`); "
+        f"{doc['wall_s']:.0f} s wall ({doc.get('wall_audit_s', doc['wall_s']):.0f} s the audit, the rest the decode "
+        f"timing) on {doc['cpu']} (2 cores; share of the CPUs used by "
         f"other processes at start {doc['other_cpu_load_before']:.2f}, at end {doc['other_cpu_load_after']:.2f}).\n\n"
+        + (f"{doc['note']}\n\n" if doc.get("note") else "")
+        + f"Sizes: SST-2 dev {a['sst2_n']} of 872 examples; perplexity on the first {a['ppl_n']} sentences of each UCI "
+        f"source; Wanda/SparseGPT calibrated on {a['calibration_n']} SST-2 train sentences; max length "
+        f"{a['max_length']} tokens; {a['n_boot']} bootstrap resamples.\n\n"
         "Perplexity per sentence set (UCI Sentiment Labelled Sentences, corpus perplexity with its bootstrap CI in "
         "the JSON), its ratio to dense on the same sentences (paired bootstrap), zero-shot SST-2 dev accuracy "
         "(lm-evaluation-harness log-likelihood scoring) and its paired change (bootstrap CI, exact McNemar p).\n\n"
         + table(doc["summary"])
-        + "\n\nDeployment (each variant's Linear layers on the format measured fastest at 1 token), decode at batch "
-        "1 with the KV cache, dense and deployed timed in interleaved rounds of the one run:\n\n"
-        + speed_table(doc["summary"])
-        + "\n\n**Published ordering at 50 %** (dense < Wanda ≈ SparseGPT << magnitude): "
-        f"{verdict}. Mean perplexity over the sets: "
-        + ", ".join(f"{k} {v:.1f}" for k, v in o.get("mean_perplexity", {}).items())
-        + f" (Wanda / SparseGPT = {_fmt(o.get('wanda_sparsegpt_ratio'))}).\n"
+        + "\n\nDeployment stage of the audit (formats chosen per layer by timing at 1 token, `deploy.choose_tokens: "
+        "[1]`; a sparse format must be 1.1× faster than dense; equivalence on next-token logits and greedy "
+        "continuations vs the masked-dense variant):\n\n"
+        + deployment_table(doc["summary"])
+        + _choice_note(doc["summary"])
+        + decode_part
+        + "\n\n**Published ordering at 50 %** (Wanda README, LLaMA-2-7B WikiText: dense 5.12 < Wanda 6.42 ≈ "
+        "SparseGPT 6.51 << magnitude 14.89).\n\n"
+        f"- Unstructured 50 %: {_verdict(o.get('unstructured', o))}\n"
+        f"- 2:4: {_verdict(o.get('2:4', {}))}\n"
     )
 
 
@@ -282,15 +353,28 @@ def main() -> None:
     ap.add_argument("--calibration-n", type=int, default=128)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--speed-rounds", type=int, default=5, help="Interleaved dense/deployed rounds (>= 3).")
+    ap.add_argument("--speed-rounds", type=int, default=3, help="The deployment stage's timing rounds (>= 3).")
+    ap.add_argument("--probe-size", type=int, default=64, help="deploy.probe_size of the equivalence check.")
+    ap.add_argument("--decode-tokens", type=int, default=64, help="New tokens per timed decode (batch 1, KV cache).")
+    ap.add_argument("--csr-tokens", type=int, default=64, help="New tokens per timed decode of the csr models.")
+    ap.add_argument("--decode-rounds", type=int, default=3, help="Interleaved decode rounds over all models.")
+    ap.add_argument("--resume", action="store_true", help="Reuse the finished units of an earlier run in --work-dir.")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"Comma-separated subset of {', '.join(METHODS)}.")
     ap.add_argument("--work-dir", type=Path, help="Keep the audit's output here (default: a temporary directory).")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lm_pruning.json")
-    ap.add_argument("--reprint", type=Path, help="Print the tables of a saved JSON and exit.")
+    ap.add_argument("--reprint", type=Path, help="(Re)write the .md of a saved JSON, print it and exit.")
+    ap.add_argument("--note", default="", help="A sentence about the run written into the .md (kept in the JSON).")
+    ap.add_argument("--results", type=Path, help="With --reprint: rebuild its tables from this results.json.")
     args = ap.parse_args()
     setup_logging()
     if args.reprint:
         saved = json.loads(args.reprint.read_text())
+        if args.note:
+            saved["note"] = args.note
+        if args.results:  # rebuild the tables from the audit's results.json (the run's other fields kept)
+            saved["summary"] = summarize(json.loads(args.results.read_text()))
+            saved["ordering"] = ordering(saved["summary"])
+            atomic_write_text(args.reprint, json.dumps(saved, indent=2) + "\n")
         atomic_write_text(args.reprint.with_suffix(".md"), markdown(saved))
         print(markdown(saved))
         return
@@ -308,10 +392,18 @@ def main() -> None:
         cfg_path = Path(tmp) / "audit.yaml"
         cfg_path.write_text(config_text(args, out), encoding="utf-8")
         t0 = time.perf_counter()
-        run_audit(load_config(cfg_path), command="bench.lm_pruning")
-        wall = time.perf_counter() - t0
+        run_audit(load_config(cfg_path), command="bench.lm_pruning", resume=args.resume)
+        wall_audit = time.perf_counter() - t0
         results = json.loads((out / "results.json").read_text())
         config = cfg_path.read_text()
+        decode = decode_bench(
+            out,
+            results["variants"],
+            new_tokens=args.decode_tokens,
+            csr_tokens=args.csr_tokens,
+            rounds=args.decode_rounds,
+        )
+        wall = time.perf_counter() - t0
     summary = summarize(results)
     doc = {
         "bench": "lm_pruning",
@@ -319,6 +411,9 @@ def main() -> None:
         "args": {k: str(v) for k, v in vars(args).items() if k not in ("reprint", "work_dir")},
         "config": config,
         "wall_s": round(wall, 1),
+        "wall_audit_s": round(wall_audit, 1),
+        "note": args.note,
+        "decode": decode,
         "other_cpu_load_before": load_before,
         "other_cpu_load_after": other_cpu_load(),
         "cpu": _cpu_model(),
