@@ -25,7 +25,6 @@ from audit.errors import Interrupted
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-
 class _State:
     deferring = 0
     pending: int | None = None

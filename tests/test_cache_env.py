@@ -36,7 +36,7 @@ def test_the_ray_workers_get_exactly_the_run_variables() -> None:
 def test_the_ray_executor_builds_its_runtime_env_from_worker_env() -> None:
     source = (ROOT / "audit" / "executors.py").read_text()
     assert '"env_vars": worker_env()' in source
-    assert "PRUNE_AUDIT_CACHE\"" not in source  # the old, unread name
+    assert 'PRUNE_AUDIT_CACHE"' not in source  # the old, unread name
 
 
 def test_every_run_variable_is_read_by_the_code_or_a_library_it_configures() -> None:

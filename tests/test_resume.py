@@ -74,7 +74,12 @@ def test_sigkill_mid_sweep_then_resume_gives_the_uninterrupted_results(
     tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
 ) -> None:
     cfg = write_config(
-        tmp_path / "audit.yaml", tiny_model_dir, tiny_data_dir, sweep=SWEEP, suites=SUITES, deploy=DEPLOY,
+        tmp_path / "audit.yaml",
+        tiny_model_dir,
+        tiny_data_dir,
+        sweep=SWEEP,
+        suites=SUITES,
+        deploy=DEPLOY,
         policy=pass_policy(tmp_path),
     )
     out = tmp_path / "out"
@@ -190,7 +195,12 @@ def test_a_signal_mid_sweep_exits_2_keeps_finished_units_and_resume_reuses_them(
     sig: signal.Signals, tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
 ) -> None:
     cfg = write_config(
-        tmp_path / "audit.yaml", tiny_model_dir, tiny_data_dir, sweep=SWEEP, suites=SUITES, deploy=DEPLOY,
+        tmp_path / "audit.yaml",
+        tiny_model_dir,
+        tiny_data_dir,
+        sweep=SWEEP,
+        suites=SUITES,
+        deploy=DEPLOY,
         policy=pass_policy(tmp_path),
     )
     out = tmp_path / "out"

@@ -17,6 +17,8 @@ from audit.results import Measurement, MetricInfo, RuleResult, RunResult
 from reports.views.common import fmt, fmt_value, metric_info
 
 _WORST = re.compile(r"worst: ([^;()]+?)(?:;|\)|$)")
+
+
 def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
