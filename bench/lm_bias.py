@@ -256,6 +256,10 @@ def tables(s: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _g(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2g}"
+
+
 def verdict(s: dict[str, Any]) -> str:
     sig = s["significant"]
     n = len(s["tests"])
@@ -273,7 +277,7 @@ def verdict(s: dict[str, Any]) -> str:
     for t in sig:
         lines.append(
             f"- {t['model']} {t['set']}/{t['group']}: Δ {t['delta']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}] "
-            f"from {t['baseline']:.3f}, p={t['p_value']:.2g}, q={t['q_value']:.2g} (run's q {t['run_q_value']:.2g})"
+            f"from {t['baseline']:.3f}, p={t['p_value']:.2g}, q={t['q_value']:.2g} (run's q {_g(t['run_q_value'])})"
         )
     return "\n".join(lines)
 
