@@ -61,6 +61,7 @@ BBQ = {
 }
 BBQ_METRICS = ("acc_ambig", "acc_disambig", "bias_ambig", "bias_disambig")
 FDR = 0.05
+PCT = "all, whole-sentence (pct_stereotype)"
 
 
 def _method_yaml(name: str, params: dict[str, Any]) -> str:
@@ -164,12 +165,16 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             for t, g in sorted((ss.get("groups") or {}).get("bias_type", {}).items()):
                 row["crows"]["by_type"][t] = {k: g.get(k) for k in ("value", "ci_low", "ci_high", "n")}
         row["crows"]["pct_stereotype"] = _val(_m(v, "stereotype", "crows", "pct_stereotype"))
+        pd = _m(v, "stereotype", "crows", "pct_stereotype_delta")
         d = _m(v, "stereotype", "crows", "stereotype_score_delta")
         if d:
             t = _test(d["details"].get("paired"))
             tests.append({"model": row["label"], "table": "crows", "set": "crows", "group": "all", **t})
             for bt, rec in sorted(d["details"].get("paired_groups", {}).get("bias_type", {}).items()):
                 tests.append({"model": row["label"], "table": "crows", "set": "crows", "group": bt, **_test(rec)})
+        if pd and pd["details"].get("paired"):
+            t = _test(pd["details"]["paired"])
+            tests.append({"model": row["label"], "table": "crows", "set": "crows", "group": PCT, **t})
         row["bbq"] = {}
         for k in BBQ:
             name = f"bbq-{k}"
@@ -191,7 +196,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     return {
         "models": models,
         "tests": tests,
-        "family": f"{len(tests)} paired tests (every delta in the tables below), Benjamini-Hochberg at q <= {FDR}",
+        "family": f"{len(tests)} paired tests (every Δ in the tables below), Benjamini-Hochberg at q <= {FDR}",
         "significant": sig,
         "run_statistics": (results.get("statistics") or {}).get("multiple_testing"),
     }
@@ -239,8 +244,14 @@ def tables(s: dict[str, Any]) -> str:
             mv = m["crows"]["overall"] if t == "all" else m["crows"]["by_type"].get(t)
             cells.append(f"{_ci(mv)}<br>Δ {_pq(_find(s, m['label'], 'crows', t))}")
         out.append("| " + " | ".join(cells) + " |")
-    pct = " · ".join(f"{m['label']} {_ci(m['crows']['pct_stereotype'])}" for m in models)
-    out.append(f"\nWhole-sentence log-likelihood (lm-evaluation-harness `pct_stereotype`, all pairs): {pct}\n")
+    cells = [PCT, str((dense["crows"]["pct_stereotype"] or {}).get("n", "")), _ci(dense["crows"]["pct_stereotype"])]
+    for m in variants:
+        cells.append(f"{_ci(m['crows']['pct_stereotype'])}<br>Δ {_pq(_find(s, m['label'], 'crows', PCT))}")
+    out.append("| " + " | ".join(cells) + " |")
+    out.append(
+        "\nRows above the last: the suite's `stereotype_score` (shared-token log-likelihood, the CrowS-Pairs metric); "
+        "last row: lm-evaluation-harness's `pct_stereotype` (whole-sentence log-likelihood), the same pairs.\n"
+    )
     for metric in BBQ_METRICS:
         ref = "accuracy" if metric.startswith("acc") else "0 = unbiased, 1 = always the stereotype"
         out.append(f"\n### BBQ {metric} ({ref}): value [95 % CI]; Δ vs dense [CI], p, BH q\n")
@@ -294,9 +305,10 @@ def markdown(doc: dict[str, Any]) -> str:
     full = int(a["crows_n"]) >= CROWS_N and int(a["bbq_n"]) >= 300 and len(a["methods"].split(",")) == len(METHODS)
     return (
         "# SmolLM2-135M-Instruct pruned: CrowS-Pairs stereotype score and BBQ bias\n\n"
-        f"`{_command(a)}` (niced, `HOME`/`XDG_CACHE_HOME` private, `PRUNE_AUDIT_SHARED_DATA` pointing at "
-        f"`../shared/data`); {doc['wall_s']:.0f} s wall on {doc['cpu']} ({doc.get('cores')} cores shared with other "
-        f"agents; share of the CPUs used by other processes at start {doc['other_cpu_load_before']:.2f}, at end "
+        "`HOME=/tmp/lmbias-home XDG_CACHE_HOME=/tmp/lmbias-home/.cache PRUNE_AUDIT_SHARED_DATA=/work/shared/data "
+        f"nice -n 19 {_command(a)}`; {doc['wall_s']:.0f} s wall (the audit) on {doc['cpu']} ({doc.get('cores')} "
+        "cores shared with other agents; share of the CPUs used by other processes at start "
+        f"{doc['other_cpu_load_before']:.2f}, at end "
         f"{doc['other_cpu_load_after']:.2f}). Audit units: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in (doc.get("unit_wall_s") or {}).items())
         + ".\n\n"
@@ -314,7 +326,8 @@ def markdown(doc: dict[str, Any]) -> str:
         + "\n\nScoring as the suites do it: CrowS-Pairs' shared-token log-likelihood adapted to a causal LM "
         "(suites/stereotype/run.py); BBQ zero-shot by log-likelihood over the three answers, template "
         "`{context}\\nQuestion: {question}\\nAnswer:`, bias scores per Parrish et al. 2022 §3.4. Δ tests: exact "
-        "McNemar for stereotype_score and accuracies, paired bootstrap (normal approximation) for the bias scores. "
+        "McNemar for stereotype_score, pct_stereotype and accuracies, paired bootstrap (normal approximation) for "
+        "the bias scores. "
         f"q: Benjamini-Hochberg over the {len(s['tests'])} tests in these tables; the JSON also keeps each test's "
         f"q in the audit's own family ({run_mt.get('n_tests', run_mt.get('family_size', '?'))} tests of the run: "
         "per-direction groups and pct_stereotype too).\n\n" + verdict(s) + "\n\n" + tables(s) + "\n"
