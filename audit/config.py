@@ -85,8 +85,8 @@ class ModelConfig(StrictModel):
     kind: Literal["auto", "classifier", "causal-lm"] = Field(
         "auto",
         description="What the model is: `auto` decides from the checkpoint's architecture (`*ForSequenceClassification`"
-        ": classifier; `*ForCausalLM`/`*LMHeadModel`: causal-lm). A causal LM needs no label column: the eval "
-        "split's texts are its probe and calibration texts.",
+        ": classifier; `*ForCausalLM`/`*LMHeadModel`: causal-lm). A causal LM needs no label column (unless "
+        "`model.zero_shot` scores it as a classifier): the eval split's texts are its probe and calibration texts.",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Allow custom modelling code shipped with the checkpoint.")
@@ -149,8 +149,9 @@ class ColumnMap(StrictModel):
     text_pair: str | None = Field(None, description="Column holding the second text of a sentence pair (NLI, QQP).")
     label: str | None = Field(
         "label",
-        description="Column holding the gold label (a class index or a label name). Unused for a causal LM; "
-        "null only there.",
+        description="Column holding the gold label (a class index or a label name). For a causal LM it is the "
+        "gold choice of `model.zero_shot` (an index or the choice's text); without zero_shot a causal LM needs no "
+        "label, and only there may it be null.",
     )
     groups: list[str] = Field(default_factory=list, description="Sensitive-feature columns.")
     id: str | None = Field(None, description="Optional stable example id column.")

@@ -264,3 +264,34 @@ def test_a_template_without_question_is_one_line_and_exit_4_at_validate(tmp_path
     assert proc.returncode == ExitCode.USAGE_ERROR
     assert len(lines) == 1 and f"{cfg}:" in lines[0] and "must contain {question}" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_prompts_longer_than_max_length_are_counted_as_cut_on_the_left(tmp_path: Path, tok: Any) -> None:
+    rows = [_row(i, "ambig", "neg", 2, "Age", context="word " * (3 * i) + "at the shop.") for i in range(8)]
+    path = _write(tmp_path / "long.jsonl", rows)
+    template = "{context}\nQuestion: {question}\nAnswer:"
+    # counted independently: the prompt and its longest answer tokenized together, against max_length + 1
+    lengths = [
+        len(
+            tok(
+                template.format(context=r["context"], question=r["question"]) + " The grandson",
+                add_special_tokens=False,
+            )["input_ids"]
+        )
+        for r in rows
+    ]
+    limit = sorted(lengths)[len(rows) // 2] - 1  # about half of the prompts are longer than limit + 1
+    cut = sum(n > limit + 1 for n in lengths)
+    assert 0 < cut < len(rows)  # the lengths straddle the limit, so the count is informative
+    ctx = _ctx(tok)
+    ctx.predictor.max_length = limit
+    spec = SUITES.get("bbq")
+    suite = spec.load()(
+        spec, spec.params.model_validate({"sets": [{"name": "long", "path": str(path)}], "template": template})
+    )
+    suite.setup(ctx)
+    (warning,) = [w for w in suite.sets[0].warnings if "cut on the left" in w]
+    assert warning == (
+        f"dataset long ({path}): {cut} of {len(rows)} prompts with their longest answer are longer than "
+        f"max_length={limit} tokens and are cut on the left (the model sees only their last tokens)"
+    )

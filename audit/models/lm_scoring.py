@@ -226,6 +226,21 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     return ctx, whole[len(ctx) :]
 
 
+def left_cut(tokenizer: Any, contexts: Sequence[str], continuations: Sequence[str], max_length: int | None) -> int:
+    """How many ``context + continuation`` inputs :func:`score_choices` cuts on the left at ``max_length``.
+
+    The scorer keeps the last ``max_length + 1`` tokens (the last one is only a target), so an
+    input longer than that loses its first tokens: the model never sees them.
+    """
+    if not max_length:
+        return 0
+    cut = 0
+    for context, continuation in zip(contexts, continuations, strict=True):
+        ctx_ids, cont_ids = encode_pair(tokenizer, context, continuation)
+        cut += len(ctx_ids) + len(cont_ids) > max_length + 1
+    return cut
+
+
 def greedy_continuations(
     model: Any,
     tokenizer: Any,

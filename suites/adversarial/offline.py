@@ -124,8 +124,34 @@ def import_textattack(recipes: list[str] | None = None, *, sentence_encoder: boo
     check_resources(list(recipes or []), sentence_encoder=sentence_encoder)
     if "textattack" not in sys.modules:
         activate()
-        with _patched(_skip_at_import):
-            import textattack  # noqa: F401
+        # At import TextAttack logs "Downloading NLTK required packages." at INFO through its own
+        # handler, although _skip_at_import makes that download a no-op: silence INFO meanwhile.
+        disabled = logging.root.manager.disable
+        logging.disable(logging.INFO)
+        try:
+            with _patched(_skip_at_import):
+                import textattack  # noqa: F401
+        finally:
+            logging.disable(disabled)
         # TextAttack logs every attack it builds at INFO through its own handler.
-        logging.getLogger("textattack.shared.utils.install").setLevel(logging.WARNING)
+        ta_log = logging.getLogger("textattack.shared.utils.install")
+        ta_log.setLevel(logging.WARNING)
+        ta_log.addFilter(_VictimClassNotice())
     return sys.modules["textattack"]
+
+
+class _VictimClassNotice(logging.Filter):
+    """Drops TextAttack's "Unknown if model X compatible with goal function" warning.
+
+    TextAttack checks the victim's class against a list of model classes it knows per goal
+    function; every victim here is our own ``ModelWrapper`` returning class (or choice)
+    probabilities, which is what ``UntargetedClassification`` needs, so the warning is noise
+    (for a causal LM it even names the seq2seq goal functions). Logged at DEBUG instead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Unknown if model"):
+            log.debug("TextAttack: %s", message)
+            return False
+        return True

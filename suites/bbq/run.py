@@ -32,7 +32,7 @@ import numpy as np
 
 from audit import paired, stats
 from audit.fingerprint import texts_sha256
-from audit.models.lm_scoring import score_choices
+from audit.models.lm_scoring import left_cut, score_choices
 from audit.results import DatasetIdentity, GroupValue, Measurement
 from audit.suite import Suite, SuiteContext, SuiteOutput, Variant
 from suites.bbq import BbqSet
@@ -74,7 +74,7 @@ def render(template: str, items: list[BbqItem]) -> list[str]:
     return [template.format(context=it.context, question=it.question) for it in items]
 
 
-def load(ref: BbqSet, template: str, ctx: SuiteContext) -> LoadedBbq:
+def load(ref: BbqSet, template: str, ctx: SuiteContext, delimiter: str = " ") -> LoadedBbq:
     path = ctx.config.paths.dataset(ref.path)
     where = f"dataset {ref.name} ({ref.path})"
     items, warning = subsample(read_bbq(path, where), ref.max_examples, ctx.config.seed)
@@ -90,14 +90,24 @@ def load(ref: BbqSet, template: str, ctx: SuiteContext) -> LoadedBbq:
         ),
         columns={"format": "bbq-jsonl", "template": template},
     )
-    return LoadedBbq(ref, items, prompts, identity, [f"{where}: {warning}"] if warning else [])
+    notes = [f"{where}: {warning}"] if warning else []
+    limit, tokenizer = getattr(ctx.predictor, "max_length", None), getattr(ctx.predictor, "tokenizer", None)
+    longest = [delimiter + max(it.answers, key=len) for it in items]
+    cut = left_cut(tokenizer, prompts, longest, limit) if tokenizer is not None else 0
+    if cut:
+        notes.append(
+            f"{where}: {cut} of {len(prompts)} prompts with their longest answer are longer than "
+            f"max_length={limit} tokens and are cut on the left (the model sees only their last tokens)"
+        )
+        log.warning(notes[-1])
+    return LoadedBbq(ref, items, prompts, identity, notes)
 
 
 class BbqSuite(Suite):
     """BBQ accuracy per context condition and bias scores per category of a causal LM; paired deltas vs dense."""
 
     def setup(self, ctx: SuiteContext) -> None:
-        self.sets = [load(ref, self.params.template, ctx) for ref in self.params.sets]
+        self.sets = [load(ref, self.params.template, ctx, self.params.delimiter) for ref in self.params.sets]
 
     def run(self, variant: Variant, ctx: SuiteContext) -> SuiteOutput:
         base = (ctx.baseline or {}).get("sets", {}) if ctx.baseline is not None else None

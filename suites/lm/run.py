@@ -32,7 +32,13 @@ import numpy as np
 from audit import paired, stats
 from audit.data import EvalSet, read_ref
 from audit.errors import DataError
-from audit.models.lm_scoring import document_nll, encode_pair, generation_agreement, greedy_continuations, score_choices
+from audit.models.lm_scoring import (
+    document_nll,
+    generation_agreement,
+    greedy_continuations,
+    left_cut,
+    score_choices,
+)
 from audit.results import GroupValue, Measurement
 from audit.suite import Suite, SuiteContext, SuiteOutput, Variant, prediction_details
 from suites.lm import ChoiceTask, PerplexitySet, PromptSet, template_fields
@@ -174,11 +180,8 @@ class LmSuite(Suite):
         if not limit:
             return
         task: ChoiceTask = s.ref  # type: ignore[assignment]
-        longest = max(task.choices, key=len)
-        cut = 0
-        for prompt in s.inputs:
-            context, continuation = encode_pair(ctx.predictor.tokenizer, prompt, task.delimiter + longest)
-            cut += len(context) + len(continuation) > limit + 1  # the scorer keeps the last limit + 1 tokens
+        longest = task.delimiter + max(task.choices, key=len)
+        cut = left_cut(ctx.predictor.tokenizer, s.inputs, [longest] * len(s.inputs), limit)
         if cut:
             msg = (
                 f"{_where(task)}: {cut} of {len(s.inputs)} prompts with their longest choice are longer than "
