@@ -10,7 +10,8 @@ views of CI treat audit findings like any other test:
 * FAIL fails with the finding (bound, observed, dense, evidence) and no traceback,
   ERROR is reported as an error (in setup), SKIP is skipped with the reason, WARN passes
   with a :class:`PruneAuditWarning` (``-W error::audit.pytest_plugin.PruneAuditWarning``
-  turns warnings into failures), PASS passes;
+  turns warnings into failures), PASS passes; under a policy with ``fail_on_error: false``
+  an ERROR passes with a warning too, so pytest's exit code agrees with ``prune-audit check``;
 * with ``--prune-audit-policy`` the stored measurements are re-judged under that policy,
   exactly as ``prune-audit check`` does, instead of using the stored verdict.
 
@@ -26,6 +27,7 @@ nothing beyond pytest at import time and does nothing unless ``--prune-audit`` i
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,6 +88,8 @@ class PruneAuditResults:
 
 
 _STATE = pytest.StashKey[PruneAuditResults]()
+_EVIDENCE = pytest.StashKey[tuple[Any, Any]]()
+"""The measurement index and metric catalog the findings' evidence lines are read from."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -155,7 +159,10 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
     report = yield
     state = collector.config.stash.get(_STATE, None)
     if state is not None and isinstance(collector, pytest.Session) and report.passed:
-        report.result.append(ResultsFile.from_parent(collector, path=state.path.resolve()))
+        path = state.path.resolve()
+        # relative to the rootdir, as pytest names test files (outside it, with ``..``)
+        nodeid = Path(os.path.relpath(path, collector.config.rootpath)).as_posix()
+        report.result.append(ResultsFile.from_parent(collector, path=path, nodeid=nodeid))
     return report
 
 
@@ -200,12 +207,15 @@ class RuleItem(pytest.Item):
         from reports.views.common import catalog
         from reports.views.evidence import measurement_index, rule_evidence
 
-        run = self.config.stash[_STATE].run
-        ev = rule_evidence(measurement_index(run), self.result, catalog(run))
+        if _EVIDENCE not in self.config.stash:  # built once per session, on the first finding shown
+            run = self.config.stash[_STATE].run
+            self.config.stash[_EVIDENCE] = (measurement_index(run), catalog(run))
+        index, cat = self.config.stash[_EVIDENCE]
+        ev = rule_evidence(index, self.result, cat)
         return f"{self.result.status}: {self.result.message}\n{_detail(self.result, ev)}"
 
     def setup(self) -> None:
-        if self.result.status == "ERROR":
+        if self.result.status == "ERROR" and self.config.stash[_STATE].verdict.fail_on_error:
             pytest.fail(self._detail(), pytrace=False)  # an exception in setup is reported as an error
 
     def runtest(self) -> None:
@@ -215,7 +225,7 @@ class RuleItem(pytest.Item):
         if status == "SKIP":
             # reported at the results file (as a skip marker is), not at this line of the plugin
             raise pytest.skip.Exception(self.result.message, _use_item_location=True)
-        if status == "WARN":
+        if status == "WARN" or status == "ERROR":  # an ERROR reaches here only under fail_on_error: false
             import warnings
 
             warnings.warn_explicit(PruneAuditWarning(self._detail()), PruneAuditWarning, str(self.path), 0)

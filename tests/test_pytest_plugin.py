@@ -8,6 +8,7 @@ disable it by (``-p no:prune_audit``).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import xml.etree.ElementTree as ET
@@ -123,6 +124,12 @@ def test_policy_option_rejudges_the_measurements(audit_dir: pytest.Pytester) -> 
     )
 
 
+def test_error_passes_with_a_warning_when_the_policy_does_not_fail_on_error(audit_dir: pytest.Pytester) -> None:
+    audit_dir.makefile(".yaml", lenient=POLICY.replace("rules:", "fail_on_error: false\nrules:"))
+    res = _audit(audit_dir, "--prune-audit-policy", "lenient.yaml", "-k", "f1-floor")
+    res.assert_outcomes(passed=2, errors=0, warnings=1, deselected=7)
+
+
 def test_warn_can_be_escalated_with_a_warning_filter(audit_dir: pytest.Pytester) -> None:
     res = _audit(audit_dir, "-k", "warn", "-W", "error::audit.pytest_plugin.PruneAuditWarning")
     res.assert_outcomes(failed=2, deselected=7)
@@ -177,6 +184,24 @@ def test_bad_results_file_is_a_usage_error(audit_dir: pytest.Pytester, content: 
     errors = [line for line in res.errlines if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("ERROR: bad.json: ") and message in errors[0]
     assert not (audit_dir.path / "junit.xml").exists()
+
+
+def test_bad_policy_or_missing_verdict_is_a_usage_error(audit_dir: pytest.Pytester) -> None:
+    bad_policy = _audit(audit_dir, "--prune-audit-policy", "nosuch.yaml")
+    assert bad_policy.ret == pytest.ExitCode.USAGE_ERROR
+    assert "nosuch.yaml" in bad_policy.stderr.str()
+    no_verdict = json.loads(RESULTS)
+    no_verdict["verdict"] = None
+    (audit_dir.path / "unjudged.json").write_text(json.dumps(no_verdict), encoding="utf-8")
+    res = audit_dir.runpytest_inprocess(*PLUGIN, "--prune-audit", "unjudged.json")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    assert "ERROR: unjudged.json: results file has no verdict (hint: pass --prune-audit-policy" in res.stderr.str()
+
+
+def test_policy_option_alone_is_a_usage_error(audit_dir: pytest.Pytester) -> None:
+    res = audit_dir.runpytest_inprocess(*PLUGIN, "--prune-audit-policy", "default")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    assert "ERROR: --prune-audit-policy needs --prune-audit RESULTS.json" in res.stderr.str()
 
 
 def test_plugin_import_is_light(pytester: pytest.Pytester) -> None:
