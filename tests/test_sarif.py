@@ -181,3 +181,19 @@ def test_a_builtin_policy_is_located_inside_the_package(in_tmp: Path) -> None:
         assert loc["artifactLocation"] == {"uri": "policies/default.yaml", "uriBaseId": "PRUNE_AUDIT"}
         assert loc["region"]["startLine"] == policy.source.lines[r["ruleId"]]
     assert "PRUNE_AUDIT" in run_["originalUriBaseIds"]
+
+
+def test_control_and_bidi_characters_from_data_are_shown_as_visible_stand_ins(in_tmp: Path) -> None:
+    from audit.results import SuiteError
+
+    res = _judged(in_tmp)
+    res.variants[0].measurements = []
+    res.variants[0].errors = [SuiteError(suite="performance", error_type="RuntimeError", message="\x1b[31mred\u202e")]
+    policy, label = load_policy(str(in_tmp / "policies" / "audit-policy.yaml"))
+    res.verdict = evaluate_policy(policy, res, policy_label=label, today=dt.date(2026, 1, 1))
+    text = render(res)
+    assert "\\u001b" not in text and "\u202e" not in text
+    crashed = [
+        r for r in json.loads(text)["runs"][0]["results"] if "\u241b[31mred\u27e8U+202E\u27e9" in r["message"]["text"]
+    ]
+    assert crashed and all(r["properties"]["status"] == "ERROR" for r in crashed)
