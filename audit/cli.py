@@ -102,7 +102,7 @@ def _print_outcome(outcome: object) -> None:
 FormatOpt = Annotated[
     Optional[list[str]],
     typer.Option(
-        "--format", "-f", help="Reporter to write (repeatable): json, html, junit, markdown, model-card, all."
+        "--format", "-f", help="Reporter to write (repeatable): json, html, junit, markdown, model-card, sarif, all."
     ),
 ]
 JunitOpt = Annotated[Optional[Path], typer.Option("--junit", help="Also write JUnit XML to this path.")]

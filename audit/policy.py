@@ -25,11 +25,12 @@ import fnmatch
 import hashlib
 import json
 import math
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from audit.errors import ConfigError
@@ -37,6 +38,7 @@ from audit.policy_judge import applies, judge, n_boot_of
 from audit.policy_waivers import apply_waivers, status_counts, verdict_status, waiver_info
 from audit.results import (
     MetricInfo,
+    PolicySource,
     RuleResult,
     RunResult,
     Verdict,
@@ -203,6 +205,12 @@ class Policy(_Strict):
     fail_on_error: bool = Field(True, description="Whether an ERROR (missing metric, crashed suite) fails the gate.")
     rules: list[Rule] = Field(min_length=1, description="The thresholds.")
     waivers: list[Waiver] = Field(default_factory=list, description="Approved, expiring exceptions.")
+    _source: PolicySource | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> PolicySource | None:
+        """Where the policy was read from and each rule's line (set by the loader; not part of the fingerprint)."""
+        return self._source
 
     @model_validator(mode="after")
     def _unique(self) -> Policy:
@@ -353,9 +361,28 @@ def resolve_policy_path(name_or_path: str, base_dir: str | None = None) -> Path:
 
 def _from_doc(doc: YamlDocument) -> Policy:
     try:
-        return Policy.model_validate(doc.data)
+        policy = Policy.model_validate(doc.data)
     except ValidationError as exc:
         raise validation_to_config_error(exc, doc, Policy) from None
+    lines = {rule.id: doc.locate(["rules", i])[0] for i, rule in enumerate(policy.rules)}
+    policy._source = PolicySource(lines={k: v for k, v in lines.items() if v is not None})
+    return policy
+
+
+def _source_file(path: Path) -> tuple[str, str | None]:
+    """(file, built-in name) as :class:`~audit.results.PolicySource` records them.
+
+    A built-in is ``policies/<name>.yaml`` (inside the package); another file is written
+    relative to the working directory when it lies under it (in CI: the checkout, which
+    code-scanning locations are relative to), else as an absolute path.
+    """
+    absolute = Path(os.path.abspath(path))
+    if absolute.parent == Path(os.path.abspath(_policy_dir())):
+        return f"policies/{absolute.name}", absolute.stem
+    try:
+        return absolute.relative_to(os.path.abspath(os.getcwd())).as_posix(), None
+    except ValueError:
+        return absolute.as_posix(), None
 
 
 def load_policy(name_or_path: str, base_dir: str | None = None) -> tuple[Policy, str]:
@@ -370,7 +397,10 @@ def load_policy(name_or_path: str, base_dir: str | None = None) -> tuple[Policy,
             line=1,
             hint="pass a policy YAML (with `rules:`)",
         )
-    return _from_doc(doc), label
+    policy = _from_doc(doc)
+    file, builtin = _source_file(path)
+    policy._source = PolicySource(file=file, builtin=builtin, lines=policy.source.lines if policy.source else {})
+    return policy, label
 
 
 def policy_from_text(text: str, name: str = "<policy>") -> Policy:
@@ -447,6 +477,7 @@ def evaluate_policy(
         fail_on_error=policy.fail_on_error,
         waivers=[waiver_info(w, today, id(w) in waived.used) for w in policy.waivers],
         policy_rules=[r.model_dump(mode="json") for r in policy.rules],
+        policy_source=policy.source,
     )
 
 

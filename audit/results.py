@@ -435,6 +435,25 @@ class WaiverInfo(Record):
     used: bool = Field(False, description="Turned at least one FAIL or ERROR into a WARN.")
 
 
+class PolicySource(Record):
+    """Where the judging policy was read from and the line of each rule (for SARIF locations).
+
+    Recorded by the policy loader so that reporters can point at a rule without reading
+    the file again.
+    """
+
+    file: str | None = Field(
+        None,
+        description="The policy file: relative to the working directory of the run (POSIX separators) when it "
+        "lies under it, else absolute; a built-in is `policies/<name>.yaml` inside the prune-audit package; "
+        "null for a policy given as text.",
+    )
+    builtin: str | None = Field(None, description="The built-in policy's name, when it is one.")
+    lines: dict[str, int] = Field(
+        default_factory=dict, description="Rule id -> 1-based line of the rule's entry in the policy YAML."
+    )
+
+
 class Verdict(Record):
     """The gate decision."""
 
@@ -454,6 +473,16 @@ class Verdict(Record):
     policy_rules: list[dict[str, Any]] = Field(
         default_factory=list, description="The policy's rules as evaluated (for the report's protocol and charts)."
     )
+    policy_source: PolicySource | None = Field(
+        None, description="The policy's file and rule lines (omitted when unknown, e.g. results of older versions)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("policy_source") is None:
+            data.pop("policy_source", None)
+        return data
 
 
 class RunResult(Record):

@@ -12,6 +12,7 @@ text atomically to ``spec.filename`` in the output directory. View models come f
 | ``junit`` | ``junit.xml`` | CI test views: one test case per rule × variant |
 | ``markdown`` | ``summary.md`` | CI step summaries and PR comments |
 | ``model-card`` | ``model-card.md`` | publishing: HF ``model-index`` YAML plus Markdown |
+| ``sarif`` | ``results.sarif`` | code-scanning UIs: SARIF 2.1.0, one result per failing or warning rule × variant |
 """
 
 from __future__ import annotations
@@ -56,5 +57,13 @@ MODEL_CARD = REPORTERS.register(
         impl="reports.model_card:render",
         summary="model-card.md: HF model-index YAML plus Markdown for publishing the pruned model.",
         filename="model-card.md",
+    )
+)
+SARIF = REPORTERS.register(
+    ReporterSpec(
+        name="sarif",
+        impl="reports.sarif:render",
+        summary="results.sarif: SARIF 2.1.0 for code scanning, one result per FAIL/WARN/ERROR rule x variant.",
+        filename="results.sarif",
     )
 )

@@ -205,7 +205,7 @@ def test_view_flags_the_group_pruning_hurts_most(judged) -> None:
 def test_reports_degrade_gracefully_without_suites_records_or_verdict(tmp_path: Path) -> None:
     bare = run([m("accuracy", 0.9)], [variant("v", "magnitude", 0.5, [m("accuracy", 0.88)])])
     files = write_reports(bare, tmp_path, ["all"])
-    assert set(files) == {"json", "html", "junit", "markdown", "model-card"}
+    assert set(files) == {"json", "html", "junit", "markdown", "model-card", "sarif"}
     html = files["html"].read_text()
     assert "No policy was applied to this run" in html
     assert "No out-of-distribution suite ran" in html and "No adversarial suite ran" in html
@@ -333,7 +333,7 @@ def test_check_and_report_option_errors_exit_4_before_writing(cli, rendered, tmp
     r = cli("report", str(res), "-o", str(out), "-f", "all")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["results.json", "report.html", "junit.xml", "summary.md", "model-card.md"]
+        ["results.json", "report.html", "junit.xml", "summary.md", "model-card.md", "results.sarif"]
     )
     # `report` keeps the stored verdict: the JSON it writes is the input, byte for byte
     assert (out / "results.json").read_text() == rendered["json"]
