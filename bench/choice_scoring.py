@@ -11,7 +11,8 @@ The model is the embedded SmolLM2-135M-Instruct Q4_1 GGUF through the project's 
 (:func:`audit.models.gguf.load_gguf`, dequantized to fp32). Run by hand from the repository
 root (the first load converts the GGUF, ~1 min; later loads read the safetensors cache)::
 
-    HOME=/tmp/prefixkv-home nice -n 19 .venv/bin/python -m bench.choice_scoring --n 24
+    PRUNE_AUDIT_SHARED_DATA=../shared/data HOME=/tmp/prefixkv-home \
+        nice -n 19 .venv/bin/python -m bench.choice_scoring --n 24
 
 The result goes to ``bench/results/choice_scoring.json``.
 """
@@ -102,7 +103,8 @@ def main() -> None:
     ctx_tokens = [len(tok(c, add_special_tokens=False).input_ids) for c in contexts]
     result = {
         "what": "score_choices on BBQ questions, share_context=False vs True",
-        "command": f"HOME=/tmp/prefixkv-home nice -n 19 .venv/bin/python -m bench.choice_scoring --n {args.n}",
+        "command": "PRUNE_AUDIT_SHARED_DATA=../shared/data HOME=/tmp/prefixkv-home nice -n 19 "
+        f".venv/bin/python -m bench.choice_scoring --n {args.n} --repeats {args.repeats}",
         "model": Path(loaded.info.path).name,
         "cpu": cpu_name(),
         "machine_note": "shared machine (other jobs running): absolute times are noisy, the ratio less so",
