@@ -148,12 +148,16 @@ def score_choices(
     batch_size: int = 8,
     max_batch_tokens: int = 2048,
     max_length: int | None = None,
+    share_context: bool = True,
 ) -> ChoiceScores:
     """Log-likelihood of each ``delimiter + choice`` after each context (lm-evaluation-harness style).
 
     ``choices``: one list shared by every context (e.g. ``["positive", "negative"]``) or one
     list per context. Inputs longer than ``max_length`` (default: the model's context) are
-    cut on the left, as the harness does.
+    cut on the left, as the harness does. ``share_context``: read each uncut example's context
+    once and score its choices from the KV cache (:mod:`audit.models.shared_context`; the same
+    numbers up to rounding); examples with a cut input, and models without a cache, take the
+    one-sequence-per-choice path (``False``: every example does).
     """
     per_example = _choices_per_example(choices, len(contexts))
     limit = max_length or int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
@@ -163,6 +167,7 @@ def score_choices(
     char_len = np.full(shape, np.nan)
     n_tok = np.zeros(shape, dtype=np.int64)
     requests: list[tuple[int, int, list[int], int]] = []  # (example, choice, inputs, number of continuation tokens)
+    pairs: dict[int, tuple[list[int], list[list[int]]]] = {}  # uncut examples: context ids, continuation ids
     for i, (ctx, options) in enumerate(zip(contexts, per_example, strict=True)):
         for j, choice in enumerate(options):
             ctx_ids, cont_ids = encode_pair(tokenizer, ctx, delimiter + choice)
@@ -172,6 +177,12 @@ def score_choices(
             requests.append((i, j, whole, min(len(cont_ids), len(whole) - 1)))
             char_len[i, j] = float(len(choice))
             n_tok[i, j] = len(cont_ids)
+            pairs.setdefault(i, (ctx_ids, []))[1].append(cont_ids)
+        if any(len(pairs[i][0]) + len(c) > limit + 1 for c in pairs.get(i, ([], []))[1]):
+            del pairs[i]  # cut on the left: each choice sees a different part of the context
+    if share_context:
+        done = _score_shared(model, tokenizer, pairs, loglik, batch_size, max_batch_tokens)
+        requests = [r for r in requests if r[0] not in done]
     # An example whose choices are one token each after the same context needs one forward pass of that
     # context, not one per choice (the harness's one-token-continuation cache): the same log-probs.
     shared: dict[int, list[tuple[int, list[int], int]]] = {}
@@ -194,6 +205,36 @@ def score_choices(
         for (j, _w, _n), lp in zip(shared[i], lps, strict=True):
             loglik[i, j] = float(lp)
     return ChoiceScores(loglik=loglik, char_len=char_len, n_tokens=n_tok)
+
+
+def _score_shared(
+    model: Any,
+    tokenizer: Any,
+    pairs: dict[int, tuple[list[int], list[list[int]]]],
+    loglik: np.ndarray,
+    batch_size: int,
+    max_tokens: int,
+) -> set[int]:
+    """Score ``pairs`` (example: context ids, continuation ids) from one cached pass of each context.
+
+    Returns the examples scored: none when the model gives no KV cache.
+    """
+    from audit.models.shared_context import shared_choice_logprobs
+
+    order = list(pairs)
+    lps = shared_choice_logprobs(
+        model,
+        [pairs[i][0] for i in order],
+        [pairs[i][1] for i in order],
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        pad_id=_pad_id(tokenizer),
+    )
+    if lps is None:
+        return set()
+    for i, lp in zip(order, lps, strict=True):
+        loglik[i, : len(lp)] = lp
+    return set(order)
 
 
 def token_logprobs(
