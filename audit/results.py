@@ -281,6 +281,54 @@ class PointRecord(Record):
     key: str
 
 
+class SuiteTiming(Record):
+    """Where one suite's time went on one variant (seconds of ``time.perf_counter``, see :mod:`audit.timing`).
+
+    ``inference_s + (attack_s - attack_inference_s) + statistics_s == total_s``.
+    """
+
+    total_s: float = Field(description="Wall time of the suite's run on this variant.")
+    inference_s: float | None = Field(
+        None,
+        description="Wall time inside the variant model's forward calls, those made by attacks included "
+        "(null when the model is not a torch module).",
+    )
+    attack_s: float | None = Field(
+        None,
+        description="Wall time inside the attack loop: search, transformations, constraints and the model "
+        "queries it makes (null for a suite that runs no attack).",
+    )
+    attack_inference_s: float | None = Field(None, description="The part of ``inference_s`` spent inside attacks.")
+    statistics_s: float = Field(
+        0.0,
+        description="The rest of the suite: tokenization and batching, bootstrap, tests, MetricFrame "
+        "(total - inference - attack search).",
+    )
+    forward_calls: int = Field(0, description="Forward calls of the model (outermost; generate() steps each count).")
+    forward_ratio: float | None = Field(
+        None, description="total_s / inference_s, for a suite that runs no attack (null otherwise)."
+    )
+
+
+class VariantTiming(Record):
+    """A variant's time split: pruning, deployment, each suite, and the overhead left over.
+
+    ``overhead_s`` is ``total_s`` less every part measured in this run (model copy,
+    store I/O, saving the deployed variant, ...). A part listed in ``reused`` was
+    taken from the result store: its seconds are those of the run that made it and are
+    not part of this run's ``total_s``.
+    """
+
+    total_s: float = Field(description="This run's wall time for the variant (its ``wall_time_s``).")
+    prune_s: float = Field(0.0, description="Pruning, calibration included.")
+    deploy_s: float = Field(0.0, description="Deployment: format choice, conversion, equivalence and speed timing.")
+    suites: dict[str, SuiteTiming] = Field(default_factory=dict)
+    overhead_s: float = 0.0
+    reused: list[str] = Field(
+        default_factory=list, description="Parts (prune, deploy, suite names) reused from the result store."
+    )
+
+
 class VariantResult(Record):
     """Everything measured on one variant (the dense baseline is one too)."""
 
@@ -300,6 +348,16 @@ class VariantResult(Record):
         default_factory=dict, description="Illustrative rows per suite, for the report."
     )
     wall_time_s: float = 0.0
+    timing: VariantTiming | None = Field(
+        None, description="Where the variant's time went (omitted in results of versions that did not record it)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("timing") is None:
+            data.pop("timing", None)
+        return data
 
     @property
     def is_baseline(self) -> bool:

@@ -23,6 +23,7 @@ from audit.results import (
     Measurement,
     PruningRecord,
     SuiteError,
+    SuiteTiming,
     VariantResult,
 )
 from audit.store import StoreKey
@@ -67,12 +68,14 @@ def run_point(
     import torch
 
     from audit.suite import Variant
+    from audit.timing import measure_suite
 
     t0 = time.perf_counter()
     keys = session.keys
     outcome = PointOutcome(result=VariantResult(id=point.id, point=point.record()))
     vr = outcome.result
     label = label or point.id
+    split = _Split()
 
     def _save(key: StoreKey, payload: dict[str, Any], arrays: dict[str, Any] | None = None) -> None:
         entry = (key, payload, arrays or {})
@@ -99,30 +102,36 @@ def run_point(
         vr.deployment = DeploymentRecord.model_validate(dep) if dep else None
         vr.measurements.extend(Measurement.model_validate(m) for m in stored_point["measurements"])
         outcome.reused += 1
+        split.from_store(vr)
     if not point.is_baseline and (stored_point is None or need_model):
         try:
             torch.manual_seed(point.seed)
             model = copy.deepcopy(session.dense)
+            tp = time.perf_counter()
             record = session.pruners[point.label].prune(model, session.prune_ctx(point))
+            split.ran("prune", time.perf_counter() - tp)
             model.eval()
         except UsageError:
             raise
         except Exception as exc:  # noqa: BLE001 - one broken point must not lose the others
             log.error("%s: pruning failed: %s", label, exc)
             vr.errors.append(_error("pruning", exc))
-            vr.wall_time_s = time.perf_counter() - t0
+            split.finish(vr, t0)
             return outcome
         if stored_point is None:
             vr.pruning = record
         if session.deploy_ctx is not None:
             fresh = VariantResult(id=point.id, point=vr.point, pruning=record)
-            if not _deploy(model, fresh, session.deploy_ctx, label):
+            td = time.perf_counter()
+            deployed = _deploy(model, fresh, session.deploy_ctx, label)
+            split.ran("deploy", time.perf_counter() - td)
+            if not deployed:
                 # an unverified deployment is never audited: its suites' numbers would not be the shipped model's
                 vr.errors.extend(fresh.errors)
                 if stored_point is None:
                     vr.deployment = fresh.deployment
                     vr.measurements.extend(fresh.measurements)
-                vr.wall_time_s = time.perf_counter() - t0
+                split.finish(vr, t0)
                 return outcome
             if stored_point is None:
                 vr.deployment = fresh.deployment
@@ -144,19 +153,24 @@ def run_point(
             entry = stored_suites[suite.name]
             out = _suite_output_from_store(entry["payload"], entry["arrays"])
             outcome.reused += 1
+            split.suite_from_store(suite.name, entry["payload"].get("timing"))
         else:
-            ts = time.perf_counter()
             ctx = session.base_ctx.for_suite(None if point.is_baseline else (baseline or {}).get(suite.name))
             try:
-                out = suite.run(variant, ctx)
+                with measure_suite(model) as timed:
+                    out = suite.run(variant, ctx)
             except UsageError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a crashed suite is an ERROR in the verdict
                 log.error("%s: suite %s crashed: %s", label, suite.name, exc)
                 vr.errors.append(_error(suite.name, exc))
+                split.suites[suite.name] = timed[0]
                 continue
-            log.debug("%s: %s took %.1fs", point.id, suite.name, time.perf_counter() - ts)
+            split.suites[suite.name] = timed[0]
+            log.debug("%s: %s took %.1fs", point.id, suite.name, timed[0].total_s)
             payload, arrays = _suite_output_to_store(out, keep_artifacts=point.is_baseline)
+            if payload is not None:
+                payload["timing"] = _jsonable(timed[0])
             if payload is not None:
                 _save(keys.suite(point, suite.name), payload, arrays)
         vr.measurements.extend(out.measurements)
@@ -167,11 +181,45 @@ def run_point(
             vr.examples[suite.name] = out.examples
         if point.is_baseline:
             outcome.artifacts[suite.name] = out.artifacts
-    vr.wall_time_s = time.perf_counter() - t0
+    split.finish(vr, t0)
     if model is not session.dense:
         del model, variant
         gc.collect()
     return outcome
+
+
+@dataclass
+class _Split:
+    """The parts of a point's time gathered as it runs (:class:`audit.results.VariantTiming`)."""
+
+    prune_s: float = 0.0
+    deploy_s: float = 0.0
+    suites: dict[str, SuiteTiming] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+
+    def ran(self, part: str, seconds: float) -> None:
+        setattr(self, f"{part}_s", seconds)
+        if part in self.reused:
+            self.reused.remove(part)
+
+    def from_store(self, vr: VariantResult) -> None:
+        """Pruning and deployment taken from the store: the seconds their records hold."""
+        self.prune_s = vr.pruning.wall_time_s if vr.pruning else 0.0
+        self.deploy_s = vr.deployment.wall_time_s if vr.deployment else 0.0
+        self.reused.extend(["prune", "deploy"])
+
+    def suite_from_store(self, name: str, stored: dict[str, Any] | None) -> None:
+        self.reused.append(name)
+        if stored is not None:  # units stored by older versions have no timing
+            self.suites[name] = SuiteTiming.model_validate(stored)
+
+    def finish(self, vr: VariantResult, t0: float) -> None:
+        from audit.timing import variant_timing
+
+        vr.wall_time_s = time.perf_counter() - t0
+        vr.timing = variant_timing(
+            vr.wall_time_s, prune_s=self.prune_s, deploy_s=self.deploy_s, suites=self.suites, reused=self.reused
+        )
 
 
 def _error(stage: str, exc: BaseException) -> SuiteError:

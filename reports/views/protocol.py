@@ -1,4 +1,4 @@
-"""The protocol section: metrics measured, confidence intervals, sweep, statistics and policy rules."""
+"""The protocol section: metrics measured, confidence intervals, sweep, statistics, policy rules and time split."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from audit.results import MetricInfo, RunResult
 from reports.views.common import clip, direction_text, ordered_ids
 from reports.views.groups import DISPARATE_MIN_N, DISPARATE_TOLERANCE
+from reports.views.timing import timing
 
 MAX_STAT_ROWS = 200
 
@@ -107,4 +108,5 @@ def protocol(result: RunResult, cat: dict[str, MetricInfo]) -> dict[str, Any]:
         "policy_rules": rules,
         "disparate_tolerance": f"{DISPARATE_TOLERANCE:g}",
         "disparate_min_n": DISPARATE_MIN_N,
+        "timing": timing(result),
     }

@@ -136,6 +136,8 @@ def attack_examples(
     """
     from textattack.shared import AttackedText
 
+    from audit.timing import attack_section
+
     states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     records: list[AttackRecord] = []
     try:
@@ -149,7 +151,8 @@ def attack_examples(
                 continue
             _set_seed(example_seed(seed, recipe, index))
             t0 = time.perf_counter()
-            result = attack.attack(AttackedText(_columns(text, pair)), label)
+            with attack_section():
+                result = attack.attack(AttackedText(_columns(text, pair)), label)
             records.append(_record(result, index, label, columns, time.perf_counter() - t0))
     finally:
         random.setstate(states[0])
