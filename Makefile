@@ -29,8 +29,10 @@ demo: $(STAMP)
 demo-lm: $(STAMP)
 	$(BIN)/prune-audit demo lm
 
+# Two workers (pytest-xdist), whole test files per worker so module fixtures are built once.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The HTML report's browser test drives Debian's chromium through Playwright; no browser is
 # downloaded (`playwright install` is never run). Installed with apt when missing and root.
