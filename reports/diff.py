@@ -66,7 +66,9 @@ def render_markdown(d: DiffResult, *, top: int = 10) -> str:
         lines += ["### Max compliant sparsity", "", "| method | old | new |", "|---|---|---|"]
         lines += [f"| {md_escape(s.method)} | {_f(s.old)} | {_f(s.new)} |" for s in d.sparsity_changes] + [""]
     if d.metric_changes:
-        lines += ["### Largest metric changes", "", *_metric_rows(d, top), ""]
+        changed = any(c.delta for c in d.metric_changes)
+        top_rows = _metric_rows(d, top) if changed else ["_No metric value changed._"]
+        lines += ["### Largest metric changes", "", *top_rows, ""]
         lines += ["<details><summary>All metric changes</summary>", "", *_metric_rows(d, None), "", "</details>", ""]
     lines += [NOTE, ""]
     text = "\n".join(lines)
