@@ -471,6 +471,11 @@ def resources(
         typer.echo(f"{name}: {how} ({root})")
 
 
+from audit.cli_diff import diff as _diff  # noqa: E402
+
+app.command("diff")(_diff)
+
+
 def _command_line() -> str:
     return "prune-audit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
