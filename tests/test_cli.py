@@ -117,6 +117,7 @@ def test_validate_schema_ls_check_do_not_import_torch(tmp_path: Path) -> None:
         "model-card.md",
         "report.html",
         "results.json",
+        "results.sarif",
         "summary.md",
     ]
 

@@ -17,8 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("audit", "suites", "reports")
 
 MAX_LINES = 600
-LONG_FILES: dict[str, str] = {}
-"""Files allowed over :data:`MAX_LINES`, each with its stated reason (none today)."""
+LONG_FILES: dict[str, str] = {
+    "audit/results.py": "the versioned results.json schema, every record in one module (616 lines with the time split)",
+}
+"""Files allowed over :data:`MAX_LINES`, each with its stated reason."""
 
 DEMO_IMPORTERS = {"audit/cli.py"}
 """The only module outside :mod:`audit.demo` that may import it (the CLI's ``demo`` command)."""
