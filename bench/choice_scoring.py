@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from audit.atomic import atomic_write_text
-from bench.common import ROOT, SHARED_DATA
+from bench.common import ROOT, SHARED_DATA, cpu_model
 
 TEMPLATE = "{context}\nQuestion: {question}\nAnswer:"  # the bbq suite's default template
 CATEGORIES = ["Age", "Disability_status", "Nationality", "Physical_appearance", "Religion", "Sexual_orientation"]
@@ -51,13 +51,7 @@ def bbq_questions(n: int) -> tuple[list[str], list[list[str]]]:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return cpu_model() or platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -185,6 +185,17 @@ def sst2_minilm() -> tuple[Path, dict[str, Any]]:
 # -- timing hygiene ----------------------------------------------------------------------
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (None where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def other_cpu_load(interval: float = 0.5) -> float:
     """Share of the machine's CPUs used by *other* processes over ``interval`` seconds."""
     import psutil

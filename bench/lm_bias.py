@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from audit.atomic import atomic_write_text
-from bench.common import ROOT, SHARED_DATA, other_cpu_load, setup_logging
+from bench.common import ROOT, SHARED_DATA, cpu_model, other_cpu_load, setup_logging
 
 log = logging.getLogger("bench.lm_bias")
 
@@ -334,16 +334,6 @@ def markdown(doc: dict[str, Any]) -> str:
     )
 
 
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def _unit_walls(results: dict[str, Any]) -> dict[str, float]:
     out = {}
     for v in [results["baseline"], *results["variants"]]:
@@ -416,7 +406,7 @@ def main() -> None:
         "note": args.note,
         "other_cpu_load_before": load_before,
         "other_cpu_load_after": other_cpu_load(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "summary": summarize(results),
         "provenance": results.get("provenance"),

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.atomic import atomic_write_text
-from bench.common import ROOT, SHARED_DATA, other_cpu_load, setup_logging
+from bench.common import ROOT, SHARED_DATA, cpu_model, other_cpu_load, setup_logging
 from bench.lm_decode import decode_bench, decode_table
 
 log = logging.getLogger("bench.lm_pruning")
@@ -416,7 +416,7 @@ def main() -> None:
         "decode": decode,
         "other_cpu_load_before": load_before,
         "other_cpu_load_after": other_cpu_load(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "summary": summary,
         "ordering": ordering(summary),
         "provenance": results.get("provenance"),
@@ -426,16 +426,6 @@ def main() -> None:
     atomic_write_text(args.out.with_suffix(".md"), markdown(doc))
     print(markdown(doc))
     log.info("wrote %s (%.0f s)", args.out, wall)
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 if __name__ == "__main__":

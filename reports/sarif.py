@@ -36,6 +36,7 @@ from urllib.parse import quote
 
 from audit.results import PolicySource, RuleResult, RunResult, VariantResult
 from audit.textsafe import visible
+from reports.junit import _evidence_lines
 from reports.views.common import catalog
 from reports.views.evidence import measurement_index, rule_evidence
 
@@ -112,15 +113,6 @@ def _descriptor(rule: dict[str, Any], default_level: str) -> dict[str, Any]:
             "severity": rule.get("severity", "fail"),
         },
     }
-
-
-def _evidence_lines(ev: dict[str, Any] | None) -> list[str]:
-    if not ev or ev["kind"] == "none":
-        return []
-    lines = [f"evidence: {ev['text']}"]
-    if ev.get("strength"):
-        lines.append(f"significance: {ev['strength']} (the policy decides; this is the strength of evidence)")
-    return lines
 
 
 def _message(r: RuleResult, ev: dict[str, Any] | None) -> str:
