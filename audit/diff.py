@@ -231,9 +231,9 @@ def diff_results(old: RunResult, new: RunResult) -> DiffResult:
             ch = RuleChange(
                 rule=key[0], variant=(n or o).variant, metric=key[2], old=os_, new=ns, message=(n or o).message
             )
-            if ns in FAILING and os_ not in FAILING:
+            if ns in FAILING and os_ not in FAILING:  # a failing rule on an added variant fails newly too
                 out.newly_failing.append(ch)
-            elif os_ in FAILING and ns not in FAILING:
+            elif os_ in FAILING and ns is not None and ns not in FAILING:  # not a removed variant or rule
                 out.recovered.append(ch)
             else:
                 out.other_rule_changes.append(ch)

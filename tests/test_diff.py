@@ -83,6 +83,14 @@ def test_removed_and_added_variants_listed() -> None:
     assert "- added variants: wanda-0.5-0\n" in md and "- removed variants: magnitude-0.3-0\n" in md
 
 
+def test_failure_of_an_added_variant_is_new_and_of_a_removed_one_no_recovery() -> None:
+    old = _run([("magnitude", 0.3, 0, 0.88)], {"magnitude-0.3-0": "FAIL"}, None)
+    new = _run([("wanda", 0.5, 0, 0.86)], {"wanda-0.5-0": "FAIL"}, None)
+    d = diff_results(old, new)
+    assert [(c.variant, c.old, c.new) for c in d.newly_failing] == [("wanda-0.5-0", None, "FAIL")]
+    assert d.recovered == [] and [(c.variant, c.new) for c in d.other_rule_changes] == [("magnitude-0.3-0", None)]
+
+
 def test_2_4_variant_matches_its_counterpart_not_the_unstructured_one() -> None:
     old = _run([("wanda", 0.5, 0, 0.86)], {}, None)
     old.variants[0].id = "wanda-2of4-seed0"
