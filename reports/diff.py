@@ -21,7 +21,7 @@ NOTE = (
     "The two audits are independent runs: changes are descriptive, not a paired test; "
     '"CIs do not overlap" is a descriptive mark only.'
 )
-DATA_NOTE = "the dataset changed between the runs: this change may come from the data, not the model"
+DATA_NOTE = "a dataset changed between the runs: a metric change on it may come from the data, not the model"
 
 
 def fmt(x: float | None) -> str:
