@@ -27,12 +27,15 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, memoised on (path, size, mtime)."""
+def file_sha256(path: str | Path, *, cached: bool = True) -> str:
+    """sha256 of a file, memoised on (path, size, mtime); ``cached=False`` always reads the bytes.
+
+    Attestations read uncached: a same-size rewrite within the clock's granularity keeps the mtime.
+    """
     p = Path(path)
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _cache:
+    if cached and key in _cache:
         return _cache[key]
     h = hashlib.sha256()
     with p.open("rb") as fh:
