@@ -151,7 +151,7 @@ def load_public_key(path: str | Path) -> Any:
 
 
 def _reason(exc: Exception) -> str:
-    """The reason cryptography gives, without its FAQ link: the last word (``MalformedFraming``) or the first sentence."""
+    """The reason cryptography gives, less its FAQ link: the last word (``MalformedFraming``) or first sentence."""
     text = " ".join(str(exc).split())
     if "cryptography.io" in text:
         return text.rsplit(" ", 1)[-1]
