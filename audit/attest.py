@@ -261,7 +261,7 @@ def model_subjects(result: Any, override: str | Path | None = None) -> tuple[lis
         raise UsageError("the audited model directory is not there", where=where, hint="pass --model DIR")
     from audit.fingerprint import dir_sha256
 
-    if dir_sha256(root) != model.fingerprint:
+    if dir_sha256(root, skip=SKIP_DIRS, cached=False) != model.fingerprint:
         raise UsageError(
             f"the model directory's files are not the audited ones (fingerprint {model.fingerprint[:12]})",
             where=where,

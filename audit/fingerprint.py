@@ -46,7 +46,7 @@ def file_sha256(path: str | Path, *, cached: bool = True) -> str:
     return digest
 
 
-def dir_sha256(path: str | Path, *, skip: Iterable[str] = (".git", "__pycache__")) -> str:
+def dir_sha256(path: str | Path, *, skip: Iterable[str] = (".git", "__pycache__"), cached: bool = True) -> str:
     """sha256 over the relative names and contents of every file under ``path``."""
     root = Path(path)
     skip_set = set(skip)
@@ -59,7 +59,7 @@ def dir_sha256(path: str | Path, *, skip: Iterable[str] = (".git", "__pycache__"
     for f in sorted(files, key=lambda q: q.relative_to(root).as_posix()):
         h.update(f.relative_to(root).as_posix().encode())
         h.update(b"\0")
-        h.update(file_sha256(f).encode())
+        h.update(file_sha256(f, cached=cached).encode())
         h.update(b"\n")
     return h.hexdigest()
 
