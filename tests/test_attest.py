@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import FAST_DEPLOY, build_tiny_model, demo_rows, pass_policy, write_config, write_jsonl
 
 import audit
 from audit.attest import PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE, pae
@@ -21,30 +20,47 @@ from audit.cli import main
 from audit.results import load_results
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANT = "magnitude-s0.50-seed0"
+VARIANT = "magnitude-s0.50-seed1"
+
+
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json", "vocab.txt")
+VARIANT_FILES = (*CHECKPOINT_FILES, "deploy.json", "tokenizer_config.json")
+"""What a tiny run writes (its checkpoint; ``variants/<id>/`` with ``deploy.save_variants: true``)."""
 
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real run with ``deploy.save_variants: true`` (untrained tiny model, one sparsity) and a key pair."""
-    from audit.config import load_config
-    from audit.runner import run_audit
+    """A judged run as ``run`` leaves it: results.json, report and model card, a saved variant, the
+    checkpoint it audited (fingerprinted as the loader does), the policy file, and two key pairs.
+
+    Built by hand (no torch: seconds), with the file layout a real tiny run with
+    ``deploy.save_variants: true`` writes.
+    """
+    from results_factory import GOLDEN_POLICY, rich_run
+
+    from audit.fingerprint import dir_sha256
+    from audit.policy import evaluate_policy, load_policy
+    from reports.writer import write_reports
 
     root = tmp_path_factory.mktemp("attest")
-    model = build_tiny_model(root / "model", train_steps=0)
-    data = root / "data"
-    data.mkdir()
-    write_jsonl(data / "train.jsonl", demo_rows("train", 120, seed=2))
-    write_jsonl(data / "test.jsonl", demo_rows("test", 120, seed=2))
-    cfg = write_config(
-        root / "audit.yaml",
-        model,
-        data,
-        sweep="sweep:\n  methods: [magnitude]\n  sparsities: [0.5]\n  seeds: [0]\n",
-        deploy=FAST_DEPLOY + "  save_variants: true\n",
-        policy=pass_policy(root),
-    )
-    assert run_audit(load_config(cfg), command="test").exit_code == 0
+    model = root / "model"
+    model.mkdir()
+    for i, name in enumerate(CHECKPOINT_FILES):
+        (model / name).write_bytes(os.urandom(300 + i))
+    (root / "policy.yaml").write_text(GOLDEN_POLICY)
+    res = rich_run()
+    res.model.source, res.model.fingerprint = str(model), dir_sha256(model)
+    pol, label = load_policy(str(root / "policy.yaml"))
+    res.verdict = evaluate_policy(pol, res, policy_label=label)
+    res.variants = [v for v in res.variants if v.id in (VARIANT, "wanda-s0.30-seed0")]
+    out = root / "out"
+    saved = res.variants[0]
+    saved.deployment.saved_to = f"variants/{saved.id}"
+    (out / saved.deployment.saved_to).mkdir(parents=True)
+    for i, name in enumerate(VARIANT_FILES):
+        (out / saved.deployment.saved_to / name).write_bytes(os.urandom(200 + i))
+    (out / "results.json").write_text(res.to_json())
+    write_reports(res, out, ["html", "model-card"])
     assert main(["attest", "keygen", "--out", str(root / "keys")]) == 0
     assert main(["attest", "keygen", "--out", str(root / "other")]) == 0
     return root
@@ -53,13 +69,13 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def run(audited: Path, tmp_path: Path) -> Path:
     """A private copy of the audit (output dir, checkpoint, keys), so a test may change bytes in it."""
-    for name in ("out", "model", "keys", "other", "always-pass.yaml"):
+    for name in ("out", "model", "keys", "other", "policy.yaml"):
         src = audited / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / name)
-    # the copied results record the original model path; point them at the copy (a new results file, unsigned yet)
+    # the copied results record the original model and policy paths; point them at the copies (unsigned yet)
     raw = json.loads((tmp_path / "out" / "results.json").read_text())
     raw["model"]["source"] = str(tmp_path / "model")
-    raw["verdict"]["policy_source"]["file"] = str(tmp_path / "always-pass.yaml")
+    raw["verdict"]["policy_source"]["file"] = str(tmp_path / "policy.yaml")
     (tmp_path / "out" / "results.json").write_text(json.dumps(raw, indent=2))
     return tmp_path
 
@@ -152,9 +168,12 @@ def test_predicate_carries_verdict_policy_results_digest_version_and_run(run: Pa
         "sha256": hashlib.sha256((run / "out" / "results.json").read_bytes()).hexdigest(),
     }
     assert p["policy"]["fingerprint"] == res.verdict.policy_fingerprint
-    assert p["policy"]["file_sha256"] == hashlib.sha256((run / "always-pass.yaml").read_bytes()).hexdigest()
+    assert p["policy"]["file_sha256"] == hashlib.sha256((run / "policy.yaml").read_bytes()).hexdigest()
     assert p["tool"] == {"name": "prune-audit", "version": audit.__version__}
-    assert [v["id"] for v in p["variants"]] == [VARIANT] and p["variants"][0]["saved_to"] == f"variants/{VARIANT}"
+    assert [(v["id"], v["saved_to"]) for v in p["variants"]] == [
+        (VARIANT, f"variants/{VARIANT}"),
+        ("wanda-s0.30-seed0", None),
+    ]
     assert p["model"]["fingerprint"] == res.model.fingerprint
 
 
@@ -336,3 +355,30 @@ def test_keygen_writes_a_private_key_only_its_owner_reads_and_refuses_to_overwri
     assert main(["attest", "keygen", "--out", str(keys)]) == 4
     assert "refusing to overwrite" in capsys.readouterr().err
     assert (keys / "attest-key.pem").read_bytes() == before
+
+
+def _rewrite_model(run: Path, **model: object) -> None:
+    raw = json.loads((run / "out" / "results.json").read_text())
+    raw["model"].update(model)
+    (run / "out" / "results.json").write_text(json.dumps(raw, indent=2))
+
+
+def test_a_gguf_checkpoint_is_one_subject_found_again_at_verify(run: Path) -> None:
+    gguf = run / "SmolLM2.Q4_1.gguf"
+    gguf.write_bytes(b"GGUF" + os.urandom(500))
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    _rewrite_model(run, source=str(gguf), fingerprint=digest, kind="causal-lm", gguf={"sha256": digest})
+    assert _sign(run) == 0
+    model_subjects = [s for s in _statement(run)["subject"] if s["name"].startswith("model/")]
+    assert model_subjects == [{"name": "model/SmolLM2.Q4_1.gguf", "digest": {"sha256": digest}}]
+    assert _verify(run) == 0
+    _flip(gguf)
+    assert _verify(run) == 1
+
+
+def test_a_hub_model_has_no_checkpoint_subjects_and_says_why(run: Path) -> None:
+    _rewrite_model(run, source="org/tiny", fingerprint="hub:org/tiny@abc123")
+    assert _sign(run) == 0
+    st = _statement(run)
+    assert not [s for s in st["subject"] if s["name"].startswith("model/")]
+    assert st["predicate"]["model"]["note"] == "hub model hub:org/tiny@abc123: no local checkpoint files are recorded"
