@@ -285,7 +285,11 @@ def variant_subjects(result: Any, root: Path) -> list[Subject]:
             continue
         d = safe_join(root, saved, what="saved variant")
         if not d.is_dir():
-            raise UsageError(f"saved variant {v.id} is not there (results record {saved})", where=str(d))
+            raise UsageError(
+                f"saved variant {v.id} is not there (results record {saved})",
+                where=str(d),
+                hint="attest the results.json in the run's own output directory",
+            )
         out += [Subject(name=f.relative_to(root).as_posix(), path=f, sha256=_sha256(f)) for f in _tree_files(d)]
     return out
 
