@@ -382,3 +382,25 @@ def test_a_hub_model_has_no_checkpoint_subjects_and_says_why(run: Path) -> None:
     st = _statement(run)
     assert not [s for s in st["subject"] if s["name"].startswith("model/")]
     assert st["predicate"]["model"]["note"] == "hub model hub:org/tiny@abc123: no local checkpoint files are recorded"
+
+
+def test_a_builtin_policy_is_named_with_its_files_sha256() -> None:
+    from results_factory import rich_run
+
+    from audit.attest import policy_record
+    from audit.policy import builtin_policies, evaluate_policy, load_policy
+
+    res = rich_run()
+    pol, label = load_policy("default")
+    res.verdict = evaluate_policy(pol, res, policy_label=label)
+    rec = policy_record(res)
+    assert (rec["builtin"], rec["fingerprint"]) == ("default", pol.fingerprint())
+    assert rec["file_sha256"] == hashlib.sha256(builtin_policies()["default"].read_bytes()).hexdigest()
+
+
+def test_a_policy_file_edited_since_the_verdict_gets_no_file_digest(run: Path) -> None:
+    p = run / "policy.yaml"
+    p.write_text(p.read_text().replace("min: -0.03", "min: -0.04"))
+    assert _sign(run) == 0
+    rec = _statement(run)["predicate"]["policy"]
+    assert rec["file"] == str(p) and rec["file_sha256"] is None
