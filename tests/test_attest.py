@@ -404,3 +404,17 @@ def test_a_policy_file_edited_since_the_verdict_gets_no_file_digest(run: Path) -
     assert _sign(run) == 0
     rec = _statement(run)["predicate"]["policy"]
     assert rec["file"] == str(p) and rec["file_sha256"] is None
+
+
+def test_sign_and_verify_never_import_torch(run: Path) -> None:
+    out, keys = run / "out", run / "keys"
+    code = (
+        "import sys; from audit.cli import main; "
+        f"a = main(['attest', {str(out / 'results.json')!r}, '--key', {str(keys / 'attest-key.pem')!r}]); "
+        f"b = main(['attest', 'verify', {str(out / 'attestation.dsse.json')!r}, "
+        f"'--key', {str(keys / 'attest-key.pub.pem')!r}]); "
+        "print(a, b, 'torch' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.stdout.strip().splitlines()[-1] == "0 0 False", r.stderr
