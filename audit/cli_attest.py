@@ -35,9 +35,7 @@ attest_app = typer.Typer(
 
 ModelOpt = Annotated[
     Optional[Path],
-    typer.Option(
-        "--model", help="The dense checkpoint's directory or GGUF file (default: the recorded path)."
-    ),
+    typer.Option("--model", help="The dense checkpoint's directory or GGUF file (default: the recorded path)."),
 ]
 
 
