@@ -407,6 +407,8 @@ def sign_statement(statement: dict[str, Any], private_key: Any) -> dict[str, Any
 class Signed(BaseModel):
     """What :func:`sign_results` made: the envelope's path and bytes, the summary, the subjects."""
 
+    root: Path
+    """The results' directory: ``attestation.json`` and the re-rendered reports go here."""
     envelope_path: Path
     envelope_bytes: bytes
     summary: AttestationSummary
@@ -456,7 +458,9 @@ def sign_results(
         results_sha256=results_subject.sha256,
         created=stamp,
     )
-    return Signed(envelope_path=target, envelope_bytes=data, summary=summary, subjects=subjects, result=result)
+    return Signed(
+        root=root, envelope_path=target, envelope_bytes=data, summary=summary, subjects=subjects, result=result
+    )
 
 
 def write_signed(signed: Signed) -> Path:
@@ -464,7 +468,7 @@ def write_signed(signed: Signed) -> Path:
     from audit.atomic import atomic_write_bytes, atomic_write_text
 
     atomic_write_bytes(signed.envelope_path, signed.envelope_bytes)
-    summary_path = signed.subjects[0].path.resolve().parent / SUMMARY_NAME
+    summary_path = signed.root / SUMMARY_NAME
     atomic_write_text(summary_path, signed.summary.model_dump_json(indent=2) + "\n")
     return summary_path
 

@@ -50,7 +50,7 @@ def _rerender(signed: Any) -> dict[str, tuple[Path, str]]:
     from audit.registry import REPORTERS
     from reports.writer import render_reports
 
-    root = signed.subjects[0].path.resolve().parent
+    root = signed.root
     names = [n for n in ("html", "model-card") if (root / REPORTERS.get(n).filename).is_file()]
     options = {n: {"attestation": signed.summary} for n in names}
     rendered = render_reports(signed.result, names, options)
