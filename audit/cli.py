@@ -306,7 +306,12 @@ def report(
             f"--card-variant {card_variant!r} is not a variant of these results",
             hint="variants: " + ", ".join(v.id for v in res.variants),
         )
-    options = {"model-card": {"variant": card_variant}} if card_variant else None
+    from audit.attest import load_summary
+
+    attestation = load_summary(results)  # stated only when it attests this very results file
+    options: dict[str, dict[str, object]] = {n: {"attestation": attestation} for n in ("html", "model-card")}
+    if card_variant:
+        options["model-card"]["variant"] = card_variant
     for name, path in write_reports(
         res, output_dir, formats, paths=_output_paths(junit, markdown), options=options
     ).items():
@@ -471,9 +476,11 @@ def resources(
         typer.echo(f"{name}: {how} ({root})")
 
 
+from audit.cli_attest import attest_app as _attest_app  # noqa: E402
 from audit.cli_diff import diff as _diff  # noqa: E402
 
 app.command("diff")(_diff)
+app.add_typer(_attest_app, name="attest")
 
 
 def _command_line() -> str:

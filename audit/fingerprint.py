@@ -27,12 +27,15 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, memoised on (path, size, mtime)."""
+def file_sha256(path: str | Path, *, cached: bool = True) -> str:
+    """sha256 of a file, memoised on (path, size, mtime); ``cached=False`` always reads the bytes.
+
+    Attestations read uncached: a same-size rewrite within the clock's granularity keeps the mtime.
+    """
     p = Path(path)
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _cache:
+    if cached and key in _cache:
         return _cache[key]
     h = hashlib.sha256()
     with p.open("rb") as fh:
@@ -43,7 +46,7 @@ def file_sha256(path: str | Path) -> str:
     return digest
 
 
-def dir_sha256(path: str | Path, *, skip: Iterable[str] = (".git", "__pycache__")) -> str:
+def dir_sha256(path: str | Path, *, skip: Iterable[str] = (".git", "__pycache__"), cached: bool = True) -> str:
     """sha256 over the relative names and contents of every file under ``path``."""
     root = Path(path)
     skip_set = set(skip)
@@ -56,7 +59,7 @@ def dir_sha256(path: str | Path, *, skip: Iterable[str] = (".git", "__pycache__"
     for f in sorted(files, key=lambda q: q.relative_to(root).as_posix()):
         h.update(f.relative_to(root).as_posix().encode())
         h.update(b"\0")
-        h.update(file_sha256(f).encode())
+        h.update(file_sha256(f, cached=cached).encode())
         h.update(b"\n")
     return h.hexdigest()
 

@@ -43,5 +43,8 @@ def environment() -> jinja2.Environment:
     )
 
 
-def render(result: RunResult) -> str:
-    return environment().get_template("report.html.j2").render(v=build_view(result))
+def render(result: RunResult, *, attestation: Any = None) -> str:
+    """The report; ``attestation`` (an :class:`audit.attest.AttestationSummary`, made by ``attest``) is stated."""
+    view = build_view(result)
+    view["attestation"] = attestation.model_dump() if attestation is not None else None
+    return environment().get_template("report.html.j2").render(v=view)

@@ -63,7 +63,8 @@ def front_matter(result: RunResult, view: dict[str, Any]) -> str:
     return data.to_yaml()
 
 
-def render(result: RunResult, *, variant: str | None = None) -> str:
+def render(result: RunResult, *, variant: str | None = None, attestation: Any = None) -> str:
     view = build_card(result, variant)
+    view["attestation"] = attestation.model_dump() if attestation is not None else None
     body = environment().get_template("model_card.md.j2").render(v=view)
     return f"---\n{front_matter(result, view)}\n---\n\n{body}"
