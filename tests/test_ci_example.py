@@ -48,18 +48,31 @@ def _parse(args: list[str]) -> Any:
 INVOCATIONS = _invocations()
 
 
-def test_the_workflow_runs_the_audit_and_the_diff() -> None:
-    assert [a[0] for a in INVOCATIONS] == ["run", "diff"]
+def test_the_workflow_runs_the_audit_signs_and_verifies_and_diffs() -> None:
+    assert [a[:2] if a[0] == "attest" else a[:1] for a in INVOCATIONS] == [
+        ["run"],
+        ["attest", "sign"],
+        ["attest", "verify"],
+        ["diff"],
+    ]
 
 
-@pytest.mark.parametrize("args", INVOCATIONS, ids=[a[0] for a in INVOCATIONS])
+def _command(args: list[str]) -> str:
+    return args[1] if args[0] == "attest" else args[0]
+
+
+@pytest.mark.parametrize("args", INVOCATIONS, ids=[" ".join(a[:2]) if a[0] == "attest" else a[0] for a in INVOCATIONS])
 def test_every_prune_audit_command_of_the_workflow_exists_and_parses(args: list[str]) -> None:
-    assert _parse(args).info_name == args[0]
+    assert _parse(args).info_name == _command(args)
 
 
 def test_the_example_config_is_valid_and_writes_sarif_junit_and_markdown() -> None:
     cfg = load_config(EXAMPLE / "audit.yaml")
     assert {"sarif", "junit", "markdown", "json"} <= set(cfg.report.formats)
+
+
+def test_the_example_config_saves_the_variants_the_attestation_signs() -> None:
+    assert load_config(EXAMPLE / "audit.yaml").deploy.save_variants is True
 
 
 def test_reports_are_uploaded_whatever_the_verdict_and_the_last_step_gates() -> None:
