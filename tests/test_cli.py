@@ -89,7 +89,7 @@ def test_usage_errors_exit_4_and_version() -> None:
     assert r.returncode == 0 and r.stdout.startswith("prune-audit ")
 
 
-def test_validate_schema_ls_check_do_not_import_torch(tmp_path: Path) -> None:
+def test_validate_schema_ls_check_diff_do_not_import_torch(tmp_path: Path) -> None:
     cfg = tmp_path / "ok.yaml"
     cfg.write_text("model: {path: m}\ndata: {files: {test: t.csv}}\n")
     from results_factory import judged_rich_run
@@ -102,8 +102,9 @@ def test_validate_schema_ls_check_do_not_import_torch(tmp_path: Path) -> None:
         "from audit.cli import main\n"
         f"rc = [main(['validate', {str(cfg)!r}]), main(['schema', 'policy']), main(['ls', 'metrics']),"
         " main(['ls', 'policies']), main(['validate', 'policies/default.yaml']),"
-        f" main(['check', {str(results)!r}, '--policy', 'strict', '-o', {str(out)!r}, '-f', 'all'])]\n"
-        "assert rc == [0, 0, 0, 0, 0, 1], rc\n"
+        f" main(['check', {str(results)!r}, '--policy', 'strict', '-o', {str(out)!r}, '-f', 'all']),"
+        f" main(['diff', {str(results)!r}, {str(out / 'results.json')!r}, '--json', {str(tmp_path / 'diff.json')!r}])]\n"
+        "assert rc == [0, 0, 0, 0, 0, 1, 1], rc\n"
         "heavy = [m for m in ('torch', 'transformers', 'datasets', 'textattack') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
