@@ -1,0 +1,233 @@
+"""``extra_metrics``: local ``evaluate`` modules computed by the performance and bias suites (issue 18)."""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import write_config
+from test_cli import cli
+
+from audit.config import load_config
+
+BALANCED = textwrap.dedent(
+    '''
+    """Balanced accuracy (mean per-class recall), scaled: a test module."""
+    import datasets
+    import evaluate
+    import numpy as np
+
+
+    class BalancedAccuracy(evaluate.Metric):
+        def _info(self):
+            return evaluate.MetricInfo(
+                description="mean recall over the classes present in the references",
+                citation="",
+                inputs_description="predictions, references: class ids",
+                features=datasets.Features(
+                    {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+                ),
+            )
+
+        def _compute(self, predictions, references, scale=1.0):
+            p, r = np.asarray(predictions), np.asarray(references)
+            recalls = [float((p[r == c] == c).mean()) for c in np.unique(r)]
+            return {"balanced_accuracy": scale * float(np.mean(recalls)), "n": len(r)}
+    '''
+)
+
+
+def _module(directory: Path, name: str = "balanced.py", text: str = BALANCED) -> Path:
+    path = directory / "metrics" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+EXTRA = (
+    "    extra_metrics:\n"
+    "      - {path: metrics/balanced.py, key: balanced_accuracy, name: bal_acc, higher_is_better: true,\n"
+    "         range: [0, 100], kwargs: {scale: 100}}\n"
+)
+
+
+def test_extra_metric_matches_sklearn_for_dense_groups_and_the_paired_delta(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sklearn.metrics import balanced_accuracy_score
+
+    from audit.policy import evaluate_policy, policy_from_text
+    from audit.runner import run_audit
+    from suites.performance.run import PerformanceSuite
+
+    module = _module(tmp_path)
+    seen: list[Any] = []
+    original = PerformanceSuite.prediction_sets
+
+    def spy(self: Any, artifacts: dict[str, Any], ctx: Any) -> Any:
+        sets = original(self, artifacts, ctx)
+        seen.append(sets[0])
+        return sets
+
+    monkeypatch.setattr(PerformanceSuite, "prediction_sets", spy)
+    policy = tmp_path / "gate.yaml"
+    policy.write_text("name: gate\nrules:\n  - {id: bal, metric: performance/*/bal_acc_delta, min: -100}\n")
+    cfg = write_config(
+        tmp_path / "audit.yaml",
+        tiny_model_dir,
+        tiny_data_dir,
+        sweep="sweep:\n  methods: [magnitude]\n  sparsities: [0.9]\n  seeds: [0]\n",
+        suites="suites:\n  performance:\n" + EXTRA,
+        policy=f"policy: {policy}\n",
+        deploy="deploy: {enabled: false}\n",
+    )
+    res = run_audit(load_config(cfg), write=False).result
+    dense, variant = res.baseline, res.variants[0]
+    # calls: dense; then the variant and, from ctx.baseline, dense again
+    dense_set, var_set, dense_again = seen
+    assert np.array_equal(dense_set.predictions, dense_again.predictions)
+    labels = dense_set.references
+    acc = dense.measurement("performance/test/accuracy").value
+    assert float((dense_set.predictions == labels).mean()) == pytest.approx(acc)  # the suite's own predictions
+
+    want_dense = 100 * balanced_accuracy_score(labels, dense_set.predictions)
+    want_var = 100 * balanced_accuracy_score(labels, var_set.predictions)
+    m = dense.measurement("performance/test/bal_acc")
+    assert m.value == pytest.approx(want_dense)
+    assert m.ci_low <= m.value <= m.ci_high
+    gender = dense_set.groups["gender"]
+    for g, gv in m.groups["gender"].items():
+        members = gender == g
+        assert gv.value == pytest.approx(100 * balanced_accuracy_score(labels[members], dense_set.predictions[members]))
+        assert gv.n == int(members.sum())
+    assert set(m.groups) == {"gender", "identity", "gender&identity"}
+
+    d = variant.measurement("performance/test/bal_acc_delta")
+    assert d.value == pytest.approx(want_var - want_dense)
+    assert d.details["paired"]["baseline"] == pytest.approx(want_dense)
+    assert d.ci_low is not None and d.ci_low <= d.value <= d.ci_high
+    g0 = sorted(d.groups["gender"])[0]
+    members = gender == g0
+    assert d.groups["gender"][g0].value == pytest.approx(
+        100 * balanced_accuracy_score(labels[members], var_set.predictions[members])
+        - 100 * balanced_accuracy_score(labels[members], dense_set.predictions[members])
+    )
+    assert variant.measurement("performance/test/bal_acc").value == pytest.approx(want_var)
+
+    info = res.metrics["performance/bal_acc"]
+    assert info.higher_is_better is True and info.range == [0.0, 100.0]
+    import hashlib
+
+    assert info.module == {"path": "metrics/balanced.py", "sha256": hashlib.sha256(module.read_bytes()).hexdigest()}
+    assert res.metrics["performance/bal_acc_delta"].range == [-100.0, 100.0]
+
+    # a policy rule on the extra metric judges as its threshold says
+    for bound, status in ((d.value - 0.01, "PASS"), (d.value + 0.01, "FAIL")):
+        pol = policy_from_text(f"name: p\nrules:\n  - {{id: bal, metric: performance/*/bal_acc_delta, min: {bound}}}\n")
+        rules = [r for r in evaluate_policy(pol, res).rules if r.variant == variant.id]
+        assert [r.status for r in rules] == [status]
+
+
+def test_the_bias_suite_computes_extra_metrics_per_sensitive_group(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    from audit.runner import run_audit
+
+    _module(tmp_path)
+    cfg = write_config(
+        tmp_path / "audit.yaml",
+        tiny_model_dir,
+        tiny_data_dir,
+        sweep="sweep:\n  methods: [magnitude]\n  sparsities: [0.9]\n  seeds: [0]\n",
+        suites="suites:\n  bias:\n    counterfactual: {enabled: false}\n    sensitive_columns: [gender]\n" + EXTRA,
+        policy="policy: null\n",
+        deploy="deploy: {enabled: false}\n",
+    )
+    res = run_audit(load_config(cfg), write=False).result
+    m = res.baseline.measurement("bias/test/bal_acc")
+    assert set(m.groups) == {"gender"}
+    # with one group per sensitive value, the groups' sizes add up to the set
+    assert sum(gv.n for gv in m.groups["gender"].values()) == m.n
+    fnr = res.baseline.measurement("bias/test/fnr")
+    fpr = res.baseline.measurement("bias/test/fpr")
+    # binary balanced accuracy is the mean of the two recalls: 1 - (FNR + FPR) / 2, from the suite's own rates
+    assert m.value == pytest.approx(100 * (1 - (fnr.value + fpr.value) / 2))
+    assert res.variants[0].measurement("bias/test/bal_acc_delta") is not None
+
+
+def test_loading_a_local_module_never_touches_the_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from audit.config import ExtraMetricConfig
+    from audit.extra_metrics import load_module
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise OSError("network is switched off in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    path = _module(tmp_path)
+    em = ExtraMetricConfig(path=str(path), higher_is_better=True)
+    lm = load_module("performance", 0, em, path)
+    got = lm.module.compute(predictions=[0, 1, 1, 1], references=[0, 0, 1, 1])
+    assert got == {"balanced_accuracy": 0.75, "n": 4}
+    assert lm.name == "balanced"  # default name: the module's file stem
+
+
+def test_a_missing_module_path_exits_4_with_the_config_line_and_writes_nothing(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    cfg = write_config(
+        tmp_path / "audit.yaml", tiny_model_dir, tiny_data_dir, suites="suites:\n  performance:\n" + EXTRA
+    )
+    line = cfg.read_text().splitlines().index("    extra_metrics:") + 2  # the entry's line, 1-based
+    r = cli("run", "-c", str(cfg))
+    assert r.returncode == 4, r.stderr[-2000:]
+    errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {cfg}:{line}:")
+    assert f"no metric module at {tmp_path / 'metrics' / 'balanced.py'}" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_module_that_raises_on_import_exits_4_in_one_line_and_writes_nothing(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    _module(tmp_path, text="raise RuntimeError('broken metric module')\n")
+    cfg = write_config(
+        tmp_path / "audit.yaml", tiny_model_dir, tiny_data_dir, suites="suites:\n  performance:\n" + EXTRA
+    )
+    r = cli("run", "-c", str(cfg))
+    assert r.returncode == 4, r.stderr[-2000:]
+    errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr
+    assert errors[0].startswith("error: suites.performance.extra_metrics[0]: metric module ")
+    assert "RuntimeError: broken metric module" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_module_that_raises_in_compute_is_an_error_naming_it_and_the_suite(tmp_path: Path) -> None:
+    from audit.config import ExtraMetricConfig
+    from audit.extra_metrics import ExtraMetricError, LoadedMetric, _score
+
+    class Broken:
+        def compute(self, **kwargs: Any) -> dict[str, float]:
+            raise ValueError("cannot score")
+
+    em = ExtraMetricConfig(path="m/broken.py", higher_is_better=True)
+    lm = LoadedMetric(suite="bias", config=em, path=tmp_path / "broken.py", sha256="", module=Broken())
+    with pytest.raises(ExtraMetricError, match=r"extra metric 'broken' of suite 'bias' \(m/broken.py\) raised"):
+        _score(lm, np.zeros(3), np.zeros(3))
+
+
+def test_extra_metrics_on_a_suite_without_predictions_is_a_config_error(tmp_path: Path) -> None:
+    from audit.config import config_from_text
+    from audit.errors import ConfigError
+
+    text = (
+        "model: {path: m}\ndata: {files: {test: t.csv}}\nsuites:\n  ood:\n"
+        "    extra_metrics: [{path: x.py, higher_is_better: true}]\n"
+    )
+    with pytest.raises(ConfigError, match="suite 'ood' gives no per-example predictions"):
+        config_from_text(text)
