@@ -284,6 +284,7 @@ class SuiteConfig(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict, description="The suite's params (see Suite params below).")
     extra_metrics: list[ExtraMetricConfig] = Field(
         default_factory=list,
+        exclude_if=lambda v: not v,  # a config without them dumps (and fingerprints) as before
         description="Local `evaluate` metric modules computed on this suite's per-example predictions for dense and "
         "every variant (overall, per group, and paired vs dense as `<name>_delta`). In the mapping form they may sit "
         "among the params (`performance: {extra_metrics: [...]}`).",
