@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -231,3 +232,87 @@ def test_extra_metrics_on_a_suite_without_predictions_is_a_config_error(tmp_path
     )
     with pytest.raises(ConfigError, match="suite 'ood' gives no per-example predictions"):
         config_from_text(text)
+
+
+def test_the_bbq_suite_computes_extra_metrics_on_its_answers_per_category(tmp_path: Path) -> None:
+    from sklearn.metrics import balanced_accuracy_score
+    from test_bbq import DENSE, HAND, VARIANT, _ctx, _write
+
+    from audit.config import ExtraMetricConfig
+    from audit.extra_metrics import extra_measurements, load_module
+    from audit.registry import SUITES
+    from audit.suite import Variant
+
+    data = _write(tmp_path / "hand.jsonl", HAND)
+    spec = SUITES.get("bbq")
+    suite = spec.load()(spec, spec.params.model_validate({"sets": [{"name": "hand", "path": str(data)}]}))
+    ctx = _ctx(None, n_boot=20)
+    suite.setup(ctx)
+    path = _module(tmp_path)
+    lm = load_module("bbq", 0, ExtraMetricConfig(path=str(path), name="bal", higher_is_better=True), path)
+    got, base = [], None
+    for i, preds in enumerate((DENSE, VARIANT)):
+        suite.predict = lambda s, v, c, p=preds: np.array(p, dtype=np.int64)
+        v = Variant(point=SimpleNamespace(id=f"v{i}", is_baseline=i == 0), model=None)  # type: ignore[arg-type]
+        vctx = ctx.for_suite(base)
+        out = suite.run(v, vctx)
+        base = out.artifacts if i == 0 else base
+        got.append({m.metric: m for m in extra_measurements(suite, [lm], out.artifacts, vctx)})
+    labels = np.array([r["label"] for r in HAND])
+    cats = np.array([r["category"] for r in HAND])
+    assert got[0]["bal"].value == pytest.approx(balanced_accuracy_score(labels, DENSE))
+    age = cats == "Age"
+    want = balanced_accuracy_score(labels[age], np.array(VARIANT)[age]) - balanced_accuracy_score(
+        labels[age], np.array(DENSE)[age]
+    )
+    assert got[1]["bal_delta"].groups["category"]["Age"].value == pytest.approx(want)
+    assert got[1]["bal_delta"].value == pytest.approx(
+        balanced_accuracy_score(labels, VARIANT) - balanced_accuracy_score(labels, DENSE)
+    )
+    assert set(got[0]["bal"].groups) == {"category", "condition"}
+
+
+def test_the_pre_flight_knows_a_declared_extra_metric_and_its_direction(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    from audit.errors import ConfigError
+    from audit.run.session import preflight
+
+    _module(tmp_path)
+    policy = tmp_path / "gate.yaml"
+
+    def check(rule: str, extra: str) -> None:
+        policy.write_text(f"name: gate\nrules:\n  - {rule}\n")
+        cfg = write_config(
+            tmp_path / "audit.yaml",
+            tiny_model_dir,
+            tiny_data_dir,
+            suites="suites:\n  performance:\n" + extra,
+            policy=f"policy: {policy}\n",
+        )
+        preflight(load_config(cfg))
+
+    check("{id: bal, metric: performance/*/bal_acc_delta, min: -2}", EXTRA)  # declared: passes
+    with pytest.raises(ConfigError, match="metric 'performance/\\*/bal_acc_delta' matches no metric"):
+        check("{id: bal, metric: performance/*/bal_acc_delta, min: -2}", "    intersections: true\n")
+    with pytest.raises(ConfigError, match="higher-is-better, so a max bound .* \\(as declared in the config's extra"):
+        check("{id: bal, metric: performance/*/bal_acc, max: 90}", EXTRA)
+
+
+def test_editing_the_module_changes_the_suites_store_key(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    from audit.store import StoreKeys
+
+    module = _module(tmp_path)
+    suites = "suites:\n  performance:\n" + EXTRA
+    cfg = write_config(tmp_path / "audit.yaml", tiny_model_dir, tiny_data_dir, suites=suites)
+
+    def key() -> str:
+        c = load_config(cfg)
+        return StoreKeys.create(c, c.paths, "model", None).suite_params["performance"]
+
+    before = key()
+    assert key() == before  # the same inputs: the same key (a resumed run reuses the unit)
+    module.write_text(BALANCED.replace("scale * float", "0.5 * scale * float"), encoding="utf-8")
+    assert key() != before

@@ -55,8 +55,13 @@ def preflight(config: AuditConfig, *, points: list[SweepPoint] | None = None) ->
         from audit.policy_metrics import check_rule_metrics
 
         policy, label = load_policy(paths.policy, paths.base_dir)
-        # a typo'd metric: before any work (the config's extra metrics are known metrics too)
-        check_rule_metrics(policy, paths.policy, base_dir=paths.base_dir, catalog=_extra_catalog(config))
+        # a typo'd metric, or a bound against an extra metric's direction: before any work
+        extra = _extra_catalog(config)
+        check_rule_metrics(policy, paths.policy, base_dir=paths.base_dir, catalog=extra)
+        if extra:
+            from audit.policy import check_against_catalog
+
+            check_against_catalog(policy, extra, where=label, source="the config's extra_metrics")
     kind = config.model.declared_kind
     if config.model.gguf_file is not None:
         check_gguf_file(config.model, model_location(config))
