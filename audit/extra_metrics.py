@@ -59,6 +59,8 @@ class LoadedMetric:
     path: Path
     sha256: str
     module: Any
+    key: str | None = None
+    """The result key reported: ``config.key``, else the first key of the first ``compute`` result."""
 
     @property
     def name(self) -> str:
@@ -195,7 +197,8 @@ def _score(lm: LoadedMetric, predictions: np.ndarray, references: np.ndarray) ->
         raise ExtraMetricError(f"{lm.label} raised in compute: {type(exc).__name__}: {_one_line(exc)}") from exc
     if not isinstance(result, dict) or not result:
         raise ExtraMetricError(f"{lm.label}: compute returned {type(result).__name__}, not a dict of results")
-    key = lm.config.key or next(iter(result))
+    key = lm.key or lm.config.key or next(iter(result))
+    lm.key = key
     if key not in result:
         raise ExtraMetricError(f"{lm.label}: compute returned keys {sorted(result)}, not {key!r} (key:)")
     value = result[key]
@@ -246,8 +249,8 @@ def _one(lm: LoadedMetric, ps: PredictionSet, base: PredictionSet | None, ctx: S
     preds, refs = np.asarray(ps.predictions), np.asarray(ps.references)
     n = len(refs)
     metric_id = f"{lm.suite}/{ps.dataset}/{lm.name}"
-    details = {"extra_metric": {"module": lm.config.path, "sha256": lm.sha256, "key": lm.config.key}}
     value = _score(lm, preds, refs) if n else float("nan")
+    details = {"extra_metric": {"module": lm.config.path, "sha256": lm.sha256, "key": lm.key}}
     index = _resample_index(ctx, metric_id, n)
     boot = np.array([_score(lm, preds[i], refs[i]) for i in index])
     lo, hi = stats.percentile_ci(boot, ctx.ci_level) if len(boot) else (None, None)

@@ -125,6 +125,11 @@ def test_extra_metric_matches_sklearn_for_dense_groups_and_the_paired_delta(
 
     assert info.module == {"path": "metrics/balanced.py", "sha256": hashlib.sha256(module.read_bytes()).hexdigest()}
     assert res.metrics["performance/bal_acc_delta"].range == [-100.0, 100.0]
+    from reports.views.common import catalog
+    from reports.views.protocol import protocol
+
+    row = next(r for r in protocol(res, catalog(res))["metrics"] if r["id"] == "performance/bal_acc")
+    assert row["citation"] == f"evaluate module metrics/balanced.py (sha256 {info.module['sha256'][:16]})"
 
     # a policy rule on the extra metric judges as its threshold says
     for bound, status in ((d.value - 0.01, "PASS"), (d.value + 0.01, "FAIL")):
@@ -208,18 +213,42 @@ def test_a_module_that_raises_on_import_exits_4_in_one_line_and_writes_nothing(
     assert not (tmp_path / "out").exists()
 
 
-def test_a_module_that_raises_in_compute_is_an_error_naming_it_and_the_suite(tmp_path: Path) -> None:
-    from audit.config import ExtraMetricConfig
-    from audit.extra_metrics import ExtraMetricError, LoadedMetric, _score
+def test_a_module_that_raises_in_compute_is_an_error_verdict_naming_it_and_the_suite(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    from audit.runner import run_audit
 
-    class Broken:
-        def compute(self, **kwargs: Any) -> dict[str, float]:
-            raise ValueError("cannot score")
-
-    em = ExtraMetricConfig(path="m/broken.py", higher_is_better=True)
-    lm = LoadedMetric(suite="bias", config=em, path=tmp_path / "broken.py", sha256="", module=Broken())
-    with pytest.raises(ExtraMetricError, match=r"extra metric 'broken' of suite 'bias' \(m/broken.py\) raised"):
-        _score(lm, np.zeros(3), np.zeros(3))
+    _module(
+        tmp_path,
+        text=BALANCED.replace("p, r = np.asarray", "raise ValueError('cannot score')\n            p, r = np.asarray"),
+    )
+    policy = tmp_path / "gate.yaml"
+    policy.write_text(
+        "name: gate\nrules:\n  - {id: bal, metric: performance/*/bal_acc, min: 0}\n"
+        "  - {id: acc, metric: performance/*/accuracy, min: 0}\n"
+    )
+    cfg = write_config(
+        tmp_path / "audit.yaml",
+        tiny_model_dir,
+        tiny_data_dir,
+        sweep="sweep:\n  methods: [magnitude]\n  sparsities: [0.9]\n  seeds: [0]\n",
+        suites="suites:\n  performance:\n" + EXTRA,
+        policy=f"policy: {policy}\n",
+        deploy="deploy: {enabled: false}\n",
+    )
+    outcome = run_audit(load_config(cfg), write=False)
+    dense = outcome.result.baseline
+    assert dense.measurement("performance/test/accuracy") is not None  # the suite's own metrics stand
+    assert dense.measurement("performance/test/bal_acc") is None
+    (err,) = dense.errors
+    assert err.suite == "performance" and err.message.startswith(
+        "extra metric 'bal_acc' of suite 'performance' (metrics/balanced.py) raised in compute: "
+        "ValueError: cannot score"
+    )
+    by_rule = {(r.rule, r.variant): r for r in outcome.verdict.rules}
+    assert by_rule[("bal", "dense")].status == "ERROR" and "cannot score" in by_rule[("bal", "dense")].message
+    assert by_rule[("acc", "dense")].status == "PASS"
+    assert outcome.exit_code == 1
 
 
 def test_extra_metrics_on_a_suite_without_predictions_is_a_config_error(tmp_path: Path) -> None:
