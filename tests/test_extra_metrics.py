@@ -198,16 +198,19 @@ def test_a_missing_module_path_exits_4_with_the_config_line_and_writes_nothing(
 
 
 def test_a_module_that_raises_on_import_exits_4_in_one_line_and_writes_nothing(
-    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from audit.cli import main
+
     _module(tmp_path, text="raise RuntimeError('broken metric module')\n")
     cfg = write_config(
         tmp_path / "audit.yaml", tiny_model_dir, tiny_data_dir, suites="suites:\n  performance:\n" + EXTRA
     )
-    r = cli("run", "-c", str(cfg))
-    assert r.returncode == 4, r.stderr[-2000:]
-    errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in r.stderr
+    code = main(["run", "-c", str(cfg)])  # the CLI in-process (evaluate's import is paid once per test session)
+    stderr = capsys.readouterr().err
+    assert code == 4, stderr[-2000:]
+    errors = [x for x in stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr
     assert errors[0].startswith("error: suites.performance.extra_metrics[0]: metric module ")
     assert "RuntimeError: broken metric module" in errors[0]
     assert not (tmp_path / "out").exists()
