@@ -51,6 +51,13 @@ class ExtraMetricConfig(StrictModel):
         None, description="`[low, high]` the metric can take (null ends: unbounded); default unbounded."
     )
     meaning: str = Field("", description="What the metric measures, for the metric catalog and the report.")
+    n_boot: int | None = Field(
+        None,
+        ge=0,
+        le=100_000,
+        description="Bootstrap resamples of this metric's CIs (default: `runtime.n_boot`). Each resample is one "
+        "`compute` call per model (a few ms each), so a variant costs 2 x n_boot calls per dataset.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ExtraMetricConfig:

@@ -7,8 +7,8 @@ file, offline. After the suite has run on a variant, :func:`extra_measurements` 
 on what the suite's :meth:`~audit.suite.Suite.prediction_sets` gives:
 
 * ``<suite>/<dataset>/<name>``: the metric on the whole set, with a percentile bootstrap CI
-  (``runtime.n_boot`` resamples, ``runtime.ci_level``), and per group of each sensitive column
-  (fairlearn ``MetricFrame`` with ``module.compute`` as its metric; point values, no CI);
+  (``runtime.n_boot`` resamples, or the metric's own ``n_boot``; ``runtime.ci_level``), and per
+  group of each sensitive column (fairlearn ``MetricFrame`` with ``module.compute`` as its metric; point values, no CI);
 * ``<suite>/<dataset>/<name>_delta`` (pruned variants only): the variant's value minus dense's on
   the same examples; its CI is the percentile interval of the paired bootstrap deltas (the same
   resampled example indices for both models, seeded by the run's seed and the metric id) and its
@@ -234,12 +234,12 @@ def _by_group(lm: LoadedMetric, ps: PredictionSet) -> dict[str, dict[str, GroupV
     return out
 
 
-def _resample_index(ctx: SuiteContext, metric_id: str, n: int) -> np.ndarray:
+def _resample_index(ctx: SuiteContext, metric_id: str, n: int, n_boot: int) -> np.ndarray:
     """The run's resamples of ``n`` examples for one metric id: the same for dense and every variant."""
     from audit.stats import bootstrap_indices
 
     rng = np.random.default_rng([ctx.seed, zlib.crc32(metric_id.encode("utf-8"))])
-    return bootstrap_indices(n, ctx.n_boot if n else 0, rng)
+    return bootstrap_indices(n, n_boot if n else 0, rng)
 
 
 def _one(lm: LoadedMetric, ps: PredictionSet, base: PredictionSet | None, ctx: SuiteContext) -> list[Measurement]:
@@ -251,7 +251,8 @@ def _one(lm: LoadedMetric, ps: PredictionSet, base: PredictionSet | None, ctx: S
     metric_id = f"{lm.suite}/{ps.dataset}/{lm.name}"
     value = _score(lm, preds, refs) if n else float("nan")
     details = {"extra_metric": {"module": lm.config.path, "sha256": lm.sha256, "key": lm.key}}
-    index = _resample_index(ctx, metric_id, n)
+    n_boot = lm.config.n_boot if lm.config.n_boot is not None else ctx.n_boot
+    index = _resample_index(ctx, metric_id, n, n_boot)
     boot = np.array([_score(lm, preds[i], refs[i]) for i in index])
     lo, hi = stats.percentile_ci(boot, ctx.ci_level) if len(boot) else (None, None)
     groups = _by_group(lm, ps) if n else {}
@@ -262,7 +263,7 @@ def _one(lm: LoadedMetric, ps: PredictionSet, base: PredictionSet | None, ctx: S
         value=value,
         ci_low=lo,
         ci_high=hi,
-        ci_method=stats.ci_method(f"percentile bootstrap, {ctx.n_boot} resamples, {ctx.ci_level:.0%}", ctx.n_boot)
+        ci_method=stats.ci_method(f"percentile bootstrap, {n_boot} resamples, {ctx.ci_level:.0%}", n_boot)
         if lo is not None
         else None,
         n=n,

@@ -282,7 +282,7 @@ def test_the_bbq_suite_computes_extra_metrics_on_its_answers_per_category(tmp_pa
     ctx = _ctx(None, n_boot=20)
     suite.setup(ctx)
     path = _module(tmp_path)
-    lm = load_module("bbq", 0, ExtraMetricConfig(path=str(path), name="bal", higher_is_better=True), path)
+    lm = load_module("bbq", 0, ExtraMetricConfig(path=str(path), name="bal", higher_is_better=True, n_boot=7), path)
     got, base = [], None
     for i, preds in enumerate((DENSE, VARIANT)):
         suite.predict = lambda s, v, c, p=preds: np.array(p, dtype=np.int64)
@@ -303,6 +303,9 @@ def test_the_bbq_suite_computes_extra_metrics_on_its_answers_per_category(tmp_pa
         balanced_accuracy_score(labels, VARIANT) - balanced_accuracy_score(labels, DENSE)
     )
     assert set(got[0]["bal"].groups) == {"category", "condition"}
+    # the metric's own n_boot (7) replaces runtime.n_boot (20) for its CIs
+    assert got[0]["bal"].ci_method == "percentile bootstrap, 7 resamples, 95%"
+    assert got[1]["bal_delta"].ci_method == "paired bootstrap, 7 resamples, 95%"
 
 
 def test_the_pre_flight_knows_a_declared_extra_metric_and_its_direction(
