@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from audit.config_base import StrictModel, _err, plugin_params
-from audit.config_metrics import ExtraMetricConfig, check_extra_metrics, suite_accepts_extra_metrics
+from audit.config_metrics import ExtraMetricConfig, check_extra_metrics, check_suite_accepts, extra_from_params
 from audit.config_sweep import (
     CalibrationConfig,
     DeployConfig,
@@ -293,12 +293,7 @@ class SuiteConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _extra_from_params(cls, value: Any) -> Any:
-        if isinstance(value, dict) and isinstance(value.get("params"), dict) and "extra_metrics" in value["params"]:
-            if "extra_metrics" in value:
-                raise _err("extra_metrics_twice", "extra_metrics is given both beside and inside the suite's params")
-            params = dict(value["params"])
-            value = {**value, "params": params, "extra_metrics": params.pop("extra_metrics")}
-        return value
+        return extra_from_params(value)
 
     @field_validator("name")
     @classmethod
@@ -310,13 +305,8 @@ class SuiteConfig(StrictModel):
     @model_validator(mode="after")
     def _params(self) -> SuiteConfig:
         object.__setattr__(self, "params", plugin_params(SUITES, "suite", self.name, self.params))
-        if self.extra_metrics and not suite_accepts_extra_metrics(self.name):
-            accepting = sorted(s.name for s in SUITES if getattr(s, "predictions", False))
-            raise _err(
-                "extra_metrics_suite",
-                f"suite {self.name!r} gives no per-example predictions, so it cannot compute extra_metrics",
-                f"suites that can: {', '.join(accepting)}",
-            )
+        if self.extra_metrics:
+            check_suite_accepts(self.name)
         return self
 
     def typed_params(self) -> PluginParams:

@@ -136,7 +136,24 @@ def _where(doc: Any, index: int, name: str, j: int) -> tuple[str | None, int | N
     return doc.path, None, None
 
 
-def suite_accepts_extra_metrics(name: str) -> bool:
+def extra_from_params(value: Any) -> Any:
+    """A suite entry with ``extra_metrics`` moved out of its params (the mapping form puts them there)."""
+    if isinstance(value, dict) and isinstance(value.get("params"), dict) and "extra_metrics" in value["params"]:
+        if "extra_metrics" in value:
+            raise _err("extra_metrics_twice", "extra_metrics is given both beside and inside the suite's params")
+        params = dict(value["params"])
+        value = {**value, "params": params, "extra_metrics": params.pop("extra_metrics")}
+    return value
+
+
+def check_suite_accepts(name: str) -> None:
+    """Only a suite that gives per-example predictions (``SuiteSpec.predictions``) takes extra_metrics."""
     from audit.registry import SUITES
 
-    return bool(SUITES.get(name).predictions)
+    if not SUITES.get(name).predictions:
+        accepting = sorted(s.name for s in SUITES if getattr(s, "predictions", False))
+        raise _err(
+            "extra_metrics_suite",
+            f"suite {name!r} gives no per-example predictions, so it cannot compute extra_metrics",
+            f"suites that can: {', '.join(accepting)}",
+        )
