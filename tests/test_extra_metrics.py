@@ -352,3 +352,19 @@ def test_editing_the_module_changes_the_suites_store_key(
     assert key() == before  # the same inputs: the same key (a resumed run reuses the unit)
     module.write_text(BALANCED.replace("scale * float", "0.5 * scale * float"), encoding="utf-8")
     assert key() != before
+
+
+def test_an_invalid_entry_in_the_mapping_form_is_located_at_its_line(tmp_path: Path) -> None:
+    from audit.errors import ConfigError
+
+    (tmp_path / "m.py").write_text("")
+    cfg = tmp_path / "audit.yaml"
+    cfg.write_text(
+        "model: {path: m}\ndata: {files: {test: t.csv}}\nsuites:\n  bias: {}\n  performance:\n"
+        "    extra_metrics:\n      - {path: m.py}\n"
+    )
+    with pytest.raises(ConfigError) as got:
+        load_config(cfg)
+    assert got.value.format() == (
+        f"{cfg}:7:9: suites.performance.extra_metrics[0].higher_is_better: required setting is missing"
+    )
