@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from audit.config_base import StrictModel, _err, plugin_params
+from audit.config_metrics import ExtraMetricConfig, check_extra_metrics, check_suite_accepts, extra_from_params
 from audit.config_sweep import (
     CalibrationConfig,
     DeployConfig,
@@ -51,6 +52,7 @@ __all__ = [
     "DatasetRef",
     "DeployConfig",
     "ExecutorConfig",
+    "ExtraMetricConfig",
     "HubDataset",
     "LayerSelection",
     "MethodConfig",
@@ -280,6 +282,18 @@ class SuiteConfig(StrictModel):
 
     name: str = Field(description="A registered suite (`prune-audit ls suites`).")
     params: dict[str, Any] = Field(default_factory=dict, description="The suite's params (see Suite params below).")
+    extra_metrics: list[ExtraMetricConfig] = Field(
+        default_factory=list,
+        exclude_if=lambda v: not v,  # a config without them dumps (and fingerprints) as before
+        description="Local `evaluate` metric modules computed on this suite's per-example predictions for dense and "
+        "every variant (overall, per group, and paired vs dense as `<name>_delta`). In the mapping form they may sit "
+        "among the params (`performance: {extra_metrics: [...]}`).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extra_from_params(cls, value: Any) -> Any:
+        return extra_from_params(value)
 
     @field_validator("name")
     @classmethod
@@ -291,6 +305,8 @@ class SuiteConfig(StrictModel):
     @model_validator(mode="after")
     def _params(self) -> SuiteConfig:
         object.__setattr__(self, "params", plugin_params(SUITES, "suite", self.name, self.params))
+        if self.extra_metrics:
+            check_suite_accepts(self.name)
         return self
 
     def typed_params(self) -> PluginParams:
@@ -484,6 +500,7 @@ def _validate(doc: YamlDocument, base_dir: str | None, overrides: dict[str, Any]
         cfg = AuditConfig.model_validate(data)
     except ValidationError as exc:
         raise validation_to_config_error(exc, doc, AuditConfig) from None
+    check_extra_metrics(cfg.suites, doc, base_dir)
     cfg._base_dir = base_dir
     cfg._paths = RunPaths.of(cfg)  # resolved once, here
     return cfg

@@ -317,7 +317,17 @@ def check_against_results(policy: Policy, result: RunResult, *, where: str | Non
     by suites that are not installed here carry their own metric catalog, which this
     checks too. Raises :class:`ConfigError` on the first bound that points the wrong way.
     """
-    catalog = {**stage_catalog(), **result.metrics}
+    check_against_catalog(policy, {**stage_catalog(), **result.metrics}, where=where)
+
+
+def check_against_catalog(
+    policy: Policy,
+    catalog: dict[str, MetricInfo],
+    *,
+    where: str | None = None,
+    source: str = "the results' metric catalog",
+) -> None:
+    """Raise :class:`ConfigError` on the first rule whose bound points against a direction ``catalog`` declares."""
     for rule in policy.rules:
         suite_pat, _, rest = rule.metric.partition("/")
         name_pat = rest.rsplit("/", 1)[-1]
@@ -331,7 +341,7 @@ def check_against_results(policy: Policy, result: RunResult, *, where: str | Non
         problem = direction_problem(rule, directions.pop())
         if problem is not None:
             raise ConfigError(
-                f"{problem[0]} (as declared in the results' metric catalog)",
+                f"{problem[0]} (as declared in {source})",
                 file=where or policy.name,
                 hint=problem[1],
             )

@@ -182,6 +182,9 @@ class SuiteSpec(MeasuredSpec):
     task_formats: Callable[[Any], list[str]] | None = None
     """Given the suite's validated params, one line per task format it scores (e.g. a prompt template
     with its choices, "CrowS-Pairs sentence pairs"), named by the model card and the report."""
+    predictions: bool = False
+    """The suite gives its per-example predictions and references (:meth:`audit.suite.Suite.prediction_sets`),
+    so a config may add ``extra_metrics`` (local ``evaluate`` modules, :mod:`audit.extra_metrics`) to it."""
 
 
 @dataclass(frozen=True)

@@ -461,6 +461,8 @@ class MetricInfo(Record):
     citation: str = ""
     reference: float | None = None
     """The "no effect" / "unbiased" value the report draws as a line (:attr:`audit.registry.MetricSpec.reference`)."""
+    module: dict[str, str] | None = Field(None, exclude_if=lambda v: v is None)
+    """An extra metric's ``evaluate`` module (``path`` as configured, ``sha256`` of the file); else None."""
 
 
 class RuleResult(Record):

@@ -301,10 +301,7 @@ class StoreKeys:
         # what every unit depends on besides its point: everything but the output, the policy
         # (judging is separate), the report, the executor and the suites (keyed on their own)
         context = {k: v for k, v in cfg.items() if k not in ("suites", "output_dir", "policy", "report", "executor")}
-        suite_params = {
-            s.name: sha256_text(canonical_json({"params": s.params, "files": _referenced_files(s.params, paths)}))
-            for s in config.suites
-        }
+        suite_params = {s.name: sha256_text(canonical_json(_suite_inputs(config, s, paths))) for s in config.suites}
         return cls(
             model=model_fp,
             data=data_identity.fingerprint if data_identity is not None else "",
@@ -332,6 +329,16 @@ class StoreKeys:
         from audit.plan import sha256_text
 
         return sha256_text(canonical_json([self.model, self.data, self.context, self.suite_params, self.code]))[:12]
+
+
+def _suite_inputs(config: AuditConfig, suite: Any, paths: RunPaths) -> dict[str, Any]:
+    """What one suite's stored units depend on: its params, the files they name, its extra metric modules."""
+    out: dict[str, Any] = {"params": suite.params, "files": _referenced_files(suite.params, paths)}
+    if suite.extra_metrics:  # absent otherwise: keys of runs without extra metrics are unchanged
+        from audit.extra_metrics import store_fingerprint
+
+        out["extra_metrics"] = store_fingerprint(config, suite.name)
+    return out
 
 
 def _referenced_files(params: Any, paths: RunPaths) -> dict[str, str]:

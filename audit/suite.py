@@ -81,6 +81,20 @@ class SuiteOutput:
 
 
 @dataclass
+class PredictionSet:
+    """One dataset's per-example predictions and gold references, as a suite gives them to ``extra_metrics``.
+
+    ``groups``: sensitive column (or intersection ``"a&b"``) -> one group per example; the
+    extra metrics are computed per group of each (fairlearn ``MetricFrame``).
+    """
+
+    dataset: str
+    predictions: np.ndarray
+    references: np.ndarray
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
 class SuiteContext:
     """Everything a suite may use; shared by all suites of a run."""
 
@@ -162,6 +176,15 @@ class Suite:
 
     def run(self, variant: Variant, ctx: SuiteContext) -> SuiteOutput:
         raise NotImplementedError
+
+    def prediction_sets(self, artifacts: dict[str, Any], ctx: SuiteContext) -> list[PredictionSet]:
+        """The per-example predictions in ``artifacts`` (what :meth:`run` returned for a variant) with their references.
+
+        Suites whose spec sets ``predictions=True`` implement it; :mod:`audit.extra_metrics`
+        computes a config's ``extra_metrics`` on them, for the variant and (from
+        ``ctx.baseline``) for dense, so both are paired on the same examples.
+        """
+        return []
 
 
 def prediction_details(labels: np.ndarray, pred: np.ndarray, id2label: dict[int, str]) -> dict[str, Any]:

@@ -263,7 +263,8 @@ def validation_to_config_error(exc: ValidationError, doc: YamlDocument, model: t
     hint = None
     if etype == "extra_forbidden":
         key = loc[-1] if loc else "?"
-        allowed = _allowed_keys(model, loc[:-1])
+        model_loc = [p for p in err["loc"][:-1] if not (isinstance(p, str) and _is_internal(p))]
+        allowed = _allowed_keys(model, model_loc)
         close = difflib.get_close_matches(str(key), allowed, n=1)
         hint = (
             f"did you mean {close[0]!r}?"
@@ -296,6 +297,10 @@ def _real_loc(doc: YamlDocument, loc: Sequence[Any]) -> list[str | int]:
         if child is not None:
             out.append(part)
             node = child
+        elif isinstance(node, yaml.MappingNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            # a list built from a mapping (`suites: {name: params}`): item i is the mapping's i-th entry
+            key, node = node.value[part]
+            out.append(key.value)
         elif isinstance(node, yaml.MappingNode) and isinstance(part, str) and not _is_internal(part):
             # a key that is not in the YAML: a missing or unknown key
             out.append(part)

@@ -51,6 +51,10 @@ def _metric_catalog(config: AuditConfig, *, stages: tuple[str, ...] = ()) -> dic
         spec = SUITES.get(s.name)
         for m in spec.metrics:
             out[f"{spec.name}/{m.name}"] = _info(spec.name, m)
+    if any(s.extra_metrics for s in config.suites):
+        from audit.extra_metrics import extra_catalog
+
+        out.update(extra_catalog(config))
     return out
 
 

@@ -168,10 +168,11 @@ def run_point(
                 continue
             split.suites[suite.name] = timed[0]
             log.debug("%s: %s took %.1fs", point.id, suite.name, timed[0].total_s)
+            extra_failed = _extra_metrics(session, suite, out, ctx, vr, label)
             payload, arrays = _suite_output_to_store(out, keep_artifacts=point.is_baseline)
             if payload is not None:
                 payload["timing"] = _jsonable(timed[0])
-            if payload is not None:
+            if payload is not None and not extra_failed:  # a failed extra metric is retried on resume
                 _save(keys.suite(point, suite.name), payload, arrays)
         vr.measurements.extend(out.measurements)
         vr.warnings.extend(out.warnings)
@@ -186,6 +187,26 @@ def run_point(
         del model, variant
         gc.collect()
     return outcome
+
+
+def _extra_metrics(session: Session, suite: Any, out: Any, ctx: Any, vr: VariantResult, label: str) -> bool:
+    """Add the suite's extra metrics (:mod:`audit.extra_metrics`) to ``out``; True when one failed.
+
+    A failed module is the variant's error under the suite's name: the suite's own metrics stand,
+    and a rule on the extra metric is an ERROR naming the module.
+    """
+    metrics = session.extra_metrics.get(suite.name)
+    if not metrics:
+        return False
+    from audit.extra_metrics import ExtraMetricError, extra_measurements
+
+    try:
+        out.measurements.extend(extra_measurements(suite, metrics, out.artifacts, ctx))
+    except ExtraMetricError as exc:
+        log.error("%s: %s", label, exc)
+        vr.errors.append(_error(suite.name, exc))
+        return True
+    return False
 
 
 @dataclass

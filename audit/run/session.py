@@ -8,7 +8,7 @@ into a :class:`Session`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,13 @@ def preflight(config: AuditConfig, *, points: list[SweepPoint] | None = None) ->
         from audit.policy_metrics import check_rule_metrics
 
         policy, label = load_policy(paths.policy, paths.base_dir)
-        check_rule_metrics(policy, paths.policy, base_dir=paths.base_dir)  # a typo'd metric: before any work
+        # a typo'd metric, or a bound against an extra metric's direction: before any work
+        extra = _extra_catalog(config)
+        check_rule_metrics(policy, paths.policy, base_dir=paths.base_dir, catalog=extra)
+        if extra:
+            from audit.policy import check_against_catalog
+
+            check_against_catalog(policy, extra, where=label, source="the config's extra_metrics")
     kind = config.model.declared_kind
     if config.model.gguf_file is not None:
         check_gguf_file(config.model, model_location(config))
@@ -72,6 +78,14 @@ def preflight(config: AuditConfig, *, points: list[SweepPoint] | None = None) ->
     for point in points[1:]:
         validate_point_params(point)
     return Preflight(policy=policy, policy_label=label, points=points, paths=paths)
+
+
+def _extra_catalog(config: AuditConfig) -> dict[str, Any]:
+    if not any(s.extra_metrics for s in config.suites):
+        return {}
+    from audit.extra_metrics import extra_catalog
+
+    return extra_catalog(config)
 
 
 def _dir_kind(config: AuditConfig, model_dir: Path) -> str | None:
@@ -178,6 +192,8 @@ class Session:
     started_at: str = ""
     write: bool = True
     """Whether outputs (saved variants, reports) are written."""
+    extra_metrics: dict[str, list[Any]] = field(default_factory=dict)
+    """Suite name -> its loaded extra metric modules (:class:`audit.extra_metrics.LoadedMetric`)."""
 
     def prune_ctx(self, point: SweepPoint) -> Any:
         from audit.config import LayerSelection
@@ -197,6 +213,11 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
     started_at = provenance.now_iso()
     pre = preflighted if preflighted is not None else preflight(config)
     configure_offline(config.offline)
+    extra_metrics = {}
+    if any(s.extra_metrics for s in config.suites):  # a module that fails to import: exit 4 before the model loads
+        from audit.extra_metrics import load_extra_metrics
+
+        extra_metrics = load_extra_metrics(config)
 
     import torch
 
@@ -290,6 +311,7 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
         keys=StoreKeys.create(config, paths, loaded.identity.fingerprint, data_identity),
         paths=paths,
         started_at=started_at,
+        extra_metrics=extra_metrics,
     )
     for point in points[1:]:  # every point is checked before any work starts
         pruners[point.label].validate(dense, session.prune_ctx(point))

@@ -25,6 +25,13 @@ def _flatten(prefix: str, value: Any, out: list[tuple[str, str]]) -> None:
         out.append((prefix, clip(value)))
 
 
+def _source(info: MetricInfo) -> str:
+    """The "Source" cell: the citation, or for an extra metric the evaluate module that computed it."""
+    if info.module:
+        return f"evaluate module {info.module.get('path', '')} (sha256 {info.module.get('sha256', '')[:16]})"
+    return info.citation
+
+
 def protocol(result: RunResult, cat: dict[str, MetricInfo]) -> dict[str, Any]:
     used = {mid.split("/", 1)[0] + "/" + mid.rsplit("/", 1)[-1] for mid in ordered_ids(result)}
     metrics = [
@@ -34,7 +41,7 @@ def protocol(result: RunResult, cat: dict[str, MetricInfo]) -> dict[str, Any]:
             "direction": direction_text(info) or "no better direction",
             "range": " – ".join("∞" if x is None else f"{x:g}" for x in info.range),
             "unit": info.unit,
-            "citation": info.citation,
+            "citation": _source(info),
             "reference": "" if info.reference is None else f"{info.reference:g}",
             "measured": key in used,
         }

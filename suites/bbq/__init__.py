@@ -165,6 +165,7 @@ def task_formats(params: BbqParams) -> list[str]:
 SPEC = SUITES.register(
     SuiteSpec(
         name="bbq",
+        predictions=True,  # extra_metrics: see prediction_sets in run.py
         impl="suites.bbq.run:BbqSuite",
         summary="BBQ bias QA for causal LMs: accuracy per context condition and the BBQ bias scores per category, "
         "paired vs dense.",

@@ -34,7 +34,7 @@ from audit import paired, stats
 from audit.fingerprint import texts_sha256
 from audit.models.lm_scoring import left_cut, score_choices
 from audit.results import DatasetIdentity, GroupValue, Measurement
-from audit.suite import Suite, SuiteContext, SuiteOutput, Variant
+from audit.suite import PredictionSet, Suite, SuiteContext, SuiteOutput, Variant
 from suites.bbq import BbqSet
 from suites.bbq.data import BbqItem, read_bbq, subsample
 from suites.bbq.scores import Answers, boot_scores, score
@@ -129,6 +129,20 @@ class BbqSuite(Suite):
                 out.warnings.extend(s.warnings)
         out.artifacts = {"sets": arts}
         return out
+
+    def prediction_sets(self, artifacts: dict[str, Any], ctx: SuiteContext) -> list[PredictionSet]:
+        """Each set's chosen answers (0-2) against the gold answers, grouped by category and context condition."""
+        sets = artifacts.get("sets", {})
+        return [
+            PredictionSet(
+                s.name,
+                np.asarray(sets[s.name]["pred"], dtype=np.int64),
+                s.array("label").astype(np.int64),
+                {"category": s.array("category").astype(str), "condition": s.array("condition").astype(str)},
+            )
+            for s in self.sets
+            if s.name in sets
+        ]
 
     # -- scoring ---------------------------------------------------------------------------------
 

@@ -282,6 +282,7 @@ METRICS = (
 SPEC = SUITES.register(
     SuiteSpec(
         name="bias",
+        predictions=True,  # extra_metrics: see prediction_sets in run.py
         impl="suites.bias.run:BiasSuite",
         summary="Group FPR/FNR/selection rate with fairlearn, parity differences, counterfactual "
         "identity swaps, subgroup/BPSN/BNSP AUC, per-target accuracy, and pruning's disparate "

@@ -31,7 +31,7 @@ from audit import stats
 from audit.data import MISSING_GROUP, EvalSet
 from audit.errors import DataError, UsageError
 from audit.results import DatasetIdentity, Measurement
-from audit.suite import Suite, SuiteContext, SuiteOutput, Variant
+from audit.suite import PredictionSet, Suite, SuiteContext, SuiteOutput, Variant
 from suites.bias import BiasParams
 from suites.bias.counterfactual_metrics import CounterfactualSet, counterfactual_metrics, find_counterfactuals
 from suites.bias.disparities import disparities
@@ -219,6 +219,12 @@ class BiasSuite(Suite):
                 else "counterfactual tests are disabled (suites.bias.counterfactual.enabled: false)",
             )
         return out
+
+    def prediction_sets(self, artifacts: dict[str, Any], ctx: SuiteContext) -> list[PredictionSet]:
+        """The eval set's predicted classes against its labels, grouped by the sensitive columns (and intersections)."""
+        es = ctx.eval_set
+        pred = np.asarray(artifacts["proba"]).argmax(axis=1)
+        return [PredictionSet(es.name, pred, np.asarray(es.labels), self.all_features(self.features))]
 
     # -- the suite ----------------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ METRICS = (
 SPEC = SUITES.register(
     SuiteSpec(
         name="performance",
+        predictions=True,  # extra_metrics: see prediction_sets in run.py
         impl="suites.performance.run:PerformanceSuite",
         summary="Accuracy and macro-F1 on the eval split, per group, paired vs dense.",
         params=PerformanceParams,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from audit import stats
 from audit.results import Measurement
 from audit.suite import (
+    PredictionSet,
     Suite,
     SuiteContext,
     SuiteOutput,
@@ -55,3 +58,9 @@ class PerformanceSuite(Suite):
                 )
             )
         return SuiteOutput(measurements=measurements, artifacts={"pred": pred.tolist()})
+
+    def prediction_sets(self, artifacts: dict[str, Any], ctx: SuiteContext) -> list[PredictionSet]:
+        """The eval set's predicted classes against its labels, grouped by its group columns."""
+        es = ctx.eval_set
+        groups = stats.feature_columns(es.groups, self.params.intersections) if es.groups else {}
+        return [PredictionSet(es.name, np.asarray(artifacts["pred"], dtype=np.int64), np.asarray(es.labels), groups)]
