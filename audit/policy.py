@@ -27,6 +27,7 @@ import json
 import math
 import os
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -326,9 +327,13 @@ def check_against_catalog(
     *,
     where: str | None = None,
     source: str = "the results' metric catalog",
+    locate: Callable[[int], tuple[str | None, int | None, int | None]] | None = None,
 ) -> None:
-    """Raise :class:`ConfigError` on the first rule whose bound points against a direction ``catalog`` declares."""
-    for rule in policy.rules:
+    """Raise :class:`ConfigError` on the first rule whose bound points against a direction ``catalog`` declares.
+
+    ``locate(i)``: (file, line, column) of ``rules[i]`` in the policy file, for the error.
+    """
+    for i, rule in enumerate(policy.rules):
         suite_pat, _, rest = rule.metric.partition("/")
         name_pat = rest.rsplit("/", 1)[-1]
         directions = {
@@ -340,9 +345,12 @@ def check_against_catalog(
             continue
         problem = direction_problem(rule, directions.pop())
         if problem is not None:
+            file, line, column = locate(i) if locate is not None else (None, None, None)
             raise ConfigError(
                 f"{problem[0]} (as declared in {source})",
-                file=where or policy.name,
+                file=file or where or policy.name,
+                line=line,
+                column=column,
                 hint=problem[1],
             )
 

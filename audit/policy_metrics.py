@@ -60,7 +60,7 @@ def check_rule_metrics(
     for i, rule in enumerate(policy.rules):
         if rule_matches(rule, known):
             continue
-        file, line, column = _locate(source, base_dir, i)
+        file, line, column = locate_rule(source, base_dir, i)
         choices = sorted({f"{s}/*/{n}" for s, n in known})
         close = difflib.get_close_matches(rule.metric, choices, n=1, cutoff=0.6)
         suites = sorted({s for s, _ in known})
@@ -75,7 +75,7 @@ def check_rule_metrics(
         )
 
 
-def _locate(source: str | None, base_dir: str | None, index: int) -> tuple[str | None, int | None, int | None]:
+def locate_rule(source: str | None, base_dir: str | None, index: int) -> tuple[str | None, int | None, int | None]:
     """(file, line, column) of ``rules[index].metric`` in the policy file ``source`` names."""
     if source is None:
         return None, None, None

@@ -331,8 +331,11 @@ def test_the_pre_flight_knows_a_declared_extra_metric_and_its_direction(
     check("{id: bal, metric: performance/*/bal_acc_delta, min: -2}", EXTRA)  # declared: passes
     with pytest.raises(ConfigError, match="metric 'performance/\\*/bal_acc_delta' matches no metric"):
         check("{id: bal, metric: performance/*/bal_acc_delta, min: -2}", "    intersections: true\n")
-    with pytest.raises(ConfigError, match="higher-is-better, so a max bound .* \\(as declared in the config's extra"):
+    with pytest.raises(
+        ConfigError, match="higher-is-better, so a max bound .* \\(as declared in the config's extra"
+    ) as wrong_way:
         check("{id: bal, metric: performance/*/bal_acc, max: 90}", EXTRA)
+    assert (wrong_way.value.file, wrong_way.value.line) == (str(policy), 3)  # the rule's line in the policy file
 
 
 def test_editing_the_module_changes_the_suites_store_key(

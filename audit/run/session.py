@@ -60,8 +60,15 @@ def preflight(config: AuditConfig, *, points: list[SweepPoint] | None = None) ->
         check_rule_metrics(policy, paths.policy, base_dir=paths.base_dir, catalog=extra)
         if extra:
             from audit.policy import check_against_catalog
+            from audit.policy_metrics import locate_rule
 
-            check_against_catalog(policy, extra, where=label, source="the config's extra_metrics")
+            check_against_catalog(
+                policy,
+                extra,
+                where=label,
+                source="the config's extra_metrics",
+                locate=lambda i: locate_rule(paths.policy, paths.base_dir, i),
+            )
     kind = config.model.declared_kind
     if config.model.gguf_file is not None:
         check_gguf_file(config.model, model_location(config))
