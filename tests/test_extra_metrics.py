@@ -371,3 +371,21 @@ def test_an_invalid_entry_in_the_mapping_form_is_located_at_its_line(tmp_path: P
     assert got.value.format() == (
         f"{cfg}:7:9: suites.performance.extra_metrics[0].higher_is_better: required setting is missing"
     )
+
+
+def test_the_list_form_of_suites_declares_the_same_extra_metric_as_the_mapping_form(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    _module(tmp_path)
+    mapping = write_config(
+        tmp_path / "mapping.yaml", tiny_model_dir, tiny_data_dir, suites="suites:\n  performance:\n" + EXTRA
+    )
+    listed = write_config(
+        tmp_path / "listed.yaml",
+        tiny_model_dir,
+        tiny_data_dir,
+        suites="suites:\n  - name: performance\n" + EXTRA,
+    )
+    want = load_config(mapping).suites[0].extra_metrics
+    assert [m.name for m in want] == ["bal_acc"]
+    assert load_config(listed).suites[0].extra_metrics == want
