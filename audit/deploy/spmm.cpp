@@ -24,6 +24,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #if defined(__AVX512F__)
 #define VW 16
@@ -159,6 +162,105 @@ static void spmm(const int32_t* rp, const IDX* ci, const float* val, const float
   }
 }
 
+
+// ---- compact formats: bitmap and 2:4 (nm24) -------------------------------------------
+// Both store, per row, one uint16 mask per 16 inputs (bit j of mask w: input 16w + j is
+// kept) and the kept fp32 values packed in input order. `bitmap` has int32 row pointers
+// into the values (any sparsity: 2.125 B per weight at 50 %); `nm24` has exactly 2 value
+// slots per group of 4 inputs (8 per full mask), so block w of row o starts at
+// o * (in / 2) + 8 w: no row pointers and no popcount chain (a group with fewer than 2
+// non-zeros stores explicit zeros). Per row the products go into 4 x 16 lane accumulators
+// (block w into accumulator w % 4, lane j), summed as ((a0 + a1) + (a2 + a3)) and then
+// lane-halves (8, 4, 2, 1): the AVX-512 path (vexpandps puts the packed values into
+// their lanes, FMA with the masked x) and the scalar path (fmaf, the same order) give
+// identical results, and every token of a batch gets the same order as a single token.
+
+static inline float reduce16(float* s) {
+  for (int h = 8; h >= 1; h >>= 1)
+    for (int j = 0; j < h; ++j) s[j] += s[j + h];
+  return s[0];
+}
+
+// One output: row o of the compact weight times one input vector x (in floats).
+static inline float compact_row_scalar(const uint16_t* __restrict mk, const float* __restrict val, int64_t off,
+                                       bool fixed, const float* __restrict x, int nb) {
+  float acc[4][16];
+  for (int a = 0; a < 4; ++a)
+    for (int j = 0; j < 16; ++j) acc[a][j] = 0.f;
+  for (int w = 0; w < nb; ++w) {
+    const unsigned m = mk[w];
+    int64_t p = fixed ? off + 8 * (int64_t)w : off;
+    float* ac = acc[w & 3];
+    for (int j = 0; j < 16; ++j)
+      if (m >> j & 1u) {
+        ac[j] = __builtin_fmaf(val[p], x[16 * w + j], ac[j]);
+        ++p;
+      }
+    if (!fixed) off = p;
+  }
+  float s[16];
+  for (int j = 0; j < 16; ++j) s[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
+  return reduce16(s);
+}
+
+#if defined(__AVX512F__)
+static inline float compact_row_avx512(const uint16_t* __restrict mk, const float* __restrict val, int64_t off,
+                                       bool fixed, const float* __restrict x, int nb) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  int w = 0;
+#define PA_STEP(A)                                                                        \
+  {                                                                                       \
+    const __mmask16 m = (__mmask16)mk[w];                                                 \
+    const float* src = fixed ? val + off + 8 * (int64_t)w : val + off;                    \
+    const __m512 v = _mm512_maskz_expandloadu_ps(m, src);                                 \
+    const __m512 xv = _mm512_maskz_loadu_ps(m, x + 16 * (int64_t)w);                      \
+    acc[A] = _mm512_fmadd_ps(v, xv, acc[A]);                                              \
+    if (!fixed) off += __builtin_popcount((unsigned)m);                                   \
+    ++w;                                                                                  \
+  }
+  for (; w + 4 <= nb;) {
+    PA_STEP(0) PA_STEP(1) PA_STEP(2) PA_STEP(3)
+  }
+  if (w < nb) PA_STEP(0)
+  if (w < nb) PA_STEP(1)
+  if (w < nb) PA_STEP(2)
+#undef PA_STEP
+  const __m512 t = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+  float s[16] __attribute__((aligned(64)));
+  _mm512_store_ps(s, t);
+  return reduce16(s);
+}
+#endif
+
+// y (n x out) = x (n x in) @ W^T + b for a compact weight; rp == NULL: nm24 (fixed stride).
+static void compact_mm(const int32_t* rp, const uint16_t* masks, const float* val, const float* bias, const float* x,
+                       float* y, int n, int in, int out, int nthreads, int scalar) {
+  if (n <= 0 || out <= 0) return;
+  const int nb = (in + 15) / 16;
+  const bool fixed = rp == nullptr;
+  const int64_t half = in / 2;
+#if !defined(__AVX512F__)
+  scalar = 1;
+#endif
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int o = 0; o < out; ++o) {
+    const uint16_t* mk = masks + (size_t)o * nb;
+    const int64_t off = fixed ? (int64_t)o * half : (int64_t)rp[o];
+    const float b = bias ? bias[o] : 0.f;
+    for (int t = 0; t < n; ++t) {
+      const float* xr = x + (size_t)t * in;
+      float s;
+#if defined(__AVX512F__)
+      if (!scalar)
+        s = compact_row_avx512(mk, val, off, fixed, xr, nb);
+      else
+#endif
+        s = compact_row_scalar(mk, val, off, fixed, xr, nb);
+      y[(size_t)t * out + o] = s + b;
+    }
+  }
+}
+
 #define PA_EXPORT __attribute__((visibility("default")))
 
 extern "C" {
@@ -192,5 +294,21 @@ PA_EXPORT void pa_spmm_u16(const int32_t* rp, const uint16_t* ci, const float* v
 PA_EXPORT void pa_spmm_i32(const int32_t* rp, const int32_t* ci, const float* val, const float* bias, const float* x, float* y,
                  int n, int in, int out, int nthreads, float* work) {
   spmm<int32_t>(rp, ci, val, bias, x, y, n, in, out, nthreads, work);
+}
+
+// Compact formats (see compact_mm): rp == NULL selects nm24; scalar != 0 forces the
+// portable path (the AVX-512 path is used when compiled in and scalar == 0).
+PA_EXPORT void pa_compact_mm(const int32_t* rp, const uint16_t* masks, const float* val, const float* bias,
+                             const float* x, float* y, int n, int in, int out, int nthreads, int scalar) {
+  compact_mm(rp, masks, val, bias, x, y, n, in, out, nthreads, scalar);
+}
+
+// 1 when the compact formats' AVX-512 path is compiled in.
+PA_EXPORT int pa_compact_avx512(void) {
+#if defined(__AVX512F__)
+  return 1;
+#else
+  return 0;
+#endif
 }
 }
