@@ -12,6 +12,9 @@ one bit per input instead of a 16-bit index per kept weight:
   with exactly 2 value slots per group (a group with fewer non-zeros stores explicit zeros),
   so no row pointers are needed: 4 B per 2 weights + 1 bit per weight (2.125 B per weight).
 
+Both values arrays end with 16 zero floats (:data:`PAD`, 64 B per layer): the kernel's vector
+loads may read past the last row. ``stored_bytes`` counts every stored array, padding included.
+
 The kernel (``pa_compact_mm`` in ``spmm.cpp``) expands 16 packed values into their lanes by
 the mask (AVX-512 ``vexpandps``) and multiplies them with the masked input, with a scalar
 path that sums in the same order (identical results). It is written for one token; more
@@ -29,6 +32,8 @@ from audit.deploy.modules import DeployedLinear, _bias_copy, _kernel
 
 BLOCK = 16
 """Inputs per mask word."""
+PAD = 16
+"""Zero floats after the last value: the kernel's vector loads may read up to 16 floats past a row."""
 _BITS = torch.arange(BLOCK, dtype=torch.int32)
 
 
@@ -102,12 +107,39 @@ class CompactLinear(DeployedLinear):
             raise ValueError(f"{self.format_name}: masks must be int16 ({out_features}, {nb}), found "
                              f"{masks.dtype} {tuple(masks.shape)}")  # fmt: skip
         self.register_buffer("masks", masks.contiguous())
+        if values.numel() < PAD or bool((values[-PAD:] != 0).any()):
+            raise ValueError(f"{self.format_name}: values must end with {PAD} zeros of padding")
         self.register_buffer("values", values.to(torch.float32).contiguous())
         self.register_buffer("bias", None if bias is None else bias.to(torch.float32).contiguous())
         if not self.fixed_stride:
             assert rowptr is not None
             self.register_buffer("rowptr", rowptr.to(torch.int32).contiguous())
         self._check_sizes()
+        self._call: tuple[Any, ...] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # deepcopy / pickle: the bound pointers are per object
+        state = self.__dict__.copy()
+        state["_call"] = None
+        return state
+
+    def _apply(self, fn: Any, recurse: bool = True) -> CompactLinear:  # .to(), .float(), ...: re-read pointers
+        self._call = None
+        return super()._apply(fn, recurse)
+
+    def _bind(self) -> tuple[Any, ...]:
+        """The kernel entry point and this layer's constant pointer arguments (checked once)."""
+        lib = _kernel()
+        tensors = [self.masks, self.values] + ([] if self.fixed_stride else [self.rowptr])
+        if any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
+            raise RuntimeError(f"{type(self).__name__} tensors must be contiguous CPU tensors")
+        const = (
+            None if self.fixed_stride else self.rowptr.data_ptr(),
+            self.masks.data_ptr(),
+            self.values.data_ptr(),
+            self.bias.data_ptr() if self.bias is not None else None,
+        )
+        self._call = (lib.lib.pa_compact_mm, const, (*tensors, self.bias))
+        return self._call
 
     def _check_sizes(self) -> None:
         raise NotImplementedError
@@ -126,21 +158,15 @@ class CompactLinear(DeployedLinear):
         )
 
     def _run(self, x2d: torch.Tensor) -> torch.Tensor:
-        lib = _kernel()
+        fn, const, _ = self.__dict__.get("_call") or self._bind()
         dtype = x2d.dtype
         x = x2d if dtype == torch.float32 and x2d.is_contiguous() else x2d.to(torch.float32).contiguous()
         if x.device.type != "cpu":
             raise RuntimeError("the compiled sparse kernel runs on CPU only")
-        for t in (self.masks, self.values):
-            if t.device.type != "cpu" or not t.is_contiguous():
-                raise RuntimeError(f"{type(self).__name__} tensors must be contiguous CPU tensors")
         n = x.shape[0]
         y = torch.empty((n, self.out_features), dtype=torch.float32)
-        lib.lib.pa_compact_mm(
-            None if self.fixed_stride else self.rowptr.data_ptr(),
-            self.masks.data_ptr(),
-            self.values.data_ptr(),
-            self.bias.data_ptr() if self.bias is not None else None,
+        fn(
+            *const,
             x.data_ptr(),
             y.data_ptr(),
             n,
@@ -153,7 +179,7 @@ class CompactLinear(DeployedLinear):
 
     def dense_weight(self) -> torch.Tensor:
         w = torch.zeros(self.out_features, self.in_features, dtype=torch.float32)
-        w[unpack_masks(self.masks, self.in_features)] = self.values
+        w[unpack_masks(self.masks, self.in_features)] = self.values[:-PAD]
         return w
 
     def stored_bytes(self) -> int:
@@ -167,7 +193,7 @@ class BitmapLinear(CompactLinear):
     format_name = "bitmap"
 
     def _check_sizes(self) -> None:
-        if self.rowptr.shape != (self.out_features + 1,) or int(self.rowptr[-1]) != self.values.numel():
+        if self.rowptr.shape != (self.out_features + 1,) or int(self.rowptr[-1]) != self.values.numel() - PAD:
             raise ValueError(f"bitmap: rowptr must have {self.out_features + 1} entries ending at the value count")
 
     @classmethod
@@ -176,11 +202,11 @@ class BitmapLinear(CompactLinear):
         keep = w != 0
         rowptr = torch.zeros(w.shape[0] + 1, dtype=torch.int32)
         rowptr[1:] = torch.cumsum(keep.sum(1), 0)
-        return cls(w.shape[1], w.shape[0], pack_masks(keep), w[keep], _bias_copy(_cpu(bias)), rowptr)
+        return cls(w.shape[1], w.shape[0], pack_masks(keep), _padded(w[keep]), _bias_copy(_cpu(bias)), rowptr)
 
     @property
     def nnz(self) -> int:
-        return int(self.values.numel())
+        return int(self.values.numel()) - PAD
 
 
 class NM24Linear(CompactLinear):
@@ -190,7 +216,7 @@ class NM24Linear(CompactLinear):
     fixed_stride = True
 
     def _check_sizes(self) -> None:
-        if self.in_features % 4 or self.values.numel() != self.out_features * self.in_features // 2:
+        if self.in_features % 4 or self.values.numel() != self.out_features * self.in_features // 2 + PAD:
             raise ValueError(f"nm24: needs in_features divisible by 4 and in/2 values per row "
                              f"({self.out_features}x{self.in_features}, {self.values.numel()} values)")  # fmt: skip
 
@@ -198,11 +224,15 @@ class NM24Linear(CompactLinear):
     def from_linear(cls, weight: torch.Tensor, bias: torch.Tensor | None, **kw: Any) -> NM24Linear:
         w = weight.detach().float().cpu()
         keep = nm24_slots(w)
-        return cls(w.shape[1], w.shape[0], pack_masks(keep), w[keep], _bias_copy(_cpu(bias)))
+        return cls(w.shape[1], w.shape[0], pack_masks(keep), _padded(w[keep]), _bias_copy(_cpu(bias)))
 
     @property
     def nnz(self) -> int:
         return int(torch.count_nonzero(self.values))
+
+
+def _padded(values: torch.Tensor) -> torch.Tensor:
+    return torch.cat([values, torch.zeros(PAD, dtype=values.dtype)])
 
 
 def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -229,7 +229,7 @@ def _self_test_compact(lib: KernelLib, rng: np.random.Generator, w: np.ndarray, 
     keep[:, :in_f] = w != 0
     masks = (keep.reshape(out_f, nb, 16) << np.arange(16, dtype=np.uint32)).sum(-1).astype(np.uint16)
     rowptr = np.concatenate([[0], np.cumsum((w != 0).sum(1))]).astype(np.int32)
-    vals = np.ascontiguousarray(w[w != 0], dtype=np.float32)
+    vals = np.concatenate([w[w != 0], np.zeros(16)]).astype(np.float32)  # 16 floats of padding
     for n in (1, 3):
         x = rng.standard_normal((n, in_f)).astype(np.float32)
         ref = x.astype(np.float64) @ w.T.astype(np.float64) + b

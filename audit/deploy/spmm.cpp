@@ -169,7 +169,8 @@ static void spmm(const int32_t* rp, const IDX* ci, const float* val, const float
 // into the values (any sparsity: 2.125 B per weight at 50 %); `nm24` has exactly 2 value
 // slots per group of 4 inputs (8 per full mask), so block w of row o starts at
 // o * (in / 2) + 8 w: no row pointers and no popcount chain (a group with fewer than 2
-// non-zeros stores explicit zeros). Per row the products go into 4 x 16 lane accumulators
+// non-zeros stores explicit zeros). The values array ends with 16 floats of padding (the
+// vector path's loads may run past the last row). Per row the products go into 4 x 16 lane accumulators
 // (block w into accumulator w % 4, lane j), summed as ((a0 + a1) + (a2 + a3)) and then
 // lane-halves (8, 4, 2, 1): the AVX-512 path (vexpandps puts the packed values into
 // their lanes, FMA with the masked x) and the scalar path (fmaf, the same order) give
@@ -204,28 +205,39 @@ static inline float compact_row_scalar(const uint16_t* __restrict mk, const floa
 }
 
 #if defined(__AVX512F__)
+// Values are read 16 (bitmap) or 8 (nm24) floats at a time from the block's first value and
+// expanded into the mask's lanes in registers (faster than vexpandps from memory on Zen 4),
+// so a load may run up to 16 floats past the row: the values array carries 16 floats of padding.
+static inline __m512 compact_values(const float* p, __mmask16 m, bool fixed) {
+  return fixed ? _mm512_maskz_expand_ps(m, _mm512_castps256_ps512(_mm256_loadu_ps(p)))
+               : _mm512_maskz_expand_ps(m, _mm512_loadu_ps(p));
+}
+
 static inline float compact_row_avx512(const uint16_t* __restrict mk, const float* __restrict val, int64_t off,
                                        bool fixed, const float* __restrict x, int nb) {
-  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  const float* p = val + off;
   int w = 0;
-#define PA_STEP(A)                                                                        \
-  {                                                                                       \
-    const __mmask16 m = (__mmask16)mk[w];                                                 \
-    const float* src = fixed ? val + off + 8 * (int64_t)w : val + off;                    \
-    const __m512 v = _mm512_maskz_expandloadu_ps(m, src);                                 \
-    const __m512 xv = _mm512_maskz_loadu_ps(m, x + 16 * (int64_t)w);                      \
-    acc[A] = _mm512_fmadd_ps(v, xv, acc[A]);                                              \
-    if (!fixed) off += __builtin_popcount((unsigned)m);                                   \
-    ++w;                                                                                  \
+  for (; w + 4 <= nb; w += 4) {
+    const __mmask16 m0 = mk[w], m1 = mk[w + 1], m2 = mk[w + 2], m3 = mk[w + 3];
+    // the four blocks' value offsets from their popcounts (short dependency chain)
+    const float* p1 = fixed ? p + 8 : p + __builtin_popcount(m0);
+    const float* p2 = fixed ? p + 16 : p1 + __builtin_popcount(m1);
+    const float* p3 = fixed ? p + 24 : p2 + __builtin_popcount(m2);
+    const float* xw = x + 16 * (int64_t)w;
+    a0 = _mm512_fmadd_ps(compact_values(p, m0, fixed), _mm512_maskz_loadu_ps(m0, xw), a0);
+    a1 = _mm512_fmadd_ps(compact_values(p1, m1, fixed), _mm512_maskz_loadu_ps(m1, xw + 16), a1);
+    a2 = _mm512_fmadd_ps(compact_values(p2, m2, fixed), _mm512_maskz_loadu_ps(m2, xw + 32), a2);
+    a3 = _mm512_fmadd_ps(compact_values(p3, m3, fixed), _mm512_maskz_loadu_ps(m3, xw + 48), a3);
+    p = fixed ? p + 32 : p3 + __builtin_popcount(m3);
   }
-  for (; w + 4 <= nb;) {
-    PA_STEP(0) PA_STEP(1) PA_STEP(2) PA_STEP(3)
+  __m512* acc[3] = {&a0, &a1, &a2};
+  for (int k = 0; w < nb; ++w, ++k) {  // at most 3 blocks left: accumulators 0, 1, 2 (block w -> w % 4)
+    const __mmask16 m = mk[w];
+    *acc[k] = _mm512_fmadd_ps(compact_values(p, m, fixed), _mm512_maskz_loadu_ps(m, x + 16 * (int64_t)w), *acc[k]);
+    p += fixed ? 8 : __builtin_popcount(m);
   }
-  if (w < nb) PA_STEP(0)
-  if (w < nb) PA_STEP(1)
-  if (w < nb) PA_STEP(2)
-#undef PA_STEP
-  const __m512 t = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+  const __m512 t = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
   float s[16] __attribute__((aligned(64)));
   _mm512_store_ps(s, t);
   return reduce16(s);
