@@ -129,7 +129,7 @@ def cell(shape: tuple[int, int], pattern: str, threads: int, args: argparse.Name
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"# Batch-1 decode (matvec), SmolLM2-135M layer shapes, fp32, weights not cache-resident",
+        "# Batch-1 decode (matvec), SmolLM2-135M layer shapes, fp32, weights not cache-resident",
         "",
         f"CPU: {result['cpu']}; torch {result['torch']}; {result['rounds']} rounds; "
         f"load average before {result['loadavg_before']} after {result['loadavg_after']}"
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.decode_kernels", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="5 rounds of 1 sweep (under 3 minutes)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 11, --quick 5)")
-    ap.add_argument("--sweeps", type=int, default=None, help="timed sweeps per round, fastest kept (default 3, --quick 1)")
+    ap.add_argument("--sweeps", type=int, default=None, help="timed sweeps per round, fastest kept (3; --quick 1)")
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--l3-mib", type=float, default=32.0, help="L3 size: copies sweep at least twice this")
     ap.add_argument("--min-copies", type=int, default=64)

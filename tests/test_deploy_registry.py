@@ -74,7 +74,9 @@ def test_recorded_names_resolve_to_their_format_class() -> None:
 
 
 def test_config_checks_format_names_against_the_registry() -> None:
-    with pytest.raises(ValidationError, match="unknown deploy format 'csx'; known: bitmap, bsr, csr, kernel, nm24, semi24"):
+    with pytest.raises(
+        ValidationError, match="unknown deploy format 'csx'; known: bitmap, bsr, csr, kernel, nm24, semi24"
+    ):
         DeployConfig(formats=["csr", "csx"])
     with pytest.raises(ValidationError, match="force_format must be dense or a deploy format's name"):
         DeployConfig(force_format="bsr")
