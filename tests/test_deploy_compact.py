@@ -165,13 +165,13 @@ def test_the_choice_keeps_dense_unless_a_compact_format_is_faster(tmp_path: Path
     _inject(conv, (64, 48), d[1], {DENSE: 1.0, "kernel": 0.8, "bitmap": 0.5})
     _inject(conv, (64, 64), d[2], {DENSE: 1.0, "kernel": 0.8, "bitmap": 0.6})
     _inject(conv, (64, 64), 0.5, {"nm24": 0.55})
-    x = torch.randn(3, 64)
-    ref = model(x)
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
+    ref = model(x).double()
     result = conv.convert(model)
     assert result.timings_measured == 0  # decided from the injected timings alone
     assert [layer.format for layer in result.layers] == [DENSE, "bitmap", "nm24"]
     assert isinstance(model[0], nn.Linear) and result.layers[0].kept_dense == "no_speedup"
-    torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+    assert _rel_err(model(x), ref) < 1e-5  # relative to the largest output (three layers deep)
 
 
 @pytest.mark.parametrize("fmt", ["bitmap", "nm24"])

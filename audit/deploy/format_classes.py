@@ -153,13 +153,13 @@ class KernelFormat(DeployFormat):
 
     def unavailable(self, device: str, dtype: torch.dtype) -> str | None:
         if device != "cpu":
-            return "kernel: CPU only"
+            return f"{self.name}: CPU only"
         if dtype != torch.float32:
-            return f"kernel: fp32 only (weights are {dtype})"
+            return f"{self.name}: fp32 only (weights are {dtype})"
         from audit.deploy.kernel import kernel_status
 
         status = kernel_status()
-        return None if status.available else f"kernel: {status.describe()}"
+        return None if status.available else f"{self.name}: {status.describe()}"
 
 
 class BitmapFormat(KernelFormat):
