@@ -213,9 +213,15 @@ static inline __m512 compact_values(const float* p, __mmask16 m, bool fixed) {
                : _mm512_maskz_expand_ps(m, _mm512_loadu_ps(p));
 }
 
-static inline float compact_row_avx512(const uint16_t* __restrict mk, const float* __restrict val, int64_t off,
-                                       bool fixed, const float* __restrict x, int nb) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+// T tokens at once (x: T rows of `in` floats, results into s[T]): each block's values are
+// expanded once and multiplied with every token's input; per token the order of operations
+// is that of T = 1, so a token's result does not depend on the batch.
+template <int T>
+static inline void compact_rows_avx512(const uint16_t* __restrict mk, const float* __restrict val, int64_t off,
+                                       bool fixed, const float* __restrict x, int64_t in, int nb, float* res) {
+  __m512 acc[T][4];
+  for (int t = 0; t < T; ++t)
+    for (int a = 0; a < 4; ++a) acc[t][a] = _mm512_setzero_ps();
   const float* p = val + off;
   int w = 0;
   for (; w + 4 <= nb; w += 4) {
@@ -224,23 +230,30 @@ static inline float compact_row_avx512(const uint16_t* __restrict mk, const floa
     const float* p1 = fixed ? p + 8 : p + __builtin_popcount(m0);
     const float* p2 = fixed ? p + 16 : p1 + __builtin_popcount(m1);
     const float* p3 = fixed ? p + 24 : p2 + __builtin_popcount(m2);
-    const float* xw = x + 16 * (int64_t)w;
-    a0 = _mm512_fmadd_ps(compact_values(p, m0, fixed), _mm512_maskz_loadu_ps(m0, xw), a0);
-    a1 = _mm512_fmadd_ps(compact_values(p1, m1, fixed), _mm512_maskz_loadu_ps(m1, xw + 16), a1);
-    a2 = _mm512_fmadd_ps(compact_values(p2, m2, fixed), _mm512_maskz_loadu_ps(m2, xw + 32), a2);
-    a3 = _mm512_fmadd_ps(compact_values(p3, m3, fixed), _mm512_maskz_loadu_ps(m3, xw + 48), a3);
+    const __m512 v0 = compact_values(p, m0, fixed), v1 = compact_values(p1, m1, fixed);
+    const __m512 v2 = compact_values(p2, m2, fixed), v3 = compact_values(p3, m3, fixed);
+    for (int t = 0; t < T; ++t) {
+      const float* xw = x + t * in + 16 * (int64_t)w;
+      acc[t][0] = _mm512_fmadd_ps(v0, _mm512_maskz_loadu_ps(m0, xw), acc[t][0]);
+      acc[t][1] = _mm512_fmadd_ps(v1, _mm512_maskz_loadu_ps(m1, xw + 16), acc[t][1]);
+      acc[t][2] = _mm512_fmadd_ps(v2, _mm512_maskz_loadu_ps(m2, xw + 32), acc[t][2]);
+      acc[t][3] = _mm512_fmadd_ps(v3, _mm512_maskz_loadu_ps(m3, xw + 48), acc[t][3]);
+    }
     p = fixed ? p + 32 : p3 + __builtin_popcount(m3);
   }
-  __m512* acc[3] = {&a0, &a1, &a2};
   for (int k = 0; w < nb; ++w, ++k) {  // at most 3 blocks left: accumulators 0, 1, 2 (block w -> w % 4)
     const __mmask16 m = mk[w];
-    *acc[k] = _mm512_fmadd_ps(compact_values(p, m, fixed), _mm512_maskz_loadu_ps(m, x + 16 * (int64_t)w), *acc[k]);
+    const __m512 v = compact_values(p, m, fixed);
+    for (int t = 0; t < T; ++t)
+      acc[t][k] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, x + t * in + 16 * (int64_t)w), acc[t][k]);
     p += fixed ? 8 : __builtin_popcount(m);
   }
-  const __m512 t = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-  float s[16] __attribute__((aligned(64)));
-  _mm512_store_ps(s, t);
-  return reduce16(s);
+  for (int t = 0; t < T; ++t) {
+    const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), _mm512_add_ps(acc[t][2], acc[t][3]));
+    float s[16] __attribute__((aligned(64)));
+    _mm512_store_ps(s, sum);
+    res[t] = reduce16(s);
+  }
 }
 #endif
 
@@ -259,17 +272,21 @@ static void compact_mm(const int32_t* rp, const uint16_t* masks, const float* va
     const uint16_t* mk = masks + (size_t)o * nb;
     const int64_t off = fixed ? (int64_t)o * half : (int64_t)rp[o];
     const float b = bias ? bias[o] : 0.f;
-    for (int t = 0; t < n; ++t) {
-      const float* xr = x + (size_t)t * in;
-      float s;
+    int t = 0;
 #if defined(__AVX512F__)
-      if (!scalar)
-        s = compact_row_avx512(mk, val, off, fixed, xr, nb);
-      else
-#endif
-        s = compact_row_scalar(mk, val, off, fixed, xr, nb);
-      y[(size_t)t * out + o] = s + b;
+    if (!scalar) {
+      float s[4];
+      for (; t + 4 <= n; t += 4) {
+        compact_rows_avx512<4>(mk, val, off, fixed, x + (size_t)t * in, in, nb, s);
+        for (int u = 0; u < 4; ++u) y[(size_t)(t + u) * out + o] = s[u] + b;
+      }
+      for (; t < n; ++t) {
+        compact_rows_avx512<1>(mk, val, off, fixed, x + (size_t)t * in, in, nb, s);
+        y[(size_t)t * out + o] = s[0] + b;
+      }
     }
+#endif
+    for (; t < n; ++t) y[(size_t)t * out + o] = compact_row_scalar(mk, val, off, fixed, x + (size_t)t * in, nb) + b;
   }
 }
 
