@@ -63,7 +63,7 @@ def _sparse_weight(out_f: int = 16, in_f: int = 32, zero_row: bool = True) -> to
 
 
 def test_recorded_names_resolve_to_their_format_class() -> None:
-    assert DEFAULT_FORMATS == ("kernel", "csr", "bsr", "semi24")
+    assert DEFAULT_FORMATS == ("kernel", "bitmap", "nm24", "csr", "bsr", "semi24")
     assert spec_of("bsr16").name == "bsr" and isinstance(format_for("bsr16"), BSRFormat)
     assert isinstance(format_for("csr"), CSRFormat)
     assert format_for("dense").name == "dense"
@@ -74,7 +74,9 @@ def test_recorded_names_resolve_to_their_format_class() -> None:
 
 
 def test_config_checks_format_names_against_the_registry() -> None:
-    with pytest.raises(ValidationError, match="unknown deploy format 'csx'; known: bsr, csr, kernel, semi24"):
+    with pytest.raises(
+        ValidationError, match="unknown deploy format 'csx'; known: bitmap, bsr, csr, kernel, nm24, semi24"
+    ):
         DeployConfig(formats=["csr", "csx"])
     with pytest.raises(ValidationError, match="force_format must be dense or a deploy format's name"):
         DeployConfig(force_format="bsr")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from audit.deploy.compact import BitmapLinear, NM24Linear, is_2_4
 from audit.deploy.formats import DENSE, FORMATS, spec_of
 from audit.deploy.modules import (
     DeployedLinear,
@@ -152,13 +153,42 @@ class KernelFormat(DeployFormat):
 
     def unavailable(self, device: str, dtype: torch.dtype) -> str | None:
         if device != "cpu":
-            return "kernel: CPU only"
+            return f"{self.name}: CPU only"
         if dtype != torch.float32:
-            return f"kernel: fp32 only (weights are {dtype})"
+            return f"{self.name}: fp32 only (weights are {dtype})"
         from audit.deploy.kernel import kernel_status
 
         status = kernel_status()
-        return None if status.available else f"kernel: {status.describe()}"
+        return None if status.available else f"{self.name}: {status.describe()}"
+
+
+class BitmapFormat(KernelFormat):
+    """The compiled kernel's bitmap format (:class:`~audit.deploy.compact.BitmapLinear`): CPU, fp32."""
+
+    name = "bitmap"
+    module = BitmapLinear
+
+
+class NM24Format(KernelFormat):
+    """2:4 sparsity on CPU (:class:`~audit.deploy.compact.NM24Linear`): fp32 weights with 2 of every 4 inputs zero."""
+
+    name = "nm24"
+    module = NM24Linear
+
+    def worth_noting(self, weight: torch.Tensor) -> bool:
+        return is_2_4(weight)
+
+    def applies_to(
+        self, weight: torch.Tensor, density: float, config: DeployConfig
+    ) -> tuple[list[Candidate], list[str]]:
+        if not is_2_4(weight):
+            return [], ["nm24: weight is not 2:4 sparse"]
+        return [("nm24", 0.5)], []
+
+    def synthetic(
+        self, recorded: str, shape: tuple[int, int], density: float, *, device: str, dtype: Any = None
+    ) -> torch.Tensor:
+        return synthetic_2_4(shape, device=device, dtype=dtype or torch.float32)
 
 
 class CSRFormat(DeployFormat):

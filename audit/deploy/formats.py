@@ -54,6 +54,16 @@ BUILTIN_FORMATS: tuple[FormatSpec, ...] = (
         "audit.deploy.format_classes:KernelFormat",
         "the compiled feature-major CSR SpMM kernel (CPU, fp32)",
     ),
+    FormatSpec(
+        "bitmap",
+        "audit.deploy.format_classes:BitmapFormat",
+        "compiled kernel: a bit per input + packed fp32 values (CPU, fp32; built for batch-1 decode)",
+    ),
+    FormatSpec(
+        "nm24",
+        "audit.deploy.format_classes:NM24Format",
+        "compiled kernel: 2:4 sparsity, a bit per input + 2 fp32 values per 4 inputs (CPU, fp32)",
+    ),
     FormatSpec("csr", "audit.deploy.format_classes:CSRFormat", "torch's CSR tensor with int32 indices"),
     FormatSpec(
         "bsr",

@@ -75,6 +75,9 @@ class KernelLib:
         for fn in (lib.pa_spmm_u16, lib.pa_spmm_i32):
             fn.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _P]
             fn.restype = None
+        lib.pa_compact_mm.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I]
+        lib.pa_compact_mm.restype = None
+        lib.pa_compact_avx512.restype = ctypes.c_int
         lib.pa_work_floats.argtypes = [_I, _I]
         lib.pa_work_floats.restype = ctypes.c_int64
         lib.pa_simd_width.restype = ctypes.c_int
@@ -215,6 +218,30 @@ def _self_test(lib: KernelLib) -> str | None:
             err = float(np.abs(y - ref).max())
             if not np.isfinite(err) or err > 1e-3:
                 return f"self-test failed (n={n}, index {idx.dtype}): max error {err:.3g}"
+    return _self_test_compact(lib, rng, w, b)
+
+
+def _self_test_compact(lib: KernelLib, rng: np.random.Generator, w: np.ndarray, b: np.ndarray) -> str | None:
+    """The bitmap format (``pa_compact_mm``, vector and scalar path) against numpy."""
+    out_f, in_f = w.shape
+    nb = (in_f + 15) // 16
+    keep = np.zeros((out_f, nb * 16), dtype=np.uint32)
+    keep[:, :in_f] = w != 0
+    masks = (keep.reshape(out_f, nb, 16) << np.arange(16, dtype=np.uint32)).sum(-1).astype(np.uint16)
+    rowptr = np.concatenate([[0], np.cumsum((w != 0).sum(1))]).astype(np.int32)
+    vals = np.concatenate([w[w != 0], np.zeros(16)]).astype(np.float32)  # 16 floats of padding
+    for n in (1, 3):
+        x = rng.standard_normal((n, in_f)).astype(np.float32)
+        ref = x.astype(np.float64) @ w.T.astype(np.float64) + b
+        for scalar in (0, 1):
+            y = np.empty((n, out_f), dtype=np.float32)
+            lib.lib.pa_compact_mm(
+                rowptr.ctypes.data, masks.ctypes.data, vals.ctypes.data, b.ctypes.data,
+                x.ctypes.data, y.ctypes.data, n, in_f, out_f, 1, scalar,
+            )  # fmt: skip
+            err = float(np.abs(y - ref).max())
+            if not np.isfinite(err) or err > 1e-3:
+                return f"self-test failed (bitmap, n={n}, scalar={scalar}): max error {err:.3g}"
     return None
 
 

@@ -9,6 +9,8 @@ records; which format applies where, and how it converts and reloads, is
 * ``kernel``: :class:`KernelLinear`, CSR rows of the weight with int32 row pointers and
   uint16 column indices (int32 when ``in_features`` > 65535), run by the compiled
   feature-major SpMM kernel (:mod:`audit.deploy.kernel`).
+* ``bitmap`` and ``nm24`` (2:4 on CPU): compact formats for batch-1 decode, a bit per input
+  and packed fp32 values, run by the same compiled kernel (:mod:`audit.deploy.compact`).
 * ``csr``: :class:`TorchCSRLinear`, torch's CSR tensor with int32 indices (never the
   int64 default, which costs time and 50 % more bytes), ``torch.addmm(b, W, x.T).T``.
 * ``bsr<b>``: :class:`TorchBSRLinear`, torch's BSR tensor with ``b x b`` blocks.

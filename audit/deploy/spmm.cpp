@@ -24,6 +24,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #if defined(__AVX512F__)
 #define VW 16
@@ -159,6 +162,134 @@ static void spmm(const int32_t* rp, const IDX* ci, const float* val, const float
   }
 }
 
+
+// ---- compact formats: bitmap and 2:4 (nm24) -------------------------------------------
+// Both store, per row, one uint16 mask per 16 inputs (bit j of mask w: input 16w + j is
+// kept) and the kept fp32 values packed in input order. `bitmap` has int32 row pointers
+// into the values (any sparsity: 2.125 B per weight at 50 %); `nm24` has exactly 2 value
+// slots per group of 4 inputs (8 per full mask), so block w of row o starts at
+// o * (in / 2) + 8 w: no row pointers and no popcount chain (a group with fewer than 2
+// non-zeros stores explicit zeros). The values array ends with 16 floats of padding (the
+// vector path's loads may run past the last row). Per row the products go into 4 x 16 lane accumulators
+// (block w into accumulator w % 4, lane j), summed as ((a0 + a1) + (a2 + a3)) and then
+// lane-halves (8, 4, 2, 1): the AVX-512 path (vexpandps puts the packed values into
+// their lanes, FMA with the masked x) and the scalar path (fmaf, the same order) give
+// identical results, and every token of a batch gets the same order as a single token.
+
+static inline float reduce16(float* s) {
+  for (int h = 8; h >= 1; h >>= 1)
+    for (int j = 0; j < h; ++j) s[j] += s[j + h];
+  return s[0];
+}
+
+// One output: row o of the compact weight times one input vector x (in floats).
+static inline float compact_row_scalar(const uint16_t* __restrict mk, const float* __restrict val, int64_t off,
+                                       bool fixed, const float* __restrict x, int nb) {
+  float acc[4][16];
+  for (int a = 0; a < 4; ++a)
+    for (int j = 0; j < 16; ++j) acc[a][j] = 0.f;
+  for (int w = 0; w < nb; ++w) {
+    const unsigned m = mk[w];
+    int64_t p = fixed ? off + 8 * (int64_t)w : off;
+    float* ac = acc[w & 3];
+    for (int j = 0; j < 16; ++j)
+      if (m >> j & 1u) {
+        ac[j] = __builtin_fmaf(val[p], x[16 * w + j], ac[j]);
+        ++p;
+      }
+    if (!fixed) off = p;
+  }
+  float s[16];
+  for (int j = 0; j < 16; ++j) s[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
+  return reduce16(s);
+}
+
+#if defined(__AVX512F__)
+// Values are read 16 (bitmap) or 8 (nm24) floats at a time from the block's first value and
+// expanded into the mask's lanes in registers (faster than vexpandps from memory on Zen 4),
+// so a load may run up to 16 floats past the row: the values array carries 16 floats of padding.
+static inline __m512 compact_values(const float* p, __mmask16 m, bool fixed) {
+  return fixed ? _mm512_maskz_expand_ps(m, _mm512_castps256_ps512(_mm256_loadu_ps(p)))
+               : _mm512_maskz_expand_ps(m, _mm512_loadu_ps(p));
+}
+
+// T tokens at once (x: T rows of `in` floats, results into s[T]): each block's values are
+// expanded once and multiplied with every token's input; per token the order of operations
+// is that of T = 1, so a token's result does not depend on the batch.
+template <int T>
+static inline void compact_rows_avx512(const uint16_t* __restrict mk, const float* __restrict val, int64_t off,
+                                       bool fixed, const float* __restrict x, int64_t in, int nb, float* res) {
+  __m512 acc[T][4];
+  for (int t = 0; t < T; ++t)
+    for (int a = 0; a < 4; ++a) acc[t][a] = _mm512_setzero_ps();
+  const float* p = val + off;
+  int w = 0;
+  for (; w + 4 <= nb; w += 4) {
+    const __mmask16 m0 = mk[w], m1 = mk[w + 1], m2 = mk[w + 2], m3 = mk[w + 3];
+    // the four blocks' value offsets from their popcounts (short dependency chain)
+    const float* p1 = fixed ? p + 8 : p + __builtin_popcount(m0);
+    const float* p2 = fixed ? p + 16 : p1 + __builtin_popcount(m1);
+    const float* p3 = fixed ? p + 24 : p2 + __builtin_popcount(m2);
+    const __m512 v0 = compact_values(p, m0, fixed), v1 = compact_values(p1, m1, fixed);
+    const __m512 v2 = compact_values(p2, m2, fixed), v3 = compact_values(p3, m3, fixed);
+    for (int t = 0; t < T; ++t) {
+      const float* xw = x + t * in + 16 * (int64_t)w;
+      acc[t][0] = _mm512_fmadd_ps(v0, _mm512_maskz_loadu_ps(m0, xw), acc[t][0]);
+      acc[t][1] = _mm512_fmadd_ps(v1, _mm512_maskz_loadu_ps(m1, xw + 16), acc[t][1]);
+      acc[t][2] = _mm512_fmadd_ps(v2, _mm512_maskz_loadu_ps(m2, xw + 32), acc[t][2]);
+      acc[t][3] = _mm512_fmadd_ps(v3, _mm512_maskz_loadu_ps(m3, xw + 48), acc[t][3]);
+    }
+    p = fixed ? p + 32 : p3 + __builtin_popcount(m3);
+  }
+  for (int k = 0; w < nb; ++w, ++k) {  // at most 3 blocks left: accumulators 0, 1, 2 (block w -> w % 4)
+    const __mmask16 m = mk[w];
+    const __m512 v = compact_values(p, m, fixed);
+    for (int t = 0; t < T; ++t)
+      acc[t][k] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, x + t * in + 16 * (int64_t)w), acc[t][k]);
+    p += fixed ? 8 : __builtin_popcount(m);
+  }
+  for (int t = 0; t < T; ++t) {
+    const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), _mm512_add_ps(acc[t][2], acc[t][3]));
+    float s[16] __attribute__((aligned(64)));
+    _mm512_store_ps(s, sum);
+    res[t] = reduce16(s);
+  }
+}
+#endif
+
+// y (n x out) = x (n x in) @ W^T + b for a compact weight; rp == NULL: nm24 (fixed stride).
+static void compact_mm(const int32_t* rp, const uint16_t* masks, const float* val, const float* bias, const float* x,
+                       float* y, int n, int in, int out, int nthreads, int scalar) {
+  if (n <= 0 || out <= 0) return;
+  const int nb = (in + 15) / 16;
+  const bool fixed = rp == nullptr;
+  const int64_t half = in / 2;
+#if !defined(__AVX512F__)
+  scalar = 1;
+#endif
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int o = 0; o < out; ++o) {
+    const uint16_t* mk = masks + (size_t)o * nb;
+    const int64_t off = fixed ? (int64_t)o * half : (int64_t)rp[o];
+    const float b = bias ? bias[o] : 0.f;
+    int t = 0;
+#if defined(__AVX512F__)
+    if (!scalar) {
+      float s[4];
+      for (; t + 4 <= n; t += 4) {
+        compact_rows_avx512<4>(mk, val, off, fixed, x + (size_t)t * in, in, nb, s);
+        for (int u = 0; u < 4; ++u) y[(size_t)(t + u) * out + o] = s[u] + b;
+      }
+      for (; t < n; ++t) {
+        compact_rows_avx512<1>(mk, val, off, fixed, x + (size_t)t * in, in, nb, s);
+        y[(size_t)t * out + o] = s[0] + b;
+      }
+    }
+#endif
+    for (; t < n; ++t) y[(size_t)t * out + o] = compact_row_scalar(mk, val, off, fixed, x + (size_t)t * in, nb) + b;
+  }
+}
+
 #define PA_EXPORT __attribute__((visibility("default")))
 
 extern "C" {
@@ -192,5 +323,21 @@ PA_EXPORT void pa_spmm_u16(const int32_t* rp, const uint16_t* ci, const float* v
 PA_EXPORT void pa_spmm_i32(const int32_t* rp, const int32_t* ci, const float* val, const float* bias, const float* x, float* y,
                  int n, int in, int out, int nthreads, float* work) {
   spmm<int32_t>(rp, ci, val, bias, x, y, n, in, out, nthreads, work);
+}
+
+// Compact formats (see compact_mm): rp == NULL selects nm24; scalar != 0 forces the
+// portable path (the AVX-512 path is used when compiled in and scalar == 0).
+PA_EXPORT void pa_compact_mm(const int32_t* rp, const uint16_t* masks, const float* val, const float* bias,
+                             const float* x, float* y, int n, int in, int out, int nthreads, int scalar) {
+  compact_mm(rp, masks, val, bias, x, y, n, in, out, nthreads, scalar);
+}
+
+// 1 when the compact formats' AVX-512 path is compiled in.
+PA_EXPORT int pa_compact_avx512(void) {
+#if defined(__AVX512F__)
+  return 1;
+#else
+  return 0;
+#endif
 }
 }
