@@ -186,7 +186,7 @@ def test_save_and_load_gives_identical_outputs(tiny_model_dir: Path, tmp_path: P
     with torch.no_grad():
         for m in layers:
             m.weight.copy_(_two_four(tuple(m.weight.shape)) if fmt == "nm24" else _sparse(tuple(m.weight.shape), 0.5))
-    conv = Converter(DeployConfig(force_format=fmt), TimingCache(None))
+    conv = Converter(DeployConfig(formats=[fmt], force_format=fmt), TimingCache(None))  # opt-in format
     conv.convert(model)
     assert sum(format_of(m) == fmt for m in model.modules()) == len(layers)
     path = save_deployed(model, tmp_path / "v", tokenizer=tok)

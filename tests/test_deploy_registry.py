@@ -63,7 +63,7 @@ def _sparse_weight(out_f: int = 16, in_f: int = 32, zero_row: bool = True) -> to
 
 
 def test_recorded_names_resolve_to_their_format_class() -> None:
-    assert DEFAULT_FORMATS == ("kernel", "bitmap", "nm24", "csr", "bsr", "semi24")
+    assert DEFAULT_FORMATS == ("kernel", "csr", "bsr", "semi24")  # bitmap and nm24 are opt-in (decode)
     assert spec_of("bsr16").name == "bsr" and isinstance(format_for("bsr16"), BSRFormat)
     assert isinstance(format_for("csr"), CSRFormat)
     assert format_for("dense").name == "dense"

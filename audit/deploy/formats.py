@@ -38,6 +38,9 @@ class FormatSpec(PluginSpec):
 
     parametric: bool = False
     """Recorded names are ``<name><int>`` (one per parameter value, e.g. ``bsr4`` ... ``bsr32``)."""
+    opt_in: bool = False
+    """Not in ``deploy.formats``' default: it only wins at decode token counts (``choose_tokens: [1]``),
+    so timing it at the default prefill counts would cost audit time for a format never chosen."""
 
     def accepts(self, recorded: str) -> bool:
         """Whether a recorded format name (``csr``, ``bsr16``) is this format's."""
@@ -58,11 +61,13 @@ BUILTIN_FORMATS: tuple[FormatSpec, ...] = (
         "bitmap",
         "audit.deploy.format_classes:BitmapFormat",
         "compiled kernel: a bit per input + packed fp32 values (CPU, fp32; built for batch-1 decode)",
+        opt_in=True,
     ),
     FormatSpec(
         "nm24",
         "audit.deploy.format_classes:NM24Format",
-        "compiled kernel: 2:4 sparsity, a bit per input + 2 fp32 values per 4 inputs (CPU, fp32)",
+        "compiled kernel: 2:4 sparsity, a bit per input + 2 fp32 values per 4 inputs (CPU, fp32; batch-1 decode)",
+        opt_in=True,
     ),
     FormatSpec("csr", "audit.deploy.format_classes:CSRFormat", "torch's CSR tensor with int32 indices"),
     FormatSpec(
@@ -80,7 +85,7 @@ BUILTIN_FORMATS: tuple[FormatSpec, ...] = (
 for _spec in BUILTIN_FORMATS:
     FORMATS.register(_spec)
 
-DEFAULT_FORMATS: tuple[str, ...] = tuple(s.name for s in BUILTIN_FORMATS)
+DEFAULT_FORMATS: tuple[str, ...] = tuple(s.name for s in BUILTIN_FORMATS if not s.opt_in)
 """``deploy.formats``' default, in the order candidates are tried (ties keep this order)."""
 
 
