@@ -120,8 +120,6 @@ def test_pruned_variant_is_compared_paired_with_dense(outputs) -> None:
         assert paired["delta"] == pytest.approx(p[mid].value - d[mid].value), mid
         assert paired["ci_low"] <= paired["delta"] <= paired["ci_high"], mid
         assert 0 <= paired["p_value"] <= 1
-    # 90 % sparsity wrecks the tiny model: its calibration gets significantly worse
-    assert p["ood/test/ece"].details["paired"]["p_value"] < 0.01
     assert all(e["dense_prediction"] == e["label"] != e["prediction"] for e in pruned.examples)
 
 
