@@ -23,7 +23,7 @@ from typing import Any
 
 log = logging.getLogger("bench.lm_decode")
 
-FORCED = {"unstructured": ("kernel", "csr"), "2:4": ("kernel",)}
+FORCED = {"unstructured": ("kernel", "bitmap", "csr"), "2:4": ("kernel", "nm24", "bitmap")}
 """Sparse formats each variant is forced onto: 2:4's own format (``semi24``) needs CUDA, so a 2:4 variant
 gets the compiled kernel only here (torch CSR, many times slower than the kernel at 1 token, is timed for
 the unstructured variants)."""
@@ -117,7 +117,9 @@ def decode_bench(
         family = "2:4" if v["point"]["method"] == "nm" or params.get("n") else "unstructured"
         for fmt in FORCED[family]:
             m = copy.deepcopy(masked)
-            conv = Converter(DeployConfig(force_format=fmt, timing_cache=False)).convert(m, keep_dense=keep)
+            conv = Converter(DeployConfig(formats=[fmt], force_format=fmt, timing_cache=False)).convert(
+                m, keep_dense=keep
+            )
             entries.append(
                 {
                     "variant": label,

@@ -109,6 +109,7 @@ runtime:
   n_boot: {args.n_boot}
 deploy:                      # formats chosen at 1 token (decode at batch 1 is the case timed)
   choose_tokens: [1]
+  formats: [kernel, bitmap, nm24, csr, bsr]   # bitmap and nm24: opt-in compact formats for decode
   timing_min_s: 0.05
   speed_rounds: {args.speed_rounds}
   speed_min_time_s: 0.05
@@ -316,7 +317,8 @@ def markdown(doc: dict[str, Any]) -> str:
             "pass; the spread is min–max over the rounds, × dense is the same-round ratio. *As deployed* is the saved "
             "variant with the formats the chooser picked; *forced* is the variant's masked-dense weights converted "
             "with `deploy.force_format` (every decoder-block Linear; LM head and embeddings stay dense). "
-            "2:4 variants are forced onto the kernel only; their own format is not timed: "
+            "Unstructured variants are forced onto the compiled kernel, bitmap and torch CSR; 2:4 variants onto the "
+            "kernel, nm24 and bitmap (the CPU 2:4 formats); PyTorch's own 2:4 format is not timed: "
             f"{dec['semi24']}.\n\n" + decode_table(dec)
         )
     return (
