@@ -196,3 +196,20 @@ def test_save_and_load_gives_identical_outputs(tiny_model_dir: Path, tmp_path: P
     batch = dict(tok(["a short text", "another, longer text to batch"], padding=True, return_tensors="pt"))
     with torch.inference_mode():
         assert torch.equal(back(**batch).logits, model(**batch).logits)
+
+
+@pytest.mark.parametrize("fmt", [DENSE, "kernel", "bitmap"])
+def test_a_decode_timing_streams_distinct_copies_of_the_weights_from_memory(
+    fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit.deploy import choose
+
+    monkeypatch.setattr(choose, "stream_bytes", lambda: 1 << 20)  # 1 MiB: 64x64 fp32 (16 KiB) needs 64 copies
+    timer = LayerTimer(TimingCache(tmp_path / "t.json"), threads=1)
+    decode = timer.prepare(fmt, (64, 64), 0.5, True, 1)
+    assert len(decode.modules) == 64 == timer.copies((64, 64), 1)
+    storage = {t.data_ptr() for m in decode.modules for t in m.state_dict().values() if t.numel() > 64}
+    assert len(storage) >= 64  # every copy has weights of its own: none is read from cache by the next call
+    first = decode()
+    assert all(torch.equal(decode(), first) for _ in range(63))  # the same layer, whichever copy computes it
+    assert len(timer.prepare(fmt, (64, 64), 0.5, True, choose.STREAM_TOKENS + 1).modules) == 1  # prefill: in cache

@@ -42,8 +42,49 @@ from audit.deploy.formats import DENSE
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
-"""2: figures from interleaved rounds (:meth:`LayerTimer.compare`); version-1 single timings are not reused."""
+CACHE_VERSION = 3
+"""2: figures from interleaved rounds (:meth:`LayerTimer.compare`); version-1 single timings are not reused.
+3: decode-sized token counts stream the weights from memory (:data:`STREAM_TOKENS`); earlier
+one-token figures, measured with the weights in cache, are not reused."""
+
+STREAM_TOKENS = 8
+"""At this many tokens or fewer (batch-1 decode and small batches), a layer is timed as a real decode
+runs it: each call reads a different copy of the weights, enough copies (:func:`stream_bytes` of dense
+weights) that they come from memory, not from cache. In a decode step every layer's weights are read
+once, and a model's weights are far larger than any cache, so a cache-resident timing would favour
+dense (its bytes are then free) over the formats whose point is reading fewer bytes."""
+
+MAX_COPIES = 256
+
+
+def stream_bytes() -> int:
+    """Bytes of dense weights a streamed timing sweeps: twice the last-level cache, at least 64 MiB."""
+    largest = 0
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            largest = max(largest, int(digits) * scale)
+    return max(2 * largest, 64 << 20)
+
+
+class StreamedCall:
+    """One layer call per invocation, cycling through ``modules`` (copies of one layer) on the same input."""
+
+    def __init__(self, modules: list[nn.Module], x: torch.Tensor) -> None:
+        self.modules = modules
+        self.x = x
+        self._next = 0
+
+    def __call__(self) -> Any:
+        module = self.modules[self._next]
+        self._next = (self._next + 1) % len(self.modules)
+        with torch.inference_mode():
+            return module(self.x)
 
 
 # -- the decision ------------------------------------------------------------------------
@@ -254,18 +295,27 @@ class LayerTimer:
     def prepare(
         self, fmt: str, shape: tuple[int, int], density: float, bias: bool, tokens: int, *, dtype: Any = None
     ) -> Any:
-        """A no-argument call of ``fmt`` on a synthetic weight of this shape and density, warmed up."""
+        """A no-argument call of ``fmt`` on a synthetic weight of this shape and density, warmed up.
+
+        At :data:`STREAM_TOKENS` or fewer tokens on a CPU the call cycles through enough copies of
+        the layer that its weights come from memory (the same number of copies for every format:
+        as many as :func:`stream_bytes` of dense weights takes, at most :data:`MAX_COPIES`).
+        """
         w = format_for(fmt).synthetic(fmt, shape, density, device=self.device, dtype=dtype)
         b = torch.randn(shape[0], device=self.device, dtype=w.dtype) if bias else None
-        module = build_module(fmt, w, b)
-        x = torch.randn(tokens, shape[1], device=self.device, dtype=w.dtype)
-
-        def call() -> Any:
-            with torch.inference_mode():
-                return module(x)
-
-        call()  # warm-up: lazy inits, page faults, workspace growth
+        copies = self.copies(shape, tokens, w.element_size())
+        modules = [build_module(fmt, w, b) for _ in range(copies)]
+        call = StreamedCall(modules, torch.randn(tokens, shape[1], device=self.device, dtype=w.dtype))
+        for _ in range(copies):
+            call()  # warm-up: lazy inits, page faults, workspace growth (every copy once)
         return call
+
+    def copies(self, shape: tuple[int, int], tokens: int, element_size: int = 4) -> int:
+        """How many copies of a layer a timing cycles through (1: the weights stay in cache)."""
+        if self.device != "cpu" or tokens > STREAM_TOKENS:
+            return 1
+        dense_bytes = shape[0] * shape[1] * element_size
+        return max(1, min(MAX_COPIES, math.ceil(stream_bytes() / dense_bytes)))
 
     def time(self, call: Any) -> float:
         """Seconds per call of a prepared call: the fastest block (load only ever slows a block)."""
