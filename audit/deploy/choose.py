@@ -8,6 +8,8 @@ round; a candidate's speed-up is the median of its same-round ratios,
 shape, density, bias, token count, threads, CPU, torch version and kernel build, so a
 shape/density pair is measured once per machine and every later run on that machine
 makes the same choice from the same figures (a run never re-times a cached configuration).
+At decode-sized token counts (:data:`STREAM_TOKENS`) each timed call reads another copy of the
+layer, so that its weights come from memory as they do in a real decode step.
 
 The decision (:func:`decide`) is a pure function of the timings: a sparse format is
 chosen only if it is at least ``min_speedup`` times faster than dense at *every*
