@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import nn
 from audit.deploy import choose as choose_mod
 from audit.deploy import spec
 from audit.deploy import speed as speed_mod
-from audit.deploy.choose import DENSE, LayerTimer, TimingCache
+from audit.deploy.choose import DENSE, LayerTimer, TimingCache, timing_key
 from audit.deploy.modules import TorchCSRLinear
 from audit.deploy.speed import identical_to_dense, measure_speed, median_ci
 from audit.results import DeploymentRecord, SpeedRecord
@@ -187,7 +188,17 @@ def test_the_format_choice_times_in_interleaved_rounds(monkeypatch: pytest.Monke
     assert order == [DENSE, "csr", "csr", DENSE, DENSE, "csr"]
     assert out[DENSE] == 1.0 and out["csr"] == pytest.approx(0.5)  # median same-round ratio 2.0
     assert timer.cached("csr", (32, 32), 0.1, True, 16) == pytest.approx(0.5)
-    assert choose_mod.CACHE_VERSION == 2  # single-shot figures of version 1 are not reused
+
+
+def test_timings_of_an_earlier_cache_version_are_not_reused(tmp_path: Path) -> None:
+    # version 1: single-shot figures; version 2: one-token figures measured with the weights in cache
+    path = tmp_path / "timings.json"
+    key = timing_key("bitmap", (64, 64), 0.5, True, 1, "env")
+    for old in (1, 2):
+        path.write_text(json.dumps({"version": old, "timings": {key: 1e-6}}), encoding="utf-8")
+        assert TimingCache(path).get(key) is None
+    path.write_text(json.dumps({"version": choose_mod.CACHE_VERSION, "timings": {key: 1e-6}}), encoding="utf-8")
+    assert TimingCache(path).get(key) == 1e-6
 
 
 def test_report_counts_layers_per_format_and_why_dense() -> None:
