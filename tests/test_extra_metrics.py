@@ -389,3 +389,17 @@ def test_the_list_form_of_suites_declares_the_same_extra_metric_as_the_mapping_f
     want = load_config(mapping).suites[0].extra_metrics
     assert [m.name for m in want] == ["bal_acc"]
     assert load_config(listed).suites[0].extra_metrics == want
+
+
+def test_the_shipped_example_module_is_balanced_accuracy() -> None:
+    from sklearn.metrics import balanced_accuracy_score
+
+    from audit.config import ExtraMetricConfig
+    from audit.extra_metrics import load_module
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "metrics" / "balanced_accuracy.py"
+    em = ExtraMetricConfig(path=str(path), key="balanced_accuracy", higher_is_better=True)
+    loaded = load_module("performance", 0, em, path)
+    refs, preds = [0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 0]
+    got = loaded.module.compute(predictions=preds, references=refs)["balanced_accuracy"]
+    assert got == pytest.approx(balanced_accuracy_score(refs, preds)) and got == pytest.approx((3 / 4 + 1 / 2) / 2)
