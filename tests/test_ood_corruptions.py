@@ -85,3 +85,23 @@ def test_synonym_uses_wordnet_and_keeps_case_and_inflection() -> None:
         assert second in C.wordnet_synonyms("movie")
     # stop words and negations are never swapped
     assert C.corrupt(["not the"], "synonym", rate=1.0, seed=0) == ["not the"]
+
+
+def test_synonyms_do_not_depend_on_the_order_nltk_gives_similar_tos(monkeypatch: pytest.MonkeyPatch) -> None:
+    # NLTK keeps a synset's "similar to" pointers in a set: their order follows the string hash seed
+    from nltk.corpus.reader.wordnet import Synset
+
+    from audit import resources
+
+    resources.require("wordnet")
+    words = ("fast", "cold", "bad", "last", "all", "quick", "hot")
+    C.wordnet_synonyms.cache_clear()
+    given = {w: C.wordnet_synonyms(w) for w in words}
+    assert sum(len(v) for v in given.values()) > len(words)  # real candidate lists were compared
+    original = Synset.similar_tos
+    monkeypatch.setattr(Synset, "similar_tos", lambda self: list(reversed(original(self))))
+    C.wordnet_synonyms.cache_clear()
+    try:
+        assert {w: C.wordnet_synonyms(w) for w in words} == given
+    finally:
+        C.wordnet_synonyms.cache_clear()

@@ -241,7 +241,9 @@ def wordnet_synonyms(word: str) -> tuple[str, ...]:
     for s in main[:3]:
         pool += list(s.lemmas())
         if s.pos() == "a":  # head adjectives list their near-synonyms as "similar to" satellites
-            pool += [t.lemmas()[0] for t in s.similar_tos()]
+            # NLTK keeps a synset's pointers in a set: without sorting, their order (and so the synonym
+            # drawn) follows the process's string hash seed, and two runs would corrupt differently
+            pool += [t.lemmas()[0] for t in sorted(s.similar_tos(), key=lambda t: t.name())]
     common: list[str] = []
     rare: list[str] = []
     for lm in pool:
