@@ -56,6 +56,21 @@ EXTRA = (
 )
 
 
+def _gated_config(tmp_path: Path, model_dir: Path, data_dir: Path, rules: str) -> Path:
+    """A one-variant (magnitude 90 %) audit of the performance suite with ``EXTRA``, gated by ``rules``."""
+    policy = tmp_path / "gate.yaml"
+    policy.write_text("name: gate\nrules:\n" + rules)
+    return write_config(
+        tmp_path / "audit.yaml",
+        model_dir,
+        data_dir,
+        sweep="sweep:\n  methods: [magnitude]\n  sparsities: [0.9]\n  seeds: [0]\n",
+        suites="suites:\n  performance:\n" + EXTRA,
+        policy=f"policy: {policy}\n",
+        deploy="deploy: {enabled: false}\n",
+    )
+
+
 def test_extra_metric_matches_sklearn_for_dense_groups_and_the_paired_delta(
     tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -75,16 +90,8 @@ def test_extra_metric_matches_sklearn_for_dense_groups_and_the_paired_delta(
         return sets
 
     monkeypatch.setattr(PerformanceSuite, "prediction_sets", spy)
-    policy = tmp_path / "gate.yaml"
-    policy.write_text("name: gate\nrules:\n  - {id: bal, metric: performance/*/bal_acc_delta, min: -100}\n")
-    cfg = write_config(
-        tmp_path / "audit.yaml",
-        tiny_model_dir,
-        tiny_data_dir,
-        sweep="sweep:\n  methods: [magnitude]\n  sparsities: [0.9]\n  seeds: [0]\n",
-        suites="suites:\n  performance:\n" + EXTRA,
-        policy=f"policy: {policy}\n",
-        deploy="deploy: {enabled: false}\n",
+    cfg = _gated_config(
+        tmp_path, tiny_model_dir, tiny_data_dir, "  - {id: bal, metric: performance/*/bal_acc_delta, min: -100}\n"
     )
     res = run_audit(load_config(cfg), write=False).result
     dense, variant = res.baseline, res.variants[0]
@@ -225,19 +232,11 @@ def test_a_module_that_raises_in_compute_is_an_error_verdict_naming_it_and_the_s
         tmp_path,
         text=BALANCED.replace("p, r = np.asarray", "raise ValueError('cannot score')\n        p, r = np.asarray"),
     )
-    policy = tmp_path / "gate.yaml"
-    policy.write_text(
-        "name: gate\nrules:\n  - {id: bal, metric: performance/*/bal_acc, min: 0}\n"
-        "  - {id: acc, metric: performance/*/accuracy, min: 0}\n"
-    )
-    cfg = write_config(
-        tmp_path / "audit.yaml",
+    cfg = _gated_config(
+        tmp_path,
         tiny_model_dir,
         tiny_data_dir,
-        sweep="sweep:\n  methods: [magnitude]\n  sparsities: [0.9]\n  seeds: [0]\n",
-        suites="suites:\n  performance:\n" + EXTRA,
-        policy=f"policy: {policy}\n",
-        deploy="deploy: {enabled: false}\n",
+        "  - {id: bal, metric: performance/*/bal_acc, min: 0}\n  - {id: acc, metric: performance/*/accuracy, min: 0}\n",
     )
     outcome = run_audit(load_config(cfg), write=False)
     dense = outcome.result.baseline

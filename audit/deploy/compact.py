@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from audit.deploy.modules import DeployedLinear, _bias_copy, _kernel
+from audit.deploy.modules import DeployedLinear, SemiStructuredLinear, _bias_copy, _kernel
 
 BLOCK = 16
 """Inputs per mask word."""
@@ -80,10 +80,8 @@ def nm24_slots(weight: torch.Tensor) -> torch.Tensor:
     return keep.reshape(out_f, in_f)
 
 
-def is_2_4(weight: torch.Tensor) -> bool:
-    """At most 2 non-zeros in every group of 4 consecutive inputs (``in_features`` divisible by 4)."""
-    out_f, in_f = weight.shape
-    return in_f % 4 == 0 and bool(((weight.detach() != 0).reshape(out_f, in_f // 4, 4).sum(-1) <= 2).all())
+is_2_4 = SemiStructuredLinear.is_2_4
+"""At most 2 non-zeros in every group of 4 consecutive inputs (in_features divisible by 4), as for CUDA 2:4."""
 
 
 class CompactLinear(DeployedLinear):

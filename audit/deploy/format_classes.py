@@ -169,26 +169,34 @@ class BitmapFormat(KernelFormat):
     module = BitmapLinear
 
 
-class NM24Format(KernelFormat):
-    """2:4 sparsity on CPU (:class:`~audit.deploy.compact.NM24Linear`): fp32 weights with 2 of every 4 inputs zero."""
+class _TwoFour:
+    """Shared by the 2:4 formats: they apply to, are worth noting for, and time on 2:4 weights only."""
 
-    name = "nm24"
-    module = NM24Linear
+    name: ClassVar[str]
+    synthetic_dtype: ClassVar[torch.dtype]
 
     def worth_noting(self, weight: torch.Tensor) -> bool:
-        return is_2_4(weight)
+        return is_2_4(weight)  # 2:4 kernels only matter for 2:4 weights
 
     def applies_to(
         self, weight: torch.Tensor, density: float, config: DeployConfig
     ) -> tuple[list[Candidate], list[str]]:
         if not is_2_4(weight):
-            return [], ["nm24: weight is not 2:4 sparse"]
-        return [("nm24", 0.5)], []
+            return [], [f"{self.name}: weight is not 2:4 sparse"]
+        return [(self.name, 0.5)], []
 
     def synthetic(
         self, recorded: str, shape: tuple[int, int], density: float, *, device: str, dtype: Any = None
     ) -> torch.Tensor:
-        return synthetic_2_4(shape, device=device, dtype=dtype or torch.float32)
+        return synthetic_2_4(shape, device=device, dtype=dtype or self.synthetic_dtype)
+
+
+class NM24Format(_TwoFour, KernelFormat):
+    """2:4 sparsity on CPU (:class:`~audit.deploy.compact.NM24Linear`): fp32 weights with 2 of every 4 inputs zero."""
+
+    name = "nm24"
+    module = NM24Linear
+    synthetic_dtype = torch.float32
 
 
 class CSRFormat(DeployFormat):
@@ -233,11 +241,12 @@ class BSRFormat(DeployFormat):
         return synthetic_weight(shape, density, block=self.block(recorded), device=device, dtype=dtype)
 
 
-class Semi24Format(DeployFormat):
+class Semi24Format(_TwoFour, DeployFormat):
     """PyTorch's 2:4 semi-structured sparsity: CUDA, fp16/bf16, weights with 2 of every 4 inputs zero."""
 
     name = "semi24"
     module = SemiStructuredLinear
+    synthetic_dtype = torch.float16
 
     def unavailable(self, device: str, dtype: torch.dtype) -> str | None:
         if device != "cuda":
@@ -245,21 +254,6 @@ class Semi24Format(DeployFormat):
         if dtype not in (torch.float16, torch.bfloat16):
             return f"semi24: needs fp16/bf16 weights for 2:4 (weights are {dtype})"
         return None
-
-    def worth_noting(self, weight: torch.Tensor) -> bool:
-        return SemiStructuredLinear.is_2_4(weight)  # 2:4 kernels only matter for 2:4 weights
-
-    def applies_to(
-        self, weight: torch.Tensor, density: float, config: DeployConfig
-    ) -> tuple[list[Candidate], list[str]]:
-        if not SemiStructuredLinear.is_2_4(weight):
-            return [], ["semi24: weight is not 2:4 sparse"]
-        return [("semi24", 0.5)], []
-
-    def synthetic(
-        self, recorded: str, shape: tuple[int, int], density: float, *, device: str, dtype: Any = None
-    ) -> torch.Tensor:
-        return synthetic_2_4(shape, device=device, dtype=dtype)
 
     def load(
         self,
