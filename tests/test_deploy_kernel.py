@@ -83,6 +83,42 @@ def test_kernel_int32_indices_and_edge_cases() -> None:
     assert torch.equal(m.dense_weight(), wide)
 
 
+@needs_compiler
+@pytest.mark.parametrize("density", [0.5, 0.1])  # 64-token panels in feature blocks; 32-token panels
+@pytest.mark.parametrize("n", [33, 64, 128, 129])
+def test_prefill_tiles_and_feature_blocks_match_dense(density: float, n: int) -> None:
+    """In features 600 at 50 % density split into blocks of 128 (the last one ragged),
+    out features 70 leave a ragged row block and 16 x 16 transposes with edges."""
+    w = _masked((70, 600), density, seed=n)
+    w[5] = 0.0  # an empty row
+    w[6, :590] = 0.0  # a row whose non-zeros all sit in the last block
+    b = torch.randn(70)
+    x = torch.randn(n, 600)
+    mod = KernelLinear.from_linear(w, b)
+    torch.testing.assert_close(mod(x), torch.nn.functional.linear(x, w, b), atol=1e-4, rtol=1e-5)
+
+
+@needs_compiler
+def test_a_build_without_avx512_computes_spmm_correctly(tmp_path: Path) -> None:
+    """The portable build (scalar transposes, narrower vectors) agrees with dense on the prefill path."""
+    import ctypes
+
+    cxx = kmod._compiler()
+    assert cxx is not None
+    flags = [*kmod.BASE_FLAGS, *kmod.ARCH_FLAGS, "-mno-avx512f", *kmod.OMP_FLAGS]
+    ok, err = kmod._compile(cxx, flags, kmod.SOURCE, tmp_path / "portable.so")
+    assert ok, err
+    lib = kmod.KernelLib(ctypes.CDLL(str(tmp_path / "portable.so")), kmod.KernelStatus(True, ""))
+    assert lib.lib.pa_simd_width() < 16
+    for density in (0.5, 0.1):
+        w = _masked((50, 300), density)
+        rowptr, cols, vals = csr_arrays(w)
+        b = torch.randn(50)
+        x = torch.randn(100, 300)
+        y = lib.spmm(rowptr, cols.to(torch.int32), vals, b, x, 50)
+        torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b), atol=1e-4, rtol=1e-5)
+
+
 def test_unavailable_kernel_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PRUNE_AUDIT_KERNEL", "off")
     kmod._reset_for_tests()
