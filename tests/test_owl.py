@@ -155,3 +155,12 @@ def test_owl_through_the_causal_lm_adapter_on_a_tiny_llama() -> None:
     assert [b.block for b in rec.profile.blocks] == ["model.layers.0", "model.layers.1", "model.layers.2"]
     assert rec.profile.weighted_target == pytest.approx(0.5, abs=1e-6)
     assert all(b.layers == 7 for b in rec.profile.blocks)
+
+
+def test_magnitude_with_owl_needs_calibration_data(tiny_model_dir: Path) -> None:
+    from audit.errors import UsageError
+
+    p = pruner("magnitude", profile="owl")
+    with pytest.raises(UsageError, match="needs calibration data"):
+        p.validate(_model(tiny_model_dir), ctx(0.5, None))
+    assert pruner("magnitude").needs_calibration is False
