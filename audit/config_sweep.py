@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from audit.config_base import StrictModel, _err, plugin_params
 from audit.deploy.formats import DEFAULT_FORMATS, DENSE, FORMATS, is_known
@@ -101,6 +101,26 @@ class SweepConfig(StrictModel):
                 )
         if len(set(values)) != len(values):
             raise _err("sparsity_dup", f"sweep.sparsities has duplicates: {values}")
+        return values
+
+    @field_validator("sparsities")
+    @classmethod
+    def _owl_band(cls, values: list[float], info: ValidationInfo) -> list[float]:
+        """A method with ``profile: owl`` keeps every block sparsity ``S ± lambda`` in [0, 1) at every level."""
+        for i, method in enumerate(info.data.get("methods") or []):
+            owl = method.params.get("owl") if method.params.get("profile") == "owl" else None
+            if not owl:
+                continue
+            lam = float(owl["lambda"])
+            bad = next((v for v in values if not (v - lam >= 0.0 and v + lam < 1.0)), None)
+            if bad is not None:
+                raise _err(
+                    "owl_lambda",
+                    f"sweep.methods[{i}] ({method.name}, profile owl): lambda {lam:g} at sparsity {bad:g} gives "
+                    f"block sparsities in [{bad - lam:g}, {bad + lam:g}]; every S_l must be in [0, 1)",
+                    f"lambda must be at most {min(min(values), 1.0 - max(values) - 1e-9):.4g} for these "
+                    "sparsities (owl.lambda), or drop the offending level",
+                )
         return values
 
     @field_validator("seeds")

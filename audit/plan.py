@@ -31,8 +31,13 @@ class SweepPoint:
 
     @property
     def label(self) -> str:
-        """Method plus non-default params, e.g. ``magnitude[scope=global]``."""
-        return f"{self.method}[{self.variant}]" if self.variant else self.method
+        """Method (``-owl`` under the OWL profile) plus non-default params, e.g. ``magnitude[scope=global]``."""
+        method = (
+            f"{self.method}-{self.params['profile']}"
+            if self.params.get("profile", "uniform") != "uniform"
+            else self.method
+        )
+        return f"{method}[{self.variant}]" if self.variant else method
 
     @property
     def id(self) -> str:
@@ -116,8 +121,13 @@ def _variant_label(method: str, params: dict[str, Any]) -> str:
     except Exception:  # noqa: BLE001 - params without defaults: label every param
         defaults = {}
     parts = []
+    owl = params.get("owl") if params.get("profile") == "owl" else None
+    if owl:  # the profile is in the label's method part; OWL's own settings as M=, lambda= when not the default
+        from audit.pruning.specs import OwlParams
+
+        parts += [f"{k}={v:g}" for k, v in owl.items() if OwlParams().model_dump(mode="json").get(k) != v]
     for key in sorted(params):
-        if defaults.get(key, object()) == params[key]:
+        if key in ("profile", "owl") or defaults.get(key, object()) == params[key]:
             continue
         value = params[key]
         text = value if isinstance(value, (str, int, float, bool)) else canonical_json(value)

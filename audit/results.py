@@ -109,6 +109,32 @@ class CalibrationRecord(Record):
     tokens: int | None = None
 
 
+class BlockProfileRecord(Record):
+    """One transformer block under a layer-wise sparsity profile (OWL)."""
+
+    block: str
+    index: int
+    weights: int = Field(description="Weights of the block's layers the profile allocated.")
+    layers: int
+    outlier_ratio: float = Field(description="D_l: fraction of the block's Wanda scores above M x their mean.")
+    target_sparsity: float = Field(description="S_l, given to every allocated layer of the block.")
+    achieved_sparsity: float
+
+
+class ProfileRecord(Record):
+    """A layer-wise sparsity profile's decision (absent from the record under ``uniform``)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    name: str
+    M: float
+    lambda_: float = Field(alias="lambda")
+    target_sparsity: float
+    weighted_target: float = Field(description="Mean of the blocks' S_l weighted by their weights (= the target).")
+    achieved_sparsity: float = Field(description="Zeros / weights over the allocated layers.")
+    blocks: list[BlockProfileRecord] = Field(default_factory=list)
+
+
 class PruningRecord(Record):
     """Every pruning decision for one sweep point, counted on the real tensors."""
 
@@ -131,6 +157,14 @@ class PruningRecord(Record):
     mask_fingerprint: str | None = None
     wall_time_s: float = 0.0
     notes: list[str] = Field(default_factory=list)
+    profile: ProfileRecord | None = Field(None, description="The layer-wise sparsity profile (omitted: uniform).")
+
+    @model_serializer(mode="wrap")
+    def _drop_uniform(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("profile") is None:
+            data.pop("profile", None)
+        return data
 
 
 class EquivalenceRecord(Record):

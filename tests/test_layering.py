@@ -18,7 +18,7 @@ PACKAGES = ("audit", "suites", "reports")
 
 MAX_LINES = 600
 LONG_FILES: dict[str, str] = {
-    "audit/results.py": "the versioned results.json schema, every record in one module (616 lines with the time split)",
+    "audit/results.py": "the versioned results.json schema, every record in one module (652 lines with OWL records)",
 }
 """Files allowed over :data:`MAX_LINES`, each with its stated reason."""
 

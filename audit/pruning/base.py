@@ -174,6 +174,11 @@ class Pruner:
             )
         if self.nm is not None:
             check_nm(layers, ctx, self.name, *self.nm)
+        owl = getattr(self.params, "owl_params", None)
+        if owl is not None:
+            from audit.pruning.owl import check_owl
+
+            check_owl(model, float(ctx.sparsity), owl.lambda_, self.name)
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruningRecord:
         """Prune ``model`` in place for one point and return its record (the template)."""
@@ -182,9 +187,17 @@ class Pruner:
         selection = Selection(layers, layer_targets(layers, ctx.sparsity, ctx.layers), ctx.sparsity)
         if self.needs_calibration and ctx.calibration is None:
             raise self._no_calibration()
+        owl = getattr(self.params, "owl_params", None)
+        plan = None
+        if owl is not None:
+            from audit.pruning.owl import owl_note, owl_selection
+
+            selection, plan = owl_selection(model, selection, self.calibration(ctx), owl.M, owl.lambda_)
         applied = self.apply(model, selection, ctx)
+        if plan is not None:
+            applied.notes.insert(0, owl_note(plan))
         recorded = applied.recorded or selection
-        return build_record(
+        record = build_record(
             model=model,
             spec=self.spec,
             params=self.params,
@@ -195,6 +208,7 @@ class Pruner:
             shapes=applied.shapes,
             notes=applied.notes,
         )
+        return record if plan is None else record.model_copy(update={"profile": plan.record(record.layers)})
 
     def apply(self, model: nn.Module, selection: Selection, ctx: PruneContext) -> Applied:
         """The method itself: prune ``selection`` (in place) and say what it did."""

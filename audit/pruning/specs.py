@@ -25,12 +25,71 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from audit.registry import PRUNERS, PluginParams, PrunerSpec
 
 
-class MagnitudeParams(PluginParams):
+class OwlParams(BaseModel):
+    """OWL's hyper-parameters (Yin et al. 2024, arXiv:2310.05175): outlier threshold ``M``
+    (a score is an outlier above ``M`` times its block's mean score) and the band ``lambda``
+    (every block's sparsity stays within ``[S - lambda, S + lambda]``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    M: float = Field(5.0, gt=0.0, le=1e6, description="Outlier threshold, in multiples of the block's mean score.")
+    lambda_: float = Field(
+        0.08, alias="lambda", gt=0.0, lt=0.5, description="Half-width of the band of block sparsities around S."
+    )
+
+
+PROFILES = ("uniform", "owl")
+
+
+class _Profiled(PluginParams):
+    """A layer-wise sparsity profile: ``uniform`` (every layer at the sweep level) or ``owl``.
+
+    ``owl`` gives each transformer block its own sparsity from its share of outlier Wanda
+    scores (calibration data needed, also for magnitude); ``owl:`` sets ``M`` and ``lambda``.
+    Under ``uniform`` the two fields are left out of the params (and the store key).
+    """
+
+    profile: Literal["uniform", "owl"] = Field(
+        "uniform", description="uniform: every layer at the sweep level; owl: per-block OWL sparsities."
+    )
+    owl: OwlParams | None = Field(None, description="OWL's M and lambda (profile: owl; default M 5, lambda 0.08).")
+
+    @model_validator(mode="after")
+    def _profile(self) -> _Profiled:
+        if self.profile == "uniform" and self.owl is not None:
+            raise ValueError("owl settings are given but profile is uniform; set profile: owl, or drop owl")
+        if self.profile == "owl":
+            if self.owl is None:
+                object.__setattr__(self, "owl", OwlParams())
+            if getattr(self, "n", None) is not None:
+                raise ValueError("profile owl sets each block's sparsity, an N:M pattern fixes it: use one of them")
+            if getattr(self, "scope", "layer") == "global":
+                raise ValueError(
+                    "profile owl sets each block's sparsity, scope global shares one threshold: use scope layer"
+                )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _drop_uniform(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("profile") == "uniform":
+            data.pop("profile", None)
+            data.pop("owl", None)
+        return data
+
+    @property
+    def owl_params(self) -> OwlParams | None:
+        """OWL's settings when the profile is owl, else None."""
+        return self.owl if self.profile == "owl" else None
+
+
+class MagnitudeParams(_Profiled):
     """Unstructured magnitude pruning (L1 of single weights).
 
     Deterministic: the seed does not change the mask.
@@ -89,7 +148,7 @@ class NMParams(_NMPattern):
         return self
 
 
-class WandaParams(_NMPattern):
+class WandaParams(_NMPattern, _Profiled):
     """Wanda (Sun et al. 2023): score ``|W_ij| * ||X_j||_2`` with ``X`` the layer's input
     activations on the calibration set, compared within each output row; optionally
     N:M. Blocks are processed in order, each one seeing the outputs of the already
@@ -104,7 +163,7 @@ class WandaParams(_NMPattern):
     """
 
 
-class SparseGPTParams(_NMPattern):
+class SparseGPTParams(_NMPattern, _Profiled):
     """SparseGPT (Frantar & Alistarh 2023): one-shot pruning with second-order weight
     updates. ``H = 2 X X^T`` from calibration inputs, dampened by ``percdamp`` times its
     mean diagonal; columns are processed in blocks of ``blocksize`` with lazy batched
@@ -211,8 +270,12 @@ def _importance(params: StructuredParams) -> bool:
     return params.criterion == "importance"
 
 
+def _owl(params: MagnitudeParams) -> bool:
+    return params.profile == "owl"
+
+
 MAGNITUDE = _builtin(
-    "magnitude", "MagnitudePruner", MagnitudeParams, ("unstructured",),
+    "magnitude", "MagnitudePruner", MagnitudeParams, ("unstructured", "profile"), calibration_when=_owl,
     summary="Unstructured magnitude pruning (|w|), layer-wise or global; torch.nn.utils.prune.",
     criterion="|w| (L1 magnitude)",
 )  # fmt: skip
@@ -222,12 +285,13 @@ NM = _builtin(
     criterion="|w| within each group of m consecutive inputs",
 )  # fmt: skip
 WANDA = _builtin(
-    "wanda", "WandaPruner", WandaParams, ("unstructured", "n:m", "calibration"), nm=True, needs_calibration=True,
+    "wanda", "WandaPruner", WandaParams, ("unstructured", "n:m", "calibration", "profile"), nm=True,
+    needs_calibration=True,
     summary="Wanda: |W|·||X|| with calibration activations, per output row; optionally N:M.",
     criterion="|W_ij|·||X_j||_2 per output row (Sun et al. 2023)",
 )  # fmt: skip
 SPARSEGPT = _builtin(
-    "sparsegpt", "SparseGPTPruner", SparseGPTParams, ("unstructured", "n:m", "calibration"), nm=True,
+    "sparsegpt", "SparseGPTPruner", SparseGPTParams, ("unstructured", "n:m", "calibration", "profile"), nm=True,
     needs_calibration=True,
     summary="SparseGPT one-shot second-order pruning with weight reconstruction; optionally N:M.",
     criterion="w²/[H⁻¹]²_jj per block with OBS updates (Frantar & Alistarh 2023)",

@@ -92,6 +92,28 @@ def variant_row(v: VariantResult) -> dict[str, Any]:
         "warnings": list(v.warnings),
         "notes": [*(p.notes if p else []), *(d.notes if d else [])],
         "wall_time": fmt(v.wall_time_s, 1),
+        "profile": profile_view(p.profile) if p and p.profile else None,
+    }
+
+
+def profile_view(profile: Any) -> dict[str, Any]:
+    """A layer-wise sparsity profile's per-block table (OWL: D_l, S_l, achieved)."""
+    return {
+        "name": profile.name,
+        "summary": f"{profile.name} (M {profile.M:g}, λ {profile.lambda_:g}): weighted mean of S_l "
+        f"{profile.weighted_target:.6f} for target {profile.target_sparsity:g}, achieved "
+        f"{profile.achieved_sparsity:.4f}",
+        "blocks": [
+            {
+                "block": b.block,
+                "weights": f"{b.weights:,}",
+                "layers": b.layers,
+                "outlier_ratio": f"{100 * b.outlier_ratio:.3f} %",
+                "target": fmt(b.target_sparsity, 4),
+                "achieved": fmt(b.achieved_sparsity, 4),
+            }
+            for b in profile.blocks
+        ],
     }
 
 
