@@ -97,7 +97,7 @@ def _print_outcome(outcome: object) -> None:
             typer.echo(f"max compliant sparsity for {method_display(method)}: {'none' if s is None else f'{s:.2f}'}")
     if outcome.units_reused:
         computed = outcome.units_total - outcome.units_reused
-        _say(f"store: {outcome.units_reused} of {outcome.units_total} unit(s) reused, {computed} computed")
+        _say(f"store: {outcome.units_reused} of {outcome.units_total} units reused, {computed} computed")
     for name, path in outcome.files.items():
         _say(f"{name}: {path}")
 

@@ -84,7 +84,9 @@ def run_audit(
     keys = session.unit_keys()
     stored = sum(store.has(k) for k in keys) if reading else 0
     if reading:
-        log.info("resuming: %d of this run's %d unit(s) are in %s", stored, len(keys), store.root)
+        log.info(
+            "resuming: %d finished unit(s) in %s (%d of this run's %d)", store.entries(), store.root, stored, len(keys)
+        )
     if stored < len(keys):  # something is computed: set up before any work (bad suite data fails here)
         session.setup()
     executor = get_executor(config)
@@ -93,7 +95,7 @@ def run_audit(
     outcome.units_total = len(keys)
     outcome.units_reused = sum(o.reused for o in outcomes)
     log.info(
-        "audit finished in %.1fs: %d of %d unit(s) reused from the store, %d computed",
+        "audit finished in %.1fs (store: %d of %d units reused, %d computed)",
         time.perf_counter() - t_run,
         outcome.units_reused,
         outcome.units_total,
