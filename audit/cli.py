@@ -95,6 +95,9 @@ def _print_outcome(outcome: object) -> None:
         _say(f"verdict: {v.status} under policy {v.policy} ({counts})")
         for method, s in sorted(v.max_compliant_sparsity.items()):
             typer.echo(f"max compliant sparsity for {method_display(method)}: {'none' if s is None else f'{s:.2f}'}")
+    if outcome.units_reused:
+        computed = outcome.units_total - outcome.units_reused
+        _say(f"store: {outcome.units_reused} of {outcome.units_total} units reused, {computed} computed")
     for name, path in outcome.files.items():
         _say(f"{name}: {path}")
 

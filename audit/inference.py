@@ -9,9 +9,11 @@ its ``logits`` are one row of class logits per text.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +71,22 @@ class Predictor:
         self._cache_size = cache_size
         self.forward_calls = 0
         self.examples_seen = 0
+        self._shared: tuple[Any, dict[str, np.ndarray]] | None = None
+
+    @contextlib.contextmanager
+    def shared_logits(self, model: Any) -> Iterator[None]:
+        """Inside, ``model``'s logits on a set of texts are computed once and handed out again.
+
+        The runner opens it around the suites of one point (the model is not changed while they
+        run), so the eval set that the performance, ood and bias suites all score is scored once
+        per variant. Outside it, and for any other model, nothing is kept.
+        """
+        previous = self._shared
+        self._shared = (model, {})
+        try:
+            yield
+        finally:
+            self._shared = previous
 
     def derive(self, *, batch_size: int, cache_size: int = 1) -> Predictor:
         """A predictor that scores as this one does, with another batch size and encoding cache.
@@ -161,6 +179,17 @@ class Predictor:
         self, model: Any, texts: list[str], pairs: list[str] | None = None, batch_size: int | None = None
     ) -> np.ndarray:
         """Logits ``[n, num_labels]`` in the original order of ``texts``."""
+        memo = self._shared[1] if self._shared is not None and self._shared[0] is model else None
+        if memo is not None:
+            key = _key(texts, pairs, self.max_length, batch_size or self.batch_size)
+            if key in memo:
+                return memo[key].copy()
+        result = self._logits(model, texts, pairs, batch_size)
+        if memo is not None:
+            memo[key] = result.copy()
+        return result
+
+    def _logits(self, model: Any, texts: list[str], pairs: list[str] | None, batch_size: int | None) -> np.ndarray:
         enc = self.encode(texts, pairs, batch_size)
         if enc.n == 0:
             num = int(getattr(getattr(model, "config", None), "num_labels", 2))

@@ -77,13 +77,28 @@ def run_audit(
             for p in preflighted.points[1:]:
                 safe_join(out_dir, "variants", p.id)
     progress = progress if progress is not None else Progress()
-    session = prepare(config, preflighted=preflighted)
+    session = prepare(config, preflighted=preflighted, setup=False)
     session.write = write
     store = ResultStore(out_dir / STORE_DIR) if write else None
-    if store is not None and resume:
-        log.info("resuming: %d finished unit(s) in %s", store.entries(), store.root)
+    reading = store is not None and resume
+    keys = session.unit_keys()
+    stored = sum(store.has(k) for k in keys) if reading else 0
+    if reading:
+        log.info(
+            "resuming: %d finished unit(s) in %s (%d of this run's %d)", store.entries(), store.root, stored, len(keys)
+        )
+    if stored < len(keys):  # something is computed: set up before any work (bad suite data fails here)
+        session.setup()
     executor = get_executor(config)
     outcomes = executor.run(session, store=store, resume=resume, progress=progress)
     outcome = finish(session, outcomes, command=command, write=write, formats=formats, paths=paths)
-    log.info("audit finished in %.1fs", time.perf_counter() - t_run)
+    outcome.units_total = len(keys)
+    outcome.units_reused = sum(o.reused for o in outcomes)
+    log.info(
+        "audit finished in %.1fs (store: %d of %d units reused, %d computed)",
+        time.perf_counter() - t_run,
+        outcome.units_reused,
+        outcome.units_total,
+        outcome.units_total - outcome.units_reused,
+    )
     return outcome

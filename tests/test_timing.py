@@ -93,7 +93,10 @@ def test_time_split_recorded_adds_up_and_survives_the_store(
     again = run_audit(load_config(path), command="test", formats=["json"], resume=True).result
     t0, t1 = first.variants[0].timing, again.variants[0].timing
     assert sorted(t1.reused) == ["deploy", "fakeattack", "idle", "performance", "prune"]
-    assert t1.suites == t0.suites and t1.prune_s == first.variants[0].pruning.wall_time_s
+    assert t1.suites == t0.suites and (t1.prune_s, t1.deploy_s) == (
+        first.variants[0].timing.prune_s,
+        first.variants[0].timing.deploy_s,
+    )
     assert t1.overhead_s == pytest.approx(t1.total_s, abs=1e-9)
 
 

@@ -31,6 +31,10 @@ class RunOutcome:
     verdict: Verdict | None
     output_dir: Path
     files: dict[str, Path] = field(default_factory=dict)
+    units_total: int = 0
+    """The run's units of work (each variant's pruning and deployment, each suite on each point)."""
+    units_reused: int = 0
+    """How many of them came from the result store (``--resume``); the rest were computed."""
 
     @property
     def exit_code(self) -> ExitCode:
@@ -72,7 +76,8 @@ def _stages_run(session: Session) -> tuple[str, ...]:
     """The stages this session ran on its variants (the runner holds a context for each one it runs)."""
     from audit.deploy.spec import STAGE as DEPLOY_STAGE
 
-    return (DEPLOY_STAGE.name,) if session.deploy_ctx is not None else ()
+    deploys = session.config.deploy.enabled and len(session.points) > 1  # also when every unit came from the store
+    return (DEPLOY_STAGE.name,) if deploys else ()
 
 
 def _info(suite: str, m: Any) -> MetricInfo:

@@ -6,6 +6,7 @@ a broken point records its error and never loses the others.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import json
@@ -95,6 +96,8 @@ def run_point(
             stored_point = got[0] if got is not None else None
 
     need_model = any(s.name not in stored_suites for s in session.suites)
+    if need_model or (not point.is_baseline and stored_point is None):
+        session.setup()  # something is computed here: suites set up, points validated, deploy context
     model = session.dense
     if stored_point is not None:
         pr, dep = stored_point["pruning"], stored_point["deployment"]
@@ -102,7 +105,7 @@ def run_point(
         vr.deployment = DeploymentRecord.model_validate(dep) if dep else None
         vr.measurements.extend(Measurement.model_validate(m) for m in stored_point["measurements"])
         outcome.reused += 1
-        split.from_store(vr)
+        split.from_store(vr, stored_point.get("timing"))
     if not point.is_baseline and (stored_point is None or need_model):
         try:
             torch.manual_seed(point.seed)
@@ -144,44 +147,47 @@ def run_point(
                     "pruning": _jsonable(vr.pruning),
                     "deployment": _jsonable(vr.deployment),
                     "measurements": [_jsonable(m) for m in vr.measurements],
+                    "timing": {"prune_s": split.prune_s, "deploy_s": split.deploy_s},
                 },
             )
 
     variant = Variant(point=point, model=model, pruning=vr.pruning, deployment=vr.deployment)
-    for suite in session.suites:
-        if suite.name in stored_suites:
-            entry = stored_suites[suite.name]
-            out = _suite_output_from_store(entry["payload"], entry["arrays"])
-            outcome.reused += 1
-            split.suite_from_store(suite.name, entry["payload"].get("timing"))
-        else:
-            ctx = session.base_ctx.for_suite(None if point.is_baseline else (baseline or {}).get(suite.name))
-            try:
-                with measure_suite(model) as timed:
-                    out = suite.run(variant, ctx)
-            except UsageError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a crashed suite is an ERROR in the verdict
-                log.error("%s: suite %s crashed: %s", label, suite.name, exc)
-                vr.errors.append(_error(suite.name, exc))
+    shared = getattr(session.predictor, "shared_logits", None)  # the eval set is scored once per point
+    with shared(model) if shared is not None else contextlib.nullcontext():
+        for suite in session.suites:
+            if suite.name in stored_suites:
+                entry = stored_suites[suite.name]
+                out = _suite_output_from_store(entry["payload"], entry["arrays"])
+                outcome.reused += 1
+                split.suite_from_store(suite.name, entry["payload"].get("timing"))
+            else:
+                ctx = session.base_ctx.for_suite(None if point.is_baseline else (baseline or {}).get(suite.name))
+                try:
+                    with measure_suite(model) as timed:
+                        out = suite.run(variant, ctx)
+                except UsageError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a crashed suite is an ERROR in the verdict
+                    log.error("%s: suite %s crashed: %s", label, suite.name, exc)
+                    vr.errors.append(_error(suite.name, exc))
+                    split.suites[suite.name] = timed[0]
+                    continue
                 split.suites[suite.name] = timed[0]
-                continue
-            split.suites[suite.name] = timed[0]
-            log.debug("%s: %s took %.1fs", point.id, suite.name, timed[0].total_s)
-            extra_failed = _extra_metrics(session, suite, out, ctx, vr, label)
-            payload, arrays = _suite_output_to_store(out, keep_artifacts=point.is_baseline)
-            if payload is not None:
-                payload["timing"] = _jsonable(timed[0])
-            if payload is not None and not extra_failed:  # a failed extra metric is retried on resume
-                _save(keys.suite(point, suite.name), payload, arrays)
-        vr.measurements.extend(out.measurements)
-        vr.warnings.extend(out.warnings)
-        vr.not_applicable.update(out.not_applicable)
-        outcome.datasets.extend(out.datasets)
-        if out.examples:
-            vr.examples[suite.name] = out.examples
-        if point.is_baseline:
-            outcome.artifacts[suite.name] = out.artifacts
+                log.debug("%s: %s took %.1fs", point.id, suite.name, timed[0].total_s)
+                extra_failed = _extra_metrics(session, suite, out, ctx, vr, label)
+                payload, arrays = _suite_output_to_store(out, keep_artifacts=point.is_baseline)
+                if payload is not None:
+                    payload["timing"] = _jsonable(timed[0])
+                if payload is not None and not extra_failed:  # a failed extra metric is retried on resume
+                    _save(keys.suite(point, suite.name), payload, arrays)
+            vr.measurements.extend(out.measurements)
+            vr.warnings.extend(out.warnings)
+            vr.not_applicable.update(out.not_applicable)
+            outcome.datasets.extend(out.datasets)
+            if out.examples:
+                vr.examples[suite.name] = out.examples
+            if point.is_baseline:
+                outcome.artifacts[suite.name] = out.artifacts
     split.finish(vr, t0)
     if model is not session.dense:
         del model, variant
@@ -223,10 +229,15 @@ class _Split:
         if part in self.reused:
             self.reused.remove(part)
 
-    def from_store(self, vr: VariantResult) -> None:
-        """Pruning and deployment taken from the store: the seconds their records hold."""
-        self.prune_s = vr.pruning.wall_time_s if vr.pruning else 0.0
-        self.deploy_s = vr.deployment.wall_time_s if vr.deployment else 0.0
+    def from_store(self, vr: VariantResult, stored: dict[str, float] | None = None) -> None:
+        """Pruning and deployment taken from the store: the seconds of the run that made them
+        (units stored by older versions: the seconds their records hold).
+        """
+        if stored is not None:
+            self.prune_s, self.deploy_s = float(stored["prune_s"]), float(stored["deploy_s"])
+        else:
+            self.prune_s = vr.pruning.wall_time_s if vr.pruning else 0.0
+            self.deploy_s = vr.deployment.wall_time_s if vr.deployment else 0.0
         self.reused.extend(["prune", "deploy"])
 
     def suite_from_store(self, name: str, stored: dict[str, Any] | None) -> None:

@@ -201,6 +201,33 @@ class Session:
     """Whether outputs (saved variants, reports) are written."""
     extra_metrics: dict[str, list[Any]] = field(default_factory=dict)
     """Suite name -> its loaded extra metric modules (:class:`audit.extra_metrics.LoadedMetric`)."""
+    adapter: Any = None
+    ready: bool = False
+    """Whether :meth:`setup` ran (suites set up, points validated, deploy context made)."""
+
+    def setup(self) -> None:
+        """The work only a run that computes something needs, done once, before any unit is computed:
+        each suite's setup (its datasets, corruptions, counterfactuals), every point checked against
+        the dense model, and the deploy context. A run whose every unit is in the store skips it.
+        """
+        if self.ready:
+            return
+        for suite in self.suites:
+            suite.setup(self.base_ctx)
+        for point in self.points[1:]:  # every point is checked before any work starts
+            self.pruners[point.label].validate(self.dense, self.prune_ctx(point))
+        if len(self.points) > 1:
+            self.deploy_ctx = _deploy_context(self.config, self.eval_set, self.predictor, self.dense, self.adapter)
+        self.ready = True
+
+    def unit_keys(self) -> list[Any]:
+        """The store keys of every unit of this run: each variant's pruning and deployment, each suite on each point."""
+        out = []
+        for point in self.points:
+            if not point.is_baseline:
+                out.append(self.keys.point(point))
+            out.extend(self.keys.suite(point, s.name) for s in self.suites)
+        return out
 
     def prune_ctx(self, point: SweepPoint) -> Any:
         from audit.config import LayerSelection
@@ -215,8 +242,12 @@ class Session:
         )
 
 
-def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Session:
-    """Load the model, data, pruners, calibration and suites; validate every point before any work."""
+def prepare(config: AuditConfig, *, preflighted: Preflight | None = None, setup: bool = True) -> Session:
+    """Load the model, data, pruners, calibration and suites; validate every point before any work.
+
+    ``setup=False`` leaves :meth:`Session.setup` (suite setup, point validation, deploy context)
+    to the caller: a resumed run calls it only when some unit is not in the store.
+    """
     started_at = provenance.now_iso()
     pre = preflighted if preflighted is not None else preflight(config)
     configure_offline(config.offline)
@@ -297,9 +328,7 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
     suites = []
     for s in config.suites:
         spec = SUITES.get(s.name)
-        suite = spec.load()(spec, spec.params.model_validate(s.params))
-        suite.setup(base_ctx)
-        suites.append(suite)
+        suites.append(spec.load()(spec, spec.params.model_validate(s.params)))
 
     session = Session(
         config=config,
@@ -319,10 +348,10 @@ def prepare(config: AuditConfig, *, preflighted: Preflight | None = None) -> Ses
         paths=paths,
         started_at=started_at,
         extra_metrics=extra_metrics,
+        adapter=adapter,
     )
-    for point in points[1:]:  # every point is checked before any work starts
-        pruners[point.label].validate(dense, session.prune_ctx(point))
-    session.deploy_ctx = _deploy_context(config, eval_set, predictor, dense, adapter) if len(points) > 1 else None
+    if setup:
+        session.setup()
     return session
 
 
