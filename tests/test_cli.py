@@ -103,7 +103,8 @@ def test_validate_schema_ls_check_diff_do_not_import_torch(tmp_path: Path) -> No
         f"rc = [main(['validate', {str(cfg)!r}]), main(['schema', 'policy']), main(['ls', 'metrics']),"
         " main(['ls', 'policies']), main(['validate', 'policies/default.yaml']),"
         f" main(['check', {str(results)!r}, '--policy', 'strict', '-o', {str(out)!r}, '-f', 'all']),"
-        f" main(['diff', {str(results)!r}, {str(out / 'results.json')!r}, '--json', {str(tmp_path / 'diff.json')!r}])]\n"
+        f" main(['diff', {str(results)!r}, {str(out / 'results.json')!r},"
+        f" '--json', {str(tmp_path / 'diff.json')!r}])]\n"
         "assert rc == [0, 0, 0, 0, 0, 1, 1], rc\n"
         "heavy = [m for m in ('torch', 'transformers', 'datasets', 'textattack') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
@@ -209,3 +210,24 @@ def test_check_refuses_a_rule_on_no_known_metric_and_accepts_the_results_own_cat
     assert f"error: {policy}:3:" in r.stderr and "rule 'nope': metric 'thirdparty/*/scroe'" in r.stderr
     assert "did you mean 'thirdparty/*/score'?" in r.stderr
     assert not (tmp_path / "re").exists()
+
+
+def test_log_records_go_to_the_current_stderr_after_an_in_process_run_closed_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+    import logging
+
+    from audit.cli import _setup_logging
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # restored afterwards with the root's level
+    monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)
+    monkeypatch.setattr(logging, "raiseExceptions", True)
+    swapped = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", swapped)  # what CliRunner does for an in-process run
+    _setup_logging(0)
+    swapped.close()  # ... and closes when it is done
+    later = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", later)
+    logging.getLogger("audit.test").info("after the run")
+    assert later.getvalue().endswith("after the run\n")

@@ -20,7 +20,7 @@ SUITES = (
     "  bias:\n    counterfactual: {categories: [gender], max_texts: 20}\n"
 )
 UNITS = 1 + 3 * 2  # the variant's pruning and deployment, each of 3 suites on dense and the variant
-CLOCKS = {"started_at", "finished_at", "wall_time_s", "command", "total_s", "overhead_s", "reused"}
+CLOCKS = {"started_at", "finished_at", "evaluated_at", "wall_time_s", "command", "total_s", "overhead_s", "reused"}
 """What an unchanged re-run legitimately changes: this run's clocks (stored units keep their own seconds)."""
 
 
