@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from audit import timing
+
 log = logging.getLogger(__name__)
 
 
@@ -71,7 +73,7 @@ class Predictor:
         self._cache_size = cache_size
         self.forward_calls = 0
         self.examples_seen = 0
-        self._shared: tuple[Any, dict[str, np.ndarray]] | None = None
+        self._shared: tuple[Any, dict[str, tuple[np.ndarray, float]]] | None = None
 
     @contextlib.contextmanager
     def shared_logits(self, model: Any) -> Iterator[None]:
@@ -79,7 +81,8 @@ class Predictor:
 
         The runner opens it around the suites of one point (the model is not changed while they
         run), so the eval set that the performance, ood and bias suites all score is scored once
-        per variant. Outside it, and for any other model, nothing is kept.
+        per variant. Outside it, and for any other model, nothing is kept. Each kept set carries the
+        forward seconds it cost, credited to a later suite that is served it (:func:`audit.timing.credit_reused`).
         """
         previous = self._shared
         self._shared = (model, {})
@@ -180,13 +183,17 @@ class Predictor:
     ) -> np.ndarray:
         """Logits ``[n, num_labels]`` in the original order of ``texts``."""
         memo = self._shared[1] if self._shared is not None and self._shared[0] is model else None
-        if memo is not None:
-            key = _key(texts, pairs, self.max_length, batch_size or self.batch_size)
-            if key in memo:
-                return memo[key].copy()
+        if memo is None:
+            return self._logits(model, texts, pairs, batch_size)
+        key = _key(texts, pairs, self.max_length, batch_size or self.batch_size)
+        if key in memo:
+            kept, cost = memo[key]
+            timing.credit_reused(cost)  # the forwards this suite did not have to run again
+            return kept.copy()
+        f0 = timing.forward_seconds()
         result = self._logits(model, texts, pairs, batch_size)
-        if memo is not None:
-            memo[key] = result.copy()
+        f1 = timing.forward_seconds()
+        memo[key] = (result.copy(), 0.0 if f0 is None or f1 is None else f1 - f0)
         return result
 
     def _logits(self, model: Any, texts: list[str], pairs: list[str] | None, batch_size: int | None) -> np.ndarray:

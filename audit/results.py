@@ -339,8 +339,15 @@ class SuiteTiming(Record):
         "(total - inference - attack search).",
     )
     forward_calls: int = Field(0, description="Forward calls of the model (outermost; generate() steps each count).")
+    reused_inference_s: float = Field(
+        0.0,
+        description="Forward time of scores this suite took from an earlier suite of the same variant "
+        "instead of recomputing them (the eval set's logits, computed once per variant); not part of total_s.",
+    )
     forward_ratio: float | None = Field(
-        None, description="total_s / inference_s, for a suite that runs no attack (null otherwise)."
+        None,
+        description="total_s / (inference_s + reused_inference_s): the suite's time over the pure forward time "
+        "of the texts it evaluates, for a suite that runs no attack (null otherwise).",
     )
 
 

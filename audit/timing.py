@@ -8,6 +8,13 @@ inference without knowing the family. Nested root calls are timed once (the oute
 
 An attack loop marks itself with :func:`attack_section`: the wall time inside it is the
 suite's ``attack_s``, and the forward time spent inside it its ``attack_inference_s``.
+
+Scores computed once and handed to a later suite of the same variant (the eval set that
+performance, ood and bias all score) carry the forward time they cost: a predictor reads
+it with :func:`forward_seconds` when it computes them and hands it on with
+:func:`credit_reused` when it serves them again, so each suite's ``forward_ratio`` is its
+time over the pure forward time of the texts it evaluates, whether it ran those forwards
+or took them from an earlier suite.
 :func:`measure_suite` installs both around one suite's ``run`` and returns its
 :class:`audit.results.SuiteTiming`; the hooks are removed when it ends, even on error.
 """
@@ -70,9 +77,23 @@ class SuiteClock:
     forwards: ForwardClock = field(default_factory=ForwardClock)
     attack_s: float | None = None
     attack_inference_s: float = 0.0
+    reused_inference_s: float = 0.0
 
 
 _ACTIVE: ContextVar[SuiteClock | None] = ContextVar("prune_audit_suite_clock", default=None)
+
+
+def forward_seconds() -> float | None:
+    """The running suite's forward seconds so far (None outside :func:`measure_suite`)."""
+    clock = _ACTIVE.get()
+    return None if clock is None else clock.forwards.seconds
+
+
+def credit_reused(seconds: float) -> None:
+    """Count ``seconds`` of forwards the running suite took from an earlier one instead of running them."""
+    clock = _ACTIVE.get()
+    if clock is not None and seconds > 0:
+        clock.reused_inference_s += seconds
 
 
 @contextlib.contextmanager
@@ -115,7 +136,8 @@ def suite_timing(total: float, clock: SuiteClock, *, hooked: bool = True) -> Sui
     inference = clock.forwards.seconds if hooked else None
     search = 0.0 if clock.attack_s is None else max(0.0, clock.attack_s - clock.attack_inference_s)
     statistics = max(0.0, total - (inference or 0.0) - search)
-    ratio = total / inference if clock.attack_s is None and inference else None
+    pure = (inference or 0.0) + clock.reused_inference_s
+    ratio = total / pure if clock.attack_s is None and inference is not None and pure > 0 else None
     return SuiteTiming(
         total_s=total,
         inference_s=inference,
@@ -123,6 +145,7 @@ def suite_timing(total: float, clock: SuiteClock, *, hooked: bool = True) -> Sui
         attack_inference_s=clock.attack_inference_s if clock.attack_s is not None else None,
         statistics_s=statistics,
         forward_calls=clock.forwards.calls,
+        reused_inference_s=clock.reused_inference_s,
         forward_ratio=ratio,
     )
 

@@ -107,7 +107,12 @@ def test_report_protocol_shows_the_time_split() -> None:
         total_s=10.0,
         prune_s=1.25,
         deploy_s=2.5,
-        suites={"performance": SuiteTiming(total_s=4.4, inference_s=4.0, statistics_s=0.4, forward_ratio=1.1)},
+        suites={
+            "performance": SuiteTiming(total_s=4.4, inference_s=4.0, statistics_s=0.4, forward_ratio=1.1),
+            "bias": SuiteTiming(
+                total_s=0.6, inference_s=0.1, statistics_s=0.5, reused_inference_s=0.4, forward_ratio=1.2
+            ),
+        },
         overhead_s=1.85,
     )
     html = render(res)
@@ -116,4 +121,29 @@ def test_report_protocol_shows_the_time_split() -> None:
     assert "<h3>Time split</h3>" in section and f"<code>{v.id}</code>" in section
     assert '<td>performance</td><td class="num">4.40</td><td class="num">4.00</td>' in section
     assert "1.10×" in section and '<td>overhead</td><td class="num">1.85</td>' in section
-    assert "largest 1.10× (performance on " in section
+    assert "largest 1.20× (bias on " in section and "0.40 s of forwards shared by an earlier suite" in section
+
+
+def test_a_suite_served_shared_logits_is_credited_their_forward_time(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from audit.inference import Predictor
+    from audit.timing import measure_suite
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    pred = Predictor(AutoTokenizer.from_pretrained(tiny_model_dir), max_length=32, batch_size=4)
+    texts = [f"review number {i} was {'good' if i % 2 else 'bad'}" for i in range(10)]
+    with pred.shared_logits(model):
+        with measure_suite(model) as first:
+            a = pred.logits(model, texts)
+        with measure_suite(model) as second:
+            b = pred.logits(model, texts)
+            c = pred.logits(model, texts[:3])  # not shared: scored here
+    one, two = first[0], second[0]
+    assert (a == b).all() and one.reused_inference_s == 0.0 and one.forward_calls == 3
+    assert two.forward_calls == 1 and two.reused_inference_s == one.inference_s > 0
+    assert two.forward_ratio == pytest.approx(two.total_s / (two.inference_s + one.inference_s), rel=1e-12)
+    assert c.shape == (3, model.config.num_labels)
+    with measure_suite(model) as outside:  # outside the shared scope nothing is kept or credited
+        pred.logits(model, texts)
+    assert outside[0].reused_inference_s == 0.0 and outside[0].forward_calls == 3

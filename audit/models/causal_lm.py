@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from audit import timing
 from audit.errors import ModelError, UsageError
 from audit.fingerprint import dir_sha256, short
 from audit.inference import Predictor, _key
@@ -84,7 +85,7 @@ class LMPredictor(Predictor):
     ) -> None:
         super().__init__(tokenizer, max_length=max_length, batch_size=batch_size, device=device, cache_size=cache_size)
         self.zero_shot = zero_shot
-        self._scores: OrderedDict[tuple[int, str], tuple[Any, np.ndarray]] = OrderedDict()
+        self._scores: OrderedDict[tuple[int, str], tuple[Any, np.ndarray, float]] = OrderedDict()
         self._score_cache = score_cache
 
     def derive(self, *, batch_size: int, cache_size: int = 1) -> LMPredictor:
@@ -140,9 +141,11 @@ class LMPredictor(Predictor):
         hit = self._scores.get(key)
         if hit is not None and hit[0]() is model:
             self._scores.move_to_end(key)
+            timing.credit_reused(hit[2])  # the scoring forwards this suite did not run again
             return hit[1].copy()
         if not contexts:
             return np.zeros((0, len(zs.choices)), dtype=np.float64)
+        f0 = timing.forward_seconds()
         scores = score_choices(
             model,
             self.tokenizer,
@@ -157,7 +160,8 @@ class LMPredictor(Predictor):
         self.forward_calls += 1
         self.examples_seen += len(contexts)
         if self._score_cache > 0:
-            self._scores[key] = (weakref.ref(model), out)
+            f1 = timing.forward_seconds()
+            self._scores[key] = (weakref.ref(model), out, 0.0 if f0 is None or f1 is None else f1 - f0)
             while len(self._scores) > self._score_cache:
                 self._scores.popitem(last=False)
         return out.copy()

@@ -29,6 +29,9 @@ def _suite_row(name: str, t: SuiteTiming, reused: bool) -> dict[str, Any]:
             x
             for x in (
                 f"{t.forward_calls} forward call{'s' if t.forward_calls != 1 else ''}",
+                f"{t.reused_inference_s:.2f} s of forwards shared by an earlier suite"
+                if t.reused_inference_s > 0
+                else "",
                 f"attack loop {t.attack_s:.2f} s, {t.attack_inference_s or 0.0:.2f} s of it inference"
                 if t.attack_s is not None
                 else "",
