@@ -365,6 +365,11 @@ class VariantTiming(Record):
     deploy_s: float = Field(0.0, description="Deployment: format choice, conversion, equivalence and speed timing.")
     suites: dict[str, SuiteTiming] = Field(default_factory=dict)
     overhead_s: float = 0.0
+    suites_forward_ratio: float | None = Field(
+        None,
+        description="The suites that run no attack together: their total_s / their inference_s, so the "
+        "forwards of a set scored once and shared count once (null when none timed a forward).",
+    )
     reused: list[str] = Field(
         default_factory=list, description="Parts (prune, deploy, suite names) reused from the result store."
     )

@@ -460,14 +460,15 @@ def disparity_differences(
 ) -> dict[str, dict[str, Any]]:
     """Demographic-parity and equalized-odds differences of a binary task, with CIs.
 
-    Point values come from fairlearn (``demographic_parity_difference``,
-    ``equalized_odds_difference``: the largest between-group gap in selection rate,
-    and the larger of the TPR and FPR gaps). CIs are percentile bootstraps that
+    Point values come from one fairlearn ``MetricFrame`` (selection rate, TPR and FPR per
+    group), as ``demographic_parity_difference`` and ``equalized_odds_difference`` define
+    them: the largest between-group gap in selection rate, and the larger of the TPR and
+    FPR gaps. CIs are percentile bootstraps that
     resample examples within each group (group sizes fixed); with the same ``seed`` and
     groups, two models get the same resamples, and ``return_boot`` adds the resampled
     values (``"boot"``) for a paired comparison.
     """
-    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+    from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
 
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     y_true = np.asarray(y_true, dtype=np.int64)
@@ -475,8 +476,17 @@ def disparity_differences(
     feature = np.asarray(feature, dtype=object).astype(str)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dp = float(demographic_parity_difference(y_true, y_pred, sensitive_features=feature))
-        eo = float(equalized_odds_difference(y_true, y_pred, sensitive_features=feature))
+        # one frame for both: fairlearn's demographic_parity_difference is the selection-rate
+        # difference between groups, its equalized_odds_difference (worst case) the larger of
+        # the TPR and FPR differences, each computed from a MetricFrame of its own
+        gaps = MetricFrame(
+            metrics={"sel": selection_rate, "tpr": true_positive_rate, "fpr": false_positive_rate},
+            y_true=y_true,
+            y_pred=y_pred,
+            sensitive_features=feature,
+        ).difference(method="between_groups")
+        dp = float(gaps["sel"])
+        eo = float(max(gaps["tpr"], gaps["fpr"]))
     uniq, codes = _group_codes(feature)
     dp_boot = eo_boot = None
     if n_boot > 0 and len(uniq) > 1:

@@ -159,6 +159,8 @@ def variant_timing(
     reused: list[str],
 ) -> VariantTiming:
     """A variant's split; ``overhead_s`` is ``total`` less every part measured in this run (not ``reused``)."""
+    plain = [s for s in suites.values() if s.attack_s is None and s.inference_s is not None]
+    inference = sum(s.inference_s or 0.0 for s in plain)
     accounted = sum(s.total_s for name, s in suites.items() if name not in reused)
     accounted += (0.0 if "prune" in reused else prune_s) + (0.0 if "deploy" in reused else deploy_s)
     return VariantTiming(
@@ -167,5 +169,6 @@ def variant_timing(
         deploy_s=deploy_s,
         suites=suites,
         overhead_s=max(0.0, total - accounted),
+        suites_forward_ratio=sum(s.total_s for s in plain) / inference if inference > 0 else None,
         reused=reused,
     )

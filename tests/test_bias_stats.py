@@ -85,3 +85,18 @@ def test_benjamini_hochberg_by_hand() -> None:
     assert np.allclose(q[np.isfinite(p)], out)
     assert np.isnan(q[4])
     assert (stats.benjamini_hochberg(p, method="by")[np.isfinite(p)] >= q[np.isfinite(p)]).all()
+
+
+def test_disparities_match_fairlearn_when_a_group_has_no_positives() -> None:
+    rng = np.random.default_rng(1)
+    g = np.repeat(["a", "b", "c"], 40)
+    y = rng.integers(0, 2, 120)
+    y[g == "b"] = 0  # TPR is undefined for b: fairlearn's own convention must carry over
+    p = rng.integers(0, 2, 120)
+    res = stats.disparity_differences(y, p, g, n_boot=0)
+    assert res["demographic_parity_difference"]["value"] == pytest.approx(
+        demographic_parity_difference(y, p, sensitive_features=g)
+    )
+    assert res["equalized_odds_difference"]["value"] == pytest.approx(
+        equalized_odds_difference(y, p, sensitive_features=g)
+    )

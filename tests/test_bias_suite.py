@@ -254,3 +254,30 @@ def test_bad_input_is_caught_at_setup_or_warned(audit: TinyAudit, tiny_data_dir:
     assert set(fpr.groups["country"]) == {"us"}  # still reported
     dp = next(m for m in out.measurements if m.metric == "demographic_parity_difference")
     assert "country" not in dp.details["by_feature"] and dp.details["feature"] == "gender"
+
+
+def test_dense_disparities_are_computed_once_and_every_variant_pairs_with_them(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit import stats
+    from suites.bias import disparities as mod
+
+    two = tiny_audit(tiny_model_dir, tiny_data_dir, tmp_path, sparsities=(0.5, 0.9))
+    calls: list[int] = []
+    real = stats.disparity_differences
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mod.stats, "disparity_differences", counted)
+    suite = two.suite("bias", {"counterfactual": {"enabled": False}})
+    dense, first, second = two.run(suite)
+    dp = [m for o in (dense, first, second) for m in o.measurements if m.metric == "demographic_parity_difference"]
+    n_feat = len(dp[0].details["by_feature"])
+    assert len(dp) == 3 and n_feat >= 2
+    # per feature: dense for itself, each variant for itself, and dense as the pairing side once (not per variant)
+    assert len(calls) == n_feat * 4 and len(suite.dense_disparities) == n_feat
+    for m in dp[1:]:
+        for feat, entry in m.details["by_feature"].items():
+            assert entry["paired"]["baseline"] == pytest.approx(dp[0].details["by_feature"][feat]["value"])

@@ -77,6 +77,9 @@ def test_time_split_recorded_adds_up_and_survives_the_store(
         assert t is not None and t.total_s == v.wall_time_s and t.reused == []
         assert min(t.prune_s, t.deploy_s, t.overhead_s) >= 0
         assert _parts(t) == pytest.approx(t.total_s, abs=1e-9)
+        assert t.suites_forward_ratio == pytest.approx(
+            (t.suites["performance"].total_s + t.suites["idle"].total_s) / t.suites["performance"].inference_s
+        )
         perf, idle, attack = t.suites["performance"], t.suites["idle"], t.suites["fakeattack"]
         assert perf.inference_s > 0 and perf.forward_calls > 0 and perf.forward_ratio >= 1.0
         assert idle.inference_s == 0 and idle.forward_calls == 0 and idle.forward_ratio is None
@@ -114,6 +117,7 @@ def test_report_protocol_shows_the_time_split() -> None:
             ),
         },
         overhead_s=1.85,
+        suites_forward_ratio=1.22,
     )
     html = render(res)
     section = html[html.index('<section id="protocol">') :]
@@ -121,6 +125,7 @@ def test_report_protocol_shows_the_time_split() -> None:
     assert "<h3>Time split</h3>" in section and f"<code>{v.id}</code>" in section
     assert '<td>performance</td><td class="num">4.40</td><td class="num">4.00</td>' in section
     assert "1.10×" in section and '<td>overhead</td><td class="num">1.85</td>' in section
+    assert '<td>suites without an attack</td><td class="num"></td>' in section and "1.22×" in section
     assert "largest 1.20× (bias on " in section and "0.40 s of forwards shared by an earlier suite" in section
 
 

@@ -71,6 +71,15 @@ def variant_timing(v: VariantResult) -> dict[str, Any] | None:
             )
         )
     rows.extend(_suite_row(name, s, name in t.reused) for name, s in t.suites.items())
+    if t.suites_forward_ratio is not None:
+        rows.append(
+            {
+                **_plain("suites without an attack", 0.0),
+                "total": "",
+                "ratio": f"{t.suites_forward_ratio:.2f}×",
+                "note": "together: their time / their own forwards (a set scored once and shared counts once)",
+            }
+        )
     rows.append(_plain("overhead", t.overhead_s, "model copy, store I/O, saving the variant, ..."))
     rows.append(_plain("total", t.total_s, "this run's wall time for the variant"))
     return {"id": v.id, "rows": rows}

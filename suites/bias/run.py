@@ -60,6 +60,7 @@ class BiasSuite(Suite):
 
     def setup(self, ctx: SuiteContext) -> None:
         self._setup_warnings: list[str] = []
+        self.dense_disparities: dict[str, dict[str, dict[str, Any]]] = {}  # suites/bias/disparities.py
         es = ctx.eval_set
         self.positive = self._positive_index(ctx)
         self.features = self._sensitive_features(es)
