@@ -14,7 +14,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 HYPERPARAMS: dict[str, Any] = {
-    "epochs": 2,
+    "epochs": 1,
     "learning_rate": 1e-4,
     "weight_decay": 0.01,
     "warmup_ratio": 0.1,
