@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +50,13 @@ def _spec(name: str, cls: type) -> SuiteSpec:
 
 
 @pytest.fixture
-def stub_suites(monkeypatch: pytest.MonkeyPatch) -> None:
+def stub_suites(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     SUITES._ensure_loaded()
     monkeypatch.setitem(SUITES._specs, "idle", _spec("idle", IdleSuite))
     monkeypatch.setitem(SUITES._specs, "fakeattack", _spec("fakeattack", FakeAttackSuite))
     MODELS.clear()
+    yield
+    MODELS.clear()  # the models seen must not outlive the test (test_executors counts live models)
 
 
 def _parts(t: VariantTiming) -> float:
