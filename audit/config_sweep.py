@@ -179,6 +179,15 @@ class DeployConfig(StrictModel):
     choose_tokens: list[int] = Field(
         default_factory=lambda: [128, 1024], description="Token counts (batch x sequence) at which formats are timed."
     )
+    regime_split_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Decide each layer's format per regime: the choose_tokens counts at or below this many tokens "
+        "are the decode regime, those above it the prefill regime, each decided under min_speedup on its own. A layer "
+        "whose regimes pick different formats holds both and routes each call by its token count (recorded as "
+        "<decode>|<prefill>, e.g. bitmap|kernel; its bytes are both formats'). choose_tokens must then list counts "
+        "on both sides (e.g. [1, 128]). Unset (default): one format per layer, faster at every count.",
+    )
     timing_min_s: float = Field(0.2, gt=0.0, le=60.0, description="Minimum timing time per format and token count.")
     timing_cache: bool = Field(True, description="Reuse format timings across runs (user cache directory).")
     probe_size: int = Field(64, ge=1, le=100_000, description="Eval examples in the equivalence probe batch.")
@@ -230,6 +239,22 @@ class DeployConfig(StrictModel):
         if not values or any(v < 1 for v in values):
             raise _err("choose_tokens", f"choose_tokens must list positive token counts, found {values}")
         return sorted(set(values))
+
+    @model_validator(mode="after")
+    def _regimes(self) -> DeployConfig:
+        split = self.regime_split_tokens
+        if split is not None:
+            decode = [t for t in self.choose_tokens if t <= split]
+            prefill = [t for t in self.choose_tokens if t > split]
+            if not decode or not prefill:
+                side = "at or below" if not decode else "above"
+                raise _err(
+                    "regime_split_tokens",
+                    f"regime_split_tokens {split} needs choose_tokens on both sides of it, but none of "
+                    f"{self.choose_tokens} is {side} {split}: list a decode count and a prefill count "
+                    f"(e.g. choose_tokens: [1, 128] with regime_split_tokens: 8), or unset regime_split_tokens",
+                )
+        return self
 
     @field_validator("formats")
     @classmethod

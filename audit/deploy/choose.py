@@ -40,7 +40,7 @@ from audit.deploy.format_classes import (  # noqa: F401 - the helpers are re-exp
     synthetic_2_4,
     synthetic_weight,
 )
-from audit.deploy.formats import DENSE
+from audit.deploy.formats import DENSE, regime_format
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,11 @@ class Decision:
     kept_dense: str | None = None
     """Why the layer stays dense, as a category (``DeploymentRecord.kept_dense``): ``no_zeros``,
     ``above_max_density``, ``no_speedup``, ``not_applicable`` or ``forced``; None when sparse."""
+    regimes: tuple[str, str] | None = None
+    """(decode format, prefill format) when the regimes chose differently (:func:`decide_regimes`);
+    ``format`` is then their :func:`~audit.deploy.formats.regime_format` name."""
+    split: int | None = None
+    """The regime split (tokens) of a per-regime decision."""
 
 
 def _fmt_time(seconds: float) -> str:
@@ -158,6 +163,41 @@ def decide(timings: dict[str, dict[int, float]], *, min_speedup: float = 1.1) ->
         1.0,
         timings,
         "no_speedup",
+    )
+
+
+def split_timings(
+    timings: dict[str, dict[int, float]], split: int
+) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]]]:
+    """(decode, prefill) timings: the token counts at or below ``split``, and those above it."""
+    decode = {f: {t: v for t, v in by.items() if t <= split} for f, by in timings.items()}
+    prefill = {f: {t: v for t, v in by.items() if t > split} for f, by in timings.items()}
+    return decode, prefill
+
+
+def decide_regimes(timings: dict[str, dict[int, float]], *, split: int, min_speedup: float = 1.1) -> Decision:
+    """:func:`decide` per regime: decode (token counts ≤ ``split``) and prefill (counts above it).
+
+    Each regime is decided on its own counts under the same ``min_speedup`` guard, so the layer is
+    never slower than dense in either regime. When both pick the same format that format is the
+    decision (``dense`` with ``kept_dense="no_speedup"`` when neither regime has a winner); when they
+    differ, the decision's ``format`` is ``<decode>|<prefill>`` and ``regimes`` holds both. The
+    reason gives both regimes' measured ratios.
+
+    Raises:
+        ValueError: ``timings`` has no dense token count on one side of ``split``.
+    """
+    decode_t, prefill_t = split_timings(timings, split)
+    if not decode_t.get(DENSE) or not prefill_t.get(DENSE):
+        raise ValueError(f"decide_regimes() needs dense timings at or below and above {split} tokens")
+    d = decide(decode_t, min_speedup=min_speedup)
+    p = decide(prefill_t, min_speedup=min_speedup)
+    reason = f"decode (<= {split} tokens): {d.reason}; prefill (> {split} tokens): {p.reason}"
+    if d.format == p.format:
+        kept = (d.kept_dense or p.kept_dense) if d.format == DENSE else None
+        return Decision(d.format, reason, d.speedup, timings, kept)
+    return Decision(
+        regime_format(d.format, p.format), reason, d.speedup, timings, regimes=(d.format, p.format), split=split
     )
 
 

@@ -23,10 +23,12 @@ from audit.deploy.choose import (
     TimingCache,
     build_module,
     decide,
+    decide_regimes,
 )
 from audit.deploy.format_classes import implementation, stored_bytes
 from audit.deploy.formats import DENSE, spec_of
-from audit.deploy.modules import DeployedLinear
+from audit.deploy.modules import DeployedLinear, top_level_linears
+from audit.deploy.regime import RegimeLinear, build_regime, check_regime_layer
 
 if TYPE_CHECKING:
     from audit.config import DeployConfig
@@ -181,9 +183,35 @@ class Converter:
             measured = timer.compare(cands, shape, has_bias, tokens, rounds=self.timing_rounds, dtype=weight.dtype)
             for f, v in measured.items():
                 timings[f][tokens] = v
-        decision = decide(timings, min_speedup=self.config.min_speedup)
+        split = self.config.regime_split_tokens
+        if split is not None:
+            decision = decide_regimes(timings, split=split, min_speedup=self.config.min_speedup)
+        else:
+            decision = decide(timings, min_speedup=self.config.min_speedup)
         decision.reason += note
         return decision, density
+
+    def check_regimes(self, name: str, module: RegimeLinear, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Both regimes of a per-regime layer against ``F.linear`` with its masked weight (:func:`check_regime_layer`).
+
+        Timed on 1 token and ``split`` tokens (decode) and ``split + 1`` and the largest timed count
+        (prefill), so that each side and the routing at the split are checked before any model-level
+        check (a classifier's probe batch runs the prefill side only).
+
+        Raises:
+            audit.deploy.verify.EquivalenceError: A side differs beyond the per-layer tolerance.
+        """
+        from audit.deploy.verify import EquivalenceError
+
+        split = module.split
+        tokens = sorted({1, split, split + 1, max(max(self.config.choose_tokens), split + 1)})
+        factor = self.config.tolerance_factor
+        for n, side, diff, tol in check_regime_layer(module, weight, bias, tokens, factor=factor):
+            if not diff <= tol:
+                raise EquivalenceError(
+                    f"layer {name} ({module.format}): its {side} side differs from the masked-dense layer at {n} "
+                    f"tokens by {diff:.3g} (tolerance {tol:.3g})"
+                )
 
     # -- converting ----------------------------------------------------------------------
     def convert(self, model: nn.Module, keep_dense: Collection[str] = ()) -> Conversion:
@@ -195,7 +223,7 @@ class Converter:
         result = Conversion()
         hits0, measured0 = self.cache.hits, self.cache.measured
         self.unavailable = {}  # notes are about this model's layers, not earlier conversions'
-        names = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, DeployedLinear))]
+        names = top_level_linears(model)
         for name, module in names:
             if isinstance(module, DeployedLinear):
                 result.layers.append(
@@ -221,10 +249,15 @@ class Converter:
             else:
                 decision, density = self.choose(weight, module.bias is not None)
             bytes_dense = weight.numel() * weight.element_size()
+            bias = None if module.bias is None else module.bias.detach()
             if decision.format == DENSE:
                 new: nn.Module = module
+            elif decision.regimes is not None and decision.split is not None:
+                new = build_regime(*decision.regimes, decision.split, weight, bias, module)
+                self.check_regimes(name, new, weight, bias)
+                _set_submodule(model, name, new)
             else:
-                new = build_module(decision.format, weight, None if module.bias is None else module.bias.detach())
+                new = build_module(decision.format, weight, bias)
                 _set_submodule(model, name, new)
             result.layers.append(
                 LayerDeployment(
@@ -239,7 +272,7 @@ class Converter:
                     kept_dense=decision.kept_dense if decision.format == DENSE else None,
                 )
             )
-            del weight, module, new
+            del weight, module, new, bias
         result.timings_measured = self.cache.measured - measured0
         result.timings_cached = self.cache.hits - hits0
         if result.timings_measured:

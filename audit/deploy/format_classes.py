@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from audit.deploy.compact import BitmapLinear, NM24Linear, is_2_4
-from audit.deploy.formats import DENSE, FORMATS, spec_of
+from audit.deploy.formats import DENSE, FORMATS, regime_parts, spec_of
 from audit.deploy.modules import (
     DeployedLinear,
     KernelLinear,
@@ -286,9 +286,21 @@ def implementation(name: str) -> DeployFormat:
 
 
 def format_for(recorded: str) -> DeployFormat:
-    """The format of a recorded name: ``dense``, ``csr``, ``bsr16`` (→ the ``bsr`` format) ..."""
+    """The format of a recorded name: ``dense``, ``csr``, ``bsr16`` (→ the ``bsr`` format) ...
+
+    A per-regime name (``bitmap|kernel``) gives :class:`audit.deploy.regime.RegimeFormat`, once both
+    of its formats are known (a :class:`~audit.errors.PluginError` otherwise).
+    """
     if recorded == DENSE:
         return DENSE_FORMAT
+    parts = regime_parts(recorded)
+    if parts is not None:
+        for part in parts:
+            if part != DENSE:
+                spec_of(part)  # an unknown side is a PluginError, as for a single format
+        from audit.deploy.regime import REGIME_FORMAT
+
+        return REGIME_FORMAT
     return implementation(spec_of(recorded).name)
 
 

@@ -28,6 +28,23 @@ from audit.registry import PluginSpec, Registry
 DENSE = "dense"
 """The recorded format of an ordinary ``nn.Linear``."""
 
+REGIME_SEP = "|"
+"""Joins the two formats of a layer deployed per regime (``deploy.regime_split_tokens``):
+``<decode format>|<prefill format>``, e.g. ``bitmap|kernel`` or ``bitmap|dense``."""
+
+
+def regime_format(decode: str, prefill: str) -> str:
+    """The recorded name of a layer that runs ``decode`` at decode token counts and ``prefill`` above them."""
+    return f"{decode}{REGIME_SEP}{prefill}"
+
+
+def regime_parts(recorded: str) -> tuple[str, str] | None:
+    """(decode format, prefill format) of a per-regime name (``bitmap|kernel``); None for a single format."""
+    if REGIME_SEP not in recorded:
+        return None
+    decode, _, prefill = recorded.partition(REGIME_SEP)
+    return decode, prefill
+
 
 @dataclass(frozen=True)
 class FormatSpec(PluginSpec):

@@ -30,7 +30,7 @@ from torch import nn
 
 from audit.deploy.format_classes import format_for
 from audit.deploy.formats import DENSE
-from audit.deploy.modules import DeployedLinear
+from audit.deploy.modules import DeployedLinear, top_level_linears
 from audit.errors import ModelError, PluginError
 from audit.results import DeploymentRecord
 
@@ -104,7 +104,7 @@ def save_deployed(
         layers: dict[str, dict[str, Any]] = {}
         tensors: dict[str, torch.Tensor] = {}
         prefixes: list[str] = []
-        for name, module in model.named_modules():
+        for name, module in top_level_linears(model):  # a per-regime layer's own modules are saved by it
             if isinstance(module, DeployedLinear):
                 layers[name] = {
                     "format": module.format,

@@ -421,3 +421,21 @@ class SemiStructuredLinear(DeployedLinear):
 def format_of(module: nn.Module) -> str:
     """The recorded format name of a layer (``dense`` for an ``nn.Linear``)."""
     return module.format if isinstance(module, DeployedLinear) else DENSE
+
+
+def top_level_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every ``nn.Linear`` and :class:`DeployedLinear` that is not inside a deployed layer.
+
+    A deployed layer may hold modules of its own (a per-regime layer holds one per regime,
+    :class:`audit.deploy.regime.RegimeLinear`); those are part of it, not layers of the model.
+    """
+    out: list[tuple[str, nn.Module]] = []
+    inside: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(p) for p in inside):
+            continue
+        if isinstance(module, (nn.Linear, DeployedLinear)):
+            out.append((name, module))
+        if isinstance(module, DeployedLinear):
+            inside.append(name + ".")
+    return out

@@ -37,9 +37,13 @@ def model_bytes(model: nn.Module) -> int:
 
     seen: set[int] = set()
     total = 0
-    for module in model.modules():
+    inside: list[str] = []  # a deployed layer's own modules (a per-regime layer's two) are in its stored_bytes
+    for name, module in model.named_modules():
+        if any(name.startswith(p) for p in inside):
+            continue
         tensors = list(module._parameters.values()) + list(module._buffers.values())
         if isinstance(module, DeployedLinear):
+            inside.append(name + ".")
             total += module.stored_bytes()
             tensors = [getattr(module, "bias", None)]
         for t in tensors:

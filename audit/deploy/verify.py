@@ -74,9 +74,9 @@ def tolerance_for(model: Any, reference: np.ndarray, *, factor: float = DEFAULT_
     """:func:`scaled_tolerance` for a deployed model: K, D and eps read from its layers."""
     from torch import nn
 
-    from audit.deploy.modules import DeployedLinear
+    from audit.deploy.modules import DeployedLinear, top_level_linears
 
-    sparse = [m for m in model.modules() if isinstance(m, DeployedLinear)]
+    sparse = [m for _, m in top_level_linears(model) if isinstance(m, DeployedLinear)]
     layers = sparse or [m for m in model.modules() if isinstance(m, nn.Linear)]
     k = max((int(m.in_features) for m in layers), default=1)
     dtype = next(model.parameters()).dtype
