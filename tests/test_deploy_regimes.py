@@ -318,3 +318,12 @@ def test_a_causal_lm_with_dispatching_layers_passes_logit_and_generation_checks(
     assert out.record.formats == {"bitmap|kernel": 14, DENSE: 1}  # 2 blocks x 7 layers; the LM head stays dense
     assert out.passed and out.record.equivalence.passed and out.record.generation.passed
     assert sides["decode"] > 0 and sides["prefill"] > 0  # the probe and the generation ran both regimes
+
+
+def test_the_report_counts_per_regime_layers_as_sparse_and_says_how_many() -> None:
+    from audit.results import DeploymentRecord
+    from reports.views.variants import ran_text
+
+    record = DeploymentRecord(formats={"bitmap|kernel": 12, "bitmap|dense": 2, DENSE: 1}, kept_dense={"no_zeros": 1})
+    text = ran_text(record)
+    assert text == "sparse 14 of 15 (14 with a format per regime, decode|prefill) · dense 1 (no zeros 1)"

@@ -18,6 +18,11 @@ wins. Otherwise the layer stays dense, and the reason says by how much the best
 sparse format lost. Sparse is therefore never chosen where it was measured slower, and
 the ``min_speedup`` margin (1.1 by default) keeps a format whose true speed-up is near
 1.0 from being chosen on one round's noise.
+
+With ``deploy.regime_split_tokens`` set, :func:`decide_regimes` makes that decision twice, on the
+token counts at or below the split (decode) and on those above it (prefill): a layer may then run
+one format at decode and another (or dense) at prefill (:mod:`audit.deploy.regime`), and is never
+slower than dense in either regime.
 """
 
 from __future__ import annotations

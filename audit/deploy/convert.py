@@ -5,6 +5,12 @@ variants are already physically smaller), a layer that is too dense stays dense
 without timing, and every other layer gets the format :func:`audit.deploy.choose.decide`
 picks from measured timings. The original module is replaced, so the masked-dense
 weights are freed as the conversion goes.
+
+With ``deploy.regime_split_tokens`` set, a layer whose decode and prefill regimes pick different
+formats (:func:`audit.deploy.choose.decide_regimes`) becomes a
+:class:`~audit.deploy.regime.RegimeLinear` holding both (a dense side keeps the original module),
+recorded as ``<decode>|<prefill>``, and is checked on inputs of both regimes against its masked
+weight before the model-level checks (:meth:`Converter.check_regimes`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ records; which format applies where, and how it converts and reloads, is
 * ``bsr<b>``: :class:`TorchBSRLinear`, torch's BSR tensor with ``b x b`` blocks.
 * ``semi24``: :class:`SemiStructuredLinear`, PyTorch's 2:4 semi-structured sparsity
   (CUDA only; fp16/bf16 weights).
+* ``<decode>|<prefill>`` (``bitmap|kernel``, ``bitmap|dense``): :class:`audit.deploy.regime.RegimeLinear`,
+  one format per regime, routed by the call's token count (``deploy.regime_split_tokens``).
 
 Every deployed module keeps its tensors as plain dense buffers (so ``state_dict`` and
 safetensors work), reports the bytes it stores, and can rebuild its dense weight (used

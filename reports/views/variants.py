@@ -131,13 +131,20 @@ _KEPT_DENSE_TEXT = {
 
 
 def ran_text(d: Any) -> str:
-    """What ran, in layers: ``sparse 30 of 38 · dense 8 (no zeros 2, above max_density 6)``."""
+    """What ran, in layers: ``sparse 30 of 38 · dense 8 (no zeros 2, above max_density 6)``.
+
+    A layer with a format per regime (``bitmap|kernel``, ``bitmap|dense``) is sparse in at least one
+    regime and counts as sparse; how many there are is said.
+    """
     total = sum(d.formats.values())
     if not total:
         return ""
     sparse = sum(n for f, n in d.formats.items() if f != "dense")
     identical = d.speed is not None and d.speed.identical
     text = f"sparse {sparse} of {total}" + (" (the dense model's computation)" if identical else "")
+    per_regime = sum(n for f, n in d.formats.items() if "|" in f)  # <decode>|<prefill> (deploy.regime_split_tokens)
+    if per_regime:
+        text += f" ({per_regime} with a format per regime, decode|prefill)"
     dense = d.formats.get("dense", 0)
     if dense:
         why = ", ".join(f"{_KEPT_DENSE_TEXT.get(k, k)} {n}" for k, n in sorted(d.kept_dense.items()))
