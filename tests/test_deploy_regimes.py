@@ -148,6 +148,9 @@ def test_the_converter_deploys_a_dispatching_layer_from_injected_timings(tmp_pat
     assert second.bytes_deployed == stored_bytes(model[1].decode) + 64 * 48 * 4  # memory is the price
     assert "decode (<= 8 tokens)" in first.reason and "prefill (> 8 tokens)" in first.reason
     assert result.kept_dense() == {}  # a layer dense in one regime only is not a dense layer
+    assert result.notes[0].startswith(
+        "2 layers with a format per regime checked against their masked weights at 1, 8, 9, 128"
+    )
 
 
 @needs_kernel

@@ -197,12 +197,15 @@ class Converter:
         decision.reason += note
         return decision, density
 
-    def check_regimes(self, name: str, module: RegimeLinear, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def check_regimes(
+        self, name: str, module: RegimeLinear, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> tuple[list[int], float]:
         """Both regimes of a per-regime layer against ``F.linear`` with its masked weight (:func:`check_regime_layer`).
 
-        Timed on 1 token and ``split`` tokens (decode) and ``split + 1`` and the largest timed count
-        (prefill), so that each side and the routing at the split are checked before any model-level
-        check (a classifier's probe batch runs the prefill side only).
+        Run on 1 token and ``split`` tokens (decode) and ``split + 1`` and the smallest timed prefill
+        count (prefill), so that each side and the routing at the split are checked before any
+        model-level check (a classifier's probe batch runs the prefill side only). Returns the token
+        counts and the worst ``max |Δ| / tolerance``.
 
         Raises:
             audit.deploy.verify.EquivalenceError: A side differs beyond the per-layer tolerance.
@@ -210,14 +213,17 @@ class Converter:
         from audit.deploy.verify import EquivalenceError
 
         split = module.split
-        tokens = sorted({1, split, split + 1, max(max(self.config.choose_tokens), split + 1)})
-        factor = self.config.tolerance_factor
-        for n, side, diff, tol in check_regime_layer(module, weight, bias, tokens, factor=factor):
+        prefill = min((t for t in self.config.choose_tokens if t > split), default=split + 1)
+        tokens = sorted({1, split, split + 1, prefill})
+        worst = 0.0
+        for n, side, diff, tol in check_regime_layer(module, weight, bias, tokens, factor=self.config.tolerance_factor):
             if not diff <= tol:
                 raise EquivalenceError(
                     f"layer {name} ({module.format}): its {side} side differs from the masked-dense layer at {n} "
                     f"tokens by {diff:.3g} (tolerance {tol:.3g})"
                 )
+            worst = max(worst, diff / tol)
+        return tokens, worst
 
     # -- converting ----------------------------------------------------------------------
     def convert(self, model: nn.Module, keep_dense: Collection[str] = ()) -> Conversion:
@@ -230,6 +236,8 @@ class Converter:
         hits0, measured0 = self.cache.hits, self.cache.measured
         self.unavailable = {}  # notes are about this model's layers, not earlier conversions'
         names = top_level_linears(model)
+        checked: list[float] = []  # per-regime layers' worst |Δ| / tolerance (check_regimes)
+        tokens: list[int] = []
         for name, module in names:
             if isinstance(module, DeployedLinear):
                 result.layers.append(
@@ -260,7 +268,8 @@ class Converter:
                 new: nn.Module = module
             elif decision.regimes is not None and decision.split is not None:
                 new = build_regime(*decision.regimes, decision.split, weight, bias, module)
-                self.check_regimes(name, new, weight, bias)
+                tokens, ratio = self.check_regimes(name, new, weight, bias)
+                checked.append(ratio)
                 _set_submodule(model, name, new)
             else:
                 new = build_module(decision.format, weight, bias)
@@ -283,6 +292,11 @@ class Converter:
         result.timings_cached = self.cache.hits - hits0
         if result.timings_measured:
             self.cache.save()
+        if checked:
+            result.notes.append(
+                f"{len(checked)} layers with a format per regime checked against their masked weights at "
+                f"{', '.join(map(str, tokens))} tokens: worst max |Δ| {max(checked):.2g}x the per-layer tolerance"
+            )
         for fmt, why in sorted(self.unavailable.items()):
             if fmt in self.config.formats:
                 result.notes.append(why)
