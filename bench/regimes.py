@@ -3,9 +3,11 @@ that runs ``bitmap`` at decode and ``kernel`` at prefill beat the best single fo
 
     .venv/bin/python -m bench.regimes            # 5 rounds, about 2 minutes on 2 threads
     .venv/bin/python -m bench.regimes --quick    # 3 rounds
+    .venv/bin/python -m bench.regimes --pattern 2:4 --out bench/results/regimes_2_4.json   # nm24|kernel
 
 For each shape (out x in: 576x576 q/o, 192x576 k/v, 1536x576 gate/up, 576x1536 down) at 50 %
-unstructured sparsity, fp32, it times dense (``nn.Linear``), ``kernel``, ``bitmap`` and the
+unstructured sparsity (``--pattern 2:4``: 2 non-zeros in every 4 inputs, with ``nm24`` as the
+compact format), fp32, it times dense (``nn.Linear``), ``kernel``, ``bitmap`` and the
 dispatching layer (:class:`audit.deploy.regime.RegimeLinear`, ``bitmap|kernel``, split 8) at 1 token
 (decode; each call reads another copy of the layer, as the per-layer choice times it,
 :meth:`audit.deploy.choose.LayerTimer.copies`) and 128 tokens (prefill; cache-resident). Each round
@@ -39,6 +41,7 @@ SHAPES = {(576, 576): 2, (192, 576): 2, (1536, 576): 2, (576, 1536): 1}
 """Layer shape -> layers of that shape in one SmolLM2-135M decoder block."""
 SPLIT = 8
 MODULES = ["dense", "kernel", "bitmap", "bitmap|kernel"]
+"""The timed modules (``--pattern 2:4`` puts ``nm24`` in place of ``bitmap``)."""
 
 
 def _build(name: str, weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Module:
@@ -55,9 +58,8 @@ def _build(name: str, weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Modu
 def cell(shape: tuple[int, int], tokens: int, args: argparse.Namespace) -> dict[str, Any]:
     """Seconds per call (median over rounds) and same-round ratios to dense of each module at ``tokens``."""
     from audit.deploy.choose import LayerTimer, StreamedCall, TimingCache, time_call
-    from audit.deploy.format_classes import synthetic_weight
 
-    w = synthetic_weight(shape, args.density, seed=0)
+    w = _weight(shape, args)
     b = torch.randn(shape[0], generator=torch.Generator().manual_seed(1))
     timer = LayerTimer(TimingCache(None), args.threads)
     copies = timer.copies(shape, tokens)
@@ -82,15 +84,21 @@ def cell(shape: tuple[int, int], tokens: int, args: argparse.Namespace) -> dict[
     return out
 
 
-def _bytes(name: str, shape: tuple[int, int], density: float) -> int:
-    from audit.deploy.format_classes import stored_bytes, synthetic_weight
+def _weight(shape: tuple[int, int], args: argparse.Namespace) -> torch.Tensor:
+    from audit.deploy.format_classes import synthetic_2_4, synthetic_weight
 
-    return stored_bytes(_build(name, synthetic_weight(shape, density, seed=0), torch.zeros(shape[0])))
+    return synthetic_2_4(shape, seed=0) if args.pattern == "2:4" else synthetic_weight(shape, args.density, seed=0)
+
+
+def _bytes(name: str, shape: tuple[int, int], args: argparse.Namespace) -> int:
+    from audit.deploy.format_classes import stored_bytes
+
+    return stored_bytes(_build(name, _weight(shape, args), torch.zeros(shape[0])))
 
 
 def _seconds(row: dict[str, Any], fmt: str, tokens: str) -> float:
     """A layer's measured seconds per call in format ``fmt``; a per-regime format other than the timed
-    ``bitmap|kernel`` is its side's time (the dispatch itself is in the ``bitmap|kernel`` row)."""
+    compact|kernel layer is its side's time (the dispatch itself is in the timed per-regime row)."""
     from audit.deploy.formats import regime_parts
 
     seconds = row["cells"][tokens]["seconds"]
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--density", type=float, default=0.5)
+    ap.add_argument("--pattern", choices=["unstructured", "2:4"], default="unstructured")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-time", type=float, default=0.05)
     ap.add_argument("--quick", action="store_true", help="3 rounds")
@@ -115,13 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds = 3
+    if args.pattern == "2:4":
+        args.density = 0.5
+        MODULES[:] = ["dense", "kernel", "nm24", "nm24|kernel"]
     torch.set_num_threads(args.threads)
     load_before = list(os.getloadavg())
     t0 = time.perf_counter()
     layers = []
     for shape, count in SHAPES.items():
         cells = {tokens: cell(shape, tokens, args) for tokens in (1, 128)}
-        timings = {m: {t: cells[t]["seconds"][m] for t in cells} for m in ("dense", "kernel", "bitmap")}
+        timings = {m: {t: cells[t]["seconds"][m] for t in cells} for m in MODULES[:3]}
         single = decide(timings, min_speedup=1.1)
         regime = decide_regimes(timings, split=SPLIT, min_speedup=1.1)
         row = {
@@ -132,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             "single_reason": single.reason,
             "regime": regime.format,
             "regime_reason": regime.reason,
-            "bytes": {m: _bytes(m, shape, args.density) for m in {*MODULES, single.format, regime.format}},
+            "bytes": {m: _bytes(m, shape, args) for m in {*MODULES, single.format, regime.format}},
         }
         layers.append(row)
         ratios = {t: ", ".join(f"{m} {cells[t]['speedup'][m]['median']:.2f}x" for m in MODULES[1:]) for t in cells}
@@ -149,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["per_block"] * _seconds(r, DENSE if label == "dense" else r[label], tokens) for r in layers
             )
         block[label]["bytes"] = sum(
-            r["per_block"] * _bytes(DENSE if label == "dense" else r[label], tuple(r["shape"]), args.density)
-            for r in layers
+            r["per_block"] * _bytes(DENSE if label == "dense" else r[label], tuple(r["shape"]), args) for r in layers
         )
     for label in ("single", "regime"):
         for tokens in ("1", "128"):
@@ -166,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "threads": args.threads,
         "density": args.density,
+        "pattern": args.pattern,
         "rounds": args.rounds,
         "min_time_s": args.min_time,
         "split": SPLIT,

@@ -24,12 +24,14 @@ def _masked(shape: tuple[int, int], density: float, seed: int = 0) -> torch.Tens
 
 @needs_compiler
 def test_kernel_builds_once_and_is_cached_per_cpu() -> None:
+    kmod._reset_for_tests()  # loaded under this test's cache root, not one an earlier test set
     lib = kmod.load_kernel()
     status = kmod.kernel_status()
     assert lib is not None and status.available, status.reason
     assert status.simd_width in (4, 8, 16) and status.openmp is True
     assert "-march=native" in status.flags
     build_dir = kmod._kernel_dir() / f"spmm-{status.key[:16]}"
+    assert status.path is not None and Path(status.path).parent == build_dir
     meta = json.loads((build_dir / "build.json").read_text())
     assert meta["cpu"] == kmod.cpu_identity()
     mtime = (build_dir / kmod.LIB_NAME).stat().st_mtime_ns
