@@ -87,7 +87,9 @@ def cell(shape: tuple[int, int], tokens: int, args: argparse.Namespace) -> dict[
 def _weight(shape: tuple[int, int], args: argparse.Namespace) -> torch.Tensor:
     from audit.deploy.format_classes import synthetic_2_4, synthetic_weight
 
-    return synthetic_2_4(shape, seed=0) if args.pattern == "2:4" else synthetic_weight(shape, args.density, seed=0)
+    if args.pattern == "2:4":
+        return synthetic_2_4(shape, seed=0, dtype=torch.float32)
+    return synthetic_weight(shape, args.density, seed=0)
 
 
 def _bytes(name: str, shape: tuple[int, int], args: argparse.Namespace) -> int:
