@@ -33,10 +33,10 @@ def _masked_dense(model: Any) -> Any:
     """A copy of a deployed model whose sparse layers are ``nn.Linear`` again (zeros included)."""
     from torch import nn
 
-    from audit.deploy.modules import DeployedLinear
+    from audit.deploy.modules import DeployedLinear, top_level_linears
 
     out = copy.deepcopy(model)
-    for name, module in list(out.named_modules()):
+    for name, module in top_level_linears(out):  # a per-regime layer's own two modules are part of it
         if isinstance(module, DeployedLinear):
             lin = nn.Linear(module.in_features, module.out_features, bias=getattr(module, "bias", None) is not None)
             lin.weight.data = module.dense_weight().float()

@@ -74,6 +74,7 @@ def config_text(args: argparse.Namespace, out: Path) -> str:
     methods = ", ".join(_method_yaml(*METHODS[k]) for k in args.methods.split(","))
     sst2_n = f"\n  max_eval_examples: {args.sst2_n}" if args.sst2_n < 872 else ""
     task_n = f"\n        max_examples: {args.sst2_n}" if args.sst2_n < 872 else ""
+    regime = f"\n  regime_split_tokens: {args.regime_split}" if args.regime_split else ""
     return f"""model:
   kind: causal-lm
   gguf_file: {embedded_smollm2_path()}
@@ -108,7 +109,7 @@ seed: 0
 runtime:
   n_boot: {args.n_boot}
 deploy:                      # formats chosen at 1 token (decode at batch 1 is the case timed)
-  choose_tokens: [1]
+  choose_tokens: [{args.choose_tokens}]{regime}
   formats: [kernel, bitmap, nm24, csr, bsr]   # bitmap and nm24: opt-in compact formats for decode
   timing_min_s: 0.05
   speed_rounds: {args.speed_rounds}
@@ -299,8 +300,10 @@ def _choice_note(summary: dict[str, Any]) -> str:
 
 def _command(a: dict[str, Any]) -> str:
     flags = ["methods", "sst2_n", "ppl_n", "calibration_n", "max_length", "n_boot", "speed_rounds", "probe_size",
-             "decode_tokens", "csr_tokens", "decode_rounds"]  # fmt: skip
-    return "python -m bench.lm_pruning " + " ".join(f"--{k.replace('_', '-')} {a[k]}" for k in flags if k in a)
+             "decode_tokens", "csr_tokens", "decode_rounds", "choose_tokens", "regime_split"]  # fmt: skip
+    return "python -m bench.lm_pruning " + " ".join(
+        f"--{k.replace('_', '-')} {a[k]}" for k in flags if a.get(k) not in (None, "None")
+    )
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -335,8 +338,10 @@ def markdown(doc: dict[str, Any]) -> str:
         "the JSON), its ratio to dense on the same sentences (paired bootstrap), zero-shot SST-2 dev accuracy "
         "(lm-evaluation-harness log-likelihood scoring) and its paired change (bootstrap CI, exact McNemar p).\n\n"
         + table(doc["summary"])
-        + "\n\nDeployment stage of the audit (formats chosen per layer by timing at 1 token, `deploy.choose_tokens: "
-        "[1]`; a sparse format must be 1.1× faster than dense; equivalence on next-token logits and greedy "
+        + "\n\nDeployment stage of the audit (formats chosen per layer by timing, `deploy.choose_tokens: "
+        f"[{a.get('choose_tokens', '1')}]`"
+        + (f", `regime_split_tokens: {a['regime_split']}`" if a.get("regime_split") not in (None, "None") else "")
+        + "; a sparse format must be 1.1× faster than dense; equivalence on next-token logits and greedy "
         "continuations vs the masked-dense variant):\n\n"
         + deployment_table(doc["summary"])
         + _choice_note(doc["summary"])
@@ -360,6 +365,12 @@ def main() -> None:
     ap.add_argument("--decode-tokens", type=int, default=64, help="New tokens per timed decode (batch 1, KV cache).")
     ap.add_argument("--csr-tokens", type=int, default=64, help="New tokens per timed decode of the csr models.")
     ap.add_argument("--decode-rounds", type=int, default=3, help="Interleaved decode rounds over all models.")
+    ap.add_argument("--choose-tokens", default="1", help="deploy.choose_tokens, comma-separated (default 1: decode).")
+    ap.add_argument(
+        "--regime-split",
+        type=int,
+        help="deploy.regime_split_tokens: decode and prefill formats per layer (needs counts on both sides).",
+    )
     ap.add_argument("--resume", action="store_true", help="Reuse the finished units of an earlier run in --work-dir.")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"Comma-separated subset of {', '.join(METHODS)}.")
     ap.add_argument("--work-dir", type=Path, help="Keep the audit's output here (default: a temporary directory).")
