@@ -100,33 +100,16 @@ class RegimeLinear(DeployedLinear):
     def from_state(
         cls, in_features: int, out_features: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     ) -> RegimeLinear:
-        return cls.load(in_features, out_features, tensors, meta)
-
-    @classmethod
-    def load(
-        cls,
-        in_features: int,
-        out_features: int,
-        tensors: dict[str, torch.Tensor],
-        meta: dict[str, Any],
-        *,
-        device: str = "cpu",
-    ) -> RegimeLinear:
+        """Each side rebuilt by its own format from the tensors under its prefix."""
         sides: dict[str, nn.Module] = {}
         for side in SIDES:
             spec = meta[side]
             prefix = side + "."
             own = {k[len(prefix) :]: t for k, t in tensors.items() if k.startswith(prefix)}
             if spec["format"] == DENSE:
-                lin = nn.Linear(in_features, out_features, bias=bool(spec.get("bias", True)), device=device)
-                lin.weight = nn.Parameter(own["weight"].to(device), requires_grad=False)
-                if lin.bias is not None:
-                    lin.bias = nn.Parameter(own["bias"].to(device), requires_grad=False)
-                sides[side] = lin
+                sides[side] = format_for(DENSE).convert(DENSE, own["weight"], own.get("bias"))
             else:
-                sides[side] = format_for(spec["format"]).load(
-                    in_features, out_features, own, spec.get("meta", {}), device=device
-                )
+                sides[side] = format_for(spec["format"]).load(in_features, out_features, own, spec.get("meta", {}))
         return cls(sides["decode"], sides["prefill"], int(meta["split"]))
 
     def extra_repr(self) -> str:
@@ -141,17 +124,6 @@ class RegimeFormat(DeployFormat):
 
     def convert(self, recorded: str, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
         raise TypeError("a per-regime layer is built by the converter from its two formats (build_regime)")
-
-    def load(
-        self,
-        in_features: int,
-        out_features: int,
-        tensors: dict[str, torch.Tensor],
-        meta: dict[str, Any],
-        *,
-        device: str = "cpu",
-    ) -> nn.Module:
-        return RegimeLinear.load(in_features, out_features, tensors, meta, device=device)
 
 
 REGIME_FORMAT = RegimeFormat()
