@@ -86,6 +86,27 @@ def test_kernel_int32_indices_and_edge_cases() -> None:
 
 
 @needs_compiler
+@pytest.mark.parametrize("index_dtype", [torch.int16, torch.int32])
+def test_single_token_rows_of_every_length_match_dense(index_dtype: torch.dtype) -> None:
+    """One token (the decode path: 16-wide gathers, two accumulators, a masked tail): rows with
+    0, 1, 15, 16, 17, 31, 32, 33, 48 and 70 non-zeros, with uint16 and int32 column indices."""
+    lib = kmod.load_kernel()
+    assert lib is not None
+    lengths = [0, 1, 15, 16, 17, 31, 32, 33, 48, 70]
+    g = torch.Generator().manual_seed(7)
+    w = torch.zeros(len(lengths), 40000)
+    for row, k in enumerate(lengths):
+        cols = torch.randperm(40000, generator=g)[:k]
+        w[row, cols] = torch.randn(k, generator=g)
+    w[-1, 39999] = 1.5  # a column above 32767 (uint16 storage)
+    rowptr, cols, vals = csr_arrays(w)
+    b = torch.randn(len(lengths), generator=g)
+    x = torch.randn(1, 40000, generator=g)
+    y = lib.spmm(rowptr, cols.to(index_dtype), vals, b, x, len(lengths))
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b), atol=1e-5, rtol=1e-5)
+
+
+@needs_compiler
 @pytest.mark.parametrize("density", [0.5, 0.1])  # 64-token panels in feature blocks; 32-token panels
 @pytest.mark.parametrize("n", [33, 64, 128, 129])
 def test_prefill_tiles_and_feature_blocks_match_dense(density: float, n: int) -> None:
@@ -119,6 +140,8 @@ def test_a_build_without_avx512_computes_spmm_correctly(tmp_path: Path) -> None:
         x = torch.randn(100, 300)
         y = lib.spmm(rowptr, cols.to(torch.int32), vals, b, x, 50)
         torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b), atol=1e-4, rtol=1e-5)
+        one = lib.spmm(rowptr, cols.to(torch.int32), vals, b, x[:1], 50)  # the scalar decode path
+        torch.testing.assert_close(one, torch.nn.functional.linear(x[:1], w, b), atol=1e-4, rtol=1e-5)
 
 
 def test_unavailable_kernel_says_why(monkeypatch: pytest.MonkeyPatch) -> None:

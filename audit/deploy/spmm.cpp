@@ -144,14 +144,64 @@ static inline void transpose16(const float* __restrict s, int64_t ss, float* __r
 #endif
 }
 
+#if defined(__AVX512F__)
+// Sum of the 16 lanes in the order of reduce16 below (lane j + lane j + 8, then + 4, + 2, + 1),
+// in registers: the same result bit for bit, without the store and the scalar chain.
+static inline float hsum16(__m512 v) {
+  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  const __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
+}
+
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define PA_GATHER_SPMV 1
+// 16 column indices from j, widened to int32 (uint16 or int32 storage).
+static inline __m512i load_idx16(const uint16_t* p) { return _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)); }
+static inline __m512i load_idx16(const int32_t* p) { return _mm512_loadu_si512((const void*)p); }
+static inline __m512i load_idx16_masked(const uint16_t* p, __mmask16 m) {
+  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+}
+static inline __m512i load_idx16_masked(const int32_t* p, __mmask16 m) { return _mm512_maskz_loadu_epi32(m, p); }
+#endif
+
+#ifndef SPMV_PREFETCH
+#define SPMV_PREFETCH 2048  // bytes ahead in the values stream that a single-token row prefetches
+#endif
+
+// One token: per output row a dot product of the row's non-zeros with x. The AVX-512 path
+// gathers 16 inputs at a time (two accumulators, lane-tree sum); the portable path keeps
+// four scalar sums. Both orders are fixed, so results are deterministic.
 template <typename IDX>
 static void spmv(const int32_t* rp, const IDX* ci, const float* val, const float* bias, const float* x, float* y,
                  int out, int nthreads) {
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int o = 0; o < out; ++o) {
-    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
     int32_t j = rp[o];
     const int32_t end = rp[o + 1];
+#if defined(PA_GATHER_SPMV)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (; j + 32 <= end; j += 32) {
+      _mm_prefetch((const char*)(val + j) + SPMV_PREFETCH, _MM_HINT_T0);
+      _mm_prefetch((const char*)(val + j + 16) + SPMV_PREFETCH, _MM_HINT_T0);
+      _mm_prefetch((const char*)(ci + j) + SPMV_PREFETCH * sizeof(IDX) / 4, _MM_HINT_T0);
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(val + j), _mm512_i32gather_ps(load_idx16(ci + j), x, 4), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(val + j + 16), _mm512_i32gather_ps(load_idx16(ci + j + 16), x, 4), a1);
+    }
+    for (; j < end; j += 16) {
+      _mm_prefetch((const char*)(val + j) + SPMV_PREFETCH, _MM_HINT_T0);
+      _mm_prefetch((const char*)(ci + j) + SPMV_PREFETCH * sizeof(IDX) / 4, _MM_HINT_T0);
+      const int left = end - j;
+      const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+      const __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, load_idx16_masked(ci + j, m), x, 4);
+      a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, val + j), xv, a0);
+    }
+    y[o] = hsum16(_mm512_add_ps(a0, a1)) + (bias ? bias[o] : 0.f);
+#else
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
     for (; j + 4 <= end; j += 4) {
       s0 += val[j] * x[ci[j]];
       s1 += val[j + 1] * x[ci[j + 1]];
@@ -160,6 +210,7 @@ static void spmv(const int32_t* rp, const IDX* ci, const float* val, const float
     }
     for (; j < end; ++j) s0 += val[j] * x[ci[j]];
     y[o] = ((s0 + s1) + (s2 + s3)) + (bias ? bias[o] : 0.f);
+#endif
   }
 }
 
@@ -335,6 +386,10 @@ static inline float compact_row_scalar(const uint16_t* __restrict mk, const floa
   return reduce16(s);
 }
 
+#ifndef COMPACT_PREFETCH
+#define COMPACT_PREFETCH 2048  // bytes ahead in the values stream prefetched per 4 blocks
+#endif
+
 #if defined(__AVX512F__)
 // Values are read 16 (bitmap) or 8 (nm24) floats at a time from the block's first value and
 // expanded into the mask's lanes in registers (faster than vexpandps from memory on Zen 4),
@@ -356,6 +411,8 @@ static inline void compact_rows_avx512(const uint16_t* __restrict mk, const floa
   const float* p = val + off;
   int w = 0;
   for (; w + 4 <= nb; w += 4) {
+    _mm_prefetch((const char*)p + COMPACT_PREFETCH, _MM_HINT_T0);
+    _mm_prefetch((const char*)p + COMPACT_PREFETCH + 64, _MM_HINT_T0);
     const __mmask16 m0 = mk[w], m1 = mk[w + 1], m2 = mk[w + 2], m3 = mk[w + 3];
     // the four blocks' value offsets from their popcounts (short dependency chain)
     const float* p1 = fixed ? p + 8 : p + __builtin_popcount(m0);
@@ -380,10 +437,7 @@ static inline void compact_rows_avx512(const uint16_t* __restrict mk, const floa
     p += fixed ? 8 : __builtin_popcount(m);
   }
   for (int t = 0; t < T; ++t) {
-    const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), _mm512_add_ps(acc[t][2], acc[t][3]));
-    float s[16] __attribute__((aligned(64)));
-    _mm512_store_ps(s, sum);
-    res[t] = reduce16(s);
+    res[t] = hsum16(_mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), _mm512_add_ps(acc[t][2], acc[t][3])));
   }
 }
 #endif
