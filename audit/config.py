@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from audit.config_attribution import AttributionConfig
 from audit.config_base import StrictModel, _err, plugin_params
 from audit.config_metrics import ExtraMetricConfig, check_extra_metrics, check_suite_accepts, extra_from_params
 from audit.config_sweep import (
@@ -45,6 +46,7 @@ from audit.yamlio import YamlDocument, load_yaml, parse_yaml, validation_to_conf
 
 __all__ = [
     "DATA_FORMATS",
+    "AttributionConfig",
     "AuditConfig",
     "CalibrationConfig",
     "ColumnMap",
@@ -387,6 +389,11 @@ class AuditConfig(StrictModel):
     report: ReportConfig = Field(default_factory=ReportConfig, description="Which reports are written.")
     deploy: DeployConfig = Field(
         default_factory=DeployConfig, description="How each pruned variant is deployed, verified and measured."
+    )
+    attribution: AttributionConfig = Field(
+        default_factory=AttributionConfig,
+        exclude_if=lambda v: v == AttributionConfig(),  # a config without it dumps (and fingerprints) as before
+        description="Trace significant regressions back to layer groups by restoring their dense weights.",
     )
     _base_dir: str | None = PrivateAttr(None)
     _paths: RunPaths | None = PrivateAttr(None)

@@ -591,6 +591,70 @@ class Verdict(Record):
         return data
 
 
+class AttributionGroup(Record):
+    """One group of layers given back its dense weights, and the share of the regression's gap it explains."""
+
+    name: str = Field(description="`all`, a block (`<block>`), a block's kind (`<block>:attention`) or one layer.")
+    level: Literal["all", "block", "type", "layer"]
+    block: int | None = Field(None, description="The block's index (null: every layer, or outside the blocks).")
+    kind: str | None = Field(None, description="attention, ffn, layers (not told apart) or other; null for a block.")
+    layers: list[str] = Field(default_factory=list, description="The Linear layers restored together.")
+    value: Num = Field(None, description="The measure on the defining examples with this group restored.")
+    share: Num = Field(None, description="(restored - variant) / (dense - variant): share of the gap explained.")
+    ci_low: Num = None
+    ci_high: Num = None
+    forward_passes: int = Field(0, description="Example forward passes this evaluation cost.")
+
+
+class GroupDiagnostic(Record):
+    """Tran et al. (2022)'s explanatory diagnostics for one group, dense vs variant."""
+
+    feature: str = Field(description="Group column (`a&b` for an intersection); `all` for every defining example.")
+    group: str
+    n: int
+    grad_norm_dense: Num = Field(None, description="Norm of the gradient of the group's mean loss (dense).")
+    grad_norm_variant: Num = Field(None, description="The same for the variant, over the weights it keeps.")
+    margin_dense: Num = Field(None, description="Mean top minus runner-up class probability (dense).")
+    margin_variant: Num = None
+
+
+class RegressionAttribution(Record):
+    """One significant regression traced back to the pruning decisions of its variant.
+
+    Every share is measured on the same examples, and its CI comes from the same paired
+    bootstrap resamples of them for every group (``ci_method``).
+    """
+
+    variant: str
+    metric: str = Field(description="The regressing measurement's id (`suite/dataset/metric`).")
+    test: str = Field(description="Path of its test in the measurement's details (`paired`, `paired_groups.f.g`).")
+    q_value: Num = None
+    delta: Num = Field(None, description="The regression's recorded change (variant minus dense).")
+    rules: list[str] = Field(default_factory=list, description="Policy rules that failed or warned on it.")
+    status: Literal["complete", "partial", "not_attributable"] = Field(
+        description="complete: every group down to the granularity was evaluated; partial: the budget ended the "
+        "search; not_attributable: see reason."
+    )
+    reason: str | None = None
+    dataset: str | None = None
+    scope: str | None = Field(None, description="Which examples define the regression (a set, a group).")
+    measure: str | None = Field(None, description="What is re-measured on them (e.g. accuracy).")
+    n_examples: int = 0
+    dense_value: Num = None
+    variant_value: Num = None
+    gap: Num = Field(None, description="dense_value - variant_value on the defining examples.")
+    budget_forward_passes: int = 0
+    forward_passes: int = Field(0, description="Example forward passes the search spent.")
+    granularity: str = "layer"
+    groups: list[AttributionGroup] = Field(default_factory=list)
+    not_evaluated: list[str] = Field(default_factory=list, description="Groups the budget did not reach.")
+    ci_method: str | None = None
+    diagnostics: list[GroupDiagnostic] = Field(default_factory=list)
+    diagnostics_note: str | None = None
+    diagnostic_passes: int = Field(0, description="Example forward+backward passes of the diagnostics (apart).")
+    notes: list[str] = Field(default_factory=list)
+
+
 class RunResult(Record):
     """A whole audit run: the dense baseline, every variant, and how it was made."""
 
@@ -610,6 +674,12 @@ class RunResult(Record):
     verdict: Verdict | None = None
     statistics: dict[str, Any] = Field(default_factory=dict)
     limitations: list[str] = Field(default_factory=list)
+    attribution: list[RegressionAttribution] | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="Regression attribution (`attribution.enabled`): each attributed regression's layer groups "
+        "and their shares of its gap (omitted when attribution did not run).",
+    )
 
     def all_variants(self) -> list[VariantResult]:
         return [self.baseline, *self.variants]

@@ -299,8 +299,13 @@ class StoreKeys:
 
         cfg = config.model_dump(mode="json")
         # what every unit depends on besides its point: everything but the output, the policy
-        # (judging is separate), the report, the executor and the suites (keyed on their own)
-        context = {k: v for k, v in cfg.items() if k not in ("suites", "output_dir", "policy", "report", "executor")}
+        # (judging is separate), the report, the executor, attribution (it runs after judging) and the
+        # suites (keyed on their own)
+        context = {
+            k: v
+            for k, v in cfg.items()
+            if k not in ("suites", "output_dir", "policy", "report", "executor", "attribution")
+        }
         suite_params = {s.name: sha256_text(canonical_json(_suite_inputs(config, s, paths))) for s in config.suites}
         return cls(
             model=model_fp,

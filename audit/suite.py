@@ -95,6 +95,35 @@ class PredictionSet:
 
 
 @dataclass
+class DefiningExamples:
+    """The examples that define one of a suite's regressions, for regression attribution.
+
+    ``texts``, ``text_pairs``, ``labels`` and ``groups`` (its group columns) are the whole set
+    the regressing measurement was computed on; ``members`` are the rows that define the
+    regression (every row, or one group's). :mod:`audit.attribution` re-scores the members with
+    groups of layers restored to dense and re-measures ``measure`` on them (``accuracy``: each
+    example scores 1 when its predicted class is its label); Tran et al.'s per-group
+    diagnostics are computed over the whole set. ``scope``: which rows these are, in words.
+    """
+
+    dataset: str
+    texts: list[str]
+    text_pairs: list[str] | None
+    labels: np.ndarray
+    members: np.ndarray
+    scope: str
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+    measure: str = "accuracy"
+
+    @classmethod
+    def of(cls, es: EvalSet, members: np.ndarray | None = None, scope: str = "every example") -> DefiningExamples:
+        """The rows ``members`` (default: all) of ``es``."""
+        rows = np.arange(len(es)) if members is None else np.asarray(members, dtype=np.int64)
+        groups = {k: np.asarray(v, dtype=object).astype(str) for k, v in es.groups.items()}
+        return cls(es.name, list(es.texts), es.text_pairs, np.asarray(es.labels), rows, scope, groups)
+
+
+@dataclass
 class SuiteContext:
     """Everything a suite may use; shared by all suites of a run."""
 
@@ -185,6 +214,39 @@ class Suite:
         ``ctx.baseline``) for dense, so both are paired on the same examples.
         """
         return []
+
+    def defining_examples(self, metric: str, dataset: str, test: str, ctx: SuiteContext) -> DefiningExamples | None:
+        """The examples whose accuracy defines the regression of ``<suite>/<dataset>/<metric>`` at ``test``.
+
+        ``test``: the path of the regressing test in the measurement's details (``paired``,
+        ``paired_groups.<feature>.<group>``). None (the default): this suite's regression cannot be
+        re-measured from per-example correctness, and attribution records why. Called after :meth:`setup`.
+        """
+        return None
+
+
+def eval_set_examples(
+    es: EvalSet, *, test: str, intersections: bool = True, group_path: str = "paired_groups"
+) -> DefiningExamples | None:
+    """Every row of ``es`` (``test`` is ``paired``), or one group's (``<group_path>.<feature>.<group>``).
+
+    The feature may be an intersection (``a&b``, when ``intersections``); None when ``test`` names
+    neither, or a group with no rows.
+    """
+    from audit import stats
+
+    if test == "paired":
+        return DefiningExamples.of(es)
+    head, _, rest = test.partition(".")
+    if head != group_path or not rest:
+        return None
+    features = stats.feature_columns(es.groups, intersections) if es.groups else {}
+    for feat in sorted(features, key=len, reverse=True):  # a feature name may hold dots: the longest first
+        if rest.startswith(f"{feat}."):
+            group = rest[len(feat) + 1 :]
+            members = np.flatnonzero(features[feat] == group)
+            return DefiningExamples.of(es, members, f"{feat}={group}") if len(members) else None
+    return None
 
 
 def prediction_details(labels: np.ndarray, pred: np.ndarray, id2label: dict[int, str]) -> dict[str, Any]:

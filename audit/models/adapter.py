@@ -192,6 +192,30 @@ class UnitGroups:
         return mod
 
 
+LAYER_KINDS = ("attention", "ffn", "layers", "other")
+"""What a :class:`LayerGroup` holds: a block's attention projections, its feed-forward layers, a
+block's Linear layers when the family does not tell the two apart (``layers``), or Linear layers
+outside the blocks (``other``)."""
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """Linear layers that regression attribution (:mod:`audit.attribution`) restores together.
+
+    ``block``: the transformer block's index (None outside the blocks); ``kind``: one of
+    :data:`LAYER_KINDS`; ``linears``: full module names, in model order.
+    """
+
+    block: int | None
+    block_name: str
+    kind: str
+    linears: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.block_name}:{self.kind}"
+
+
 class ModelAdapter:
     """What the audit asks of a model family (the base class; one subclass per family).
 
@@ -244,6 +268,39 @@ class ModelAdapter:
         from torch import nn
 
         return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+    def layer_kind(self, model: Any, suffix: str) -> str:
+        """The kind (:data:`LAYER_KINDS`) of the Linear ``suffix`` (its name under its block).
+
+        The base class cannot tell attention from feed-forward layers: ``layers``.
+        """
+        return "layers"
+
+    def layer_groups(self, model: Any) -> list[LayerGroup]:
+        """The prunable Linear layers grouped by block and kind, for regression attribution.
+
+        Each block gives one group per kind of its layers (:meth:`layer_kind`); prunable layers
+        outside every block form one ``other`` group. Families override :meth:`layer_kind`.
+        """
+        found = self.blocks(model)
+        linears = [n for n, _ in self.prunable_linears(model)]
+        groups: list[LayerGroup] = []
+        placed: set[str] = set()
+        if found is not None:
+            path, blocks = found
+            for i in range(len(blocks)):
+                prefix = f"{path}.{i}." if path else f"{i}."
+                by_kind: dict[str, list[str]] = {}
+                for name in linears:
+                    if name.startswith(prefix):
+                        by_kind.setdefault(self.layer_kind(model, name[len(prefix) :]), []).append(name)
+                        placed.add(name)
+                for kind in sorted(by_kind, key=lambda k: LAYER_KINDS.index(k) if k in LAYER_KINDS else 99):
+                    groups.append(LayerGroup(i, prefix[:-1], kind, tuple(by_kind[kind])))
+        rest = tuple(n for n in linears if n not in placed)
+        if rest:
+            groups.append(LayerGroup(None, "outside blocks", "other", rest))
+        return groups
 
     def loss(self, model: Any, batch: dict[str, Any], labels: Any, reduction: str = "mean") -> Any:
         """The training loss of one calibration batch (on the model's device)."""

@@ -272,6 +272,17 @@ class CausalLMAdapter(ModelAdapter):
 
         return prunable_linears(model)
 
+    def layer_groups(self, model: Any) -> list[Any]:
+        """Per decoder block, its attention projections and its MLP layers (from the family's layout)."""
+        from audit.models.adapter import LayerGroup
+        from audit.models.decoders import decoder_blocks
+
+        out = []
+        for b in decoder_blocks(model):
+            out.append(LayerGroup(b.index, b.name, "attention", tuple(b.linear_name(r) for r in b.attention_roles)))
+            out.append(LayerGroup(b.index, b.name, "ffn", tuple(b.linear_name(r) for r in b.mlp_roles)))
+        return out
+
     def protected_modules(self, model: Any) -> list[str]:
         """The LM head, the embeddings and the final norm: never pruned, never converted by deployment."""
         from audit.models.decoders import protected_modules

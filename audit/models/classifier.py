@@ -126,6 +126,16 @@ class ClassifierAdapter(ModelAdapter):
         logits = out.logits if hasattr(out, "logits") else out[0]
         return F.cross_entropy(logits.float(), labels.to(logits.device), reduction=reduction)
 
+    def layer_kind(self, model: Any, suffix: str) -> str:
+        """BERT-family blocks: ``attention.*`` is attention, the rest (``intermediate``/``output``) the FFN.
+
+        Other encoders are split by name too: a layer under a module named like ``attention``
+        or ``attn`` (DistilBERT's ``attention.q_lin``, DeBERTa's ``attention.self.query_proj``)
+        is attention, every other Linear of the block its feed-forward network.
+        """
+        first = suffix.split(".", 1)[0].lower()
+        return "attention" if "attention" in first or "attn" in first else "ffn"
+
     def unit_groups(self, model: Any, *, where: str = "method 'structured'") -> list[UnitGroups]:
         config = getattr(model, "config", None)
         model_type = getattr(config, "model_type", None)

@@ -164,6 +164,10 @@ def finish(
     if session.policy is not None:
         verdict = evaluate_policy(session.policy, result, policy_label=session.policy_label)
         result.verdict = verdict  # skipped rules are listed by the report, from the verdict
+    if config.attribution.enabled:  # after judging: it may follow the rules that failed
+        from audit.attribution import run_attribution
+
+        result.attribution = run_attribution(session, result)
     out_dir = session.paths.output_dir
     files = {}
     if write:

@@ -69,6 +69,7 @@ def preflight(config: AuditConfig, *, points: list[SweepPoint] | None = None) ->
                 source="the config's extra_metrics",
                 locate=lambda i: locate_rule(paths.policy, paths.base_dir, i),
             )
+    check_attribution_rules(config, policy)
     kind = config.model.declared_kind
     if config.model.gguf_file is not None:
         check_gguf_file(config.model, model_location(config))
@@ -85,6 +86,27 @@ def preflight(config: AuditConfig, *, points: list[SweepPoint] | None = None) ->
     for point in points[1:]:
         validate_point_params(point)
     return Preflight(policy=policy, policy_label=label, points=points, paths=paths)
+
+
+def check_attribution_rules(config: AuditConfig, policy: Policy | None) -> None:
+    """``attribution.rules``, when a list, names rules of the run's policy."""
+    att = config.attribution
+    if not att.enabled or att.rules == "all":
+        return
+    if policy is None:
+        raise UsageError(
+            "attribution.rules names policy rules, but the run has no policy",
+            where="attribution.rules",
+            hint="set a policy, or write `rules: all`",
+        )
+    known = [r.id for r in policy.rules]
+    unknown = [r for r in att.rules if r not in known]
+    if unknown:
+        raise UsageError(
+            f"attribution.rules names {', '.join(repr(r) for r in unknown)}, not a rule of policy {policy.name!r}",
+            where="attribution.rules",
+            hint=f"its rules: {', '.join(known) or '(none)'}",
+        )
 
 
 def _extra_catalog(config: AuditConfig) -> dict[str, Any]:

@@ -229,6 +229,15 @@ def sparsity_colour(value: float | None) -> str:
     return _mix("#f7fbff", "#08306b", max(0.0, min(1.0, value)))
 
 
+def share_colour(value: float | None) -> str:
+    """A share of a gap: white (0) to dark blue (1 and above); light to dark red below 0; grey for none."""
+    if value is None:
+        return "#e5e5e5"
+    if value < 0:
+        return _mix("#fff5f0", "#a50f15", min(1.0, -value))
+    return _mix("#f7fbff", "#08306b", min(1.0, value))
+
+
 def text_colour(value: float | None) -> str:
     return "#ffffff" if value is not None and value > 0.55 else "#1b1f24"
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from audit.deploy.spec import STAGE as DEPLOY_STAGE
 from audit.results import RunResult
+from reports.views.attribution import attribution_view
 from reports.views.common import catalog, rule_row, sorted_rules
 from reports.views.groups import MAX_FINDINGS, group_views
 from reports.views.identity import dataset_rows, model_view, provenance_view
@@ -91,6 +92,7 @@ def build_view(result: RunResult) -> dict[str, Any]:
         "regressions": regressions,
         "top_findings": top_findings([r for r in regressions if r["status"] in ("FAIL", "ERROR")] or regressions),
         "regression_groups": grouped_by_variant(regressions),
+        "attribution": attribution_view(result, sorted({r["variant"] for r in regressions})),
         "suspicious_gains": suspicious_rows(result),
         "rules": [rule_row(r) for r in rules],
         "protocol": protocol(result, cat),

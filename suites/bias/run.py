@@ -31,7 +31,7 @@ from audit import stats
 from audit.data import MISSING_GROUP, EvalSet
 from audit.errors import DataError, UsageError
 from audit.results import DatasetIdentity, Measurement
-from audit.suite import PredictionSet, Suite, SuiteContext, SuiteOutput, Variant
+from audit.suite import DefiningExamples, PredictionSet, Suite, SuiteContext, SuiteOutput, Variant, eval_set_examples
 from suites.bias import BiasParams
 from suites.bias.counterfactual_metrics import CounterfactualSet, counterfactual_metrics, find_counterfactuals
 from suites.bias.disparities import disparities
@@ -181,6 +181,16 @@ class BiasSuite(Suite):
     def rng(self, ctx: SuiteContext, *parts: int) -> np.random.Generator:
         """A generator seeded by the run's seed and ``parts`` (one stream per analysis, feature, ...)."""
         return np.random.default_rng([ctx.seed, 7, *parts])
+
+    def defining_examples(self, metric: str, dataset: str, test: str, ctx: SuiteContext) -> DefiningExamples | None:
+        """Pruning's disparate impact on one group (``paired_groups.<feature>.<group>``): that group's examples.
+
+        Its test is the group's accuracy change, so the group's accuracy is re-measured. The
+        suite's other tests (rates, counterfactual flips, subgroup AUCs) are not accuracies.
+        """
+        if metric != "pruning_disparate_impact" or dataset != ctx.eval_set.name:
+            return None
+        return eval_set_examples(ctx.eval_set, test=test, intersections=self.params.intersections)
 
     def all_features(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The sensitive features and, when ``intersections`` is set, their intersections."""

@@ -24,7 +24,15 @@ from audit import paired, stats
 from audit.data import EvalSet
 from audit.errors import DataError
 from audit.results import DatasetIdentity, Measurement
-from audit.suite import Suite, SuiteContext, SuiteOutput, Variant, accuracy_delta_measurement, add_prediction_details
+from audit.suite import (
+    DefiningExamples,
+    Suite,
+    SuiteContext,
+    SuiteOutput,
+    Variant,
+    accuracy_delta_measurement,
+    add_prediction_details,
+)
 from suites.ood import Corruption, OodParams
 
 log = logging.getLogger(__name__)
@@ -136,6 +144,16 @@ class OodSuite(Suite):
     @staticmethod
     def _corruption_name(c: Corruption, eval_name: str) -> str:
         return c.name or f"{eval_name}-{c.kind}"
+
+    def defining_examples(self, metric: str, dataset: str, test: str, ctx: SuiteContext) -> DefiningExamples | None:
+        """Accuracy and its paired change on one set (a shifted set, a corruption, or the ID set): its examples."""
+        if metric not in ("accuracy", "accuracy_delta") or test != "paired":
+            return None
+        sets = [s.es for s in getattr(self, "sets", []) if s.name == dataset]
+        es = sets[0] if sets else (ctx.eval_set if dataset == ctx.eval_set.name else None)
+        if es is None:
+            return None
+        return DefiningExamples.of(es)
 
     def _rng(self, ctx: SuiteContext, set_index: int, metric: str) -> np.random.Generator:
         return np.random.default_rng([ctx.seed, set_index + 1, _METRIC_CODE[metric]])

@@ -9,6 +9,7 @@ import numpy as np
 from audit import stats
 from audit.results import Measurement
 from audit.suite import (
+    DefiningExamples,
     PredictionSet,
     Suite,
     SuiteContext,
@@ -16,6 +17,7 @@ from audit.suite import (
     Variant,
     accuracy_delta_measurement,
     add_prediction_details,
+    eval_set_examples,
 )
 
 
@@ -58,6 +60,12 @@ class PerformanceSuite(Suite):
                 )
             )
         return SuiteOutput(measurements=measurements, artifacts={"pred": pred.tolist()})
+
+    def defining_examples(self, metric: str, dataset: str, test: str, ctx: SuiteContext) -> DefiningExamples | None:
+        """Accuracy and its paired change: every example of the eval set."""
+        if metric not in ("accuracy", "accuracy_delta") or dataset != ctx.eval_set.name or test != "paired":
+            return None
+        return eval_set_examples(ctx.eval_set, test=test, intersections=self.params.intersections)
 
     def prediction_sets(self, artifacts: dict[str, Any], ctx: SuiteContext) -> list[PredictionSet]:
         """The eval set's predicted classes against its labels, grouped by its group columns."""
