@@ -229,7 +229,7 @@ def test_budget_below_variant_and_dense_is_not_attributable(tiny) -> None:
     _, blocks = _blocks(tiny)
     model = copy.deepcopy(tiny["dense"])
     _damage(model, [f"{blocks[0]}.intermediate.dense"])
-    rows = _flipped(tiny, model)
+    rows = np.arange(20)  # the refusal comes before any forward pass: which rows does not matter
     rec = _search(tiny, model, rows, budget=2 * len(rows) - 1)
     assert rec.status == "not_attributable" and "budget_forward_passes" in rec.reason
     assert rec.forward_passes == 0 and rec.groups == []
@@ -341,6 +341,22 @@ def test_selection_keeps_significant_ones_smallest_q_first() -> None:
     assert [(r["variant"], r["q_value"]) for r in chosen] == [
         ("magnitude-s0.90-seed0", 0.001),
         ("magnitude-s0.50-seed0", 0.01),
+    ]
+
+
+def test_selection_gives_the_places_to_regressions_that_can_be_re_measured_first() -> None:
+    from audit.attribution import select_regressions
+
+    def measurable(reg: dict) -> bool:  # say the performance suite could not name its examples
+        return not reg["metric"].startswith("performance/")
+
+    chosen, qualified = select_regressions(
+        _with_regressions(), AttributionConfig(enabled=True, max_regressions=2), measurable
+    )
+    assert qualified == 3
+    assert [(r["metric"], r["q_value"]) for r in chosen] == [
+        ("bias/test/pruning_disparate_impact", 0.02),  # the largest q, but the only measurable one
+        ("performance/test/accuracy_delta", 0.001),  # then the rest, smallest q first
     ]
 
 

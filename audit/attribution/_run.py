@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from audit.attribution._search import attribute, refuse
@@ -40,12 +41,16 @@ def _rules_on(result: RunResult, reg: dict[str, Any], wanted: list[str] | None) 
     return out
 
 
-def select_regressions(result: RunResult, cfg: AttributionConfig) -> tuple[list[dict[str, Any]], int]:
+def select_regressions(
+    result: RunResult, cfg: AttributionConfig, measurable: Callable[[dict[str, Any]], bool] | None = None
+) -> tuple[list[dict[str, Any]], int]:
     """The regressions to attribute (smallest q first, at most ``max_regressions``) and how many qualified.
 
     A regression qualifies when its q is at most the run's FDR level, its metric id matches one of
     ``cfg.metrics`` and, with a list of ``cfg.rules``, one of them failed or warned on its variant
-    on a metric of the same suite and dataset.
+    on a metric of the same suite and dataset. With ``measurable``, the regressions it accepts (a
+    suite can name their defining examples) take the places first, so a slot is not spent on a
+    metric that cannot be re-measured while an attributable regression waits.
     """
     alpha = (result.statistics.get("multiple_testing") or {}).get("alpha")
     wanted = None if cfg.rules == "all" else list(cfg.rules)
@@ -63,6 +68,8 @@ def select_regressions(result: RunResult, cfg: AttributionConfig) -> tuple[list[
     found.sort(
         key=lambda r: (r["q_value"], -abs(r["delta"]) if r.get("delta") is not None else 0.0, r["variant"], r["metric"])
     )
+    if measurable is not None:
+        found.sort(key=lambda r: not measurable(r))  # stable: q order within each part
     return found[: cfg.max_regressions], len(found)
 
 
@@ -99,18 +106,40 @@ def _rebuild(session: Session, point: Any, pruning: Any) -> tuple[Any, str | Non
 def run_attribution(session: Session, result: RunResult) -> list[RegressionAttribution]:
     """Attribute the run's selected regressions (``config.attribution``); also adds a limitation line."""
     cfg = session.config.attribution
-    selected, qualified = select_regressions(result, cfg)
+    if not select_regressions(result, cfg)[0]:
+        return []
+    session.setup()  # the suites' datasets (a resumed run may have skipped it)
+    suites = {s.name: s for s in session.suites}
+    seen: dict[str, bool] = {}
+
+    def measurable(reg: dict[str, Any]) -> bool:
+        suite_name, rest = reg["metric"].split("/", 1)
+        dataset, _, metric = rest.rpartition("/")
+        key = f"{reg['metric']}@{reg.get('test') or 'paired'}"
+        if key not in seen:
+            suite = suites.get(suite_name)
+            ctx = session.base_ctx.for_suite(None)
+            seen[key] = suite is not None and (
+                suite.defining_examples(metric, dataset, reg.get("test") or "paired", ctx) is not None
+            )
+        return seen[key]
+
+    selected, qualified = select_regressions(result, cfg, measurable)
+    n_measurable = sum(1 for reg in selected if measurable(reg))
     if qualified > len(selected):
         result.limitations.append(
             f"attribution: {len(selected)} of {qualified} significant regressions were attributed "
-            f"(attribution.max_regressions: {cfg.max_regressions})"
+            f"(attribution.max_regressions: {cfg.max_regressions}); those whose metric can be re-measured "
+            "on defining examples went first"
         )
-    if not selected:
-        return []
-    session.setup()  # the suites' datasets (a resumed run may have skipped it)
+    if n_measurable < len(selected):
+        log.info(
+            "attribution: %d of the %d selected regressions are of metrics no suite can re-measure",
+            len(selected) - n_measurable,
+            len(selected),
+        )
     points = {p.id: p for p in session.points}
     variants = {v.id: v for v in result.variants}
-    suites = {s.name: s for s in session.suites}
     n_boot = cfg.n_boot if cfg.n_boot is not None else session.config.runtime.n_boot
     out = [_record(reg, cfg.granularity) for reg in selected]
     built: tuple[str, Any, str | None] | None = None
