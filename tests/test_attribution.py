@@ -521,3 +521,25 @@ def test_run_attributes_a_significant_regression(tiny_model_dir: Path, tiny_data
     # the re-measured gap is the regression's recorded change (up to near-tie flips of the deployed model)
     assert a.gap == pytest.approx(-a.delta, abs=2 / a.n_examples)
     assert "attribution-heatmap" in (outcome.output_dir / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_failing_diagnostic_keeps_the_search_findings(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    import audit.attribution._search as search_mod
+    from audit.suite import DefiningExamples
+
+    def broken(**_: object) -> None:
+        raise RuntimeError("no gradients today")
+
+    monkeypatch.setattr(search_mod, "diagnostics", broken)
+    _, blocks = _blocks(tiny)
+    model = copy.deepcopy(tiny["dense"])
+    _damage(model, [f"{blocks[1]}.output.dense"], scale=200.0)
+    rows = _flipped(tiny, model)
+    rec = RegressionAttribution(variant="v", metric="performance/test/accuracy_delta", test="paired",
+                                status="not_attributable")  # fmt: skip
+    search_mod.attribute(
+        rec, dense=tiny["dense"], variant=model, adapter=tiny["adapter"], predictor=tiny["predictor"],
+        examples=DefiningExamples.of(tiny["es"], rows, "flipped rows"), budget=10**6, n_boot=20,
+    )  # fmt: skip
+    assert rec.status == "complete" and _group(rec, "all").share == 1.0
+    assert rec.diagnostics == [] and rec.diagnostics_note == "diagnostics failed: RuntimeError: no gradients today"

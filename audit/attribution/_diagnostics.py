@@ -42,10 +42,12 @@ def _grad_norm(
     try:
         for p in params:
             p.requires_grad_(True)
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             for k, batch in enumerate(enc.batches):
                 rows = enc.order[k * bs : k * bs + len(batch["input_ids"])]
-                batch = {key: t.to(predictor.device) for key, t in batch.items()}
+                # a cached encoding may have been made under inference mode (a suite's scoring):
+                # its tensors cannot enter a graph, copies made here can
+                batch = {key: t.clone().to(predictor.device) for key, t in batch.items()}
                 y = torch.as_tensor(labels[rows], dtype=torch.long, device=predictor.device)
                 loss = adapter.loss(model, batch, y, reduction="sum")
                 grads = torch.autograd.grad(loss, params, allow_unused=True)

@@ -229,8 +229,11 @@ def attribute(
         seed=seed,
     ).run(record)
     if with_diagnostics and record.status != "not_attributable":
-        rows, passes, note = diagnostics(
-            dense=dense, variant=variant, adapter=adapter, predictor=predictor, examples=examples
-        )
+        try:
+            rows, passes, note = diagnostics(
+                dense=dense, variant=variant, adapter=adapter, predictor=predictor, examples=examples
+            )
+        except Exception as exc:  # noqa: BLE001 - the search's findings stand; the diagnostics say why not
+            rows, passes, note = [], 0, f"diagnostics failed: {type(exc).__name__}: {exc}"
         record.diagnostics, record.diagnostic_passes, record.diagnostics_note = rows, passes, note
     return record
