@@ -110,19 +110,22 @@ def run_attribution(session: Session, result: RunResult) -> list[RegressionAttri
         return []
     session.setup()  # the suites' datasets (a resumed run may have skipped it)
     suites = {s.name: s for s in session.suites}
-    seen: dict[str, bool] = {}
+    found: dict[str, Any] = {}
 
-    def measurable(reg: dict[str, Any]) -> bool:
-        suite_name, rest = reg["metric"].split("/", 1)
-        dataset, _, metric = rest.rpartition("/")
-        key = f"{reg['metric']}@{reg.get('test') or 'paired'}"
-        if key not in seen:
+    def examples_of(reg: dict[str, Any]) -> Any:
+        """The regression's defining examples (None: no suite can name them), asked once per metric and test."""
+        test = reg.get("test") or "paired"
+        key = f"{reg['metric']}@{test}"
+        if key not in found:
+            suite_name, rest = reg["metric"].split("/", 1)
+            dataset, _, metric = rest.rpartition("/")
             suite = suites.get(suite_name)
             ctx = session.base_ctx.for_suite(None)
-            seen[key] = suite is not None and (
-                suite.defining_examples(metric, dataset, reg.get("test") or "paired", ctx) is not None
-            )
-        return seen[key]
+            found[key] = suite.defining_examples(metric, dataset, test, ctx) if suite else None
+        return found[key]
+
+    def measurable(reg: dict[str, Any]) -> bool:
+        return examples_of(reg) is not None
 
     selected, qualified = select_regressions(result, cfg, measurable)
     n_measurable = sum(1 for reg in selected if measurable(reg))
@@ -146,14 +149,10 @@ def run_attribution(session: Session, result: RunResult) -> list[RegressionAttri
     # variant by variant (each pruned again once), recorded in q order; seeds follow the q order
     for i in sorted(range(len(selected)), key=lambda k: selected[k]["variant"]):
         reg, rec = selected[i], out[i]
-        suite_name, rest = reg["metric"].split("/", 1)
-        dataset, _, metric = rest.rpartition("/")
-        suite = suites.get(suite_name)
-        examples = (
-            suite.defining_examples(metric, dataset, rec.test, session.base_ctx.for_suite(None)) if suite else None
-        )
+        examples = examples_of(reg)
         if examples is None:
-            refuse(rec, f"suite {suite_name} gives no defining examples for {metric} at {rec.test}")
+            suite_name, rest = reg["metric"].split("/", 1)
+            refuse(rec, f"suite {suite_name} gives no defining examples for {rest.rpartition('/')[2]} at {rec.test}")
             continue
         rec.dataset, rec.scope, rec.measure = examples.dataset, examples.scope, examples.measure
         point, vr = points.get(reg["variant"]), variants.get(reg["variant"])

@@ -200,38 +200,17 @@ def refuse(record: RegressionAttribution, reason: str) -> RegressionAttribution:
     return record
 
 
-def attribute(
-    record: RegressionAttribution,
-    *,
-    dense: Any,
-    variant: Any,
-    adapter: Any,
-    predictor: Any,
-    examples: DefiningExamples,
-    budget: int,
-    granularity: str = "layer",
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int | list[int] = 0,
-    with_diagnostics: bool = True,
-) -> RegressionAttribution:
-    """Run the search for one regression (and, if asked, the diagnostics) into ``record``."""
-    Search(
-        dense=dense,
-        variant=variant,
-        adapter=adapter,
-        predictor=predictor,
-        examples=examples,
-        budget=budget,
-        granularity=granularity,
-        n_boot=n_boot,
-        level=level,
-        seed=seed,
-    ).run(record)
+def attribute(record: RegressionAttribution, *, with_diagnostics: bool = True, **search: Any) -> RegressionAttribution:
+    """Run the search for one regression (and, if asked, the diagnostics) into ``record``.
+
+    ``search``: :class:`Search`'s keyword arguments (``dense``, ``variant``, ``adapter``,
+    ``predictor``, ``examples``, ``budget``, ...).
+    """
+    Search(**search).run(record)
     if with_diagnostics and record.status != "not_attributable":
         try:
             rows, passes, note = diagnostics(
-                dense=dense, variant=variant, adapter=adapter, predictor=predictor, examples=examples
+                **{k: search[k] for k in ("dense", "variant", "adapter", "predictor", "examples")}
             )
         except Exception as exc:  # noqa: BLE001 - the search's findings stand; the diagnostics say why not
             rows, passes, note = [], 0, f"diagnostics failed: {type(exc).__name__}: {exc}"
