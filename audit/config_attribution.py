@@ -28,6 +28,7 @@ class AttributionConfig(StrictModel):
       max_regressions: 3
       budget_forward_passes: 20000
       granularity: layer          # block | type | layer
+      holdout: 0.5                # share of the defining examples the search does not see
     ```
 
     For each significant regression of the run (``statistics.regressions``: q at most the
@@ -66,6 +67,14 @@ class AttributionConfig(StrictModel):
         ge=0,
         le=100_000,
         description="Paired bootstrap resamples of the shares' CIs (default: runtime.n_boot).",
+    )
+    holdout: float = Field(
+        0.5,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of each regression's defining examples held out of the search (a seeded draw); the "
+        "group that explained most at each level is re-measured on them, so its reported held-out share was not "
+        "chosen on the examples it is measured on. 0: the search uses every example and nothing is checked.",
     )
     diagnostics: bool = Field(
         True,

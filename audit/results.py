@@ -618,6 +618,39 @@ class GroupDiagnostic(Record):
     margin_variant: Num = None
 
 
+class HoldoutCheck(Record):
+    """One of the search's findings (the group that explained most at its level) re-measured on held-out examples."""
+
+    name: str = Field(description="The group, as in `groups`.")
+    level: Literal["block", "type", "layer"]
+    layers: list[str] = Field(default_factory=list)
+    share_selection: Num = Field(None, description="Its share on the selection examples, where the search chose it.")
+    value: Num = Field(None, description="The measure on the held-out examples with this group restored.")
+    share: Num = Field(None, description="Its share of the held-out gap: (restored - variant) / (dense - variant).")
+    ci_low: Num = None
+    ci_high: Num = None
+
+
+class AttributionHoldout(Record):
+    """The search ran on a seeded part of the defining examples; its findings are re-measured on the rest.
+
+    A share the search chose because it was largest on the selection examples is biased
+    upwards there (it won a comparison); the held-out share is not, because those examples
+    took no part in choosing it.
+    """
+
+    fraction: float = Field(description="attribution.holdout: the fraction of the defining examples held out.")
+    n_selection: int = Field(description="Defining examples the search ran on.")
+    n_holdout: int = Field(description="Defining examples held out from it.")
+    dense_value: Num = None
+    variant_value: Num = None
+    gap: Num = Field(None, description="dense_value - variant_value on the held-out examples.")
+    checks: list[HoldoutCheck] = Field(default_factory=list)
+    forward_passes: int = Field(0, description="Example forward passes of the held-out check (within the budget).")
+    ci_method: str | None = None
+    note: str | None = Field(None, description="Why there are no checks, or what limits them.")
+
+
 class RegressionAttribution(Record):
     """One significant regression traced back to the pruning decisions of its variant.
 
@@ -652,6 +685,9 @@ class RegressionAttribution(Record):
     diagnostics: list[GroupDiagnostic] = Field(default_factory=list)
     diagnostics_note: str | None = None
     diagnostic_passes: int = Field(0, description="Example forward+backward passes of the diagnostics (apart).")
+    holdout: AttributionHoldout | None = Field(
+        None, description="The findings re-measured on defining examples the search did not see (attribution.holdout)."
+    )
     notes: list[str] = Field(default_factory=list)
 
 

@@ -21,7 +21,9 @@ from audit.config_attribution import AttributionConfig
 from audit.errors import ConfigError, UsageError
 from audit.results import (
     AttributionGroup,
+    AttributionHoldout,
     GroupDiagnostic,
+    HoldoutCheck,
     RegressionAttribution,
     RuleResult,
     Verdict,
@@ -86,7 +88,9 @@ def _flipped(tiny, model) -> np.ndarray:
     return rows
 
 
-def _search(tiny, model, members, *, budget: int = 10**6, granularity: str = "layer", n_boot: int = 50):
+def _search(
+    tiny, model, members, *, budget: int = 10**6, granularity: str = "layer", n_boot: int = 50, holdout: float = 0.0
+):
     from audit.attribution import Search
     from audit.suite import DefiningExamples
 
@@ -103,6 +107,7 @@ def _search(tiny, model, members, *, budget: int = 10**6, granularity: str = "la
         granularity=granularity,
         n_boot=n_boot,
         seed=0,
+        holdout=holdout,
     ).run(rec)
 
 
@@ -233,6 +238,73 @@ def test_budget_below_variant_and_dense_is_not_attributable(tiny) -> None:
     rec = _search(tiny, model, rows, budget=2 * len(rows) - 1)
     assert rec.status == "not_attributable" and "budget_forward_passes" in rec.reason
     assert rec.forward_passes == 0 and rec.groups == []
+
+
+# -- held-out check ----------------------------------------------------------------------------
+
+
+def test_holdout_split_is_a_seeded_disjoint_partition() -> None:
+    from audit.attribution import split_holdout
+
+    members = np.arange(100, 141)  # 41 rows, not starting at 0
+    sel, held = split_holdout(members, 0.5, [3, 1])
+    assert len(held) == 20 and len(sel) == 21  # round(0.5 * 41) = 20 (half to even)
+    assert set(sel).isdisjoint(held) and sorted([*sel, *held]) == list(members)
+    assert list(sel) == sorted(sel) and list(held) == sorted(held)  # the members' order is kept
+    again_sel, again_held = split_holdout(members, 0.5, [3, 1])
+    assert list(again_held) == list(held) and list(again_sel) == list(sel)
+    assert list(split_holdout(members, 0.5, [3, 2])[1]) != list(held)
+
+
+@pytest.mark.parametrize(("n", "fraction"), [(1, 0.5), (10, 0.0), (10, 0.01), (10, 0.99)])
+def test_holdout_split_holds_nothing_out_when_a_part_would_be_empty(n: int, fraction: float) -> None:
+    from audit.attribution import split_holdout
+
+    sel, held = split_holdout(np.arange(n), fraction, 0)
+    assert list(sel) == list(range(n)) and len(held) == 0
+
+
+def test_held_out_check_re_measures_each_levels_best_group_on_unseen_rows(tiny) -> None:
+    _, blocks = _blocks(tiny)
+    model = copy.deepcopy(tiny["dense"])
+    _damage(
+        model, [f"{blocks[1]}.attention.self.{p}" for p in ("query", "value")] + [f"{blocks[1]}.intermediate.dense"]
+    )
+    rows = _flipped(tiny, model)
+    rec = _search(tiny, model, rows, granularity="layer", holdout=0.5)
+    h = rec.holdout
+    assert h is not None and h.n_selection + h.n_holdout == len(rows) and h.n_holdout == round(0.5 * len(rows))
+    assert rec.n_examples == h.n_selection
+    assert (h.dense_value, h.variant_value, h.gap) == (1.0, 0.0, 1.0)  # flipped rows, on both parts
+    # per level, the group with the largest share on the selection rows (first in search order on ties)
+    best = {}
+    for g in rec.groups:
+        if g.level != "all" and (g.level not in best or g.share > best[g.level].share):
+            best[g.level] = g
+    assert [(c.level, c.name, c.share_selection) for c in h.checks] == [
+        (lv, best[lv].name, best[lv].share) for lv in ("block", "type", "layer")
+    ]
+    # only block 1 changed: restoring it is dense exactly, on the held-out rows too
+    assert h.checks[0].name == blocks[1] and h.checks[0].share == 1.0
+    # the search on the selection rows, then the variant, dense and each check on the held-out rows
+    assert h.forward_passes == h.n_holdout * (2 + len(h.checks))
+    assert rec.forward_passes == h.n_selection * (2 + len(rec.groups)) + h.forward_passes
+
+
+def test_held_out_passes_are_reserved_before_the_search_spends_the_budget(tiny) -> None:
+    _, blocks = _blocks(tiny)
+    model = copy.deepcopy(tiny["dense"])
+    _damage(model, [f"{b}.attention.self.value" for b in blocks])
+    rows = _flipped(tiny, model)
+    from audit.attribution import split_holdout
+
+    sel, held = split_holdout(rows, 0.5, 0)
+    reserve = len(held) * (2 + 1)  # granularity block: one checked level
+    rec = _search(tiny, model, rows, granularity="block", holdout=0.5, budget=3 * len(sel) + reserve)
+    assert [g.name for g in rec.groups] == ["all"] and rec.not_evaluated == blocks
+    # no block was evaluated, so no block is checked, and the check spent only the variant and dense passes
+    assert rec.holdout.checks == [] and rec.holdout.forward_passes == 2 * len(held)
+    assert rec.forward_passes <= rec.budget_forward_passes
 
 
 def test_structured_variant_is_not_attributable(tiny) -> None:
@@ -442,6 +514,11 @@ def _record(variant_id: str) -> RegressionAttribution:
         not_evaluated=["b.1.f"],
         diagnostics=[GroupDiagnostic(feature="gender", group="female", n=50, grad_norm_dense=0.5,
                                      grad_norm_variant=0.9, margin_dense=0.6, margin_variant=0.3)],
+        holdout=AttributionHoldout(fraction=0.5, n_selection=100, n_holdout=100, dense_value=0.9, variant_value=0.75,
+                                   gap=0.15, forward_passes=300, ci_method="bootstrap",
+                                   checks=[HoldoutCheck(name="b.1", level="block", layers=["b.1.f"],
+                                                        share_selection=0.9, value=0.85, share=2 / 3,
+                                                        ci_low=0.41, ci_high=0.93)]),
     )  # fmt: skip
 
 
@@ -467,6 +544,9 @@ def test_report_renders_the_section_under_its_regression() -> None:
     assert regressions.index(failing) < regressions.index("attribution-heatmap")
     assert "90 %" in html and "[80, 100] %" in html  # block b.1's share and CI
     assert "Not reached within the budget: b.1.f" in html
+    held = html[html.index("attribution-holdout") :]
+    assert "100 of the 200 defining examples were held out" in html
+    assert held.index("90 %") < held.index("67 %") < held.index("[41, 93] %")  # chosen at 90 %, 67 % held out
     res.attribution = None
     assert "attribution-heatmap" not in render_reports(res, ["html"])["html"]
 
@@ -480,7 +560,8 @@ def test_markdown_summary_names_the_groups_that_explain_most() -> None:
     md = render_reports(res, ["markdown"])["markdown"]
     assert "### Regression attribution" in md
     line = next(x for x in md.splitlines() if "accuracy_delta" in x and "partial" in x)
-    assert line.index("b.1 90 %") < line.index("b.0 10 %") and "600 / 700" in line
+    assert line.index("b.1 90 %") < line.index("b.0 10 %") < line.index(r"b.1 67 % \[41, 93\] %")
+    assert "600 / 700" in line
 
 
 def test_heatmap_cells_follow_blocks_and_kinds() -> None:
@@ -516,10 +597,14 @@ def test_run_attributes_a_significant_regression(tiny_model_dir: Path, tiny_data
     a = back.attribution[0]
     assert a.variant == "magnitude-s0.90-seed0" and a.metric.startswith("performance/")
     assert a.status in ("complete", "partial") and a.forward_passes <= 2000
-    assert a.forward_passes == a.n_examples * (2 + len(a.groups))
+    h = a.holdout  # the default holdout, 0.5
+    assert h is not None and h.fraction == 0.5 and h.n_selection == a.n_examples
+    assert a.forward_passes == a.n_examples * (2 + len(a.groups)) + h.forward_passes
     assert a.groups[0].name == "all" and a.groups[0].share == 1.0  # magnitude touches only the Linear weights
-    # the re-measured gap is the regression's recorded change (up to near-tie flips of the deployed model)
-    assert a.gap == pytest.approx(-a.delta, abs=2 / a.n_examples)
+    # the gap re-measured on both parts together is the regression's recorded change (up to near-tie flips
+    # of the deployed model)
+    n = h.n_selection + h.n_holdout
+    assert (a.gap * h.n_selection + h.gap * h.n_holdout) / n == pytest.approx(-a.delta, abs=2 / n)
     assert "attribution-heatmap" in (outcome.output_dir / "report.html").read_text(encoding="utf-8")
 
 

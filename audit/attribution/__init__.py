@@ -34,6 +34,14 @@ every group it did not reach. Structured variants (changed shapes) cannot be res
 layer and are recorded as not attributable, as are regressions whose suite gives no defining
 examples (a metric that is not an accuracy).
 
+**Held out** (``holdout``, default 0.5): the search runs on a seeded draw of the defining
+examples (:func:`split_holdout`) and the rest are set aside. Afterwards the group with the largest
+share at each level the search reached (block, type, layer) is re-measured on the held-out
+examples, together with the variant and dense there (``record.holdout``; its forward passes are
+reserved in the budget before the search starts). A share that won a comparison on the selection
+examples is biased upwards there; the held-out share took no part in choosing, so it is the
+figure to quote for "restoring G recovers this much of the gap".
+
 Tran et al. (2022), "Pruning has a disparate impact on model accuracy" (NeurIPS), explain group
 gaps by two quantities, recorded here per group of each group column of the regression's set (and
 for all its examples), dense vs variant:
@@ -52,7 +60,7 @@ from __future__ import annotations
 from audit.attribution._diagnostics import CITATION, diagnostics
 from audit.attribution._layers import restorable_layers, restored
 from audit.attribution._run import run_attribution, select_regressions
-from audit.attribution._search import Search, attribute
+from audit.attribution._search import Search, attribute, split_holdout
 
 __all__ = [
     "CITATION",
@@ -63,4 +71,5 @@ __all__ = [
     "restored",
     "run_attribution",
     "select_regressions",
+    "split_holdout",
 ]

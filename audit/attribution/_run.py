@@ -182,6 +182,7 @@ def run_attribution(session: Session, result: RunResult) -> list[RegressionAttri
                 level=session.config.runtime.ci_level,
                 seed=[session.config.seed, BOOT_STREAM, i],
                 with_diagnostics=cfg.diagnostics,
+                holdout=cfg.holdout,
             )
         except UsageError:
             raise

@@ -10,10 +10,50 @@ import numpy as np
 from audit import stats
 from audit.attribution._diagnostics import diagnostics
 from audit.attribution._layers import fresh_predictor, restorable_layers, restored
-from audit.results import AttributionGroup, RegressionAttribution
+from audit.results import AttributionGroup, AttributionHoldout, HoldoutCheck, RegressionAttribution
 
 if TYPE_CHECKING:
     from audit.suite import DefiningExamples
+
+
+HOLDOUT_STREAM = 104729
+"""Last entry of the held-out split's seed (``[*search seed, HOLDOUT_STREAM]``)."""
+
+CHECK_LEVELS = ("block", "type", "layer")
+"""The levels whose best group is re-measured on the held-out examples."""
+
+
+@dataclass
+class _Rows:
+    """Some of the defining examples: their texts, pairs and labels."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, ex: DefiningExamples, rows: np.ndarray) -> _Rows:
+        pairs = None if ex.text_pairs is None else [ex.text_pairs[i] for i in rows]
+        return cls([ex.texts[i] for i in rows], pairs, np.asarray(ex.labels)[rows])
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def split_holdout(members: np.ndarray, fraction: float, seed: int | list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(selection rows, held-out rows) of ``members``: a seeded draw of ``round(fraction * n)`` rows is held out.
+
+    Both parts keep the members' order. With fewer than 2 members, or a fraction that rounds to
+    no row or every row, nothing is held out.
+    """
+    members = np.asarray(members, dtype=np.int64)
+    n_held = int(round(fraction * len(members)))
+    if fraction <= 0 or n_held < 1 or n_held >= len(members):
+        return members, members[:0]
+    base = list(seed) if isinstance(seed, (list, tuple)) else [int(seed)]
+    held = np.zeros(len(members), dtype=bool)
+    held[np.random.default_rng([*base, HOLDOUT_STREAM]).permutation(len(members))[:n_held]] = True
+    return members[~held], members[held]
 
 
 @dataclass
@@ -75,6 +115,7 @@ class Search:
         n_boot: int = 1000,
         level: float = 0.95,
         seed: int | list[int] = 0,
+        holdout: float = 0.0,
     ) -> None:
         self.dense, self.variant, self.adapter = dense, variant, adapter
         self.predictor = fresh_predictor(predictor)
@@ -83,21 +124,28 @@ class Search:
         self.granularity = granularity
         self.level = level
         self.n_boot = n_boot
+        self.holdout = float(holdout)
         members = np.asarray(examples.members, dtype=np.int64)
-        self.texts = [examples.texts[i] for i in members]
-        self.pairs = None if examples.text_pairs is None else [examples.text_pairs[i] for i in members]
-        self.labels = np.asarray(examples.labels)[members]
-        self.n = len(members)
-        self.index = stats.bootstrap_indices(self.n, n_boot, np.random.default_rng(seed))
+        self.n_all = len(members)
+        chosen, held = split_holdout(members, self.holdout, seed)
+        self.sel, self.held = _Rows.of(examples, chosen), _Rows.of(examples, held)
+        self.n = len(self.sel)
+        # 2 + one per checked level: the variant, dense and each level's best group on the held-out rows
+        levels = CHECK_LEVELS.index(granularity) + 1 if granularity in CHECK_LEVELS else 1
+        self.reserve = len(self.held) * (2 + levels) if len(self.held) else 0
+        rng = np.random.default_rng(seed)
+        self.index = stats.bootstrap_indices(self.n, n_boot, rng)
+        self.held_index = stats.bootstrap_indices(len(self.held), n_boot, rng) if len(self.held) else self.index[:0]
         self.spent = 0
 
-    def _correct(self, model: Any) -> np.ndarray:
-        proba = self.predictor.proba(model, self.texts, self.pairs)
-        self.spent += self.n
-        return (proba.argmax(axis=1) == self.labels).astype(np.float64)
+    def _correct(self, model: Any, rows: _Rows | None = None) -> np.ndarray:
+        rows = self.sel if rows is None else rows
+        proba = self.predictor.proba(model, rows.texts, rows.pairs)
+        self.spent += len(rows)
+        return (proba.argmax(axis=1) == rows.labels).astype(np.float64)
 
     def _fits(self) -> bool:
-        return self.spent + self.n <= self.budget
+        return self.spent + self.n + self.reserve <= self.budget
 
     def run(self, record: RegressionAttribution) -> RegressionAttribution:
         """Fill ``record`` (its regression fields already set) with the search's findings."""
@@ -113,11 +161,16 @@ class Search:
             return refuse(record, refusal)
         if not layers:
             return refuse(record, "no Linear layer of the variant differs from dense")
-        if 2 * self.n > self.budget:
+        if 2 * self.n + self.reserve > self.budget:
+            held = (
+                f" and the {self.reserve} of the held-out check on {len(self.held)} held-out examples"
+                if self.reserve
+                else ""
+            )
             return refuse(
                 record,
-                f"budget_forward_passes {self.budget} is below the {2 * self.n} forward passes of the variant and "
-                f"dense on the {self.n} defining examples",
+                f"budget_forward_passes {self.budget} is below the {2 * self.n + self.reserve} forward passes of the "
+                f"variant and dense on the {self.n} defining examples the search runs on{held}",
             )
         c_var = self._correct(self.variant)
         c_dense = self._correct(self.dense)
@@ -161,6 +214,8 @@ class Search:
                 g = self._evaluate(c)
                 record.groups.append(g)
                 shares[c.name] = g.share if g.share is not None else float("nan")
+        if self.holdout > 0:
+            record.holdout = self._check_holdout(record)
         record.forward_passes = self.spent
         record.status = "partial" if record.not_evaluated else "complete"
         if record.not_evaluated:
@@ -169,6 +224,56 @@ class Search:
                 "not evaluated"
             )
         return record
+
+    def _check_holdout(self, record: RegressionAttribution) -> AttributionHoldout:
+        """Re-measure each level's best group (largest share on the selection rows) on the held-out rows."""
+        out = AttributionHoldout(fraction=self.holdout, n_selection=self.n, n_holdout=len(self.held))
+        if not len(self.held):
+            out.note = f"nothing held out: {self.n_all} defining example(s) at holdout {self.holdout:g}"
+            return out
+        picks = []
+        for level in CHECK_LEVELS:
+            scored = [g for g in record.groups if g.level == level and g.share is not None and np.isfinite(g.share)]
+            if scored:
+                picks.append(max(scored, key=lambda g: g.share))  # first in search order on ties
+        start = self.spent
+        c_var, c_dense = self._correct(self.variant, self.held), self._correct(self.dense, self.held)
+        v, d = float(c_var.mean()), float(c_dense.mean())
+        out.variant_value, out.dense_value, out.gap = v, d, d - v
+        if not d - v > 0:
+            out.note = f"no gap on the held-out examples: dense {d:.4f}, variant {v:.4f}; no share to check"
+            out.forward_passes = self.spent - start
+            return out
+        idx = self.held_index
+        if len(idx):
+            boot_v = c_var[idx].mean(axis=1)
+            denom = c_dense[idx].mean(axis=1) - boot_v
+            denom = np.where(denom != 0, denom, np.nan)
+            out.ci_method = (
+                f"percentile paired bootstrap over the {len(self.held)} held-out examples, {len(idx)} resamples, "
+                f"{self.level:.0%}"
+            )
+        for g in picks:
+            with restored(self.dense, self.variant, tuple(g.layers)):
+                cg = self._correct(self.variant, self.held)
+            value = float(cg.mean())
+            lo = hi = None
+            if len(idx):
+                lo, hi = stats.percentile_ci((cg[idx].mean(axis=1) - boot_v) / denom, self.level)
+            out.checks.append(
+                HoldoutCheck(
+                    name=g.name,
+                    level=g.level,  # type: ignore[arg-type]
+                    layers=list(g.layers),
+                    share_selection=g.share,
+                    value=value,
+                    share=(value - v) / (d - v),
+                    ci_low=lo,
+                    ci_high=hi,
+                )
+            )
+        out.forward_passes = self.spent - start
+        return out
 
     def _evaluate(self, c: _Candidate) -> AttributionGroup:
         with restored(self.dense, self.variant, c.layers):

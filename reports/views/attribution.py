@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.results import AttributionGroup, RegressionAttribution, RunResult
+from audit.results import AttributionGroup, AttributionHoldout, HoldoutCheck, RegressionAttribution, RunResult
 from reports.views.charts import share_colour, text_colour
 from reports.views.common import fmt, fmt_signed
 
@@ -23,7 +23,7 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.0f} %"
 
 
-def _ci(g: AttributionGroup) -> str:
+def _ci(g: AttributionGroup | HoldoutCheck) -> str:
     if g.ci_low is None or g.ci_high is None:
         return ""
     return f"[{g.ci_low * 100:.0f}, {g.ci_high * 100:.0f}] %"
@@ -74,6 +74,36 @@ def heatmap(a: RegressionAttribution) -> dict[str, Any] | None:
     return {"cols": [KIND_TITLE.get(k, k) for k in cols], "rows": rows}
 
 
+def holdout_view(h: AttributionHoldout | None) -> dict[str, Any] | None:
+    """The held-out check: each level's best group, its share where it was chosen and on unseen examples."""
+    if h is None:
+        return None
+    summary = f"{h.n_holdout} of the {h.n_selection + h.n_holdout} defining examples were held out of the search"
+    if h.gap is not None:
+        summary += (
+            f"; on them dense {fmt(h.dense_value)}, variant {fmt(h.variant_value)}, gap {fmt(h.gap)}; "
+            f"{h.forward_passes} forward passes"
+        )
+    return {
+        "summary": summary + ".",
+        "rows": [
+            {
+                "name": c.name,
+                "level": c.level,
+                "n_layers": len(c.layers),
+                "layers": ", ".join(c.layers),
+                "selection": _pct(c.share_selection),
+                "value": fmt(c.value),
+                "share": _pct(c.share),
+                "ci": _ci(c),
+            }
+            for c in h.checks
+        ],
+        "ci_method": h.ci_method or "",
+        "note": h.note or "",
+    }
+
+
 def attribution_block(a: RegressionAttribution) -> dict[str, Any]:
     """One attributed regression, formatted."""
     evaluated = list(a.groups)
@@ -98,6 +128,7 @@ def attribution_block(a: RegressionAttribution) -> dict[str, Any]:
         "summary": summary,
         "rows": [_row(g) for g in evaluated],
         "heatmap": heatmap(a),
+        "holdout": holdout_view(a.holdout),
         "not_evaluated": ", ".join(left[:MAX_NOT_EVALUATED])
         + (f" and {len(left) - MAX_NOT_EVALUATED} more" if len(left) > MAX_NOT_EVALUATED else ""),
         "ci_method": a.ci_method or "",
@@ -147,6 +178,8 @@ def attribution_summary(result: RunResult) -> list[dict[str, Any]] | None:
             (g for g in a.groups if g.level != "all" and g.share is not None), key=lambda g: -(g.share or 0.0)
         )
         top = "; ".join(f"{g.name} {_pct(g.share)} {_ci(g)}".strip() for g in ranked[:TOP_GROUPS])
+        checks = a.holdout.checks if a.holdout is not None else []
+        held = "; ".join(f"{c.name} {_pct(c.share)} {_ci(c)}".strip() for c in checks)
         rows.append(
             {
                 "variant": a.variant,
@@ -155,6 +188,7 @@ def attribution_summary(result: RunResult) -> list[dict[str, Any]] | None:
                 "status": a.status.replace("_", " "),
                 "gap": fmt(a.gap),
                 "top": top or (a.reason or "—"),
+                "held_out": held or ((a.holdout.note or "—") if a.holdout is not None else "not held out"),
                 "passes": f"{a.forward_passes} / {a.budget_forward_passes}",
             }
         )
