@@ -497,9 +497,11 @@ def resources(
 
 
 from audit.cli_attest import attest_app as _attest_app  # noqa: E402
+from audit.cli_attribute import attribute as _attribute  # noqa: E402
 from audit.cli_diff import diff as _diff  # noqa: E402
 
 app.command("diff")(_diff)
+app.command("attribute")(_attribute)
 app.add_typer(_attest_app, name="attest")
 
 

@@ -53,11 +53,15 @@ def run_audit(
     paths: dict[str, Path] | None = None,
     resume: bool = False,
     progress: Any = None,
+    require_stored: bool = False,
 ) -> RunOutcome:
     """Run the whole audit described by ``config``.
 
     Finished units of work go to a content-addressed store under the output directory as
-    they finish; with ``resume`` the run reuses every unit whose inputs are unchanged.
+    they finish; with ``resume`` the run reuses every unit whose inputs are unchanged. With
+    ``require_stored`` (``prune-audit attribute``) every unit must already be in the store: the
+    run is only re-finished (judged, attributed, reported), and a missing unit is a
+    :class:`UsageError` before any work.
     """
     from audit.executors import get_executor
     from audit.progress import Progress
@@ -83,6 +87,15 @@ def run_audit(
     reading = store is not None and resume
     keys = session.unit_keys()
     stored = sum(store.has(k) for k in keys) if reading else 0
+    if require_stored and stored < len(keys):
+        from audit.errors import UsageError
+
+        raise UsageError(
+            f"no finished run of this config in {out_dir}: {stored} of its {len(keys)} units of work are in the "
+            "store (the config, model, data or code differ from the finished run's, or it never finished)",
+            where=str(out_dir / STORE_DIR),
+            hint="run `prune-audit run` with this config (add --resume to finish an interrupted run) first",
+        )
     if reading:
         log.info(
             "resuming: %d finished unit(s) in %s (%d of this run's %d)", store.entries(), store.root, stored, len(keys)

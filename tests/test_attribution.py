@@ -628,3 +628,62 @@ def test_a_failing_diagnostic_keeps_the_search_findings(tiny, monkeypatch: pytes
     )  # fmt: skip
     assert rec.status == "complete" and _group(rec, "all").share == 1.0
     assert rec.diagnostics == [] and rec.diagnostics_note == "diagnostics failed: RuntimeError: no gradients today"
+
+
+# -- the `prune-audit attribute` command -------------------------------------------------------------
+
+
+def _cli(*args: str):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "audit", *args], capture_output=True, text=True, env=env, timeout=600
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_attribute_command_re_finishes_a_finished_run(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    sweep = "sweep:\n  methods: [magnitude]\n  sparsities: [0.9]\n  seeds: [0]\n"
+    cfg = write_config(tmp_path / "audit.yaml", tiny_model_dir, tiny_data_dir, sweep=sweep)
+    out = tmp_path / "out"
+    first = _cli("run", "-c", str(cfg), "-f", "json")
+    assert (out / "results.json").is_file(), first.stderr
+    before = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert "attribution" not in before
+
+    r = _cli("attribute", "-c", str(cfg), "--metric", "performance/*", "--max-regressions", "1", "--budget", "2000",
+             "--granularity", "block", "-f", "json", "-f", "html")  # fmt: skip
+    assert r.returncode == first.returncode, r.stderr  # the run's verdict, unchanged
+    assert "0 computed" in r.stdout and "units reused" in r.stdout  # the run's store: nothing measured again
+    after = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    for key in ("baseline", "variants"):  # the same measurements (the timings say what was reused)
+        was = before[key] if key == "variants" else [before[key]]
+        now = after[key] if key == "variants" else [after[key]]
+        assert [v["measurements"] for v in now] == [v["measurements"] for v in was]
+        assert all(v["timing"]["reused"] for v in now)
+    assert (after["verdict"]["status"], after["verdict"]["rules"]) == (
+        before["verdict"]["status"],
+        before["verdict"]["rules"],
+    )
+    [a] = after["attribution"]
+    assert a["variant"] == "magnitude-s0.90-seed0" and a["metric"].startswith("performance/")
+    assert a["granularity"] == "block" and a["budget_forward_passes"] == 2000 and a["holdout"]["fraction"] == 0.5
+    assert f"attribution: magnitude-s0.90-seed0 {a['metric']}" in r.stdout
+    assert "attribution-heatmap" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_attribute_command_refuses_a_config_without_a_finished_run(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    cfg = write_config(tmp_path / "audit.yaml", tiny_model_dir, tiny_data_dir)
+    r = _cli("attribute", "-c", str(cfg))
+    assert r.returncode == 4, r.stderr
+    assert "no finished run of this config" in r.stderr and "0 of its" in r.stderr
+    assert not (tmp_path / "out" / "results.json").exists()
