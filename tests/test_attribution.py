@@ -243,7 +243,6 @@ def test_budget_below_variant_and_dense_is_not_attributable(tiny) -> None:
 def test_a_zero_shot_causal_lm_regression_is_found_in_its_damaged_decoder_block() -> None:
     """The search on a tiny Llama scored as a zero-shot classifier: labels are dense's own predictions, so
     dense is right on every row by construction and the rows the damage flips are a regression of known cause."""
-    import torch
     from lm_helpers import tiny_llama, tiny_tokenizer
 
     from audit.attribution import attribute
@@ -264,11 +263,8 @@ def test_a_zero_shot_causal_lm_regression_is_found_in_its_damaged_decoder_block(
     texts = [" ".join(rng.choice(words, size=6)) for _ in range(80)]
     labels = pred.proba(dense, texts).argmax(axis=1)
     variant = copy.deepcopy(dense)
-    _, decoder_blocks = adapter.blocks(variant)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for lin in (decoder_blocks[1].self_attn.v_proj, decoder_blocks[1].mlp.down_proj):
-            lin.weight.add_(torch.randn(lin.weight.shape, generator=gen) * 20 * float(lin.weight.std()))
+    path, _ = adapter.blocks(dense)
+    _damage(variant, [f"{path}.1.self_attn.v_proj", f"{path}.1.mlp.down_proj"], scale=20.0)
     flipped = np.flatnonzero(pred.proba(variant, texts).argmax(axis=1) != labels)
     assert len(flipped) >= 4, "precondition: the damage must flip some of dense's predictions"
     ex = DefiningExamples("zs", texts, None, labels, flipped, "flipped rows", {"g": np.array(["a", "b"] * 40)})
@@ -277,7 +273,6 @@ def test_a_zero_shot_causal_lm_regression_is_found_in_its_damaged_decoder_block(
     attribute(rec, dense=dense, variant=variant, adapter=adapter, predictor=pred, examples=ex, budget=10**6,
               granularity="type", n_boot=20, seed=0, holdout=0.0)  # fmt: skip
     assert rec.status == "complete" and (rec.dense_value, rec.variant_value) == (1.0, 0.0)
-    path, _ = adapter.blocks(dense)
     # only decoder block 1 changed: it is the only block candidate and restoring it is dense exactly
     assert [(g.name, g.share) for g in rec.groups if g.level == "block"] == [(f"{path}.1", 1.0)]
     assert {g.kind for g in rec.groups if g.level == "type"} == {"attention", "ffn"}
