@@ -32,10 +32,12 @@ from audit.config_attribution import AttributionConfig
 from audit.config_base import StrictModel, _err, plugin_params
 from audit.config_metrics import ExtraMetricConfig, check_extra_metrics, check_suite_accepts, extra_from_params
 from audit.config_sweep import (
+    AllocateConfig,
     CalibrationConfig,
     DeployConfig,
     LayerSelection,
     MethodConfig,
+    SelectionConfig,
     SweepConfig,
 )
 from audit.config_zero_shot import ZeroShotConfig
@@ -48,6 +50,7 @@ __all__ = [
     "DATA_FORMATS",
     "AttributionConfig",
     "AuditConfig",
+    "AllocateConfig",
     "CalibrationConfig",
     "ColumnMap",
     "DataConfig",
@@ -65,6 +68,7 @@ __all__ = [
     "SplitMap",
     "StrictModel",
     "SuiteConfig",
+    "SelectionConfig",
     "SweepConfig",
     "TableSource",
     "config_from_text",
@@ -449,6 +453,33 @@ class AuditConfig(StrictModel):
                 f"the data has text pairs (data.columns.text_pair: {cols.text_pair}), but model.zero_shot.template "
                 "has no {text_pair}: the second text would never reach the model",
                 "put {text_pair} into the template",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _selection_split(self) -> AuditConfig:
+        alloc = self.sweep.allocate
+        if alloc is None:
+            return self
+        split = alloc.selection.split
+        if split == self.data.splits.eval:
+            raise _err(
+                "allocate_selection",
+                f"sweep.allocate.selection.split is {split!r}, the eval split: the allocation would be chosen on "
+                "the examples it is audited on",
+                "select on another split (e.g. validation, or the calibration split)",
+            )
+        if self.data.files is not None and split not in self.data.files:
+            raise _err(
+                "allocate_selection",
+                f"sweep.allocate.selection.split is {split!r} but data.files has {sorted(self.data.files)}",
+                "name a split listed under data.files",
+            )
+        if alloc.policy is None and self.policy is None:
+            raise _err(
+                "allocate_policy",
+                "sweep.allocate has no policy and the run has none (policy: null)",
+                "set sweep.allocate.policy, or the run's policy",
             )
         return self
 
