@@ -447,8 +447,8 @@ def search_loop(
         outcome = "the start allocation passes on the selection split"
     elif ev.violation is None:
         outcome = "a rule gave ERROR on the start allocation: the search cannot measure how far it is from passing"
-    elif len(steps) + len(names) >= budget:
-        outcome = f"budget {budget} does not cover the {len(names)} sensitivity probes and one trial"
+    elif len(steps) + len(names) > budget:
+        outcome = f"budget {budget} does not cover the start and the {len(names)} sensitivity probes"
     else:
         probes = []
         for i in range(len(names)):

@@ -90,6 +90,7 @@ def allocation_summary(result: RunResult) -> dict[str, Any] | None:
             "eval_split",
             "passed_selection",
             "eval_status",
+            "eval_policy",
             "outcome",
             "budget",
             "policy",
