@@ -76,7 +76,7 @@ class SelectionConfig(StrictModel):
 
     split: str = Field(
         description="A data split other than data.splits.eval (e.g. validation, or the calibration split). Rows "
-        "whose id (or, without ids, whose text) also occurs in the eval split are dropped, so the two are disjoint."
+        "whose text (and text pair) also occurs in the eval split are dropped, so the two are disjoint."
     )
     n: int | None = Field(
         None, ge=1, le=1_000_000, description="At most this many rows, a seeded sample (unset: the whole split)."
@@ -104,7 +104,7 @@ class AllocateConfig(StrictModel):
         method: wanda
         policy: default          # unset: the run's policy
         target: 0.6
-        budget: 12               # evaluations on the selection split (probes + trials)
+        budget: 12               # evaluations on the selection split (start + probes + trials)
         selection: {split: validation}
         start: owl
         step: 0.05
@@ -118,7 +118,7 @@ class AllocateConfig(StrictModel):
         None, description="Built-in policy name or path judged on the selection split (unset: the run's policy)."
     )
     target: float = Field(description="The overall (weight-weighted) sparsity every candidate keeps, in (0, 1).")
-    budget: int = Field(12, ge=1, le=10_000, description="Most evaluations on the selection split (probes + trials).")
+    budget: int = Field(12, ge=1, le=10_000, description="Most evaluations on the selection split (start + probes + trials).")
     selection: SelectionConfig = Field(description="The selection split (disjoint from the eval split).")
     start: str = Field("owl", description="owl: OWL's per-block sparsities at the target; uniform: every block at it.")
     step: float = Field(0.05, gt=0.0, le=0.5, description="Sparsity moved off the most sensitive block per trial.")
