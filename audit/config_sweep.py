@@ -118,7 +118,9 @@ class AllocateConfig(StrictModel):
         None, description="Built-in policy name or path judged on the selection split (unset: the run's policy)."
     )
     target: float = Field(description="The overall (weight-weighted) sparsity every candidate keeps, in (0, 1).")
-    budget: int = Field(12, ge=1, le=10_000, description="Most evaluations on the selection split (start + probes + trials).")
+    budget: int = Field(
+        12, ge=1, le=10_000, description="Most evaluations on the selection split (start + probes + trials)."
+    )
     selection: SelectionConfig = Field(description="The selection split (disjoint from the eval split).")
     start: str = Field("owl", description="owl: OWL's per-block sparsities at the target; uniform: every block at it.")
     step: float = Field(0.05, gt=0.0, le=0.5, description="Sparsity moved off the most sensitive block per trial.")
