@@ -26,16 +26,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from audit.config_attribution import AttributionConfig
 from audit.config_base import StrictModel, _err, plugin_params
 from audit.config_metrics import ExtraMetricConfig, check_extra_metrics, check_suite_accepts, extra_from_params
 from audit.config_sweep import (
+    AllocateConfig,
     CalibrationConfig,
     DeployConfig,
     LayerSelection,
     MethodConfig,
+    SelectionConfig,
     SweepConfig,
 )
 from audit.config_zero_shot import ZeroShotConfig
@@ -48,6 +50,7 @@ __all__ = [
     "DATA_FORMATS",
     "AttributionConfig",
     "AuditConfig",
+    "AllocateConfig",
     "CalibrationConfig",
     "ColumnMap",
     "DataConfig",
@@ -65,6 +68,7 @@ __all__ = [
     "SplitMap",
     "StrictModel",
     "SuiteConfig",
+    "SelectionConfig",
     "SweepConfig",
     "TableSource",
     "config_from_text",
@@ -451,6 +455,42 @@ class AuditConfig(StrictModel):
                 "put {text_pair} into the template",
             )
         return self
+
+    @field_validator("sweep")
+    @classmethod
+    def _selection_split(cls, sweep: SweepConfig, info: ValidationInfo) -> SweepConfig:
+        """``sweep.allocate.selection.split`` is a data split other than the eval split."""
+        alloc = sweep.allocate
+        data = info.data.get("data")
+        if alloc is None or data is None:
+            return sweep
+        split = alloc.selection.split
+        if split == data.splits.eval:
+            raise _err(
+                "allocate_selection",
+                f"sweep.allocate.selection.split is {split!r}, the eval split: the allocation would be chosen on "
+                "the examples it is audited on",
+                "select on another split (e.g. validation, or the calibration split)",
+            )
+        if data.files is not None and split not in data.files:
+            raise _err(
+                "allocate_selection",
+                f"sweep.allocate.selection.split is {split!r} but data.files has {sorted(data.files)}",
+                "name a split listed under data.files",
+            )
+        return sweep
+
+    @field_validator("policy")
+    @classmethod
+    def _allocation_policy(cls, policy: str | None, info: ValidationInfo) -> str | None:
+        sweep = info.data.get("sweep")
+        if policy is None and sweep is not None and sweep.allocate is not None and sweep.allocate.policy is None:
+            raise _err(
+                "allocate_policy",
+                "sweep.allocate has no policy and the run has none (policy: null)",
+                "set sweep.allocate.policy, or the run's policy",
+            )
+        return policy
 
     @model_validator(mode="after")
     def _online(self) -> AuditConfig:

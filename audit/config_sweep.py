@@ -71,6 +71,87 @@ class LayerSelection(StrictModel):
     )
 
 
+class SelectionConfig(StrictModel):
+    """The examples the allocation search judges its candidates on (never the eval examples)."""
+
+    split: str = Field(
+        description="A data split other than data.splits.eval (e.g. validation, or the calibration split). Rows "
+        "whose text (and text pair) also occurs in the eval split are dropped, so the two are disjoint."
+    )
+    n: int | None = Field(
+        None, ge=1, le=1_000_000, description="At most this many rows, a seeded sample (unset: the whole split)."
+    )
+    seed: int = Field(0, ge=0, description="Seeds the sample of `n` rows.")
+
+
+class AllocateConfig(StrictModel):
+    """Policy-guided per-block sparsity allocation: search per-block sparsities whose weight-weighted mean is
+    ``target`` until the policy passes on a selection split, then audit the chosen allocation on the eval split
+    as one more variant (``<method>-alloc``).
+
+    Each evaluation prunes the dense model with a candidate ``profile: blocks`` allocation, runs the suites the
+    policy's rules name on the selection split and judges the policy. From the start (OWL or uniform at the
+    target), a failing candidate moves ``step`` of sparsity from the block whose restoring to dense improved the
+    failing rules most per weight (measured once on the start, one evaluation per block) to the least sensitive
+    one, keeping the weighted mean at the target; the search stops at the first passing allocation or when
+    ``budget`` evaluations are spent.
+
+    ```yaml
+    sweep:
+      methods: [wanda]
+      sparsities: [0.5, 0.6]
+      allocate:
+        method: wanda
+        policy: default          # unset: the run's policy
+        target: 0.6
+        budget: 12               # evaluations on the selection split (start + probes + trials)
+        selection: {split: validation}
+        start: owl
+        step: 0.05
+    ```
+    """
+
+    method: str | int = Field(
+        description="One of sweep.methods: its name (when only one entry has it) or its index in the list."
+    )
+    policy: str | None = Field(
+        None, description="Built-in policy name or path judged on the selection split (unset: the run's policy)."
+    )
+    target: float = Field(description="The overall (weight-weighted) sparsity every candidate keeps, in (0, 1).")
+    budget: int = Field(
+        12, ge=1, le=10_000, description="Most evaluations on the selection split (start + probes + trials)."
+    )
+    selection: SelectionConfig = Field(description="The selection split (disjoint from the eval split).")
+    start: str = Field("owl", description="owl: OWL's per-block sparsities at the target; uniform: every block at it.")
+    step: float = Field(0.05, gt=0.0, le=0.5, description="Sparsity moved off the most sensitive block per trial.")
+    min_block_sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="No block goes below this sparsity.")
+    max_block_sparsity: float = Field(0.95, gt=0.0, lt=1.0, description="No block goes above this sparsity.")
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, value: str) -> str:
+        if value not in ("owl", "uniform"):
+            raise _err("allocate_start", f"sweep.allocate.start must be owl or uniform, found {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> AllocateConfig:
+        if not (math.isfinite(self.target) and 0.0 < self.target < 1.0):
+            raise _err("allocate_target", f"sweep.allocate.target must be in (0, 1), found {self.target!r}")
+        if not (self.min_block_sparsity <= self.target <= self.max_block_sparsity):
+            raise _err(
+                "allocate_bounds",
+                f"sweep.allocate.target {self.target:g} lies outside [min_block_sparsity, max_block_sparsity] = "
+                f"[{self.min_block_sparsity:g}, {self.max_block_sparsity:g}]",
+                "widen the block bounds or change the target",
+            )
+        return self
+
+
+ALLOCATABLE = ("magnitude", "wanda", "sparsegpt")
+"""Methods whose params take a per-block profile (``profile: blocks``)."""
+
+
 class SweepConfig(StrictModel):
     """Methods × sparsities × seeds; the dense model is always the baseline."""
 
@@ -86,6 +167,19 @@ class SweepConfig(StrictModel):
     calibration: CalibrationConfig = Field(
         default_factory=CalibrationConfig, description="Calibration data of data-aware methods."
     )
+    allocate: AllocateConfig | None = Field(
+        None,
+        exclude_if=lambda v: v is None,  # a config without it dumps (and fingerprints) as before
+        description="Policy-guided per-block allocation (searched on a selection split, audited on eval).",
+    )
+
+    @model_validator(mode="after")
+    def _allocate(self) -> SweepConfig:
+        alloc = self.allocate
+        if alloc is None:
+            return self
+        alloc_method(self)  # raises when it names no single method
+        return self
 
     @field_validator("sparsities")
     @classmethod
@@ -140,6 +234,47 @@ class SweepConfig(StrictModel):
         if not values:
             raise _err("sweep_empty", "sweep.methods is empty; list at least one method")
         return values
+
+
+def alloc_method(sweep: SweepConfig) -> tuple[int, MethodConfig]:
+    """(index, entry) of the sweep method ``sweep.allocate.method`` names; a config error when none or several."""
+    alloc = sweep.allocate
+    assert alloc is not None
+    names = [m.name for m in sweep.methods]
+    if isinstance(alloc.method, int):
+        if not 0 <= alloc.method < len(names):
+            raise _err(
+                "allocate_method",
+                f"sweep.allocate.method is index {alloc.method}, but sweep.methods has {len(names)} entries",
+                f"use an index in 0-{len(names) - 1} or a method name ({', '.join(names)})",
+            )
+        i = alloc.method
+    else:
+        found = [i for i, n in enumerate(names) if n == alloc.method]
+        if len(found) != 1:
+            what = "is not among" if not found else f"appears {len(found)} times in"
+            raise _err(
+                "allocate_method",
+                f"sweep.allocate.method {alloc.method!r} {what} sweep.methods ({', '.join(names)})",
+                "name one listed method, or give its index in sweep.methods",
+            )
+        i = found[0]
+    method = sweep.methods[i]
+    if method.name not in ALLOCATABLE:
+        raise _err(
+            "allocate_method",
+            f"sweep.allocate.method is {method.name!r}, which takes no per-block sparsities",
+            f"allocate one of {', '.join(ALLOCATABLE)} (unstructured)",
+        )
+    p = method.params
+    if p.get("n") is not None or p.get("scope") == "global" or p.get("profile", "uniform") == "blocks":
+        raise _err(
+            "allocate_method",
+            f"sweep.methods[{i}] ({method.name}) has an N:M pattern, scope global or a blocks profile; the "
+            "allocation sets each block's sparsity itself",
+            "allocate an unstructured, layer-scoped entry (profile uniform or owl)",
+        )
+    return i, method
 
 
 class DeployConfig(StrictModel):

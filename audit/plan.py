@@ -24,6 +24,8 @@ class SweepPoint:
     calibration: dict[str, Any] = field(default_factory=dict)
     variant: str = ""
     """Short label of the params that differ from the method's defaults, e.g. ``scope=global``."""
+    tag: str = ""
+    """Replaces the profile in the label: ``alloc`` for the allocation ``sweep.allocate`` chose (``wanda-alloc``)."""
 
     @property
     def is_baseline(self) -> bool:
@@ -32,11 +34,12 @@ class SweepPoint:
     @property
     def label(self) -> str:
         """Method (``-owl`` under the OWL profile) plus non-default params, e.g. ``magnitude[scope=global]``."""
-        method = (
-            f"{self.method}-{self.params['profile']}"
-            if self.params.get("profile", "uniform") != "uniform"
-            else self.method
-        )
+        if self.tag:
+            method = f"{self.method}-{self.tag}"
+        elif self.params.get("profile", "uniform") != "uniform":
+            method = f"{self.method}-{self.params['profile']}"
+        else:
+            method = self.method
         return f"{method}[{self.variant}]" if self.variant else method
 
     @property
@@ -113,6 +116,35 @@ def plan(config: AuditConfig) -> list[SweepPoint]:
                 seen.add(point.id)
                 points.append(point)
     return points
+
+
+def allocated_point(config: AuditConfig, blocks: dict[str, float]) -> SweepPoint:
+    """The sweep point of the allocation ``sweep.allocate`` chose: its method's params with
+    ``profile: blocks`` and ``blocks``, at the target, on the first sweep seed, labelled ``<method>-alloc``.
+    """
+    from audit.config_sweep import alloc_method
+
+    sweep = config.sweep
+    alloc = sweep.allocate
+    assert alloc is not None
+    _, method = alloc_method(sweep)
+    params = {k: v for k, v in method.params.items() if k not in ("profile", "owl")}
+    params.update(profile="blocks", blocks=dict(blocks))
+    params = PRUNERS.get(method.name).params.model_validate(params).model_dump(mode="json")
+    calib = sweep.calibration.model_dump(mode="json")
+    if calib.get("split") is None:
+        calib["split"] = config.data.splits.calibration
+    params_no_profile = {k: v for k, v in params.items() if k not in ("profile", "blocks")}
+    return SweepPoint(
+        method=method.name,
+        sparsity=float(alloc.target),
+        seed=int(sweep.seeds[0]),
+        params=params,
+        layers=sweep.layers.model_dump(mode="json"),
+        calibration=calib,
+        variant=_variant_label(method.name, params_no_profile),
+        tag="alloc",
+    )
 
 
 def _variant_label(method: str, params: dict[str, Any]) -> str:

@@ -110,13 +110,17 @@ class CalibrationRecord(Record):
 
 
 class BlockProfileRecord(Record):
-    """One transformer block under a layer-wise sparsity profile (OWL)."""
+    """One transformer block under a layer-wise sparsity profile (OWL, or explicit ``blocks``)."""
 
     block: str
     index: int
     weights: int = Field(description="Weights of the block's layers the profile allocated.")
     layers: int
-    outlier_ratio: float = Field(description="D_l: fraction of the block's Wanda scores above M x their mean.")
+    outlier_ratio: float | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="D_l: fraction of the block's Wanda scores above M x their mean (OWL only).",
+    )
     target_sparsity: float = Field(description="S_l, given to every allocated layer of the block.")
     achieved_sparsity: float
 
@@ -126,9 +130,9 @@ class ProfileRecord(Record):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
-    name: str
-    M: float
-    lambda_: float = Field(alias="lambda")
+    name: str = Field(description="owl, or blocks (explicit per-block sparsities, e.g. a sweep.allocate choice).")
+    M: float | None = Field(None, exclude_if=lambda v: v is None, description="OWL's M (OWL only).")
+    lambda_: float | None = Field(None, alias="lambda", exclude_if=lambda v: v is None, description="OWL only.")
     target_sparsity: float
     weighted_target: float = Field(description="Mean of the blocks' S_l weighted by their weights (= the target).")
     achieved_sparsity: float = Field(description="Zeros / weights over the allocated layers.")
@@ -691,6 +695,73 @@ class RegressionAttribution(Record):
     notes: list[str] = Field(default_factory=list)
 
 
+class AllocationRuleValue(Record):
+    """One policy rule on one allocation candidate, judged on the selection split."""
+
+    rule: str
+    metric: str
+    status: Literal["PASS", "WARN", "FAIL", "ERROR", "SKIP"]
+    compared: float | None = Field(None, description="The value the rule's bound was checked against.")
+    bound: str = ""
+
+
+class AllocationStep(Record):
+    """One evaluation of the allocation search on the selection split."""
+
+    index: int
+    kind: Literal["start", "probe", "trial"] = Field(
+        description="start: the starting allocation; probe: the start with one block restored to dense (its "
+        "sensitivity); trial: a moved allocation."
+    )
+    sparsities: list[float] = Field(description="Per block (in block order), the target sparsity.")
+    weighted_sparsity: float = Field(description="Mean of the block sparsities weighted by the blocks' weights.")
+    status: str = Field(description="The policy's verdict on this candidate (PASS, WARN, FAIL, ERROR).")
+    violation: float | None = Field(
+        description="Sum over failing fail-severity rules of how far the value is past its bound (0: passes; "
+        "None: a rule gave ERROR, so it cannot be measured)."
+    )
+    rules: list[AllocationRuleValue] = Field(default_factory=list)
+    accepted: bool = Field(False, description="This candidate is the chosen allocation.")
+    note: str = ""
+
+
+class AllocationRecord(Record):
+    """``sweep.allocate``: the search for per-block sparsities that pass the policy on the selection split."""
+
+    method: str
+    variant: str = Field(description="Id of the chosen allocation's variant, audited on the eval split.")
+    policy: str
+    policy_fingerprint: str
+    target_sparsity: float
+    budget: int
+    evaluations: int = Field(description="Evaluations spent on the selection split (start + probes + trials).")
+    start: str
+    step: float
+    bounds: list[float] = Field(description="[min, max] block sparsity.")
+    selection_split: str
+    eval_split: str
+    selection_n: int = Field(description="Selection rows used (after dropping those also in the eval split).")
+    selection_dropped: int = Field(description="Rows of the selection split dropped because their text is in eval.")
+    selection_fingerprint: str = ""
+    suites: list[str] = Field(description="Suites run on the selection split (those the policy's rules name).")
+    not_held_out: list[str] = Field(
+        default_factory=list,
+        description="Datasets a suite measured during the search that are not the selection split (the suite's "
+        "own data, also used by the eval audit): rules on them were not judged on held-out examples.",
+    )
+    blocks: list[str] = Field(description="Block names, in order.")
+    block_weights: list[int]
+    sensitivity: list[float | None] = Field(
+        default_factory=list,
+        description="Per block: decrease in violation per million weights when the block is restored to dense in "
+        "the start allocation (None: not probed).",
+    )
+    passed: bool = Field(description="The chosen allocation passed the policy on the selection split.")
+    chosen: int = Field(description="Index of the chosen step.")
+    outcome: str = Field(description="Why the search stopped, in words.")
+    steps: list[AllocationStep] = Field(default_factory=list)
+
+
 class RunResult(Record):
     """A whole audit run: the dense baseline, every variant, and how it was made."""
 
@@ -715,6 +786,13 @@ class RunResult(Record):
         exclude_if=lambda v: v is None,
         description="Regression attribution (`attribution.enabled`): each attributed regression's layer groups "
         "and their shares of its gap (omitted when attribution did not run).",
+    )
+
+    allocation: AllocationRecord | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="Policy-guided allocation (`sweep.allocate`): the search on the selection split, step by step, "
+        "and the chosen allocation (omitted when it did not run).",
     )
 
     def all_variants(self) -> list[VariantResult]:

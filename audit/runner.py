@@ -83,6 +83,11 @@ def run_audit(
     progress = progress if progress is not None else Progress()
     session = prepare(config, preflighted=preflighted, setup=False)
     session.write = write
+    if config.sweep.allocate is not None:  # the chosen allocation becomes one more point, audited like any
+        from audit.allocation import run_allocation
+
+        session.setup()
+        run_allocation(session)
     store = ResultStore(out_dir / STORE_DIR) if write else None
     reading = store is not None and resume
     keys = session.unit_keys()

@@ -179,6 +179,11 @@ class Pruner:
             from audit.pruning.owl import check_owl
 
             check_owl(model, float(ctx.sparsity), owl.lambda_, self.name)
+        blocks = getattr(self.params, "block_sparsities", None)
+        if blocks is not None:
+            from audit.pruning.owl import check_blocks
+
+            check_blocks(model, blocks, self.name)
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruningRecord:
         """Prune ``model`` in place for one point and return its record (the template)."""
@@ -190,12 +195,19 @@ class Pruner:
         owl = getattr(self.params, "owl_params", None)
         plan = None
         if owl is not None:
-            from audit.pruning.owl import owl_note, owl_selection
+            from audit.pruning.owl import owl_selection
 
             selection, plan = owl_selection(model, selection, self.calibration(ctx), owl.M, owl.lambda_)
+        blocks = getattr(self.params, "block_sparsities", None)
+        if blocks is not None:
+            from audit.pruning.owl import blocks_selection
+
+            selection, plan = blocks_selection(model, selection, blocks)
         applied = self.apply(model, selection, ctx)
         if plan is not None:
-            applied.notes.insert(0, owl_note(plan))
+            from audit.pruning.owl import blocks_note, owl_note
+
+            applied.notes.insert(0, owl_note(plan) if plan.name == "owl" else blocks_note(plan))
         recorded = applied.recorded or selection
         record = build_record(
             model=model,

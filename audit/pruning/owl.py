@@ -97,13 +97,14 @@ def check_owl(model: nn.Module, sparsity: float, lam: float, method: str) -> Non
 
 @dataclass
 class OwlPlan:
-    """The per-block decision: what :func:`owl_selection` chose, recorded after pruning."""
+    """The per-block decision of :func:`owl_selection` or :func:`blocks_selection`, recorded after pruning."""
 
-    M: float
-    lam: float
+    M: float | None
+    lam: float | None
     target: float
-    blocks: list[tuple[str, int, list[str], int, float, float]]
-    """(block name, index, layer names, weights, D_l, S_l) per block that holds allocated layers."""
+    blocks: list[tuple[str, int, list[str], int, float | None, float]]
+    """(block name, index, layer names, weights, D_l, S_l) per block that holds allocated layers (D_l: OWL only)."""
+    name: str = "owl"
 
     def record(self, layers: list[LayerRecord]) -> ProfileRecord:
         """The profile's record, with each block's achieved sparsity counted from the layer records."""
@@ -129,7 +130,7 @@ class OwlPlan:
             )
         sizes = sum(b[3] for b in self.blocks)
         return ProfileRecord(
-            name="owl",
+            name=self.name,
             M=self.M,
             lambda_=self.lam,
             target_sparsity=self.target,
@@ -139,17 +140,63 @@ class OwlPlan:
         )
 
 
-@torch.no_grad()
-def owl_selection(
-    model: nn.Module, selection: Selection, calibration: CalibrationData, m: float, lam: float
-) -> tuple[Selection, OwlPlan]:
-    """``selection`` with OWL's per-block targets, and the plan to record (the model is not changed)."""
-    prefix, n_blocks = block_of(model)
+def allocated_blocks(selection: Selection, prefix: str) -> dict[int, list[tuple[str, nn.Module]]]:
+    """Block index -> the selected layers inside it that are at the sweep level (no override)."""
     head = f"{prefix}."
     grouped: dict[int, list[tuple[str, nn.Module]]] = {}
     for name, module in selection.layers:
         if name.startswith(head) and selection.targets[name] == selection.sparsity:
             grouped.setdefault(int(name[len(head) :].split(".", 1)[0]), []).append((name, module))
+    return grouped
+
+
+def check_blocks(model: nn.Module, blocks: dict[int, float], method: str) -> None:
+    """Every block of the model is given a sparsity, and no index beyond the model's blocks (before pruning)."""
+    _, n_blocks = block_of(model)
+    extra = sorted(i for i in blocks if i >= n_blocks)
+    missing = [i for i in range(n_blocks) if i not in blocks]
+    if extra or missing:
+        what = f"names block(s) {extra} beyond the model's {n_blocks}" if extra else f"leaves out block(s) {missing}"
+        raise UsageError(
+            f"profile blocks {what} (the model has blocks 0-{n_blocks - 1})",
+            where=f"method {method!r}: params.blocks",
+            hint=f"give every block 0-{n_blocks - 1} a sparsity, e.g. {{'0-{n_blocks - 1}': 0.5}}",
+        )
+
+
+def blocks_selection(model: nn.Module, selection: Selection, blocks: dict[int, float]) -> tuple[Selection, OwlPlan]:
+    """``selection`` with the listed per-block targets, and the plan to record (the model is not changed)."""
+    prefix, _ = block_of(model)
+    grouped = allocated_blocks(selection, prefix)
+    targets = dict(selection.targets)
+    rows = []
+    for i in sorted(grouped):
+        names = [n for n, _ in grouped[i]]
+        for n in names:
+            targets[n] = blocks[i]
+        size = sum(mod.weight.numel() for _, mod in grouped[i])
+        rows.append((f"{prefix}.{i}", i, names, size, None, blocks[i]))
+    plan = OwlPlan(M=None, lam=None, target=selection.sparsity, blocks=rows, name="blocks")
+    return Selection(selection.layers, targets, selection.sparsity), plan
+
+
+def blocks_note(plan: OwlPlan) -> str:
+    """One line for the record's notes."""
+    if not plan.blocks:
+        return "profile blocks: no selected layer inside the blocks; every layer at the sweep level"
+    sizes = sum(b[3] for b in plan.blocks)
+    mean = sum(b[3] * b[5] for b in plan.blocks) / sizes
+    text = ", ".join(f"{b[1]}: {b[5]:.4g}" for b in plan.blocks)
+    return f"profile blocks (explicit per-block sparsities {text}; weighted mean {mean:.6f})"
+
+
+@torch.no_grad()
+def owl_selection(
+    model: nn.Module, selection: Selection, calibration: CalibrationData, m: float, lam: float
+) -> tuple[Selection, OwlPlan]:
+    """``selection`` with OWL's per-block targets, and the plan to record (the model is not changed)."""
+    prefix, _ = block_of(model)
+    grouped = allocated_blocks(selection, prefix)
     norms: dict[str, torch.Tensor] = {}
     device = model_device(model)
 

@@ -44,34 +44,87 @@ class OwlParams(BaseModel):
     )
 
 
-PROFILES = ("uniform", "owl")
+PROFILES = ("uniform", "owl", "blocks")
+
+
+def parse_block_keys(blocks: dict[str, float]) -> dict[int, float]:
+    """``{"0": 0.4, "1-3": 0.6}`` as ``{0: 0.4, 1: 0.6, 2: 0.6, 3: 0.6}``.
+
+    Raises:
+        ValueError: a key that is not ``i`` or ``i-j`` (``i <= j``), a block named twice, or a
+            sparsity outside [0, 1).
+    """
+    out: dict[int, float] = {}
+    for key, value in blocks.items():
+        text = str(key).strip()
+        lo, sep, hi = text.partition("-")
+        if not (lo.isdigit() and (not sep or hi.isdigit())):
+            raise ValueError(f"blocks: key {key!r} is not a block index or range (expected e.g. '0' or '1-3')")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if b < a:
+            raise ValueError(f"blocks: range {key!r} ends before it starts")
+        v = float(value)
+        if not (0.0 <= v < 1.0):
+            raise ValueError(f"blocks: sparsity of {key!r} must be in [0, 1), found {value!r}")
+        for i in range(a, b + 1):
+            if i in out:
+                raise ValueError(f"blocks: block {i} is given twice (in {key!r} and an earlier key)")
+            out[i] = v
+    if not out:
+        raise ValueError("blocks: is empty; give every transformer block its sparsity, e.g. {'0-3': 0.6}")
+    return out
 
 
 class _Profiled(PluginParams):
-    """A layer-wise sparsity profile: ``uniform`` (every layer at the sweep level) or ``owl``.
+    """A layer-wise sparsity profile: ``uniform`` (every layer at the sweep level), ``owl`` or ``blocks``.
 
     ``owl`` gives each transformer block its own sparsity from its share of outlier Wanda
     scores (calibration data needed, also for magnitude); ``owl:`` sets ``M`` and ``lambda``.
-    Under ``uniform`` the two fields are left out of the params (and the store key).
+    ``blocks`` gives each transformer block the sparsity listed in ``blocks:`` (keys: a block
+    index or an inclusive range ``i-j``; every block of the model must be listed); the sweep
+    level then applies only to selected layers outside the blocks. ``sweep.allocate``
+    produces its chosen allocation as a ``blocks`` profile. Under ``uniform`` the fields are
+    left out of the params (and the store key).
+
+    ```yaml
+    sweep:
+      methods:
+        - {name: wanda, params: {profile: blocks, blocks: {"0": 0.5, "1": 0.7}}}
+    ```
     """
 
-    profile: Literal["uniform", "owl"] = Field(
-        "uniform", description="uniform: every layer at the sweep level; owl: per-block OWL sparsities."
+    profile: Literal["uniform", "owl", "blocks"] = Field(
+        "uniform",
+        description="uniform: every layer at the sweep level; owl: per-block OWL sparsities; blocks: the "
+        "per-block sparsities listed in `blocks`.",
     )
     owl: OwlParams | None = Field(None, description="OWL's M and lambda (profile: owl; default M 5, lambda 0.08).")
+    blocks: dict[str, float] | None = Field(
+        None,
+        description="profile blocks: block index or inclusive range ('0', '1-3') -> that block's sparsity in [0, 1).",
+    )
 
     @model_validator(mode="after")
     def _profile(self) -> _Profiled:
-        if self.profile == "uniform" and self.owl is not None:
-            raise ValueError("owl settings are given but profile is uniform; set profile: owl, or drop owl")
-        if self.profile == "owl":
-            if self.owl is None:
-                object.__setattr__(self, "owl", OwlParams())
+        if self.profile != "owl" and self.owl is not None:
+            raise ValueError(f"owl settings are given but profile is {self.profile}; set profile: owl, or drop owl")
+        if self.profile != "blocks" and self.blocks is not None:
+            raise ValueError(f"blocks are given but profile is {self.profile}; set profile: blocks, or drop blocks")
+        if self.profile == "owl" and self.owl is None:
+            object.__setattr__(self, "owl", OwlParams())
+        if self.profile == "blocks":
+            if self.blocks is None:
+                raise ValueError("profile blocks needs `blocks:` (block index or range -> sparsity)")
+            parse_block_keys(self.blocks)
+        if self.profile != "uniform":
             if getattr(self, "n", None) is not None:
-                raise ValueError("profile owl sets each block's sparsity, an N:M pattern fixes it: use one of them")
+                raise ValueError(
+                    f"profile {self.profile} sets each block's sparsity, an N:M pattern fixes it: use one of them"
+                )
             if getattr(self, "scope", "layer") == "global":
                 raise ValueError(
-                    "profile owl sets each block's sparsity, scope global shares one threshold: use scope layer"
+                    f"profile {self.profile} sets each block's sparsity, scope global shares one threshold: "
+                    "use scope layer"
                 )
         return self
 
@@ -80,13 +133,20 @@ class _Profiled(PluginParams):
         data = handler(self)
         if data.get("profile") == "uniform":
             data.pop("profile", None)
-            data.pop("owl", None)
+        for key in ("owl", "blocks"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
     @property
     def owl_params(self) -> OwlParams | None:
         """OWL's settings when the profile is owl, else None."""
         return self.owl if self.profile == "owl" else None
+
+    @property
+    def block_sparsities(self) -> dict[int, float] | None:
+        """Block index -> sparsity when the profile is blocks, else None."""
+        return parse_block_keys(self.blocks) if self.profile == "blocks" and self.blocks is not None else None
 
 
 class MagnitudeParams(_Profiled):

@@ -157,6 +157,7 @@ def finish(
         + quantization_note(session.loaded.identity)
         + [d.truncation_note for d in datasets if d.truncation_note],
     )
+    result.allocation = session.allocation
     from audit.analysis import analyze_sweep  # FDR control over every variant's tests
 
     analyze_sweep(result, alpha=round(1.0 - config.runtime.ci_level, 10))

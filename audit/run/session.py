@@ -70,6 +70,7 @@ def preflight(config: AuditConfig, *, points: list[SweepPoint] | None = None) ->
                 locate=lambda i: locate_rule(paths.policy, paths.base_dir, i),
             )
     check_attribution_rules(config, policy)
+    check_allocation(config, policy)
     kind = config.model.declared_kind
     if config.model.gguf_file is not None:
         check_gguf_file(config.model, model_location(config))
@@ -86,6 +87,28 @@ def preflight(config: AuditConfig, *, points: list[SweepPoint] | None = None) ->
     for point in points[1:]:
         validate_point_params(point)
     return Preflight(policy=policy, policy_label=label, points=points, paths=paths)
+
+
+def check_allocation(config: AuditConfig, policy: Policy | None) -> None:
+    """``sweep.allocate``: its policy loads and names at least one suite of the run (torch-free)."""
+    alloc = config.sweep.allocate
+    if alloc is None:
+        return
+    from audit.allocation import policy_names_suite
+
+    if alloc.policy is not None:
+        from audit.policy_metrics import check_rule_metrics
+
+        policy, _ = load_policy(alloc.policy, config.paths.base_dir)
+        check_rule_metrics(policy, alloc.policy, base_dir=config.paths.base_dir)
+    assert policy is not None  # the config refuses an allocation without any policy
+    if not any(policy_names_suite(policy, s.name) for s in config.suites):
+        raise UsageError(
+            f"sweep.allocate judges policy {policy.name!r}, whose rules name no suite of this run "
+            f"({', '.join(s.name for s in config.suites)})",
+            where="sweep.allocate.policy",
+            hint="run the suites the policy's rules are about, or allocate under another policy",
+        )
 
 
 def check_attribution_rules(config: AuditConfig, policy: Policy | None) -> None:
@@ -224,6 +247,8 @@ class Session:
     extra_metrics: dict[str, list[Any]] = field(default_factory=dict)
     """Suite name -> its loaded extra metric modules (:class:`audit.extra_metrics.LoadedMetric`)."""
     adapter: Any = None
+    allocation: Any = None
+    """The :class:`~audit.results.AllocationRecord` of ``sweep.allocate``, once its search ran."""
     ready: bool = False
     """Whether :meth:`setup` ran (suites set up, points validated, deploy context made)."""
 

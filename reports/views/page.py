@@ -6,6 +6,7 @@ from typing import Any
 
 from audit.deploy.spec import STAGE as DEPLOY_STAGE
 from audit.results import RunResult
+from reports.views.allocation import allocation_view
 from reports.views.attribution import attribution_view
 from reports.views.common import catalog, rule_row, sorted_rules
 from reports.views.groups import MAX_FINDINGS, group_views
@@ -82,6 +83,7 @@ def build_view(result: RunResult) -> dict[str, Any]:
         "deployment_stage": suite_text(DEPLOY_STAGE.name),
         "has_structured": any(r["heads_removed"] or r["neurons_removed"] for r in variants),
         "layers": layer_views(result),
+        "allocation": allocation_view(result),
         "variant_ids": [v.id for v in result.all_variants()],
         "sweeps": sweep_charts(result, cat),
         "sweep_legend": sweep_legend(result),

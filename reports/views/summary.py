@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from audit.results import RunResult
+from reports.views.allocation import allocation_summary
 from reports.views.attribution import attribution_summary
 from reports.views.common import by_id, catalog, fmt, fmt_value, metric_info, sorted_rules
 from reports.views.limitations import limitations
@@ -57,4 +58,5 @@ def build_summary(result: RunResult, *, max_rows: int = 30) -> dict[str, Any]:
         "ci_statement": (result.statistics.get("bootstrap") or {}).get("statement", ""),
         "suspicious_gains": suspicious_rows(result),
         "attribution": attribution_summary(result),
+        "allocation": allocation_summary(result),
     }

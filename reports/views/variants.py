@@ -98,9 +98,10 @@ def variant_row(v: VariantResult) -> dict[str, Any]:
 
 def profile_view(profile: Any) -> dict[str, Any]:
     """A layer-wise sparsity profile's per-block table (OWL: D_l, S_l, achieved)."""
+    settings = f" (M {profile.M:g}, λ {profile.lambda_:g})" if profile.M is not None else ""
     return {
         "name": profile.name,
-        "summary": f"{profile.name} (M {profile.M:g}, λ {profile.lambda_:g}): weighted mean of S_l "
+        "summary": f"{profile.name}{settings}: weighted mean of S_l "
         f"{profile.weighted_target:.6f} for target {profile.target_sparsity:g}, achieved "
         f"{profile.achieved_sparsity:.4f}",
         "blocks": [
@@ -108,7 +109,7 @@ def profile_view(profile: Any) -> dict[str, Any]:
                 "block": b.block,
                 "weights": f"{b.weights:,}",
                 "layers": b.layers,
-                "outlier_ratio": f"{100 * b.outlier_ratio:.3f} %",
+                "outlier_ratio": f"{100 * b.outlier_ratio:.3f} %" if b.outlier_ratio is not None else "—",
                 "target": fmt(b.target_sparsity, 4),
                 "achieved": fmt(b.achieved_sparsity, 4),
             }

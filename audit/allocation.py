@@ -1,0 +1,549 @@
+"""Policy-guided per-block sparsity allocation (``sweep.allocate``).
+
+The search chooses per-block sparsities whose weight-weighted mean is the target so that the
+policy passes, judging every candidate on a **selection split** that is not the eval split; the
+chosen allocation then becomes one more sweep point (``<method>-alloc``, ``profile: blocks``)
+that is pruned, deployed and audited on the eval split like any other variant. So the numbers
+the report gates on were not tuned on the examples they are measured on.
+
+One evaluation prunes a copy of the dense model with a candidate allocation (the masked model,
+not deployed: the eval audit deploys and verifies the chosen one), runs the suites the policy's
+rules name on the selection split, paired against the dense model on the same rows, and judges
+the policy. The search:
+
+1. ``start``: OWL's per-block sparsities at the target (or every block at the target); if it
+   passes, it is chosen;
+2. otherwise one **probe** per block: the start with that block restored to dense (sparsity
+   0). A block's sensitivity is how much the failing rules' violation shrinks when it is
+   restored, per million of its weights;
+3. **trials**: each moves ``step`` of sparsity off the most sensitive block that can still give
+   some (down to ``min_block_sparsity``) onto the least sensitive one that can take it (up to
+   ``max_block_sparsity``), scaled by the two blocks' weights so that the weighted mean stays at
+   the target; the first passing trial is chosen.
+
+The budget counts every evaluation (start, probes, trials); the dense model's own run on the
+selection split is not counted. When nothing passes within the budget, the candidate with the
+smallest violation (earliest on ties) is chosen and audited, and the record says it did not
+pass. Deterministic: the same config, model and data give the same steps and the same choice.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from audit.errors import UsageError
+from audit.results import (
+    AllocationRecord,
+    AllocationRuleValue,
+    AllocationStep,
+    RuleResult,
+    VariantResult,
+)
+
+if TYPE_CHECKING:
+    from audit.data import EvalSet
+    from audit.plan import SweepPoint
+    from audit.policy import Policy
+    from audit.run.session import Session
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-9
+
+
+# -- pure parts: moves, violation, sensitivity ------------------------------------------------------
+
+
+def weighted_mean(sparsities: list[float], weights: list[int]) -> float:
+    """Mean of ``sparsities`` weighted by ``weights``."""
+    w = np.asarray(weights, dtype=np.float64)
+    return float(np.dot(np.asarray(sparsities, dtype=np.float64), w) / w.sum())
+
+
+def move(
+    sparsities: list[float], weights: list[int], donor: int, receiver: int, step: float, lo: float, hi: float
+) -> list[float] | None:
+    """``step`` of sparsity off block ``donor`` onto ``receiver``, weight-preserving; None when nothing moves.
+
+    The donor loses ``d`` (at most ``step``, never below ``lo``) and the receiver gains
+    ``d * w_donor / w_receiver`` (never above ``hi``; ``d`` shrinks to fit), so the weighted mean
+    is unchanged.
+    """
+    s = list(sparsities)
+    d = min(step, s[donor] - lo)
+    gain = d * weights[donor] / weights[receiver]
+    room = hi - s[receiver]
+    if gain > room:
+        gain = room
+        d = gain * weights[receiver] / weights[donor]
+    if d <= EPS:
+        return None
+    s[donor] -= d
+    s[receiver] += gain
+    return s
+
+
+def next_move(
+    sparsities: list[float], weights: list[int], sensitivity: list[float], step: float, lo: float, hi: float
+) -> tuple[list[float], int, int] | None:
+    """The next trial: the most sensitive block that can give onto the least sensitive one that can take.
+
+    Only a donor more sensitive than the receiver is used; ties break on the block index. None
+    when no such pair can move anything.
+    """
+    order = sorted(range(len(sparsities)), key=lambda i: (-sensitivity[i], i))
+    for donor in order:
+        if sparsities[donor] - lo <= EPS:
+            continue
+        for receiver in reversed(order):
+            if receiver == donor or sensitivity[receiver] >= sensitivity[donor]:
+                continue
+            if hi - sparsities[receiver] <= EPS:
+                continue
+            moved = move(sparsities, weights, donor, receiver, step, lo, hi)
+            if moved is not None:
+                return moved, donor, receiver
+    return None
+
+
+def margin(rule: Any, value: float) -> float:
+    """How far ``value`` is inside the rule's bound (negative: past it)."""
+    out = np.inf
+    if rule.min is not None:
+        out = min(out, value - rule.min)
+    if rule.max is not None:
+        out = min(out, rule.max - value)
+    return float(out)
+
+
+def violation(policy: Policy, results: list[RuleResult]) -> float | None:
+    """Sum over FAIL results of how far their value is past the bound; None when a result is ERROR."""
+    rules = {r.id: r for r in policy.rules}
+    total = 0.0
+    for r in results:
+        if r.status == "ERROR":
+            return None
+        if r.status != "FAIL":
+            continue
+        if r.compared is None:
+            return None
+        total += max(0.0, -margin(rules[r.rule], r.compared))
+    return total
+
+
+def passes(results: list[RuleResult]) -> bool:
+    """No FAIL or ERROR among the results, and at least one rule judged the candidate."""
+    judged = [r for r in results if r.status in ("PASS", "WARN", "FAIL", "ERROR")]
+    return bool(judged) and not any(r.status in ("FAIL", "ERROR") for r in judged)
+
+
+def sensitivities(start: float, probes: list[float | None], weights: list[int]) -> list[float]:
+    """Per block, the decrease in violation when it is restored to dense, per million weights.
+
+    A probe that could not be measured (None) counts as no improvement.
+    """
+    out = []
+    for v, w in zip(probes, weights, strict=True):
+        gain = 0.0 if v is None else start - v
+        out.append(gain / (w / 1e6))
+    return out
+
+
+# -- selection split ---------------------------------------------------------------------------------
+
+
+def selection_set(eval_set: EvalSet, candidate: EvalSet, *, n: int | None, seed: int) -> tuple[EvalSet, int]:
+    """``candidate`` without the rows whose text (and text pair) occurs in ``eval_set``, at most ``n`` of them
+    (a sample seeded by ``seed``), named like the eval set so the policy's metric ids match; and how many
+    rows were dropped for overlapping.
+
+    Raises:
+        UsageError: nothing is left.
+    """
+    pairs = eval_set.text_pairs or [None] * len(eval_set)
+    seen = set(zip(eval_set.texts, pairs, strict=True))
+    cpairs = candidate.text_pairs or [None] * len(candidate)
+    keep = [i for i, key in enumerate(zip(candidate.texts, cpairs, strict=True)) if key not in seen]
+    dropped = len(candidate) - len(keep)
+    if not keep:
+        raise UsageError(
+            "every row of the selection split also occurs in the eval split; nothing is left to select on",
+            where="sweep.allocate.selection.split",
+            hint="select on a split with rows of its own",
+        )
+    if n is not None and n < len(keep):
+        rng = np.random.default_rng([seed, 20])
+        keep = sorted(rng.choice(keep, size=n, replace=False).tolist())
+    return candidate.subset(keep, name=eval_set.name), dropped
+
+
+# -- the search in a run ------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    """One candidate judged on the selection split (``violation``: see :func:`violation`; 0 when it passes)."""
+
+    results: list[RuleResult]
+    status: str
+    violation: float | None
+    passed: bool
+    datasets: set[str] = field(default_factory=set)
+
+
+class _Search:
+    """What one allocation search shares: the selection context, its dense artifacts, the policy."""
+
+    def __init__(self, session: Session) -> None:
+        from audit.config_sweep import alloc_method
+        from audit.data import read_split
+        from audit.policy import load_policy
+        from audit.run.finish import _metric_catalog
+
+        self.session = session
+        config = session.config
+        self.cfg = config.sweep.allocate
+        assert self.cfg is not None
+        self.method_index, self.method = alloc_method(config.sweep)
+        paths = session.paths
+        name = self.cfg.policy or config.policy
+        self.policy, self.policy_label = load_policy(name, paths.base_dir)
+        self.suites = [s for s in session.suites if policy_names_suite(self.policy, s.name)]
+        sel = self.cfg.selection
+        base = session.base_ctx
+        raw = read_split(
+            config.data,
+            paths.data_files,
+            sel.split,
+            base.id2label,
+            seed=config.seed,
+            offline=config.offline,
+            need_label=True,
+        )
+        self.selection, self.dropped = selection_set(session.eval_set, raw, n=sel.n, seed=sel.seed)
+        self.ctx = copy.copy(base)
+        self.ctx.eval_set = self.selection
+        self.catalog = _metric_catalog(config)
+        self.seed = int(config.sweep.seeds[0])
+        self.dense_vr, self.artifacts = self._dense()
+
+    def _dense(self) -> tuple[VariantResult, dict[str, Any]]:
+        from audit.plan import SweepPoint
+        from audit.results import BASELINE_ID
+        from audit.suite import Variant
+
+        point = SweepPoint(method=BASELINE_ID, sparsity=0.0, seed=self.session.config.seed)
+        vr = VariantResult(id=point.id, point=point.record())
+        variant = Variant(point=point, model=self.session.dense)
+        artifacts = {}
+        for suite in self.suites:
+            out = suite.run(variant, self.ctx.for_suite(None))
+            vr.measurements.extend(out.measurements)
+            vr.not_applicable.update(out.not_applicable)
+            artifacts[suite.name] = out.artifacts
+        return vr, artifacts
+
+    def point(self, sparsities: list[float]) -> SweepPoint:
+        from audit.plan import allocated_point
+
+        return allocated_point(self.session.config, blocks_param(sparsities))
+
+    def evaluate(self, sparsities: list[float]) -> Evaluation:
+        """Prune with ``sparsities`` (per block), run the policy's suites on the selection split, judge."""
+        import torch
+
+        from audit.suite import Variant
+
+        session = self.session
+        point = self.point(sparsities)
+        pruner = pruner_for(point)
+        model = copy.deepcopy(session.dense)
+        torch.manual_seed(point.seed)
+        record = pruner.prune(model, prune_ctx(session, point, pruner))
+        model.eval()
+        vr = VariantResult(id=point.id, point=point.record(), pruning=record)
+        variant = Variant(point=point, model=model, pruning=record)
+        datasets: set[str] = set()
+        for suite in self.suites:
+            out = suite.run(variant, self.ctx.for_suite(self.artifacts.get(suite.name)))
+            vr.measurements.extend(out.measurements)
+            vr.not_applicable.update(out.not_applicable)
+            datasets.update(m.dataset for m in out.measurements)
+        del model, variant
+        results = self.judge(vr)
+        v = violation(self.policy, results)
+        ok = passes(results)
+        status = "PASS" if ok and not any(r.status == "WARN" for r in results) else ("WARN" if ok else "FAIL")
+        if any(r.status == "ERROR" for r in results):
+            status = "ERROR"
+        return Evaluation(results=results, status=status, violation=0.0 if ok else v, passed=ok, datasets=datasets)
+
+    def judge(self, vr: VariantResult) -> list[RuleResult]:
+        from audit.policy import evaluate_policy
+        from audit.results import ModelIdentity, Provenance, RunResult
+
+        run = RunResult(
+            run_id="allocation",
+            provenance=Provenance(tool_version="", python="", platform="", seed=0, started_at=""),
+            config={"suites": [{"name": s.name, "params": {}} for s in self.suites]},
+            model=ModelIdentity(source="", fingerprint=""),
+            metrics=self.catalog,
+            baseline=self.dense_vr,
+            variants=[vr],
+        )
+        verdict = evaluate_policy(self.policy, run, policy_label=self.policy_label)
+        return [r for r in verdict.rules if r.variant == vr.id]
+
+
+def policy_names_suite(policy: Policy, suite: str) -> bool:
+    """Whether a rule of ``policy`` names a metric of ``suite`` (its metric glob's first part)."""
+    return any(fnmatch.fnmatchcase(suite, r.metric.split("/", 1)[0]) for r in policy.rules)
+
+
+def blocks_param(sparsities: list[float]) -> dict[str, float]:
+    """The ``blocks:`` param of a per-block allocation (``{"0": s0, "1": s1, ...}``)."""
+    return {str(i): float(s) for i, s in enumerate(sparsities)}
+
+
+def pruner_for(point: SweepPoint) -> Any:
+    """A pruner for ``point`` (its method with its params)."""
+    from audit.registry import PRUNERS
+
+    spec = PRUNERS.get(point.method)
+    return spec.load()(spec, spec.params.model_validate(point.params))
+
+
+def prune_ctx(session: Session, point: SweepPoint, pruner: Any) -> Any:
+    """The point's prune context, with the first sweep seed's calibration sample when the method needs one."""
+    from audit.config import LayerSelection
+    from audit.pruning.base import PruneContext
+
+    return PruneContext(
+        sparsity=point.sparsity,
+        seed=point.seed,
+        layers=LayerSelection.model_validate(point.layers),
+        calibration=allocation_calibration(session) if pruner.needs_calibration else None,
+    )
+
+
+def start_allocation(session: Session, kind: str, target: float) -> tuple[list[str], list[int], list[float]]:
+    """(block names, their weights, the start sparsities): OWL's at the target, or every block at it."""
+    from audit.config import LayerSelection
+    from audit.pruning.base import Selection, layer_targets, select_layers
+    from audit.pruning.owl import block_of, blocks_selection, owl_selection
+    from audit.pruning.specs import OwlParams
+
+    dense = session.dense
+    layers_cfg = LayerSelection.model_validate(session.config.sweep.layers.model_dump(mode="json"))
+    layers = select_layers(dense, layers_cfg)
+    selection = Selection(layers, layer_targets(layers, target, layers_cfg), target)
+    _, n_blocks = block_of(dense)
+    _, plan = blocks_selection(dense, selection, dict.fromkeys(range(n_blocks), target))
+    names = [b[0] for b in plan.blocks]
+    weights = [b[3] for b in plan.blocks]
+    if len(plan.blocks) != n_blocks:
+        raise UsageError(
+            f"sweep.allocate needs selected layers in every transformer block; {n_blocks - len(plan.blocks)} of "
+            f"{n_blocks} blocks have none at the sweep level",
+            where="sweep.allocate",
+            hint="include every block's layers in sweep.layers (and no overrides inside blocks)",
+        )
+    if kind == "uniform":
+        return names, weights, [float(target)] * n_blocks
+    from audit.config_sweep import alloc_method
+
+    _, method = alloc_method(session.config.sweep)
+    owl = OwlParams.model_validate(method.params.get("owl") or {})
+    calibration = allocation_calibration(session)
+    _, owl_plan = owl_selection(dense, selection, calibration, owl.M, owl.lambda_)
+    return names, weights, [float(b[5]) for b in owl_plan.blocks]
+
+
+def allocation_calibration(session: Session) -> Any:
+    """The first sweep seed's calibration sample (OWL's start needs one, also for magnitude)."""
+    sampler = session.calibration
+    if sampler is None:
+        from audit.run.session import _calibration
+
+        config = session.config
+        sampler = _calibration(config, session.paths, session.predictor, session.base_ctx.id2label)
+        if sampler is None:
+            raise UsageError(
+                "sweep.allocate.start owl needs calibration data, but no calibration split is configured",
+                where="sweep.allocate.start",
+                hint="set data.splits.calibration, or start: uniform",
+            )
+        session.calibration = sampler
+    return sampler(int(session.config.sweep.seeds[0]))
+
+
+def _step(index: int, kind: str, s: list[float], weights: list[int], ev: Evaluation, note: str = "") -> AllocationStep:
+    return AllocationStep(
+        index=index,
+        kind=kind,  # type: ignore[arg-type]
+        sparsities=[round(x, 6) for x in s],
+        weighted_sparsity=round(weighted_mean(s, weights), 6),
+        status=ev.status,
+        violation=ev.violation,
+        rules=[
+            AllocationRuleValue(rule=r.rule, metric=r.metric, status=r.status, compared=r.compared, bound=r.bound)
+            for r in ev.results
+        ],
+        note=note,
+    )
+
+
+@dataclass
+class SearchOutcome:
+    """What :func:`search_loop` found: every step, the chosen candidate and why the search stopped."""
+
+    steps: list[AllocationStep]
+    chosen: list[float]
+    chosen_step: int
+    passed: bool
+    outcome: str
+    sensitivity: list[float | None]
+    datasets: set[str]
+
+
+def search_loop(
+    evaluate: Callable[[list[float]], Evaluation],
+    names: list[str],
+    weights: list[int],
+    start: list[float],
+    *,
+    budget: int,
+    step: float,
+    lo: float,
+    hi: float,
+    start_note: str = "",
+) -> SearchOutcome:
+    """The search (start, one probe per block, trials), with ``evaluate`` judging each candidate."""
+    start = [min(hi, max(lo, x)) for x in start]
+    steps: list[AllocationStep] = []
+    candidates: list[tuple[int, list[float], Evaluation]] = []
+    datasets: set[str] = set()
+    sens: list[float | None] = [None] * len(names)
+
+    def run(kind: str, alloc: list[float], note: str = "") -> Evaluation:
+        ev = evaluate(alloc)
+        datasets.update(ev.datasets)
+        steps.append(_step(len(steps), kind, alloc, weights, ev, note))
+        log.info("allocation %s %d: %s (violation %s)", kind, len(steps) - 1, ev.status, ev.violation)
+        if kind != "probe":
+            candidates.append((len(steps) - 1, alloc, ev))
+        return ev
+
+    ev = run("start", start, start_note)
+    current = start
+    if ev.passed:
+        outcome = "the start allocation passes on the selection split"
+    elif ev.violation is None:
+        outcome = "a rule gave ERROR on the start allocation: the search cannot measure how far it is from passing"
+    elif len(steps) + len(names) > budget:
+        outcome = f"budget {budget} does not cover the start and the {len(names)} sensitivity probes"
+    else:
+        probes = []
+        for i in range(len(names)):
+            alloc = list(start)
+            alloc[i] = 0.0
+            probes.append(run("probe", alloc, f"{names[i]} restored to dense").violation)
+        values = sensitivities(ev.violation, probes, weights)
+        sens = [round(v, 9) for v in values]
+        while True:
+            if len(steps) >= budget:
+                outcome = f"budget of {budget} evaluations spent without a passing allocation"
+                break
+            nxt = next_move(current, weights, values, step, lo, hi)
+            if nxt is None:
+                outcome = "no block more sensitive than another can give more sparsity: no move is left"
+                break
+            current, donor, receiver = nxt
+            ev = run("trial", current, f"{names[donor]} -> {names[receiver]}")
+            if ev.passed:
+                outcome = "a trial passes on the selection split"
+                break
+    passing = [c for c in candidates if c[2].passed]
+    if passing:
+        index, chosen, _ = passing[0]
+    else:  # the smallest measured violation, earliest on ties; unmeasurable ones last
+        index, chosen, _ = min(candidates, key=lambda c: (c[2].violation is None, c[2].violation or 0.0, c[0]))
+        outcome = f"{outcome}; auditing the candidate with the smallest violation (step {index})"
+    steps[index].accepted = True
+    return SearchOutcome(
+        steps=steps,
+        chosen=chosen,
+        chosen_step=index,
+        passed=bool(passing),
+        outcome=outcome,
+        sensitivity=sens,
+        datasets=datasets,
+    )
+
+
+def search(session: Session) -> tuple[AllocationRecord, list[float]]:
+    """Run the allocation search on the session's selection split; the record and the chosen sparsities."""
+    s = _Search(session)
+    cfg = s.cfg
+    names, weights, start = start_allocation(session, cfg.start, cfg.target)
+    found = search_loop(
+        s.evaluate,
+        names,
+        weights,
+        start,
+        budget=cfg.budget,
+        step=cfg.step,
+        lo=cfg.min_block_sparsity,
+        hi=cfg.max_block_sparsity,
+        start_note=f"{cfg.start} at {cfg.target:g}",
+    )
+    point = s.point(found.chosen)
+    record = AllocationRecord(
+        method=s.method.name,
+        variant=point.id,
+        policy=s.policy_label,
+        policy_fingerprint=s.policy.fingerprint(),
+        target_sparsity=cfg.target,
+        budget=cfg.budget,
+        evaluations=len(found.steps),
+        start=cfg.start,
+        step=cfg.step,
+        bounds=[cfg.min_block_sparsity, cfg.max_block_sparsity],
+        selection_split=cfg.selection.split,
+        eval_split=session.config.data.splits.eval,
+        selection_n=len(s.selection),
+        selection_dropped=s.dropped,
+        selection_fingerprint=s.selection.identity.fingerprint if s.selection.identity else "",
+        suites=[x.name for x in s.suites],
+        not_held_out=sorted(d for d in found.datasets if d != s.selection.name),
+        blocks=names,
+        block_weights=weights,
+        sensitivity=found.sensitivity,
+        passed=found.passed,
+        chosen=found.chosen_step,
+        outcome=found.outcome,
+        steps=found.steps,
+    )
+    return record, found.chosen
+
+
+def run_allocation(session: Session) -> AllocationRecord:
+    """Search, then add the chosen allocation to the session's points (validated against the dense model)."""
+    record, chosen = search(session)
+    from audit.plan import allocated_point
+
+    point = allocated_point(session.config, blocks_param(chosen))  # the record's variant
+    if point.id not in {p.id for p in session.points}:
+        session.points.append(point)
+    pruner = pruner_for(point)
+    session.pruners.setdefault(point.label, pruner)
+    pruner.validate(session.dense, session.prune_ctx(point))
+    session.allocation = record
+    return record
