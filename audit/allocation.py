@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from audit.plan import SweepPoint
     from audit.policy import Policy
     from audit.run.session import Session
+    from audit.store import ResultStore, StoreKey
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +202,8 @@ class Evaluation:
 class _Search:
     """What one allocation search shares: the selection context, its dense artifacts, the policy."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, selection: EvalSet, dropped: int) -> None:
         from audit.config_sweep import alloc_method
-        from audit.data import read_split
-        from audit.policy import load_policy
         from audit.run.finish import _metric_catalog
 
         self.session = session
@@ -212,22 +211,10 @@ class _Search:
         self.cfg = config.sweep.allocate
         assert self.cfg is not None
         self.method_index, self.method = alloc_method(config.sweep)
-        paths = session.paths
-        name = self.cfg.policy or config.policy
-        self.policy, self.policy_label = load_policy(name, paths.base_dir)
+        self.policy, self.policy_label = allocation_policy(session)
         self.suites = [s for s in session.suites if policy_names_suite(self.policy, s.name)]
-        sel = self.cfg.selection
         base = session.base_ctx
-        raw = read_split(
-            config.data,
-            paths.data_files,
-            sel.split,
-            base.id2label,
-            seed=config.seed,
-            offline=config.offline,
-            need_label=True,
-        )
-        self.selection, self.dropped = selection_set(session.eval_set, raw, n=sel.n, seed=sel.seed)
+        self.selection, self.dropped = selection, dropped
         self.ctx = copy.copy(base)
         self.ctx.eval_set = self.selection
         self.catalog = _metric_catalog(config)
@@ -300,6 +287,59 @@ class _Search:
         )
         verdict = evaluate_policy(self.policy, run, policy_label=self.policy_label)
         return [r for r in verdict.rules if r.variant == vr.id]
+
+
+def allocation_policy(session: Session) -> tuple[Policy, str]:
+    """The policy the search judges (``sweep.allocate.policy``, else the run's) and its label."""
+    from audit.policy import load_policy
+
+    config = session.config
+    assert config.sweep.allocate is not None
+    return load_policy(config.sweep.allocate.policy or config.policy, session.paths.base_dir)
+
+
+def selection_of(session: Session) -> tuple[EvalSet, int]:
+    """The selection split as :func:`selection_set` makes it from the configured split (read from its files)."""
+    from audit.data import read_split
+
+    config = session.config
+    assert config.sweep.allocate is not None
+    sel = config.sweep.allocate.selection
+    raw = read_split(
+        config.data,
+        session.paths.data_files,
+        sel.split,
+        session.base_ctx.id2label,
+        seed=config.seed,
+        offline=config.offline,
+        need_label=True,
+    )
+    return selection_set(session.eval_set, raw, n=sel.n, seed=sel.seed)
+
+
+def allocation_key(session: Session, selection: EvalSet) -> StoreKey:
+    """The store key of the search: the run's model, eval data, config context and code, plus the
+    selection rows, the policy judged (its fingerprint) and every suite's inputs.
+    """
+    from audit.fingerprint import canonical_json
+    from audit.plan import sha256_text
+    from audit.store import StoreKey
+
+    keys = session.keys
+    policy, _ = allocation_policy(session)
+    inputs = {
+        "selection": selection.identity.fingerprint if selection.identity else "",
+        "policy": policy.fingerprint(),
+        "suites": keys.suite_params,
+    }
+    return StoreKey(
+        "allocation",
+        keys.model,
+        keys.data,
+        "",
+        params=keys.context + sha256_text(canonical_json(inputs)),
+        code=keys.code,
+    )
 
 
 def policy_names_suite(policy: Policy, suite: str) -> bool:
@@ -488,9 +528,16 @@ def search_loop(
     )
 
 
-def search(session: Session) -> tuple[AllocationRecord, list[float]]:
-    """Run the allocation search on the session's selection split; the record and the chosen sparsities."""
-    s = _Search(session)
+def search(
+    session: Session, selection: EvalSet | None = None, dropped: int = 0
+) -> tuple[AllocationRecord, list[float]]:
+    """Run the allocation search on the selection split (read from the config when not given); the record
+    and the chosen sparsities.
+    """
+    if selection is None:
+        selection, dropped = selection_of(session)
+    session.setup()
+    s = _Search(session, selection, dropped)
     cfg = s.cfg
     names, weights, start = start_allocation(session, cfg.start, cfg.target)
     found = search_loop(
@@ -534,12 +581,41 @@ def search(session: Session) -> tuple[AllocationRecord, list[float]]:
     return record, found.chosen
 
 
-def run_allocation(session: Session) -> AllocationRecord:
-    """Search, then add the chosen allocation to the session's points (validated against the dense model)."""
-    record, chosen = search(session)
+def run_allocation(
+    session: Session, *, store: ResultStore | None = None, resume: bool = False, require_stored: bool = False
+) -> AllocationRecord:
+    """Search (or, with ``resume``, reuse the stored search of the same inputs), then add the chosen
+    allocation to the session's points (validated against the dense model). A finished search is
+    stored as soon as it ends, so an interrupted audit's ``--resume`` does not search again.
+
+    Raises:
+        UsageError: ``require_stored`` and the search is not in the store (before any work).
+    """
     from audit.plan import allocated_point
 
+    selection, dropped = selection_of(session)
+    key = allocation_key(session, selection)
+    found = store.get(key) if store is not None and resume else None
+    if found is not None:
+        payload, _ = found
+        record = AllocationRecord.model_validate(payload["record"])
+        chosen = [float(x) for x in payload["chosen"]]
+        log.info("allocation: reusing the stored search (%d evaluations) from %s", record.evaluations, store.root)
+    elif require_stored:
+        where = str(store.root) if store is not None else "the result store"
+        raise UsageError(
+            "no finished allocation search of this config is in the store (the config, model, data, policy or "
+            "code differ from the finished run's, or it never finished)",
+            where=where,
+            hint="run `prune-audit run` with this config (add --resume to finish an interrupted run) first",
+        )
+    else:
+        record, chosen = search(session, selection, dropped)
+        if store is not None:
+            store.put(key, {"record": record.model_dump(mode="json"), "chosen": chosen})
     point = allocated_point(session.config, blocks_param(chosen))  # the record's variant
+    if point.id != record.variant:
+        raise AssertionError(f"the chosen allocation's point {point.id} is not the record's {record.variant}")
     if point.id not in {p.id for p in session.points}:
         session.points.append(point)
     pruner = pruner_for(point)

@@ -83,13 +83,12 @@ def run_audit(
     progress = progress if progress is not None else Progress()
     session = prepare(config, preflighted=preflighted, setup=False)
     session.write = write
+    store = ResultStore(out_dir / STORE_DIR) if write else None
+    reading = store is not None and resume
     if config.sweep.allocate is not None:  # the chosen allocation becomes one more point, audited like any
         from audit.allocation import run_allocation
 
-        session.setup()
-        run_allocation(session)
-    store = ResultStore(out_dir / STORE_DIR) if write else None
-    reading = store is not None and resume
+        run_allocation(session, store=store, resume=reading, require_stored=require_stored)
     keys = session.unit_keys()
     stored = sum(store.has(k) for k in keys) if reading else 0
     if require_stored and stored < len(keys):

@@ -424,3 +424,58 @@ def test_a_budget_below_the_probes_stops_after_the_start() -> None:
     out = search_loop(_evaluator(0.1, calls), ["b0", "b1"], [1, 1], [0.6, 0.6], budget=2, step=0.05, lo=0.0, hi=0.95)
     assert len(calls) == 1 and not out.passed and out.chosen_step == 0
     assert out.outcome.startswith("budget 2 does not cover the start and the 2 sensitivity probes")
+
+
+def test_a_resumed_run_reuses_the_stored_search_and_a_changed_policy_searches_again(
+    tiny_model_dir: Path, alloc_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit.allocation import _Search
+    from audit.runner import run_audit
+
+    policy = _impossible(tmp_path)
+    sweep = (
+        "sweep:\n  methods: [magnitude]\n  sparsities: [0.5]\n  seeds: [0]\n"
+        f"  allocate: {{method: magnitude, policy: {policy}, target: 0.5, budget: 3, start: uniform, "
+        "selection: {split: validation}}\n"
+    )
+    cfg_path = write_config(
+        tmp_path / "audit.yaml", tiny_model_dir, alloc_data, data=_data(alloc_data), sweep=sweep,
+        policy=pass_policy(tmp_path),
+    )  # fmt: skip
+    calls: list[list[float]] = []
+    real = _Search.evaluate
+
+    def counting(self: _Search, sparsities: list[float]) -> Evaluation:
+        calls.append(list(sparsities))
+        return real(self, sparsities)
+
+    monkeypatch.setattr(_Search, "evaluate", counting)
+    first = run_audit(load_config(cfg_path), formats=["json"], resume=True)
+    assert len(calls) == 3 and first.result.allocation is not None
+    again = run_audit(load_config(cfg_path), formats=["json"], resume=True)
+    assert len(calls) == 3, "the stored search is reused: no evaluation runs again"
+    assert again.result.allocation == first.result.allocation
+    assert again.units_reused == again.units_total  # the chosen variant's units are stored too
+    policy.write_text(policy.read_text(encoding="utf-8").replace("min: 1.5", "min: 1.25"), encoding="utf-8")
+    run_audit(load_config(cfg_path), formats=["json"], resume=True)
+    assert len(calls) == 6, "the search's policy changed: it runs again"
+
+
+def test_attribute_refuses_a_run_whose_allocation_search_is_not_stored(
+    tiny_model_dir: Path, alloc_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit.allocation import _Search
+    from audit.runner import run_audit
+
+    sweep = (
+        "sweep:\n  methods: [magnitude]\n  sparsities: [0.5]\n  seeds: [0]\n"
+        "  allocate: {method: magnitude, target: 0.5, budget: 2, start: uniform, selection: {split: validation}}\n"
+    )
+    cfg_path = write_config(
+        tmp_path / "audit.yaml", tiny_model_dir, alloc_data, data=_data(alloc_data), sweep=sweep,
+        policy=pass_policy(tmp_path),
+    )  # fmt: skip
+    monkeypatch.setattr(_Search, "evaluate", lambda self, s: pytest.fail("no evaluation may run"))
+    with pytest.raises(UsageError, match="no finished allocation search of this config"):
+        run_audit(load_config(cfg_path), formats=["json"], resume=True, require_stored=True)
+    assert not (tmp_path / "out" / "results.json").exists()
