@@ -32,7 +32,7 @@ from audit.config import config_from_text, load_config
 from audit.data import EvalSet
 from audit.errors import ConfigError, UsageError
 from audit.policy import policy_from_text
-from audit.results import RuleResult, load_results
+from audit.results import RuleResult, RunResult, load_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -479,3 +479,84 @@ def test_attribute_refuses_a_run_whose_allocation_search_is_not_stored(
     with pytest.raises(UsageError, match="no finished allocation search of this config"):
         run_audit(load_config(cfg_path), formats=["json"], resume=True, require_stored=True)
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+# -- what would pass: the verdict line, the summary and the model card -------------------------------
+
+
+def _with_allocation(variant: str, *, passed: bool) -> RunResult:
+    """The golden judged run with an allocation record whose chosen variant is ``variant`` (its eval verdict is
+    the golden policy's on that variant)."""
+    from results_factory import judged_rich_run
+
+    from audit.results import AllocationRecord, AllocationStep
+
+    res = judged_rich_run()
+    chosen = [0.75, 0.75, 0.53, 0.6, 0.6, 0.6]
+    res.allocation = AllocationRecord(
+        method="wanda", variant=variant, policy="golden.yaml", policy_fingerprint="f", target_sparsity=0.6,
+        budget=12, evaluations=3, start="owl", step=0.05, bounds=[0.0, 0.95], selection_split="validation",
+        eval_split="test", selection_n=100, selection_dropped=2, blocks=[f"b.{i}" for i in range(6)],
+        block_weights=[1] * 6, passed=passed, chosen=2, outcome="o", suites=["performance"],
+        steps=[AllocationStep(index=i, kind="trial", sparsities=chosen, weighted_sparsity=0.6, status="PASS",
+                              violation=0.0)
+               for i in range(3)],
+    )  # fmt: skip
+    return res
+
+
+def test_block_runs_joins_consecutive_blocks_at_the_same_level() -> None:
+    from reports.views.allocation import block_runs
+
+    assert block_runs([0.75, 0.75, 0.53, 0.6, 0.6, 0.6]) == "blocks 0–1 at 75 %, block 2 at 53 %, blocks 3–5 at 60 %"
+    assert block_runs([0.6, 0.5, 0.6]) == "block 0 at 60 %, block 1 at 50 %, block 2 at 60 %"
+
+
+def test_an_allocation_passing_on_selection_and_eval_is_what_would_pass_in_verdict_summary_and_card() -> None:
+    from reports.views.allocation import what_would_pass
+    from reports.writer import render_reports
+
+    res = _with_allocation("wanda-s0.50-seed0", passed=True)  # every golden rule passes this variant
+    w = what_would_pass(res)
+    line = (
+        "wanda at 60 % with blocks 0–1 at 75 %, block 2 at 53 %, blocks 3–5 at 60 %: "
+        "passes on selection (validation) and eval"
+    )
+    assert w == {"text": line, "status": "PASS", "variant": "wanda-s0.50-seed0"}
+    out = render_reports(res, ["html", "markdown", "model-card"], {"model-card": {"variant": "wanda-s0.50-seed0"}})
+    assert re.search(
+        r'id="what-would-pass"><span class="badge PASS">What would pass</span> ' + re.escape(line), out["html"]
+    )
+    assert f"**What would pass:** {line}" in out["markdown"]
+    card = out["model-card"]
+    assert "## Sparsity allocation" in card and "This variant's per-block sparsities were chosen" in card
+    assert f"What would pass: {line}." in card
+
+
+@pytest.mark.parametrize(
+    ("variant", "passed", "status", "needle"),
+    [
+        ("magnitude-s0.50-seed0", True, "WARN", "passes on selection (validation), but fails on eval"),
+        ("wanda-s0.50-seed0", False, "FAIL", "no allocation at 60 % passed on selection (validation) within 3 of 12 "
+         "evaluations; the closest, wanda at 60 % with blocks 0–1 at 75 %, block 2 at 53 %, blocks 3–5 at 60 %, "
+         "passes on eval"),
+    ],
+)  # fmt: skip
+def test_what_would_pass_says_where_the_allocation_does_not_pass(
+    variant: str, passed: bool, status: str, needle: str
+) -> None:
+    from reports.views.allocation import what_would_pass
+
+    w = what_would_pass(_with_allocation(variant, passed=passed))
+    assert w is not None and (w["status"], w["variant"]) == (status, variant)
+    assert needle in w["text"]
+
+
+def test_no_allocation_no_what_would_pass_line() -> None:
+    from results_factory import judged_rich_run
+
+    from reports.writer import render_reports
+
+    out = render_reports(judged_rich_run(), ["html", "markdown", "model-card"])
+    assert 'id="what-would-pass"' not in out["html"] and "What would pass" not in out["markdown"]
+    assert "## Sparsity allocation" not in out["model-card"]

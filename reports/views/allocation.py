@@ -23,6 +23,61 @@ def _eval_status(result: RunResult, variant: str) -> str:
     return "not judged"
 
 
+def _pct(x: float) -> str:
+    return f"{x * 100:.0f} %"
+
+
+def block_runs(sparsities: list[float]) -> str:
+    """Per-block sparsities in words, consecutive blocks at the same (rounded) level joined:
+    ``blocks 0–1 at 75 %, block 2 at 53 %``.
+    """
+    runs: list[tuple[int, int, str]] = []
+    for i, x in enumerate(sparsities):
+        p = _pct(x)
+        if runs and runs[-1][2] == p and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i, p)
+        else:
+            runs.append((i, i, p))
+    return ", ".join(f"block {a} at {p}" if a == b else f"blocks {a}–{b} at {p}" for a, b, p in runs)
+
+
+def what_would_pass(result: RunResult) -> dict[str, str] | None:
+    """The verdict's "what would pass" line from the allocation search and the chosen variant's eval
+    verdict; None when ``sweep.allocate`` did not run. ``status``: PASS when the allocation passes on
+    selection and eval, WARN when it passes on selection only, FAIL when it passed on neither or
+    only on eval (chosen as the closest).
+    """
+    a = result.allocation
+    if a is None:
+        return None
+    chosen = next(s for s in a.steps if s.index == a.chosen)
+    alloc = f"{a.method} at {_pct(a.target_sparsity)} with {block_runs(chosen.sparsities)}"
+    eval_status = _eval_status(result, a.variant)
+    judged = eval_status in ("PASS", "WARN", "FAIL", "ERROR")
+    same = result.verdict is not None and result.verdict.policy == a.policy
+    on_eval = {
+        "PASS": "passes on eval",
+        "WARN": "passes on eval with warnings",
+        "FAIL": "fails on eval",
+        "ERROR": "errors on eval",
+    }.get(eval_status, f"is {eval_status} on eval")
+    if judged and not same and result.verdict is not None:
+        on_eval += f" under the run's policy {result.verdict.policy}"
+    eval_ok = eval_status in ("PASS", "WARN")
+    if a.passed:
+        text = f"{alloc}: passes on selection ({a.selection_split}) and {on_eval.removeprefix('passes on ')}"
+        if not eval_ok:
+            text = f"{alloc}: passes on selection ({a.selection_split}), but {on_eval}"
+        status = "PASS" if eval_ok else "WARN"
+    else:
+        text = (
+            f"no allocation at {_pct(a.target_sparsity)} passed on selection ({a.selection_split}) within "
+            f"{a.evaluations} of {a.budget} evaluations; the closest, {alloc}, {on_eval}"
+        )
+        status = "FAIL"
+    return {"text": text, "status": status, "variant": a.variant}
+
+
 def allocation_view(result: RunResult) -> dict[str, Any] | None:
     """The allocation section's view model; None when ``sweep.allocate`` did not run."""
     a = result.allocation
@@ -95,4 +150,4 @@ def allocation_summary(result: RunResult) -> dict[str, Any] | None:
             "budget",
             "policy",
         )
-    }
+    } | {"what_would_pass": what_would_pass(result)}

@@ -8,6 +8,7 @@ from typing import Any
 from audit.config_zero_shot import describe_zero_shot
 from audit.registry import stage_names
 from audit.results import RunResult, VariantResult
+from reports.views.allocation import allocation_summary
 from reports.views.common import by_id, catalog, fmt_value, method_label, metric_info, sorted_rules, worse, worst_status
 from reports.views.evidence import evidence
 from reports.views.groups import DISPARATE_MIN_N
@@ -132,4 +133,5 @@ def build_card(result: RunResult, variant_id: str | None = None) -> dict[str, An
         # recorded by the run from each suite's params (SuiteSpec.task_formats): the card names what was scored
         "task_formats": [{"suite": k, "formats": v} for k, v in result.task_formats.items() if v],
         "limitations": limitations(result),
+        "allocation": allocation_summary(result),
     }

@@ -6,6 +6,7 @@ from collections import defaultdict
 from typing import Any
 
 from audit.results import RuleResult, RunResult, VariantResult
+from reports.views.allocation import what_would_pass
 from reports.views.common import STATUS_ICON, method_display, method_label, sorted_rules, worst_status
 
 EXIT_MEANING = {
@@ -120,6 +121,7 @@ def verdict_view(result: RunResult) -> dict[str, Any] | None:
         "counts": [{"status": k, "n": n} for k, n in verdict.counts.items()],
         "headline": headline,
         "max_compliant": recommendations(result),
+        "what_would_pass": what_would_pass(result),
         "notes": list(verdict.notes),
         "waivers": [
             {
