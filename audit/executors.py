@@ -74,7 +74,7 @@ class LocalExecutor:
                 )
                 out.entries.clear()  # already in the store; keep memory bounded
                 if point.is_baseline:
-                    baseline = out.artifacts
+                    baseline = session.baseline_artifacts = out.artifacts
                     out.artifacts = {}
                 outcomes.append(out)
                 summary = point_summary(out.result)
@@ -227,6 +227,7 @@ class RayExecutor:
         with progress.stage("sweep", len(points), warmup=1) as stage:  # the dense point: not in the ETA
             dense = gathered(_get(ray, task.remote(config_ref, points_ref, 0, None, stored_for(points[0]), threads)))
             baseline_ref = ray.put(dense.artifacts)
+            session.baseline_artifacts = dense.artifacts
             dense.artifacts = {}
             outcomes.append(dense)
             stage.advance(f"{points[0].id}: {summary(dense.result)}")

@@ -191,6 +191,10 @@ class Suite:
     """Base class of suites. Subclasses implement :meth:`run`."""
 
     spec: SuiteSpec
+    keeps_variant_artifacts: bool = False
+    """Whether a pruned variant's artifacts are stored with its output (the baseline's always are) and
+    handed to :meth:`defining_examples` as ``artifacts=``: for a suite whose regressions are defined by
+    what it produced on the variant (the adversarial suite's attacked examples)."""
 
     def __init__(self, spec: SuiteSpec, params: PluginParams) -> None:
         self.spec = spec
@@ -220,7 +224,9 @@ class Suite:
 
         ``test``: the path of the regressing test in the measurement's details (``paired``,
         ``paired_groups.<feature>.<group>``). None (the default): this suite's regression cannot be
-        re-measured from per-example correctness, and attribution records why. Called after :meth:`setup`.
+        re-measured from per-example correctness, and attribution records why. Called after :meth:`setup`,
+        with ``ctx.baseline`` the dense model's artifacts of this suite; a suite that sets
+        :attr:`keeps_variant_artifacts` also gets the variant's own as the keyword ``artifacts``.
         """
         return None
 

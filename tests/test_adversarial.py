@@ -256,6 +256,31 @@ def test_variant_direct_transfer_and_paired_results(
         assert f"adversarial/{recipe}/transfer_success_rate" not in dense_ms
 
 
+def test_the_variants_attacked_examples_define_its_accuracy_under_attack_regression(
+    env: dict[str, Any], dense_run: tuple[Any, Any], variant_run: Any
+) -> None:
+    """Attribution re-scores the rows of the paired test as the variant's attack left them."""
+    from suites.adversarial.engine import NOT_ATTACKED, SUCCESS
+
+    suite, dense_out = dense_run
+    ctx = env["ctx"].for_suite(dense_out.artifacts)
+    recipe = RECIPES[0]
+    ex = suite.defining_examples("accuracy_under_attack_delta", recipe, "paired", ctx, artifacts=variant_run.artifacts)
+    records = variant_run.artifacts["records"][recipe]
+    dense_attacked = {r["index"] for r in dense_out.artifacts["records"][recipe] if r["status"] != NOT_ATTACKED}
+    rows = [r for r in records if r["status"] != NOT_ATTACKED and r["index"] in dense_attacked]
+    delta = by_id(variant_run)[f"adversarial/{recipe}/accuracy_under_attack_delta"]
+    assert ex is not None and len(ex.texts) == len(ex.members) == len(rows) == delta.n
+    assert ex.texts == [(r["perturbed"] if r["status"] == SUCCESS else r["original"])[0] for r in rows]
+    assert ex.labels.tolist() == [r["label"] for r in rows]
+    assert set(ex.groups) == set(env["ctx"].eval_set.groups)
+    # re-scored, the variant is right exactly where its attack failed: its accuracy under attack on these rows
+    pred = env["ctx"].proba(env["pruned"], ex.texts, ex.text_pairs).argmax(axis=1)
+    assert ((pred == ex.labels) == np.array([r["status"] == "failed" for r in rows])).all()
+    assert suite.defining_examples("accuracy_under_attack_delta", recipe, "paired", ctx, artifacts=None) is None
+    assert suite.defining_examples("success_rate", recipe, "paired", ctx, artifacts=variant_run.artifacts) is None
+
+
 def test_transfer_replay_gives_the_flips_recomputed_predictions_give(
     env: dict[str, Any], dense_run: tuple[Any, Any], variant_run: Any
 ) -> None:

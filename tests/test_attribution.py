@@ -728,3 +728,38 @@ def test_attribute_command_refuses_a_config_without_a_finished_run(
     assert r.returncode == 4, r.stderr
     assert "no finished run of this config" in r.stderr and "0 of its" in r.stderr
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_an_attack_regression_is_attributed_on_the_variants_stored_attacked_examples(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wiring for the adversarial suite: the variant's attack records reach attribution, from the run and from
+    the store. Which regression is selected is fixed by the test (a tiny model's attacks need not be significant)."""
+    import audit.attribution._run as run_mod
+    from audit.runner import run_audit
+
+    metric = "adversarial/deepwordbug/accuracy_under_attack_delta"
+
+    def select(result, cfg, measurable=None):  # the variant's attack delta, whatever its q
+        v = result.variants[0]
+        reg = {"variant": v.id, "metric": metric, "test": "paired", "q_value": 0.01,
+               "delta": v.measurement(metric).value, "rules": []}  # fmt: skip
+        return [reg], 1
+
+    monkeypatch.setattr(run_mod, "select_regressions", select)
+    cfg_path = write_config(
+        tmp_path / "audit.yaml",
+        tiny_model_dir,
+        tiny_data_dir,
+        sweep="sweep:\n  methods: [magnitude]\n  sparsities: [0.9]\n  seeds: [0]\n",
+        suites="suites:\n  adversarial: {recipes: [deepwordbug], n_examples: 8, query_budget: 40}\n",
+        attribution="attribution:\n  enabled: true\n  budget_forward_passes: 400\n  n_boot: 20\n  holdout: 0\n",
+    )
+    first = run_audit(load_config(cfg_path), formats=["json"], resume=True)
+    n = first.result.variants[0].measurement(metric).n
+    rec = first.result.attribution[0]
+    assert rec.dataset == "deepwordbug" and rec.scope.startswith(f"the {n} examples deepwordbug attacked on dense")
+    assert rec.n_examples == n
+    again = run_audit(load_config(cfg_path), formats=["json"], resume=True, require_stored=True)
+    assert again.units_reused == again.units_total
+    assert again.result.attribution[0].model_dump() == rec.model_dump()  # the records came back from the store

@@ -115,13 +115,20 @@ def run_attribution(session: Session, result: RunResult) -> list[RegressionAttri
     def examples_of(reg: dict[str, Any]) -> Any:
         """The regression's defining examples (None: no suite can name them), asked once per metric and test."""
         test = reg.get("test") or "paired"
-        key = f"{reg['metric']}@{test}"
+        suite_name, rest = reg["metric"].split("/", 1)
+        dataset, _, metric = rest.rpartition("/")
+        suite = suites.get(suite_name)
+        own = suite is not None and suite.keeps_variant_artifacts  # defined by what it produced on the variant
+        key = f"{reg['variant']}:" * own + f"{reg['metric']}@{test}"
         if key not in found:
-            suite_name, rest = reg["metric"].split("/", 1)
-            dataset, _, metric = rest.rpartition("/")
-            suite = suites.get(suite_name)
-            ctx = session.base_ctx.for_suite(None)
-            found[key] = suite.defining_examples(metric, dataset, test, ctx) if suite else None
+            ctx = session.base_ctx.for_suite(session.baseline_artifacts.get(suite_name))
+            if suite is None:
+                found[key] = None
+            elif own:
+                artifacts = session.variant_artifacts.get(reg["variant"], {}).get(suite_name)
+                found[key] = suite.defining_examples(metric, dataset, test, ctx, artifacts=artifacts)
+            else:
+                found[key] = suite.defining_examples(metric, dataset, test, ctx)
         return found[key]
 
     def measurable(reg: dict[str, Any]) -> bool:

@@ -168,6 +168,7 @@ def finish(
     if config.attribution.enabled:  # after judging: it may follow the rules that failed
         from audit.attribution import run_attribution
 
+        session.variant_artifacts = {o.result.id: o.artifacts for o in outcomes if o.artifacts}
         result.attribution = run_attribution(session, result)
     out_dir = session.paths.output_dir
     files = {}

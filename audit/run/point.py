@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PointOutcome:
-    """One finished sweep point: its result and, for the baseline, each suite's artifacts."""
+    """One finished sweep point: its result and, for the baseline, each suite's artifacts (for a variant, those
+    of the suites that keep them: :attr:`audit.suite.Suite.keeps_variant_artifacts`).
+    """
 
     result: VariantResult
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -175,7 +177,8 @@ def run_point(
                 split.suites[suite.name] = timed[0]
                 log.debug("%s: %s took %.1fs", point.id, suite.name, timed[0].total_s)
                 extra_failed = _extra_metrics(session, suite, out, ctx, vr, label)
-                payload, arrays = _suite_output_to_store(out, keep_artifacts=point.is_baseline)
+                keep = point.is_baseline or suite.keeps_variant_artifacts
+                payload, arrays = _suite_output_to_store(out, keep_artifacts=keep)
                 if payload is not None:
                     payload["timing"] = _jsonable(timed[0])
                 if payload is not None and not extra_failed:  # a failed extra metric is retried on resume
@@ -186,7 +189,7 @@ def run_point(
             outcome.datasets.extend(out.datasets)
             if out.examples:
                 vr.examples[suite.name] = out.examples
-            if point.is_baseline:
+            if point.is_baseline or suite.keeps_variant_artifacts:
                 outcome.artifacts[suite.name] = out.artifacts
     split.finish(vr, t0)
     if model is not session.dense:

@@ -247,6 +247,10 @@ class Session:
     extra_metrics: dict[str, list[Any]] = field(default_factory=dict)
     """Suite name -> its loaded extra metric modules (:class:`audit.extra_metrics.LoadedMetric`)."""
     adapter: Any = None
+    baseline_artifacts: dict[str, Any] = field(default_factory=dict)
+    """Suite name -> the dense model's artifacts, once the executor ran the baseline."""
+    variant_artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Variant id -> suite name -> its artifacts, for suites that keep them (:attr:`Suite.keeps_variant_artifacts`)."""
     allocation: Any = None
     """The :class:`~audit.results.AllocationRecord` of ``sweep.allocate``, once its search ran."""
     ready: bool = False

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from audit.errors import DataError
-from audit.suite import Suite, SuiteContext, SuiteOutput, Variant
+from audit.suite import DefiningExamples, Suite, SuiteContext, SuiteOutput, Variant
 
 from . import AdversarialParams
 from .engine import FAILED, NOT_ATTACKED, SKIPPED, SUCCESS, AttackRecord
@@ -46,6 +46,7 @@ class AdversarialSuite(Suite):
     """TextAttack recipes against the dense model and every variant; transfer from dense."""
 
     params: AdversarialParams
+    keeps_variant_artifacts = True  # a variant's attack records define its accuracy-under-attack regression
 
     def __init__(self, spec: Any, params: Any) -> None:
         super().__init__(spec, params)
@@ -116,6 +117,50 @@ class AdversarialSuite(Suite):
                 "neighbours would not be the baseline's"
             )
         return self._embedding
+
+    # -- regression attribution ----------------------------------------------------------
+
+    def defining_examples(
+        self, metric: str, dataset: str, test: str, ctx: SuiteContext, artifacts: dict[str, Any] | None = None
+    ) -> DefiningExamples | None:
+        """``accuracy_under_attack_delta`` of recipe ``dataset``: the variant's attacked examples, fixed.
+
+        The rows of the paired test (attacked on dense and on the variant), each as the text the
+        attack on the variant ended with: its adversarial text where the attack succeeded, else
+        the original. Re-scoring them with layers restored asks which pruned layers make the
+        variant's adversarial examples work; the attack itself is not re-run per restored group
+        (its gap is dense's accuracy on these texts minus the variant's). None without the
+        variant's or dense's attack records (a variant stored before records were kept).
+        """
+        if metric != "accuracy_under_attack_delta" or test != "paired":
+            return None
+        records = ((artifacts or {}).get("records") or {}).get(dataset)
+        base = ((ctx.baseline or {}).get("records") or {}).get(dataset)
+        if not records or not base:
+            return None
+        dense_attacked = {int(b["index"]) for b in base if b["status"] != NOT_ATTACKED}
+        rows = [AttackRecord.from_dict(r) for r in records]
+        rows = [r for r in rows if r.attacked and r.index in dense_attacked]
+        if not rows:
+            return None
+        cols = [r.perturbed if r.status == SUCCESS and r.perturbed else r.original for r in rows]
+        es = ctx.eval_set
+        index = np.array([r.index for r in rows], dtype=np.int64)
+        groups = {k: np.asarray(v, dtype=object).astype(str)[index] for k, v in es.groups.items()}
+        n_adv = sum(r.status == SUCCESS for r in rows)
+        return DefiningExamples(
+            dataset=dataset,
+            texts=[c[0] for c in cols],
+            text_pairs=[c[1] for c in cols] if len(cols[0]) > 1 else None,
+            labels=np.array([r.label for r in rows], dtype=np.int64),
+            members=np.arange(len(rows)),
+            scope=(
+                f"the {len(rows)} examples {dataset} attacked on dense and on the variant, as the variant's attack "
+                f"left them ({n_adv} adversarial texts, the rest original); fixed: the attack is not re-run per "
+                "restored group"
+            ),
+            groups=groups,
+        )
 
     # -- the sample ----------------------------------------------------------------------
 
