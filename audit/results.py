@@ -693,6 +693,11 @@ class RegressionAttribution(Record):
         None, description="The findings re-measured on defining examples the search did not see (attribution.holdout)."
     )
     notes: list[str] = Field(default_factory=list)
+    wall_time_s: float = Field(
+        0.0,
+        description="Seconds this regression's attribution took (its variant's rebuild "
+        "included when it was the first of the variant's regressions).",
+    )
 
 
 class AllocationRuleValue(Record):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -166,6 +167,7 @@ def run_attribution(session: Session, result: RunResult) -> list[RegressionAttri
         if point is None or vr is None or point.is_baseline:
             refuse(rec, f"variant {reg['variant']} is not part of this run's plan")
             continue
+        t0 = time.perf_counter()
         try:
             if built is None or built[0] != point.id:
                 built = None  # one variant model at a time
@@ -196,6 +198,7 @@ def run_attribution(session: Session, result: RunResult) -> list[RegressionAttri
         except Exception as exc:  # noqa: BLE001 - a failed attribution is recorded, the audit's results stand
             log.error("attribution of %s %s failed: %s", rec.variant, rec.metric, exc)
             refuse(rec, f"attribution failed: {type(exc).__name__}: {exc}")
+        rec.wall_time_s = round(time.perf_counter() - t0, 3)
         if rec.status == "not_attributable":
             log.info("attribution: %s not attributable: %s", rec.variant, rec.reason)
     return out

@@ -113,7 +113,10 @@ def attribution_block(a: RegressionAttribution) -> dict[str, Any]:
         summary = (
             f"{a.measure} on {a.n_examples} examples ({a.scope}): dense {fmt(a.dense_value)}, variant "
             f"{fmt(a.variant_value)}, gap {fmt(a.gap)}; {a.forward_passes} of {a.budget_forward_passes} forward "
-            f"passes, {len(evaluated)} group(s) evaluated" + (f", {len(left)} not reached" if left else "") + "."
+            f"passes, {len(evaluated)} group(s) evaluated"
+            + (f", {len(left)} not reached" if left else "")
+            + (f"; {a.wall_time_s:.1f} s" if a.wall_time_s else "")
+            + "."
         )
     return {
         "variant": a.variant,
