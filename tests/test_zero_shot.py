@@ -253,3 +253,38 @@ def test_zero_shot_on_a_checkpoint_that_is_a_classifier_is_refused_naming_model_
     with pytest.raises(UsageError, match="the audited model is a classifier") as err:
         preflight(cfg)
     assert err.value.where == "model.zero_shot"
+
+
+def test_allocation_on_a_zero_shot_llama_probes_its_decoder_blocks_and_audits_the_choice(
+    lm_dirs, tmp_path: Path
+) -> None:
+    """``sweep.allocate`` goes through the model adapter: on a causal LM its blocks are the decoder layers."""
+    from audit.runner import run_audit
+
+    model, data = lm_dirs
+    write_jsonl(
+        tmp_path / "validation.jsonl",
+        [{"id": f"v{i}", "text": f"honestly, {t}", "label": y, "gender": g} for i, (t, y, g) in enumerate(REVIEWS)],
+    )
+    policy = tmp_path / "impossible.yaml"
+    policy.write_text(
+        "name: impossible\nrules:\n  - {id: acc-impossible, metric: performance/*/accuracy, min: 1.5, "
+        "rationale: no accuracy reaches it}\n",
+        encoding="utf-8",
+    )
+    cfg_path = _lm_config(tmp_path, model, data, zero_shot=True, suites="suites:\n  performance: {}\n")
+    text = cfg_path.read_text(encoding="utf-8")
+    text = text.replace(
+        f"test: {data / 'test.jsonl'}}}", f"test: {data / 'test.jsonl'}, validation: {tmp_path / 'validation.jsonl'}}}"
+    ).replace(
+        "seeds: [0]\n",
+        f"seeds: [0]\n  allocate: {{method: magnitude, policy: {policy}, target: 0.5, budget: 3, start: uniform, "
+        "selection: {split: validation}}\n",
+    )
+    result = run_audit(config_from_text(text, name="audit.yaml"), write=False).result
+    a = result.allocation
+    assert a is not None and a.blocks == ["model.layers.0", "model.layers.1"]  # tiny_llama's two decoder layers
+    assert [s.kind for s in a.steps] == ["start", "probe", "probe"] and (a.selection_n, a.selection_dropped) == (8, 0)
+    v = next(v for v in result.variants if v.id == a.variant)
+    assert v.id == "magnitude-alloc-s0.50-seed0" and [b.block for b in v.pruning.profile.blocks] == a.blocks
+    assert v.pruning.profile.weighted_target == pytest.approx(0.5, abs=1e-9)
