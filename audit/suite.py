@@ -102,7 +102,8 @@ class DefiningExamples:
     the regressing measurement was computed on; ``members`` are the rows that define the
     regression (every row, or one group's). :mod:`audit.attribution` re-scores the members with
     groups of layers restored to dense and re-measures ``measure`` on them (``accuracy``: each
-    example scores 1 when its predicted class is its label); Tran et al.'s per-group
+    example scores 1 when its predicted class is its label; ``counterfactual_consistency``: when
+    its text and its counterpart get the same class); Tran et al.'s per-group
     diagnostics are computed over the whole set. ``scope``: which rows these are, in words.
     """
 
@@ -114,6 +115,9 @@ class DefiningExamples:
     scope: str
     groups: dict[str, np.ndarray] = field(default_factory=dict)
     measure: str = "accuracy"
+    counterparts: list[str] | None = None
+    """``measure: counterfactual_consistency``: each text's counterfactual (same text pair), row by row; an
+    example scores 1 when the model gives both texts the same class (one minus the counterfactual flip)."""
 
     @classmethod
     def of(cls, es: EvalSet, members: np.ndarray | None = None, scope: str = "every example") -> DefiningExamples:

@@ -764,3 +764,48 @@ def test_an_attack_regression_is_attributed_on_the_variants_stored_attacked_exam
     assert again.units_reused == again.units_total
     same = again.result.attribution[0].model_dump(exclude={"wall_time_s"})
     assert same == rec.model_dump(exclude={"wall_time_s"})  # the records came back from the store
+
+
+def test_a_counterfactual_flip_regression_is_found_in_its_damaged_block(tiny) -> None:
+    """Counterfactual pairs built by construction: both texts get the same class from dense and different ones
+    from the damaged variant, so every pair is a new flip of known cause."""
+    from audit.attribution import Search
+    from audit.suite import DefiningExamples
+
+    es, pred = tiny["es"], tiny["predictor"]
+    _, blocks = _blocks(tiny)
+    model = copy.deepcopy(tiny["dense"])
+    _damage(model, [f"{blocks[1]}.output.dense"], scale=200.0)
+    d = pred.proba(tiny["dense"], es.texts, es.text_pairs).argmax(axis=1)
+    v = pred.proba(model, es.texts, es.text_pairs).argmax(axis=1)
+    pairs = [(i, j) for i in range(len(es)) for j in range(i + 1, len(es)) if d[i] == d[j] and v[i] != v[j]][:40]
+    assert len(pairs) >= 10, "precondition: the damage must split some pairs dense keeps together"
+    ex = DefiningExamples(
+        dataset=es.name, texts=[es.texts[i] for i, _ in pairs], text_pairs=None,
+        labels=np.asarray(es.labels)[[i for i, _ in pairs]], members=np.arange(len(pairs)), scope="constructed pairs",
+        measure="counterfactual_consistency", counterparts=[es.texts[j] for _, j in pairs],
+    )  # fmt: skip
+    rec = RegressionAttribution(variant="v", metric="bias/test/counterfactual_flip_rate", test="paired",
+                                status="not_attributable")  # fmt: skip
+    Search(dense=tiny["dense"], variant=model, adapter=tiny["adapter"], predictor=pred, examples=ex, budget=10**6,
+           granularity="block", n_boot=20, seed=0).run(rec)  # fmt: skip
+    assert rec.status == "complete" and (rec.dense_value, rec.variant_value) == (1.0, 0.0)
+    assert rec.measure == "counterfactual_consistency"
+    # only block 1 changed: it is the only block candidate, and restoring it is dense exactly
+    assert [(g.name, g.share) for g in rec.groups if g.level == "block"] == [(blocks[1], 1.0)]
+    n = len(pairs)
+    # both texts of a pair are scored: 2 passes per pair and evaluation (variant, dense, all, 2 blocks)
+    assert rec.forward_passes == 2 * n * (2 + len(rec.groups)) and all(g.forward_passes == 2 * n for g in rec.groups)
+
+
+def test_counterparts_without_the_counterfactual_measure_are_refused(tiny) -> None:
+    from audit.attribution import Search
+    from audit.suite import DefiningExamples
+
+    es = tiny["es"]
+    ex = DefiningExamples.of(es, np.arange(10), "rows")
+    ex.counterparts = list(es.texts[:10])
+    rec = RegressionAttribution(variant="v", metric="m/d/x", test="paired", status="not_attributable")
+    Search(dense=tiny["dense"], variant=tiny["dense"], adapter=tiny["adapter"], predictor=tiny["predictor"],
+           examples=ex, budget=10**6).run(rec)  # fmt: skip
+    assert rec.status == "not_attributable" and "counterpart texts" in rec.reason

@@ -95,6 +95,28 @@ def test_group_rates_and_parity_match_fairlearn(audit: TinyAudit, outputs, preds
     assert any("identity" in w and "disability (n=" in w for w in dense.warnings)
 
 
+def test_the_counterfactual_flip_rate_is_defined_by_its_pairs_re_measured_as_consistency(
+    audit: TinyAudit, outputs, preds
+) -> None:
+    """Attribution's view of the flip rate: each eval text with its counterfactual; consistency is 1 - flip."""
+    suite, (dense, _) = outputs
+    es, cf = audit.ctx.eval_set, suite.cf
+    ex = suite.defining_examples("counterfactual_flip_rate", es.name, "paired", audit.ctx)
+    assert ex is not None and ex.measure == "counterfactual_consistency"
+    assert ex.texts == [es.texts[i] for i in cf.rows] and ex.counterparts == list(cf.texts)
+    pred = audit.ctx.predictor.proba(audit.variants[0].model, ex.texts).argmax(axis=1)
+    other = audit.ctx.predictor.proba(audit.variants[0].model, ex.counterparts).argmax(axis=1)
+    flip = {m.metric: m for m in dense.measurements}["counterfactual_flip_rate"].value
+    assert 1.0 - float((pred == other).mean()) == pytest.approx(flip)  # the measure is the flip rate's complement
+    one = suite.defining_examples("counterfactual_flip_rate", es.name, "paired_groups.gender.female->male", audit.ctx)
+    keep = (cf.categories == "gender") & (cf.pairs == "female->male")
+    assert one is not None and one.counterparts == [t for t, k in zip(cf.texts, keep, strict=True) if k]
+    assert set(one.groups["pair"]) == {"female->male"}
+    nobody = "paired_groups.gender.nobody"
+    assert suite.defining_examples("counterfactual_flip_rate", es.name, nobody, audit.ctx) is None
+    assert suite.defining_examples("counterfactual_prob_shift", es.name, "paired", audit.ctx) is None
+
+
 def test_counterfactual_flips_are_recomputed_exactly(audit: TinyAudit, outputs, preds) -> None:
     suite, (dense, pruned) = outputs
     es = audit.ctx.eval_set

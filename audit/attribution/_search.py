@@ -19,22 +19,27 @@ if TYPE_CHECKING:
 HOLDOUT_STREAM = 104729
 """Last entry of the held-out split's seed (``[*search seed, HOLDOUT_STREAM]``)."""
 
+MEASURES = ("accuracy", "counterfactual_consistency")
+"""What the search re-measures per defining example (:class:`audit.suite.DefiningExamples.measure`)."""
+
 CHECK_LEVELS = ("block", "type", "layer")
 """The levels whose best group is re-measured on the held-out examples."""
 
 
 @dataclass
 class _Rows:
-    """Some of the defining examples: their texts, pairs and labels."""
+    """Some of the defining examples: their texts, pairs, labels and (counterfactual measure) counterparts."""
 
     texts: list[str]
     pairs: list[str] | None
     labels: np.ndarray
+    counterparts: list[str] | None = None
 
     @classmethod
     def of(cls, ex: DefiningExamples, rows: np.ndarray) -> _Rows:
         pairs = None if ex.text_pairs is None else [ex.text_pairs[i] for i in rows]
-        return cls([ex.texts[i] for i in rows], pairs, np.asarray(ex.labels)[rows])
+        other = None if ex.counterparts is None else [ex.counterparts[i] for i in rows]
+        return cls([ex.texts[i] for i in rows], pairs, np.asarray(ex.labels)[rows], other)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -130,29 +135,39 @@ class Search:
         chosen, held = split_holdout(members, self.holdout, seed)
         self.sel, self.held = _Rows.of(examples, chosen), _Rows.of(examples, held)
         self.n = len(self.sel)
+        self.k = 2 if examples.counterparts is not None else 1
+        """Forward passes per defining example and evaluation (a counterfactual pair scores both its texts)."""
         # 2 + one per checked level: the variant, dense and each level's best group on the held-out rows
         levels = CHECK_LEVELS.index(granularity) + 1 if granularity in CHECK_LEVELS else 1
-        self.reserve = len(self.held) * (2 + levels) if len(self.held) else 0
+        self.reserve = len(self.held) * (2 + levels) * self.k if len(self.held) else 0
         rng = np.random.default_rng(seed)
         self.index = stats.bootstrap_indices(self.n, n_boot, rng)
         self.held_index = stats.bootstrap_indices(len(self.held), n_boot, rng) if len(self.held) else self.index[:0]
         self.spent = 0
 
     def _correct(self, model: Any, rows: _Rows | None = None) -> np.ndarray:
+        """Per example 1 or 0: right (``accuracy``), or the same class on the text and its counterfactual
+        (``counterfactual_consistency``, one minus the flip).
+        """
         rows = self.sel if rows is None else rows
-        proba = self.predictor.proba(model, rows.texts, rows.pairs)
-        self.spent += len(rows)
-        return (proba.argmax(axis=1) == rows.labels).astype(np.float64)
+        pred = self.predictor.proba(model, rows.texts, rows.pairs).argmax(axis=1)
+        self.spent += self.k * len(rows)
+        if rows.counterparts is not None:
+            other = self.predictor.proba(model, rows.counterparts, rows.pairs).argmax(axis=1)
+            return (pred == other).astype(np.float64)
+        return (pred == rows.labels).astype(np.float64)
 
     def _fits(self) -> bool:
-        return self.spent + self.n + self.reserve <= self.budget
+        return self.spent + self.n * self.k + self.reserve <= self.budget
 
     def run(self, record: RegressionAttribution) -> RegressionAttribution:
         """Fill ``record`` (its regression fields already set) with the search's findings."""
         record.n_examples, record.budget_forward_passes, record.granularity = self.n, self.budget, self.granularity
         record.measure, record.scope, record.dataset = self.ex.measure, self.ex.scope, self.ex.dataset
-        if self.ex.measure != "accuracy":
-            return refuse(record, f"measure {self.ex.measure!r} cannot be re-measured (only accuracy)")
+        if self.ex.measure not in MEASURES:
+            return refuse(record, f"measure {self.ex.measure!r} cannot be re-measured (only {', '.join(MEASURES)})")
+        if (self.ex.measure == "counterfactual_consistency") != (self.ex.counterparts is not None):
+            return refuse(record, "counterfactual_consistency needs counterpart texts, and only it uses them")
         if self.n == 0:
             return refuse(record, "no defining examples")
         layers, notes, refusal = restorable_layers(self.dense, self.variant, self.adapter)
@@ -161,7 +176,7 @@ class Search:
             return refuse(record, refusal)
         if not layers:
             return refuse(record, "no Linear layer of the variant differs from dense")
-        if 2 * self.n + self.reserve > self.budget:
+        if 2 * self.n * self.k + self.reserve > self.budget:
             held = (
                 f" and the {self.reserve} of the held-out check on {len(self.held)} held-out examples"
                 if self.reserve
@@ -169,7 +184,8 @@ class Search:
             )
             return refuse(
                 record,
-                f"budget_forward_passes {self.budget} is below the {2 * self.n + self.reserve} forward passes of the "
+                f"budget_forward_passes {self.budget} is below the {2 * self.n * self.k + self.reserve} forward passes "
+                "of the "
                 f"variant and dense on the {self.n} defining examples the search runs on{held}",
             )
         c_var = self._correct(self.variant)
@@ -294,7 +310,7 @@ class Search:
             share=share,
             ci_low=lo,
             ci_high=hi,
-            forward_passes=self.n,
+            forward_passes=self.n * self.k,
         )
 
 

@@ -183,14 +183,54 @@ class BiasSuite(Suite):
         return np.random.default_rng([ctx.seed, 7, *parts])
 
     def defining_examples(self, metric: str, dataset: str, test: str, ctx: SuiteContext) -> DefiningExamples | None:
-        """Pruning's disparate impact on one group (``paired_groups.<feature>.<group>``): that group's examples.
-
-        Its test is the group's accuracy change, so the group's accuracy is re-measured. The
-        suite's other tests (rates, counterfactual flips, subgroup AUCs) are not accuracies.
+        """Pruning's disparate impact on one group (``paired_groups.<feature>.<group>``): that group's examples,
+        re-measured as accuracy; the counterfactual flip rate (overall or one swap): its counterfactual pairs,
+        re-measured as their consistency. The suite's other tests (rates, subgroup AUCs, probability shifts)
+        are not per-example scores.
         """
-        if metric != "pruning_disparate_impact" or dataset != ctx.eval_set.name:
+        if dataset != ctx.eval_set.name:
+            return None
+        if metric == "counterfactual_flip_rate":
+            return self._counterfactual_examples(test, ctx)
+        if metric != "pruning_disparate_impact":
             return None
         return eval_set_examples(ctx.eval_set, test=test, intersections=self.params.intersections)
+
+    def _counterfactual_examples(self, test: str, ctx: SuiteContext) -> DefiningExamples | None:
+        """The counterfactual flip rate's pairs (every pair at ``paired``, one category's swap at
+        ``paired_groups.<category>.<pair>``): each eval text with its counterfactual, re-measured as
+        their consistency (same class on both, one minus the flip).
+        """
+        cf = self.cf
+        if cf is None:
+            return None
+        if test == "paired":
+            keep = np.arange(len(cf.texts))
+            scope = f"the {len(keep)} counterfactual pairs of {len(np.unique(cf.rows))} eval texts"
+        else:
+            parts = test.split(".", 2)
+            if len(parts) != 3 or parts[0] != "paired_groups":
+                return None
+            keep = np.flatnonzero((cf.categories == parts[1]) & (cf.pairs == parts[2]))
+            if not len(keep):
+                return None
+            scope = f"the {len(keep)} counterfactual pairs swapping {parts[1]} {parts[2]}"
+        es = ctx.eval_set
+        rows = cf.rows[keep]
+        return DefiningExamples(
+            dataset=es.name,
+            texts=[es.texts[i] for i in rows],
+            text_pairs=[es.text_pairs[i] for i in rows] if es.text_pairs is not None else None,
+            labels=np.asarray(es.labels)[rows],
+            members=np.arange(len(keep)),
+            scope=scope + " (pairs resampled one by one, not clustered by text as the flip rate's own test is)",
+            groups={
+                "category": np.asarray(cf.categories[keep], dtype=object).astype(str),
+                "pair": np.asarray(cf.pairs[keep], dtype=object).astype(str),
+            },  # fmt: skip
+            measure="counterfactual_consistency",
+            counterparts=[cf.texts[i] for i in keep],
+        )
 
     def all_features(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The sensitive features and, when ``intersections`` is set, their intersections."""
