@@ -261,7 +261,8 @@ class DeployConfig(StrictModel):
     def _formats(cls, values: list[str]) -> list[str]:
         bad = next((v for v in values if v not in FORMATS), None)
         if bad is not None:
-            raise _err("deploy_format", FORMATS.unknown_message(bad), FORMATS.suggest(bad))
+            listable = ", ".join(sorted(s.name for s in FORMATS if not s.quantized))
+            raise _err("deploy_format", f"unknown deploy format {bad!r}; known: {listable}", FORMATS.suggest(bad))
         quant = next((v for v in values if FORMATS.get(v).quantized), None)
         if quant is not None:
             raise _err(
