@@ -250,3 +250,24 @@ def test_cli_run_audits_a_quantized_and_a_hybrid_variant(
     assert all(layer["quant"]["zeros_kept"] for layer in hyb["pruning"]["layers"])
     assert hyb["pruning"]["achieved_sparsity"] >= 0.5
     assert dyn["deployment"]["speed"] is not None
+
+
+def test_dynamic_tolerance_still_fails_a_kernel_with_wrong_scales(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    dense = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    model = copy.deepcopy(dense)
+    record = run(model, "int8_dynamic", 0.0)
+    real = QuantReferenceLinear.deploy
+
+    def skewed(self: QuantReferenceLinear) -> nn.Module:
+        dep = real(self)
+        dep.scales.mul_(1.5)
+        return dep
+
+    monkeypatch.setattr(QuantReferenceLinear, "deploy", skewed)
+    dep = _deploy(dense, model, record, _probe(tiny_model_dir))
+    assert not dep.record.equivalence.passed
+    assert "dynamic int8" in (dep.record.equivalence.tolerance_basis or "")
