@@ -268,6 +268,41 @@ def test_dynamic_tolerance_still_fails_a_kernel_with_wrong_scales(
         return dep
 
     monkeypatch.setattr(QuantReferenceLinear, "deploy", skewed)
+    # the model-level check on its own: the per-layer check (which would raise first) passes everything here
+    monkeypatch.setattr("audit.deploy.convert.check_quant_layer", lambda ref, dep, **kw: (0.0, 1.0))
     dep = _deploy(dense, model, record, _probe(tiny_model_dir))
     assert not dep.record.equivalence.passed
     assert "dynamic int8" in (dep.record.equivalence.tolerance_basis or "")
+
+
+def _scales(dep: nn.Module) -> torch.Tensor:
+    """The scales the deployed layer's kernel reads (int4: the scale half of its scale/zero pairs)."""
+    return dep.scale_zeros[..., 0] if isinstance(dep, WeightInt4Linear) else dep.scales
+
+
+@pytest.mark.parametrize(
+    ("method", "params"), [("int8_dynamic", {}), ("int8_weight", {}), ("int4_weight", {"group_size": 32})]
+)
+def test_a_kernel_with_one_scale_one_percent_off_fails_its_layer_check(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, method: str, params: dict
+) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from audit.deploy.verify import EquivalenceError
+
+    dense = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    model = copy.deepcopy(dense)
+    record = run(model, method, 0.0, **params)
+    last = record.layers[-1].name
+    real = QuantReferenceLinear.deploy
+    refs = {id(m): n for n, m in model.named_modules()}
+
+    def skewed(self: QuantReferenceLinear) -> nn.Module:
+        dep = real(self)
+        if refs[id(self)] == last:
+            _scales(dep)[0].mul_(1.01)  # one output row of one layer, 1 % off
+        return dep
+
+    monkeypatch.setattr(QuantReferenceLinear, "deploy", skewed)
+    with pytest.raises(EquivalenceError, match=rf"layer {last} \({method}\): .* differs from its quantized reference"):
+        _deploy(dense, model, record, _probe(tiny_model_dir))

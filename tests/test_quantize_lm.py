@@ -85,7 +85,9 @@ def test_a_quantized_llama_deploys_on_the_dynamic_int8_kernel_and_verifies(lm, s
         assert all(layer.quant.zeros_kept and layer.quant.zeros_before > 0 for layer in record.layers)
 
 
-def test_a_quantized_llama_with_wrong_kernel_scales_fails_its_check(lm, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_quantized_llama_with_kernel_scales_half_off_fails_the_model_level_check(
+    lm, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, dense, *_ = lm
     model = copy.deepcopy(dense)
     record = run(model, "int8_dynamic", 0.0)
@@ -97,7 +99,31 @@ def test_a_quantized_llama_with_wrong_kernel_scales_fails_its_check(lm, monkeypa
         return dep
 
     monkeypatch.setattr(QuantReferenceLinear, "deploy", skewed)
+    # the model-level check on its own: the per-layer check (which would raise first) passes everything here
+    monkeypatch.setattr("audit.deploy.convert.check_quant_layer", lambda ref, dep, **kw: (0.0, 1.0))
     rec = deploy_variant(model, record, _context(lm, dense)).record
     assert "dynamic int8" in (rec.equivalence.tolerance_basis or "")
     assert not rec.equivalence.passed
     assert rec.equivalence.max_abs_logit_diff > rec.equivalence.tolerance
+
+
+def test_a_quantized_llama_with_one_scale_one_percent_off_fails_its_layer_check(
+    lm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit.deploy.verify import EquivalenceError
+
+    _, dense, *_ = lm
+    model = copy.deepcopy(dense)
+    record = run(model, "int8_dynamic", 0.0)
+    target = "model.layers.1.mlp.down_proj"
+    real = QuantReferenceLinear.deploy
+
+    def skewed(self: QuantReferenceLinear) -> torch.nn.Module:
+        dep = real(self)
+        if self is model.get_submodule(target):
+            dep.scales[0].mul_(1.01)  # one output row of one layer, 1 % off
+        return dep
+
+    monkeypatch.setattr(QuantReferenceLinear, "deploy", skewed)
+    with pytest.raises(EquivalenceError, match=rf"layer {target} \(int8_dynamic\)"):
+        deploy_variant(model, record, _context(lm, dense))
