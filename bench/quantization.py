@@ -96,7 +96,7 @@ def main() -> None:
             "linear_mb": (dep.get("linear_bytes_deployed") or 0) / 2**20,
             "linear_mb_dense": (dep.get("linear_bytes_dense") or 0) / 2**20,
             "speedup_b1": (dep.get("speed") or {}).get("speedup_b1"),
-            "speedup_batch": (dep.get("speed") or {}).get("speedup"),
+            "speedup_batch": (dep.get("speed") or {}).get("speedup_batch"),
         }
         for mid in METRICS:
             m, b = meas.get(mid), base.get(mid)
