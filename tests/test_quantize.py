@@ -306,3 +306,26 @@ def test_a_kernel_with_one_scale_one_percent_off_fails_its_layer_check(
     monkeypatch.setattr(QuantReferenceLinear, "deploy", skewed)
     with pytest.raises(EquivalenceError, match=rf"layer {last} \({method}\): .* differs from its quantized reference"):
         _deploy(dense, model, record, _probe(tiny_model_dir))
+
+
+@pytest.mark.parametrize(
+    ("method", "params"), [("int8_dynamic", {}), ("int8_weight", {}), ("int4_weight", {"group_size": 32})]
+)
+def test_a_deployed_quantized_model_saves_and_reloads_on_the_same_kernel(
+    tiny_model_dir: Path, tmp_path: Path, method: str, params: dict
+) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from audit.deploy.io import load_deployed, save_deployed
+
+    dense = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    model = copy.deepcopy(dense)
+    record = run(model, method, 0.0, **params)
+    probe = _probe(tiny_model_dir)
+    assert _deploy(dense, model, record, probe).passed
+    save_deployed(model, tmp_path / "v")
+    again = load_deployed(tmp_path / "v")
+    for layer in record.layers:
+        assert type(again.get_submodule(layer.name)) is type(model.get_submodule(layer.name))
+    with torch.inference_mode():
+        assert torch.equal(again(**probe[0]).logits, model(**probe[0]).logits)
