@@ -250,6 +250,16 @@ def test_cli_run_audits_a_quantized_and_a_hybrid_variant(
     assert all(layer["quant"]["zeros_kept"] for layer in hyb["pruning"]["layers"])
     assert hyb["pruning"]["achieved_sparsity"] >= 0.5
     assert dyn["deployment"]["speed"] is not None
+    # the report's comparison, from this run's results.json: kind and size as deployed, as recorded
+    from audit.results import load_results
+    from reports.views import build_view
+
+    rows = {r["id"]: r for r in build_view(load_results(tmp_path / "out" / "results.json"))["comparison"]["rows"]}
+    for vid, kind in (("int8_dynamic-s0.00-seed0", "quantized"), ("int8_weight[prune=wanda]-s0.50-seed0", "hybrid")):
+        assert rows[vid]["kind"] == kind
+        assert rows[vid]["size_bytes"] == f"{variants[vid]['deployment']['weight_bytes_deployed']:,} B"
+    assert rows["int8_dynamic-s0.00-seed0"]["weights"].startswith("int8_dynamic int8 × ")
+    assert 'id="variant-comparison"' in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
 
 
 def test_dynamic_tolerance_still_fails_a_kernel_with_wrong_scales(
