@@ -339,3 +339,20 @@ def test_a_deployed_quantized_model_saves_and_reloads_on_the_same_kernel(
         assert type(again.get_submodule(layer.name)) is type(model.get_submodule(layer.name))
     with torch.inference_mode():
         assert torch.equal(again(**probe[0]).logits, model(**probe[0]).logits)
+
+
+def test_force_format_does_not_move_quantized_layers_and_cannot_name_a_quantized_format(tiny_model_dir: Path) -> None:
+    from pydantic import ValidationError
+    from transformers import AutoModelForSequenceClassification
+
+    with pytest.raises(ValidationError, match="quantized format"):
+        DeployConfig(force_format="int8_weight")
+    dense = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    model = copy.deepcopy(dense)
+    record = run(model, "int8_weight", 0.0)
+    cfg = DeployConfig(timing_cache=False, speed_cache=False, measure_speed=False, force_format="csr")
+    dep = deploy_variant(model, record, DeployContext.create(cfg, _probe(tiny_model_dir), dense))
+    assert dep.passed
+    assert dep.record.formats["int8_weight"] == len(record.layers)  # every quantized layer stays on its kernel
+    assert all(layer.format == "int8_weight" for layer in record.layers)
+    assert "csr" not in dep.record.formats  # force_format reached no quantized layer
