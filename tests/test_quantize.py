@@ -212,6 +212,17 @@ def test_quantized_format_in_deploy_formats_is_a_config_error(
         load_config(_cfg(tmp_path, tiny_model_dir, tiny_data_dir, sweep, "deploy:\n  formats: [kernel, int8_weight]\n"))
 
 
+def test_a_quantization_method_without_deployment_is_a_config_error(
+    tmp_path: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
+    from audit.errors import ConfigError
+
+    sweep = "sweep:\n  methods: [magnitude, {name: int8_weight, params: {prune: wanda}}]\n  sparsities: [0.5]\n"
+    with pytest.raises(ConfigError, match="'int8_weight', a quantization method, but deploy.enabled is false"):
+        load_config(_cfg(tmp_path, tiny_model_dir, tiny_data_dir, sweep, "deploy:\n  enabled: false\n"))
+    assert load_config(_cfg(tmp_path, tiny_model_dir, tiny_data_dir, sweep)).deploy.enabled  # deployed: valid
+
+
 @pytest.mark.slow
 def test_cli_run_audits_a_quantized_and_a_hybrid_variant(
     tmp_path: Path, tiny_model_dir: Path, tiny_data_dir: Path
