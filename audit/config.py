@@ -493,6 +493,23 @@ class AuditConfig(StrictModel):
         return policy
 
     @model_validator(mode="after")
+    def _quantization_deploys(self) -> AuditConfig:
+        from audit.registry import PRUNERS
+
+        quant = next(
+            (m.name for m in self.sweep.methods if m.name in PRUNERS and "quantization" in PRUNERS.get(m.name).tags),
+            None,
+        )
+        if quant is not None and not self.deploy.enabled:
+            raise _err(
+                "quant_no_deploy",
+                f"sweep.methods has {quant!r}, a quantization method, but deploy.enabled is false: its variants "
+                "would be audited on the dequantized reference layers, not on the quantized kernels they ship on",
+                f"set deploy.enabled: true, or drop {quant!r} from sweep.methods",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _online(self) -> AuditConfig:
         if self.offline and self.model.hub_id is not None:
             raise _err(

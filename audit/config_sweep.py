@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from audit.config_base import StrictModel, _err, plugin_params
-from audit.deploy.formats import DEFAULT_FORMATS, DENSE, FORMATS, is_known
+from audit.deploy.formats import DEFAULT_FORMATS, DENSE, FORMATS, is_known, spec_of
 from audit.registry import PRUNERS, PluginParams
 
 
@@ -396,7 +396,17 @@ class DeployConfig(StrictModel):
     def _formats(cls, values: list[str]) -> list[str]:
         bad = next((v for v in values if v not in FORMATS), None)
         if bad is not None:
-            raise _err("deploy_format", FORMATS.unknown_message(bad), FORMATS.suggest(bad))
+            listable = ", ".join(sorted(s.name for s in FORMATS if not s.quantized))
+            raise _err("deploy_format", f"unknown deploy format {bad!r}; known: {listable}", FORMATS.suggest(bad))
+        quant = next((v for v in values if FORMATS.get(v).quantized), None)
+        if quant is not None:
+            raise _err(
+                "deploy_format",
+                f"deploy.formats lists {quant!r}, a quantized format: it serves only layers a quantization method "
+                "produced, and is never chosen for a plain weight",
+                f"drop {quant!r} from deploy.formats and add a sweep method instead, e.g. "
+                f"sweep.methods: [{{name: {quant}}}]",
+            )
         return list(dict.fromkeys(values))
 
     @field_validator("force_format")
@@ -405,5 +415,11 @@ class DeployConfig(StrictModel):
         if value is not None and not is_known(value):
             raise _err(
                 "deploy_format", f"force_format must be {DENSE} or a deploy format's name (bsr<b>), found {value!r}"
+            )
+        if value is not None and value != DENSE and spec_of(value).quantized:
+            raise _err(
+                "deploy_format",
+                f"force_format is {value!r}, a quantized format: it cannot be forced onto unquantized weights",
+                f"unset deploy.force_format and add a sweep method instead, e.g. sweep.methods: [{{name: {value}}}]",
             )
         return value

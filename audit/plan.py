@@ -162,6 +162,9 @@ def _variant_label(method: str, params: dict[str, Any]) -> str:
         if key in ("profile", "owl") or defaults.get(key, object()) == params[key]:
             continue
         value = params[key]
+        if isinstance(value, dict) and all(isinstance(v, (str, int, float, bool)) for v in value.values()):
+            parts += [f"{key}.{k}={v}" for k, v in sorted(value.items())]  # a hybrid's prune_params: n=2, m=4
+            continue
         text = value if isinstance(value, (str, int, float, bool)) else canonical_json(value)
         text = str(text)
         if len(text) > 16:

@@ -70,6 +70,18 @@ class Measurement(Record):
         return f"{self.suite}/{self.dataset}/{self.metric}"
 
 
+class QuantLayerRecord(Record):
+    """How a quantization method stored one layer (absent for layers it did not quantize)."""
+
+    scheme: str = Field(description="int8_dynamic, int8_weight or int4_weight.")
+    bits: int = Field(description="Bits per stored weight.")
+    granularity: str = Field(description="What one scale covers (per output channel, per group of g inputs).")
+    activations: str = Field(description="How the layer's inputs are represented when it runs.")
+    kernel: str = Field(description="The torch operator that runs the deployed layer.")
+    zeros_before: int = Field(0, description="Zero weights before quantizing (a hybrid's pruned weights).")
+    zeros_kept: bool = Field(True, description="Every one of them is still exactly zero after quantizing.")
+
+
 class LayerRecord(Record):
     """What pruning and deployment did to one Linear layer."""
 
@@ -89,6 +101,7 @@ class LayerRecord(Record):
     format_speedup: float | None = Field(
         None, description="Dense time / deployed-format time for this layer, as measured when choosing."
     )
+    quant: QuantLayerRecord | None = Field(None, description="The layer's integer grid, when a method quantized it.")
 
 
 class CalibrationRecord(Record):

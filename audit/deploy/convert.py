@@ -34,6 +34,7 @@ from audit.deploy.choose import (
 from audit.deploy.format_classes import implementation, stored_bytes
 from audit.deploy.formats import DENSE, spec_of
 from audit.deploy.modules import DeployedLinear, top_level_linears
+from audit.deploy.quantized import QuantReferenceLinear, check_quant_layer
 from audit.deploy.regime import RegimeLinear, build_regime, check_regime_layer
 
 if TYPE_CHECKING:
@@ -226,6 +227,38 @@ class Converter:
         return tokens, worst
 
     # -- converting ----------------------------------------------------------------------
+    def _deploy_quantized(self, model: nn.Module, name: str, module: QuantReferenceLinear) -> LayerDeployment:
+        """A quantized layer goes to its scheme's kernel, never timed or forced away: another format
+        would not compute the quantized model that is audited. The kernel is first checked against
+        the reference layer on its own (:func:`~audit.deploy.quantized.check_quant_layer`).
+
+        Raises:
+            audit.deploy.verify.EquivalenceError: The kernel differs from its reference layer.
+        """
+        from audit.deploy.verify import EquivalenceError
+
+        weight = module.weight.detach()
+        new = module.deploy()
+        info = module.info
+        diff, tol = check_quant_layer(module, new, factor=self.config.tolerance_factor)
+        if not diff <= tol:
+            raise EquivalenceError(
+                f"layer {name} ({new.format}): {info.kernel} differs from its quantized reference layer by "
+                f"{diff:.3g} on a seeded input (tolerance {tol:.3g})"
+            )
+        _set_submodule(model, name, new)
+        nnz = int(torch.count_nonzero(weight))
+        return LayerDeployment(
+            name=name,
+            format=new.format,
+            reason=f"quantized by {info.scheme}: {info.bits}-bit, {info.granularity}; runs {info.kernel} "
+            f"(checked against the reference layer: max |Δ| {diff:.2g}, tolerance {tol:.2g})",
+            shape=(int(weight.shape[0]), int(weight.shape[1])),
+            density=nnz / weight.numel() if weight.numel() else 1.0,
+            bytes_dense=weight.numel() * 4,
+            bytes_deployed=stored_bytes(new),
+        )
+
     def convert(self, model: nn.Module, keep_dense: Collection[str] = ()) -> Conversion:
         """Replace every ``nn.Linear`` of ``model`` by its deployed module (in place).
 
@@ -251,6 +284,9 @@ class Converter:
                         module.stored_bytes(),
                     )
                 )
+                continue
+            if isinstance(module, QuantReferenceLinear):
+                result.layers.append(self._deploy_quantized(model, name, module))
                 continue
             weight = module.weight.detach()
             if name in keep_dense:

@@ -58,6 +58,9 @@ class FormatSpec(PluginSpec):
     opt_in: bool = False
     """Not in ``deploy.formats``' default: it only wins at decode token counts (``choose_tokens: [1]``),
     so timing it at the default prefill counts would cost audit time for a format never chosen."""
+    quantized: bool = False
+    """Serves only layers a quantization method produced (:mod:`audit.deploy.quantized`); never a
+    timing candidate, never listed in ``deploy.formats``."""
 
     def accepts(self, recorded: str) -> bool:
         """Whether a recorded format name (``csr``, ``bsr16``) is this format's."""
@@ -92,6 +95,27 @@ BUILTIN_FORMATS: tuple[FormatSpec, ...] = (
         "audit.deploy.format_classes:BSRFormat",
         "torch's BSR tensor with b x b blocks (bsr<b>, b from deploy.bsr_blocks)",
         parametric=True,
+    ),
+    FormatSpec(
+        "int8_dynamic",
+        "audit.deploy.quantized:Int8DynamicFormat",
+        "quantized::linear_dynamic: int8 weight per output channel, uint8 activations per call (CPU)",
+        opt_in=True,
+        quantized=True,
+    ),
+    FormatSpec(
+        "int8_weight",
+        "audit.deploy.quantized:Int8WeightFormat",
+        "aten::_weight_int8pack_mm: weight-only int8 per output channel, fp32 activations (CPU)",
+        opt_in=True,
+        quantized=True,
+    ),
+    FormatSpec(
+        "int4_weight",
+        "audit.deploy.quantized:Int4WeightFormat",
+        "aten::_weight_int4pack_mm_for_cpu: weight-only int4 per group of inputs, fp32 activations (CPU)",
+        opt_in=True,
+        quantized=True,
     ),
     FormatSpec(
         "semi24",

@@ -93,6 +93,28 @@ def tolerance_for(model: Any, reference: np.ndarray, *, factor: float = DEFAULT_
     return scaled_tolerance(reference, eps=eps, in_features=k, sparse_layers=len(sparse), factor=factor)
 
 
+DYNAMIC_FACTOR = 8.0
+"""``c_q`` of the dynamic-int8 term (see :func:`dynamic_int8_tolerance`)."""
+
+
+def dynamic_int8_tolerance(reference: np.ndarray, tol: float, basis: str) -> tuple[float, str]:
+    """The scaled tolerance plus one activation step for a model with dynamic int8 layers.
+
+    ``+ c_q * max(1, max|logit|) * 2^-7``. Why: the kernel and the reference round every input to
+    the same 7-bit grid, but a summation-order difference upstream (the scaled term) can put an
+    activation of a later layer on the other side of a rounding boundary, which moves it by one full
+    step (1/127 of its range, not eps); that difference then carries to the logits like any relative
+    perturbation. Measured on the demo MiniLM-L6 (K 1536, D 36): max |Δlogit| 0.027 at max|logit|
+    2.1, i.e. 1.6 steps; ``c_q = 8`` leaves a 5x margin. The term is loose (a scale a few per cent off
+    can stay within it), which is why each quantized layer's kernel is first checked on its own
+    against its reference layer, at the tight per-layer tolerance
+    (:func:`audit.deploy.quantized.check_quant_layer`).
+    """
+    scale = max(1.0, float(np.nanmax(np.abs(reference)))) if reference.size else 1.0
+    extra = DYNAMIC_FACTOR * scale * 2.0**-7
+    return tol + extra, f"{basis}; + dynamic int8: {DYNAMIC_FACTOR:g} x {scale:.3g} x 2^-7 = {extra:.3g}"
+
+
 def compare(
     reference: np.ndarray, deployed: np.ndarray, *, tolerance: float, basis: str | None = None
 ) -> EquivalenceRecord:

@@ -23,9 +23,10 @@ What "sparsity" means:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from audit.registry import PRUNERS, PluginParams, PrunerSpec
 
@@ -321,6 +322,127 @@ class GradualParams(PluginParams):
     scope: Literal["layer", "global"] = "layer"
 
 
+class _QuantParams(PluginParams):
+    """Shared by the quantization methods: an optional mask pruner run first (a hybrid).
+
+    ``prune`` names an unstructured or N:M method (``magnitude``, ``wanda``, ``sparsegpt``,
+    ``nm``, ``gradient``, ``gradual``) and ``prune_params`` its params; the layers are pruned
+    at the sweep's sparsities (or the pattern's), then quantized. Without ``prune`` the method
+    runs once per seed at sparsity 0 (its recorded achieved sparsity counts the weights that
+    round to zero). The zero of every grid is exact, so a pruned weight stays zero.
+    """
+
+    prune: str | None = Field(None, description="A mask pruner run before quantizing (hybrid), e.g. wanda.")
+    prune_params: dict[str, Any] = Field(default_factory=dict, description="That pruner's params.")
+
+    @model_validator(mode="after")
+    def _inner(self) -> _QuantParams:
+        if self.prune is None:
+            if self.prune_params:
+                raise ValueError(
+                    f"prune_params are given ({', '.join(sorted(self.prune_params))}) but no prune method; "
+                    "set prune (e.g. prune: wanda) or drop prune_params"
+                )
+            return self
+        if self.prune not in PRUNERS:
+            raise ValueError(f"prune: {PRUNERS.unknown_message(self.prune)}")
+        inner = PRUNERS.get(self.prune)
+        if inner.structured or isinstance(inner, QuantizerSpec):
+            kind = "removes units (shapes change)" if inner.structured else "is itself a quantization method"
+            raise ValueError(
+                f"prune: {self.prune!r} {kind}; a hybrid prunes with a mask method "
+                "(magnitude, wanda, sparsegpt, nm, gradient, gradual) and then quantizes"
+            )
+        try:
+            parsed = inner.params.model_validate(self.prune_params)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"prune_params for {self.prune!r}: {where}: {first['msg']}") from None
+        object.__setattr__(self, "prune_params", parsed.model_dump(mode="json", exclude_defaults=True))
+        return self
+
+    def inner_params(self) -> PluginParams | None:
+        """The hybrid's pruner params, validated (None without ``prune``)."""
+        return None if self.prune is None else PRUNERS.get(self.prune).params.model_validate(self.prune_params)
+
+
+class Int8DynamicParams(_QuantParams):
+    """Dynamic int8 quantization, deployed on ``quantized::linear_dynamic`` (fbgemm, CPU): each
+    selected layer's weight int8 per output channel (symmetric), its input quantized to uint8
+    on every call (one scale and zero point over the call's whole input, 7-bit range).
+
+    ```yaml
+    sweep:
+      methods:
+        - int8_dynamic
+        - {name: int8_dynamic, params: {prune: wanda}}            # hybrid: Wanda at the sweep level, then int8
+    ```
+    """
+
+
+class Int8WeightParams(_QuantParams):
+    """Weight-only int8, deployed on ``aten::_weight_int8pack_mm`` (CPU): weight int8 per output
+    channel (symmetric), activations fp32.
+
+    ```yaml
+    sweep:
+      methods:
+        - int8_weight
+        - {name: int8_weight, params: {prune: wanda, prune_params: {n: 2, m: 4}}}
+    ```
+    """
+
+
+class Int4WeightParams(_QuantParams):
+    """Weight-only int4, deployed on ``aten::_weight_int4pack_mm_for_cpu`` (CPU): weight int4
+    (symmetric, -7..7) with one fp32 scale per ``group_size`` consecutive inputs of a row; every
+    quantized layer's input width must be a multiple of ``group_size``.
+
+    ```yaml
+    sweep:
+      methods:
+        - {name: int4_weight, params: {group_size: 32}}
+    ```
+    """
+
+    group_size: Literal[32, 64, 128, 256] = Field(32, description="Inputs per scale (the CPU kernel's group sizes).")
+
+
+@dataclass(frozen=True)
+class QuantizerSpec(PrunerSpec):
+    """A quantization method: what it needs is its hybrid pruner's, and it fixes sparsity 0 without one."""
+
+    scheme: str = ""
+
+    def _inner(self, params: PluginParams) -> tuple[PrunerSpec, PluginParams] | None:
+        inner = params.inner_params()  # type: ignore[attr-defined]
+        return None if inner is None else (PRUNERS.get(params.prune), inner)  # type: ignore[attr-defined]
+
+    def uses_calibration(self, params: PluginParams) -> bool:
+        inner = self._inner(params)
+        return inner is not None and inner[0].uses_calibration(inner[1])
+
+    def uses_labels(self, params: PluginParams) -> bool:
+        inner = self._inner(params)
+        return inner is not None and inner[0].uses_labels(inner[1])
+
+    def implied_sparsity(self, params: dict[str, Any]) -> float | None:
+        parsed = self.params.model_validate(params)
+        if parsed.prune is None:  # type: ignore[attr-defined]
+            return 0.0
+        return PRUNERS.get(parsed.prune).implied_sparsity(parsed.prune_params)  # type: ignore[attr-defined]
+
+
+def _quantizer(name: str, params: type[PluginParams], summary: str, criterion: str) -> PrunerSpec:
+    return PRUNERS.register(
+        QuantizerSpec(
+            name=name, impl="audit.pruning.quantize:QuantizePruner", params=params,
+            tags=("quantization", "hybrid"), summary=summary, criterion=criterion, scheme=name,
+        )
+    )  # fmt: skip
+
+
 def _builtin(name: str, cls: str, params: type[PluginParams], tags: tuple[str, ...], **spec: Any) -> PrunerSpec:
     """Register a built-in pruner implemented by ``audit.pruning.<name>:<cls>``."""
     return PRUNERS.register(PrunerSpec(name=name, impl=f"audit.pruning.{name}:{cls}", params=params, tags=tags, **spec))
@@ -373,6 +495,22 @@ GRADUAL = _builtin(
     needs_calibration=True, needs_labels=True,
     summary="Gradual magnitude pruning on a cubic schedule with recovery fine-tuning (opt-in, slow).",
     criterion="|w| after each fine-tuning cycle (Zhu & Gupta 2017)",
+)  # fmt: skip
+
+INT8_DYNAMIC = _quantizer(
+    "int8_dynamic", Int8DynamicParams,
+    "Dynamic int8 (weights per channel, activations per call) on quantized::linear_dynamic; optional pruner first.",
+    "round-to-nearest int8, symmetric per output channel",
+)  # fmt: skip
+INT8_WEIGHT = _quantizer(
+    "int8_weight", Int8WeightParams,
+    "Weight-only int8 per output channel on aten::_weight_int8pack_mm; optional pruner first.",
+    "round-to-nearest int8, symmetric per output channel",
+)  # fmt: skip
+INT4_WEIGHT = _quantizer(
+    "int4_weight", Int4WeightParams,
+    "Weight-only int4 per group of inputs on aten::_weight_int4pack_mm_for_cpu; optional pruner first.",
+    "round-to-nearest int4, symmetric per group of inputs",
 )  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from reports.views.protocol import protocol
 from reports.views.regressions import grouped_by_variant, regression_rows, suspicious_rows, top_findings
 from reports.views.suite_text import suite_text
 from reports.views.sweeps import sweep_charts, sweep_legend
-from reports.views.variants import layer_views, variant_row
+from reports.views.variants import comparison_view, layer_views, variant_row
 from reports.views.verdict import matrix, verdict_view
 
 LONG_ROWS = 12
@@ -79,6 +79,7 @@ def build_view(result: RunResult) -> dict[str, Any]:
         "model": model_view(result),
         "datasets": dataset_rows(result),
         "variants": variants,
+        "comparison": comparison_view(result, variants, cat),
         "has_deployment": any(v.deployment for v in result.variants),
         "deployment_stage": suite_text(DEPLOY_STAGE.name),
         "has_structured": any(r["heads_removed"] or r["neurons_removed"] for r in variants),

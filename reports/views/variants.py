@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
-from audit.results import RunResult, VariantResult
+from audit.results import MetricInfo, PruningRecord, RunResult, VariantResult
 from reports.views.charts import heatmap
-from reports.views.common import clip, fmt, fmt_bytes, method_display, method_label
+from reports.views.common import (
+    by_id,
+    clip,
+    fmt,
+    fmt_bytes,
+    fmt_value,
+    method_display,
+    method_label,
+    metric_info,
+    worse,
+)
+
+HEADLINE_METRICS = 6
+"""The comparison table shows at most this many headline metrics (the first of each suite)."""
 
 
 def variant_row(v: VariantResult) -> dict[str, Any]:
@@ -93,7 +107,111 @@ def variant_row(v: VariantResult) -> dict[str, Any]:
         "notes": [*(p.notes if p else []), *(d.notes if d else [])],
         "wall_time": fmt(v.wall_time_s, 1),
         "profile": profile_view(p.profile) if p and p.profile else None,
+        "kind": variant_kind(v),
+        "weights": weights_text(p, d.formats if d else None),
+        "size_bytes": f"{d.weight_bytes_deployed:,} B" if d and d.weight_bytes_deployed else "",
+        "size_ratio": f"{size_ratio:.2f}×" if size_ratio is not None else "",
     }
+
+
+def variant_kind(v: VariantResult) -> str:
+    """``dense``, ``pruned`` (``pruned, structured``), ``quantized`` or ``hybrid`` (pruned, then quantized),
+    from the variant's records: a layer with a ``quant`` record was quantized; ``params.prune`` names
+    the pruner a hybrid ran first.
+    """
+    p = v.pruning
+    if v.is_baseline:
+        return "dense"
+    if p is None:
+        return "—"
+    if any(layer.quant is not None for layer in p.layers):
+        return "hybrid" if p.params.get("prune") else "quantized"
+    return "pruned, structured" if p.structured else "pruned"
+
+
+def _float_bits(layer: Any) -> str:
+    """``32-bit float``: the bits per weight of a layer stored densely, as deployment counted its bytes."""
+    shape = layer.shape_after or layer.shape  # a structured layer's dense bytes are of its smaller shape
+    weights = math.prod(shape) if shape else 0
+    return f"{round(8 * layer.bytes_dense / weights)}-bit float" if layer.bytes_dense and weights else ""
+
+
+def _bits(layer: Any) -> str:
+    return f"int{layer.quant.bits}" if layer.quant is not None else _float_bits(layer)
+
+
+def weights_text(p: PruningRecord | None, formats: dict[str, int] | None) -> str:
+    """How the variant's Linear weights are stored, from its layer records: ``int8_dynamic int8 × 12``,
+    ``csr 32-bit float × 2 · dense 32-bit float × 4`` (the deployed format and bits, layers per kind);
+    the formats alone where the layers carry no format.
+    """
+    kinds: dict[str, int] = {}
+    for layer in p.layers if p else []:
+        if not layer.format:
+            continue
+        key = " ".join(x for x in (layer.format, _bits(layer)) if x)
+        kinds[key] = kinds.get(key, 0) + 1
+    if kinds:
+        return " · ".join(f"{k} × {n}" for k, n in sorted(kinds.items()))
+    return ", ".join(f"{k} × {n}" for k, n in sorted((formats or {}).items()) if n)
+
+
+def headline_metrics(result: RunResult) -> list[str]:
+    """The first metric of each suite the dense model reports (deployment aside), at most
+    :data:`HEADLINE_METRICS`: the comparison's columns.
+    """
+    from audit.deploy.spec import SUITE as DEPLOYMENT
+
+    seen: dict[str, str] = {}
+    for m in result.baseline.measurements:
+        if m.suite != DEPLOYMENT and m.value is not None:
+            seen.setdefault(m.suite, m.id)
+    return list(seen.values())[:HEADLINE_METRICS]
+
+
+def comparison_view(result: RunResult, rows: list[dict[str, Any]], cat: dict[str, MetricInfo]) -> dict[str, Any] | None:
+    """Pruning, quantization and hybrids side by side: per variant its kind, stored weights, size
+    as deployed (recorded when it was measured), speed and the headline metrics' change vs dense.
+    ``rows``: the :func:`variant_row` of every variant, dense first. None without a variant.
+    """
+    if not result.variants:
+        return None
+    ids = headline_metrics(result)
+    base = by_id(result.baseline)
+    dense_size = next((v.deployment.weight_bytes_dense for v in result.variants if v.deployment), 0)
+    dense_weights = next((_dense_weights(v.pruning) for v in result.variants if v.pruning), "")
+    out = []
+    for v, row in zip(result.all_variants(), rows, strict=True):
+        mm = by_id(v)
+        cells = []
+        for mid in ids:
+            info, m, b = metric_info(cat, mid), mm.get(mid), base.get(mid)
+            if v.is_baseline:
+                cells.append({"text": fmt_value(b.value, info) if b else "—", "worse": False})
+                continue
+            delta = m.value - b.value if m and b and m.value is not None and b.value is not None else None
+            cells.append({"text": fmt_value(delta, info, signed=True), "worse": worse(delta, info)})
+        out.append(
+            {
+                "id": v.id,
+                "kind": row["kind"],
+                "achieved": "0.000" if v.is_baseline else row["achieved"],
+                "weights": dense_weights if v.is_baseline else row["weights"],
+                "size_bytes": f"{dense_size:,} B" if v.is_baseline and dense_size else row["size_bytes"],
+                "size_ratio": "1.00×" if v.is_baseline and dense_size else row["size_ratio"],
+                "speedup": "" if v.is_baseline else row["speedup"],
+                "equivalence_ok": row["equivalence_ok"],
+                "cells": cells,
+            }
+        )
+    return {"metrics": [{"id": mid, "metric": mid} for mid in ids], "rows": out}
+
+
+def _dense_weights(p: PruningRecord | None) -> str:
+    """The dense model's Linear weights, from a variant's layer records (their dense bytes per weight)."""
+    bits = {_float_bits(layer) for layer in (p.layers if p else [])} - {""}
+    n = len(p.layers) if p else 0
+    return f"dense {bits.pop()} × {n}" if len(bits) == 1 else (f"dense × {n}" if n else "dense")
 
 
 def profile_view(profile: Any) -> dict[str, Any]:

@@ -1,0 +1,403 @@
+"""Quantized Linear layers: the reference a quantization method leaves, and the kernels that deploy it.
+
+A quantization method (:mod:`audit.pruning.quantize`) rounds each selected layer's weight onto
+an integer grid and replaces the ``nn.Linear`` by a :class:`QuantReferenceLinear`: an
+``nn.Linear`` holding the *dequantized* fp32 weight (``q * scale``) and, for dynamic int8,
+fake-quantizing its input exactly as the kernel will. That module is the variant's
+reference (what the deployed model must compute). Deployment (:mod:`audit.deploy.convert`)
+turns it into the deployed module of its scheme, run by one of the pinned torch's CPU kernels:
+
+=============  =========================================  ==========================================
+scheme         deployed module / kernel                   stored
+=============  =========================================  ==========================================
+int8_dynamic   :class:`DynamicInt8Linear`,                int8 weight, one fp32 scale per output
+               ``quantized::linear_dynamic`` (fbgemm      channel (zero point 0); activations uint8,
+               packed weight, the ``x86`` engine)         one scale/zero point per call (7-bit range)
+int8_weight    :class:`WeightInt8Linear`,                 int8 weight, one fp32 scale per output
+               ``aten::_weight_int8pack_mm``              channel; activations stay fp32
+int4_weight    :class:`WeightInt4Linear`,                 4-bit weight packed two per byte, fp32
+               ``aten::_weight_int4pack_mm_for_cpu``      scale per group of ``group_size`` inputs
+=============  =========================================  ==========================================
+
+Every grid is symmetric with zero point 0 (int4: the kernel's ``(q - 8) * scale + zero`` with
+zero 0), so a pruned (zero) weight stays exactly zero: a hybrid keeps its mask.
+
+torchao, the maintained successor of ``torch.ao.quantization``, would offer more int4/int8
+CPU layouts, but it is not installable in this environment (no wheel for the pinned torch);
+the kernels above ship with torch itself. ``torch.quantize_per_channel`` and the quantized
+tensor constructors are deprecated in the pinned torch (pytorch/pytorch#184982); their
+warning is silenced where this module calls them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from audit.deploy.modules import DeployedLinear
+
+SCHEMES = ("int8_dynamic", "int8_weight", "int4_weight")
+REDUCE_RANGE = True
+"""Dynamic int8 activations use 7 bits (0..127), as ``torch.ao.nn.quantized.dynamic.Linear`` asks of
+``quantized::linear_dynamic``: fbgemm's ``vpmaddubsw`` saturates 16-bit sums of u8 x s8 products on
+CPUs without VNNI, and the halved range keeps those sums in range."""
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*")
+        warnings.filterwarnings("ignore", message=r".*are deprecated and will be removed.*")
+        yield
+
+
+@dataclass(frozen=True)
+class QuantInfo:
+    """What one quantized layer is: scheme, bits, granularity, activations, kernel."""
+
+    scheme: str
+    bits: int
+    granularity: str
+    activations: str
+    kernel: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scheme": self.scheme,
+            "bits": self.bits,
+            "granularity": self.granularity,
+            "activations": self.activations,
+            "kernel": self.kernel,
+        }
+
+
+def describe(scheme: str, group_size: int | None = None) -> QuantInfo:
+    """The :class:`QuantInfo` of a scheme."""
+    if scheme == "int8_dynamic":
+        return QuantInfo(
+            scheme, 8, "per output channel, symmetric (zero point 0)",
+            "uint8, one scale and zero point per call over the whole input (dynamic), 7-bit range",
+            f"quantized::linear_dynamic (fbgemm-packed int8 weight; engine {torch.backends.quantized.engine})",
+        )  # fmt: skip
+    if scheme == "int8_weight":
+        return QuantInfo(
+            scheme, 8, "per output channel, symmetric (zero point 0)", "fp32 (weight-only)",
+            "aten::_weight_int8pack_mm",
+        )  # fmt: skip
+    if scheme == "int4_weight":
+        return QuantInfo(
+            scheme, 4, f"per group of {group_size} inputs, symmetric (zero 0)", "fp32 (weight-only)",
+            "aten::_weight_int4pack_mm_for_cpu",
+        )  # fmt: skip
+    raise ValueError(f"unknown quantization scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+
+
+# -- the integer grids -------------------------------------------------------------------
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 ``[out, in]`` in -127..127, fp32 scales ``[out]``): symmetric per output channel."""
+    w = weight.detach().float()
+    scales = (w.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scales.contiguous()
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int32 ``[out, in]`` in 1..15, i.e. ``q + 8`` for q in -7..7; fp32 scales ``[out, in / group_size]``)."""
+    w = weight.detach().float()
+    out_f, in_f = w.shape
+    groups = w.reshape(out_f, in_f // group_size, group_size)
+    scales = (groups.abs().amax(dim=-1) / 7.0).clamp_min(torch.finfo(torch.float32).tiny)
+    q = torch.round(groups / scales[..., None]).clamp(-7, 7) + 8
+    return q.to(torch.int32).reshape(out_f, in_f).contiguous(), scales.contiguous()
+
+
+def dequantize_int4(q: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
+    out_f, in_f = q.shape
+    groups = (q.reshape(out_f, in_f // group_size, group_size) - 8).float()
+    return (groups * scales[..., None]).reshape(out_f, in_f)
+
+
+def fake_quant_dynamic(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded as ``quantized::linear_dynamic`` rounds it: uint8, one scale and zero point over
+    the whole tensor (``torch.quantize_per_tensor_dynamic``, the same choice of parameters), dequantized.
+    """
+    with _quiet():
+        return torch.quantize_per_tensor_dynamic(x.float(), torch.quint8, REDUCE_RANGE).dequantize()
+
+
+# -- the reference -----------------------------------------------------------------------
+class QuantReferenceLinear(nn.Linear):
+    """A quantized layer before deployment: the dequantized fp32 weight, the integers and scales.
+
+    ``int8_dynamic`` also fake-quantizes its input (straight-through for gradients).
+    """
+
+    def __init__(self, linear: nn.Linear, scheme: str, group_size: int | None = None) -> None:
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        self.scheme = scheme
+        self.group_size = group_size
+        w = linear.weight.detach()
+        if scheme == "int4_weight":
+            if group_size is None:
+                raise ValueError("int4_weight needs a group size")
+            q, scales = quantize_int4(w, group_size)
+            deq = dequantize_int4(q, scales, group_size)
+        else:
+            q, scales = quantize_int8(w)
+            deq = q.float() * scales[:, None]
+        self.q, self.scales = q, scales
+        self.zeros_kept = bool(((w == 0) & (deq.to(w.device) != 0)).sum() == 0)
+        """Every weight that was zero before quantizing is zero after (a hybrid's mask survived)."""
+        self.weight = nn.Parameter(deq.to(device=w.device), requires_grad=False)
+        if linear.bias is not None:
+            self.bias = nn.Parameter(linear.bias.detach().float().clone(), requires_grad=False)
+
+    @property
+    def info(self) -> QuantInfo:
+        return describe(self.scheme, self.group_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scheme == "int8_dynamic":
+            fq = fake_quant_dynamic(x.detach()).to(x.dtype)
+            x = x + (fq - x).detach() if x.requires_grad else fq
+        return F.linear(x, self.weight, self.bias)
+
+    def deploy(self) -> DeployedLinear:
+        """The deployed module of this layer's scheme, from its integers and scales (not re-quantized)."""
+        bias = None if self.bias is None else self.bias.detach().float().cpu().clone()
+        if self.scheme == "int8_dynamic":
+            return DynamicInt8Linear(self.in_features, self.out_features, self.q.cpu(), self.scales.cpu(), bias)
+        if self.scheme == "int8_weight":
+            return WeightInt8Linear(self.in_features, self.out_features, self.q.cpu(), self.scales.cpu(), bias)
+        return WeightInt4Linear.from_int4(self.q.cpu(), self.scales.cpu(), bias, int(self.group_size or 0))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scheme={self.scheme}"
+
+
+def check_quant_layer(
+    ref: QuantReferenceLinear, dep: nn.Module, *, factor: float = 2.0, rows: int = 16, seed: int = 0
+) -> tuple[float, float]:
+    """``(max |Δ|, tolerance)`` of a deployed quantized layer against its reference on a seeded N(0, 1) input.
+
+    The per-layer form of :func:`audit.deploy.verify.scaled_tolerance`: ``factor x eps x max(1, max|y|) x
+    sqrt(in_features)``. Both sides multiply the same integers and scales (and, for dynamic int8, the same
+    7-bit input grid: one input, so no upstream rounding flip), so only summation order differs: measured
+    at most 0.39 of the bound (K 64 to 1536, every scheme), while a scale 1 % off gives over 2000 times it.
+    This catches a wrong scale, zero point, packing or bias that the model-level check of a dynamic int8
+    variant (whose tolerance adds a whole activation step) would let through.
+    """
+    import math
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, ref.in_features, generator=gen)
+    with torch.inference_mode():
+        y_ref = ref(x).double()
+        diff = float((dep(x).double() - y_ref).abs().max())
+    eps = float(torch.finfo(torch.float32).eps)
+    tol = factor * eps * max(1.0, float(y_ref.abs().max())) * math.sqrt(ref.in_features)
+    return diff, tol
+
+
+# -- the deployed modules ------------------------------------------------------------------
+class _QuantLinear(DeployedLinear):
+    """Shared: int weight and scales as buffers, fp32 bias, CPU."""
+
+    scheme: ClassVar[str] = ""
+
+    def __getstate__(self) -> dict[str, Any]:  # deepcopy / pickle: a packed weight is rebuilt on demand
+        state = self.__dict__.copy()
+        state["_packed"] = None
+        return state
+
+    def _apply(self, fn: Any, recurse: bool = True) -> _QuantLinear:
+        self._packed = None
+        return super()._apply(fn, recurse)
+
+    @property
+    def info(self) -> QuantInfo:
+        return describe(self.scheme, getattr(self, "group_size", None))
+
+    @property
+    def format(self) -> str:
+        return self.format_name
+
+    def stored_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for n, t in self._buffers.items() if t is not None and n != "bias")
+
+    def _out(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return y if dtype == torch.float32 else y.to(dtype)
+
+
+class _Int8Weights(_QuantLinear):
+    def __init__(
+        self, in_features: int, out_features: int, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
+    ) -> None:
+        super().__init__(in_features, out_features)
+        if q.dtype != torch.int8 or tuple(q.shape) != (out_features, in_features):
+            raise ValueError(
+                f"expected an int8 [{out_features}, {in_features}] weight, found {q.dtype} {tuple(q.shape)}"
+            )
+        self.register_buffer("qweight", q.contiguous())
+        self.register_buffer("scales", scales.to(torch.float32).contiguous())
+        self.register_buffer("bias", None if bias is None else bias.to(torch.float32).contiguous())
+        self._packed: Any = None
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.qweight.float() * self.scales[:, None]
+
+    @classmethod
+    def from_state(
+        cls, in_features: int, out_features: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+    ) -> _Int8Weights:
+        return cls(in_features, out_features, tensors["qweight"], tensors["scales"], tensors.get("bias"))
+
+
+class DynamicInt8Linear(_Int8Weights):
+    """Dynamic int8: ``quantized::linear_dynamic`` on an fbgemm-packed per-channel int8 weight.
+
+    fbgemm keeps its own packed copy of the weight beside the ``qweight`` buffer (which is what is
+    saved and counted as stored: one byte per weight plus the scales).
+    """
+
+    format_name = "int8_dynamic"
+    scheme = "int8_dynamic"
+
+    def _pack(self) -> Any:
+        if self._packed is None:
+            zero = torch.zeros(self.out_features, dtype=torch.long)
+            with _quiet():
+                qw = torch._make_per_channel_quantized_tensor(self.qweight, self.scales.double(), zero, 0)
+                self._packed = torch.ops.quantized.linear_prepack(qw, self.bias)
+        return self._packed
+
+    def _run(self, x2d: torch.Tensor) -> torch.Tensor:
+        dtype = x2d.dtype
+        x = x2d if dtype == torch.float32 else x2d.float()
+        y = torch.ops.quantized.linear_dynamic(x.contiguous(), self._pack(), reduce_range=REDUCE_RANGE)
+        return self._out(y, dtype)
+
+
+class WeightInt8Linear(_Int8Weights):
+    """Weight-only int8: ``aten::_weight_int8pack_mm(x, int8 [out, in], scales [out])`` plus the bias."""
+
+    format_name = "int8_weight"
+    scheme = "int8_weight"
+
+    def _run(self, x2d: torch.Tensor) -> torch.Tensor:
+        dtype = x2d.dtype
+        x = x2d if dtype == torch.float32 else x2d.float()
+        y = torch.ops.aten._weight_int8pack_mm(x.contiguous(), self.qweight, self.scales)
+        if self.bias is not None:
+            y = y + self.bias
+        return self._out(y, dtype)
+
+
+class WeightInt4Linear(_QuantLinear):
+    """Weight-only int4: ``aten::_weight_int4pack_mm_for_cpu`` on the weight packed by
+    ``aten::_convert_weight_to_int4pack_for_cpu`` (two 4-bit values per byte), with the scales and
+    zeros ``[in / group_size, out, 2]`` the kernel reads (zeros all 0: a symmetric grid).
+    """
+
+    format_name = "int4_weight"
+    scheme = "int4_weight"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        packed: torch.Tensor,
+        scale_zeros: torch.Tensor,
+        bias: torch.Tensor | None,
+        group_size: int,
+    ) -> None:
+        super().__init__(in_features, out_features)
+        self.group_size = int(group_size)
+        self.register_buffer("packed", packed.contiguous())
+        self.register_buffer("scale_zeros", scale_zeros.to(torch.float32).contiguous())
+        self.register_buffer("bias", None if bias is None else bias.to(torch.float32).contiguous())
+        self._packed = None
+
+    @classmethod
+    def from_int4(
+        cls, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, group_size: int
+    ) -> WeightInt4Linear:
+        out_f, in_f = q.shape
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+        scale_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1).transpose(0, 1).contiguous()
+        return cls(in_f, out_f, packed, scale_zeros, bias, group_size)
+
+    def meta(self) -> dict[str, Any]:
+        return {"group_size": self.group_size}
+
+    @classmethod
+    def from_state(
+        cls, in_features: int, out_features: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+    ) -> WeightInt4Linear:
+        return cls(
+            in_features, out_features, tensors["packed"], tensors["scale_zeros"], tensors.get("bias"),
+            int(meta["group_size"]),
+        )  # fmt: skip
+
+    def _run(self, x2d: torch.Tensor) -> torch.Tensor:
+        dtype = x2d.dtype
+        x = x2d if dtype == torch.float32 else x2d.float()
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.contiguous(), self.packed, self.group_size, self.scale_zeros)
+        if self.bias is not None:
+            y = y + self.bias
+        return self._out(y, dtype)
+
+    def dense_weight(self) -> torch.Tensor:
+        # the kernel's own product with the identity: the weight as the kernel sees it, no Python unpacking
+        eye = torch.eye(self.in_features, dtype=torch.float32)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, self.scale_zeros).T
+
+
+QUANT_MODULES: dict[str, type[_QuantLinear]] = {
+    m.format_name: m for m in (DynamicInt8Linear, WeightInt8Linear, WeightInt4Linear)
+}
+
+
+# -- the formats -----------------------------------------------------------------------------
+from audit.deploy.format_classes import Candidate, DeployFormat  # noqa: E402 - after the modules they serve
+
+
+class QuantizedFormat(DeployFormat):
+    """A quantized format: it serves only the layers a quantization method produced.
+
+    It is never a timing candidate (a plain weight has no integer grid to deploy): the converter
+    deploys each :class:`QuantReferenceLinear` in its scheme's format whatever ``deploy.formats``,
+    ``deploy.force_format`` or the timings say, since another format would not compute the
+    quantized model that was audited.
+    """
+
+    def unavailable(self, device: str, dtype: torch.dtype) -> str | None:
+        return None if device == "cpu" else f"{self.name}: the pinned torch's kernel is the CPU one"
+
+    def worth_noting(self, weight: torch.Tensor) -> bool:
+        return False
+
+    def applies_to(self, weight: torch.Tensor, density: float, config: Any) -> tuple[list[Candidate], list[str]]:
+        return [], [f"{self.name}: serves only layers quantized by a quantization method"]
+
+
+class Int8DynamicFormat(QuantizedFormat):
+    name = "int8_dynamic"
+    module = DynamicInt8Linear
+
+
+class Int8WeightFormat(QuantizedFormat):
+    name = "int8_weight"
+    module = WeightInt8Linear
+
+
+class Int4WeightFormat(QuantizedFormat):
+    name = "int4_weight"
+    module = WeightInt4Linear
