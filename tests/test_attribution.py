@@ -656,10 +656,13 @@ def test_a_failing_diagnostic_keeps_the_search_findings(tiny, monkeypatch: pytes
     def broken(**_: object) -> None:
         raise RuntimeError("no gradients today")
 
+    import torch
+
     monkeypatch.setattr(search_mod, "diagnostics", broken)
-    _, blocks = _blocks(tiny)
     model = copy.deepcopy(tiny["dense"])
-    _damage(model, [f"{blocks[1]}.output.dense"], scale=200.0)
+    with torch.no_grad():  # logits negated: every row dense gets right, this variant gets wrong (two classes)
+        model.classifier.weight.neg_()
+        model.classifier.bias.neg_()
     rows = _flipped(tiny, model)
     rec = RegressionAttribution(variant="v", metric="performance/test/accuracy_delta", test="paired",
                                 status="not_attributable")  # fmt: skip
