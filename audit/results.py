@@ -152,6 +152,28 @@ class ProfileRecord(Record):
     blocks: list[BlockProfileRecord] = Field(default_factory=list)
 
 
+class TrainingRecord(Record):
+    """How a method that fine-tunes while it prunes trained: its schedule, steps, data and teacher.
+
+    The data is the point's calibration sample (``PruningRecord.calibration``); ``teacher``
+    is ``None`` when the loss used the labels only.
+    """
+
+    procedure: str = Field(description="gradual (Zhu & Gupta), movement (Sanh et al.) or imp (lottery ticket).")
+    schedule: list[float] = Field(description="Sparsity after each pruning step, in order.")
+    optimizer_steps: int = Field(description="Optimizer steps taken in all.")
+    examples: int = Field(description="Labelled calibration examples the steps drew batches from.")
+    learning_rate: float
+    weight_decay: float = 0.0
+    objective: str = Field(description="The loss: labels, or labels + distillation (or distillation alone).")
+    teacher: str | None = Field(None, description="The model distilled from (None: no distillation).")
+    alpha: float | None = Field(None, description="Weight of the distillation term.")
+    temperature: float | None = None
+    rewind_step: int | None = Field(None, description="IMP: steps into the first round the weights rewind to.")
+    loss_first: float | None = Field(None, description="Mean loss of the first cycle's steps.")
+    loss_last: float | None = Field(None, description="Mean loss of the last cycle's steps.")
+
+
 class PruningRecord(Record):
     """Every pruning decision for one sweep point, counted on the real tensors."""
 
@@ -175,12 +197,16 @@ class PruningRecord(Record):
     wall_time_s: float = 0.0
     notes: list[str] = Field(default_factory=list)
     profile: ProfileRecord | None = Field(None, description="The layer-wise sparsity profile (omitted: uniform).")
+    training: TrainingRecord | None = Field(
+        None, description="Fine-tuning during pruning: schedule, steps, data, teacher (omitted: none)."
+    )
 
     @model_serializer(mode="wrap")
     def _drop_uniform(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
-        if data.get("profile") is None:
-            data.pop("profile", None)
+        for key in ("profile", "training"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
 

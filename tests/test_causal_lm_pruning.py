@@ -20,7 +20,10 @@ METHODS = {
     "sparsegpt": {},
     "gradient": {},
     "gradual": {"steps": 2, "finetune_steps": 2},
+    "movement": {"steps": 2, "finetune_steps": 2, "final_finetune_steps": 1, "distill": {"alpha": 0.5}},
+    "imp": {"rounds": 2, "finetune_steps": 2, "final_finetune_steps": 1},
 }
+FINE_TUNED = {"gradual", "movement", "imp"}
 
 
 def _model(arch: str) -> torch.nn.Module:
@@ -66,7 +69,7 @@ def test_unstructured_methods_reach_the_target_on_the_block_linears_only(arch: s
         for name, mod in linears:
             kept = (mod.weight != 0).reshape(mod.out_features, -1, 4).sum(-1)
             assert torch.all(kept == 2), name
-    if method == "gradual":  # it fine-tunes every weight between pruning steps, but never prunes the head
+    if method in FINE_TUNED:  # they fine-tune every weight between pruning steps, but never prune the head
         assert int((model.get_output_embeddings().weight == 0).sum()) == int((head == 0).sum()) == 0
     else:  # the LM head and the embeddings are never pruned nor changed
         assert torch.equal(model.get_output_embeddings().weight, head)

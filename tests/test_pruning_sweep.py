@@ -111,6 +111,8 @@ sweep:
         ("{name: sparsegpt, params: {n: 2, m: 3, blocksize: 128}}", "multiple of m"),
         ("{name: structured, params: {units: [heads, heads]}}", "lists a unit twice"),
         ("{name: gradual, params: {steps: 0}}", "greater than or equal to 1"),
+        ("{name: imp, params: {finetune_steps: 4, rewind_step: 5}}", "past the first round's 4 fine-tuning steps"),
+        ("{name: movement, params: {distill: {alpha: 1.5}}}", "less than or equal to 1"),
     ],
 )
 def test_bad_params_are_config_errors_with_a_line(tmp_path: Path, method: str, message: str) -> None:
@@ -147,7 +149,7 @@ def test_nm_that_does_not_divide_a_layer_is_refused(tiny_model_dir: Path) -> Non
 
 def test_methods_needing_calibration_or_labels_say_so(tiny_model_dir: Path) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
-    for name in ("wanda", "sparsegpt", "gradient", "gradual"):
+    for name in ("wanda", "sparsegpt", "gradient", "gradual", "movement", "imp"):
         with pytest.raises(UsageError, match=f"method '{name}' needs calibration data but none is configured"):
             pruner(name).validate(model, ctx(0.5))
     unlabelled = CalibrationData(
@@ -157,7 +159,7 @@ def test_methods_needing_calibration_or_labels_say_so(tiny_model_dir: Path) -> N
         batch_labels=[],
         record=None,  # type: ignore[arg-type]
     )
-    for name in ("gradient", "gradual"):
+    for name in ("gradient", "gradual", "movement", "imp"):
         with pytest.raises(UsageError, match="needs labelled calibration data"):
             pruner(name).validate(model, ctx(0.5, unlabelled))
     labelled = CalibrationData(
@@ -170,6 +172,10 @@ def test_methods_needing_calibration_or_labels_say_so(tiny_model_dir: Path) -> N
     pruner("gradual").validate(model, ctx(0.5, labelled))
     with pytest.raises(UsageError, match="initial_sparsity 0.6 is above the target 0.5"):
         pruner("gradual", initial_sparsity=0.6).validate(model, ctx(0.5, labelled))
+    with pytest.raises(UsageError, match="initial_sparsity 0.6 is above the target 0.5"):
+        pruner("movement", initial_sparsity=0.6).validate(model, ctx(0.5, labelled))
+    with pytest.raises(UsageError, match="movement pruning needs finetune_steps >= 1"):
+        pruner("movement", finetune_steps=0).validate(model, ctx(0.5, labelled))
 
 
 def test_missing_calibration_split_fails_before_the_model_is_loaded(

@@ -306,6 +306,13 @@ class ModelAdapter:
         """The training loss of one calibration batch (on the model's device)."""
         raise UsageError(f"{self.spec.name} models have no labelled loss", where="sweep.calibration")
 
+    def training_rows(self, model: Any, batch: dict[str, Any], labels: Any) -> tuple[Any, Any]:
+        """``(logits [rows, classes], targets [rows])`` of one calibration batch: the rows the
+        training loss is the mean cross-entropy of (a classifier: one per example; a causal
+        LM: one per real next token). Distillation compares student and teacher on these rows.
+        """
+        raise UsageError(f"{self.spec.name} models have no labelled loss", where="sweep.calibration")
+
     def unit_groups(self, model: Any, *, where: str = "method 'structured'") -> list[UnitGroups]:
         """Each block's heads and FFN neurons, or a :class:`UsageError` when unsupported."""
         raise UsageError(f"structured pruning does not support {self.spec.name} models", where=where)

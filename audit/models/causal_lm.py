@@ -293,16 +293,21 @@ class CausalLMAdapter(ModelAdapter):
         """Next-token cross-entropy over the real tokens (``labels`` unused: the text is its own target)."""
         import torch.nn.functional as F
 
+        logits, target = self.training_rows(model, batch, labels)
+        return F.cross_entropy(logits, target, reduction=reduction)
+
+    def training_rows(self, model: Any, batch: dict[str, Any], labels: Any) -> tuple[Any, Any]:
+        """One row per real next token: the logits at position ``t`` and the token at ``t + 1``
+        (padded positions dropped; ``labels`` unused).
+        """
+        import torch
+
         out = model(**batch, use_cache=False)
         logits = out.logits[:, :-1].float()
-        target = batch["input_ids"][:, 1:].clone()
+        target = batch["input_ids"][:, 1:].to(logits.device)
         mask = batch.get("attention_mask")
-        if mask is not None:
-            target[mask[:, 1:] == 0] = -100
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.reshape(-1).to(logits.device), ignore_index=-100,
-            reduction=reduction,
-        )  # fmt: skip
+        keep = (mask[:, 1:] != 0).to(logits.device) if mask is not None else torch.ones_like(target, dtype=torch.bool)
+        return logits[keep], target[keep]
 
     def unit_groups(self, model: Any, *, where: str = "method 'structured'") -> list[UnitGroups]:
         from audit.models.decoders import decoder_blocks

@@ -122,9 +122,14 @@ class ClassifierAdapter(ModelAdapter):
     def loss(self, model: Any, batch: dict[str, Any], labels: Any, reduction: str = "mean") -> Any:
         import torch.nn.functional as F
 
+        logits, target = self.training_rows(model, batch, labels)
+        return F.cross_entropy(logits, target, reduction=reduction)
+
+    def training_rows(self, model: Any, batch: dict[str, Any], labels: Any) -> tuple[Any, Any]:
+        """One row per example: its class logits and its label."""
         out = model(**batch)
         logits = out.logits if hasattr(out, "logits") else out[0]
-        return F.cross_entropy(logits.float(), labels.to(logits.device), reduction=reduction)
+        return logits.float(), labels.to(logits.device)
 
     def layer_kind(self, model: Any, suffix: str) -> str:
         """BERT-family blocks: ``attention.*`` is attention, the rest (``intermediate``/``output``) the FFN.

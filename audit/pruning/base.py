@@ -23,7 +23,7 @@ from audit.config import LayerSelection
 from audit.errors import UsageError
 from audit.models import adapter_of
 from audit.registry import PluginParams, PrunerSpec
-from audit.results import CalibrationRecord, LayerRecord, PruningRecord
+from audit.results import CalibrationRecord, LayerRecord, PruningRecord, TrainingRecord
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ class Applied:
     recorded: Selection | None = None
     """The layers to record when they are not the selected ones (structured: the layers that shrank)."""
     shapes: ShapeChange | None = None
+    training: TrainingRecord | None = None
+    """How a fine-tuning method trained (schedule, steps, data, teacher)."""
 
 
 class Pruner:
@@ -220,6 +222,8 @@ class Pruner:
             shapes=applied.shapes,
             notes=applied.notes,
         )
+        if applied.training is not None:
+            record = record.model_copy(update={"training": applied.training})
         return record if plan is None else record.model_copy(update={"profile": plan.record(record.layers)})
 
     def apply(self, model: nn.Module, selection: Selection, ctx: PruneContext) -> Applied:

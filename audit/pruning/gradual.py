@@ -7,7 +7,8 @@ surviving weights up to ``s_t`` with ``torch.nn.utils.prune`` (masks compose, so
 weights stay pruned) and then fine-tunes every parameter of the model for a few
 batches of labelled calibration data, with the masks in place so pruned weights stay
 zero. Per-layer override targets follow the same schedule shape. The seed fixes the
-batch order and dropout of the fine-tuning, and selects the calibration sample.
+batch order and dropout of the fine-tuning, and selects the calibration sample. With
+``distill`` the fine-tuning also distils from the dense model (:mod:`audit.pruning.training`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from torch.nn.utils import prune
 
 from audit.errors import UsageError
 from audit.pruning.base import Applied, PruneContext, Pruner, Selection
-from audit.pruning.calibration import labelled_loss, model_device
+from audit.pruning.calibration import model_device
+from audit.pruning.training import FineTuner, training_note
 
 
 def cubic_schedule(initial: float, final: float, steps: int) -> list[float]:
@@ -52,36 +54,29 @@ class GradualPruner(Pruner):
         shared, own = selection.split(p.scope)
         schedule = cubic_schedule(min(p.initial_sparsity, ctx.sparsity), ctx.sparsity, p.steps)
         device = model_device(model)
-        batches = calibration.labelled_batches()
-        losses: list[float] = []
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(ctx.seed)
-            gen = torch.Generator().manual_seed(ctx.seed)
-            opt = torch.optim.AdamW(
-                [q for q in model.parameters() if q.requires_grad], lr=p.learning_rate, weight_decay=p.weight_decay
-            )
-            order: list[int] = []
+            tuner = FineTuner(
+                model, calibration, seed=ctx.seed, learning_rate=p.learning_rate, weight_decay=p.weight_decay,
+                distill=p.distill,
+            )  # fmt: skip
             try:
                 for step, level in enumerate(schedule):
                     frac = level / ctx.sparsity if ctx.sparsity > 0 else 0.0
                     self._prune_to(shared, own, targets, level, frac)
-                    n_steps = p.finetune_steps + (p.final_finetune_steps if step == len(schedule) - 1 else 0)
-                    losses.extend(self._finetune(model, batches, opt, n_steps, gen, order, device))
+                    tuner.steps(p.finetune_steps + (p.final_finetune_steps if step == len(schedule) - 1 else 0))
             finally:
                 for _, m in layers:
                     if prune.is_pruned(m) and hasattr(m, "weight_orig"):
                         prune.remove(m, "weight")
-                opt.zero_grad(set_to_none=True)
+                tuner.close()
                 model.eval()
+        training = tuner.record("gradual", schedule)
         notes = [
             "cubic schedule (Zhu & Gupta 2017): " + ", ".join(f"{s:.3f}" for s in schedule),
-            f"{len(losses)} fine-tuning steps on {calibration.record.n} labelled calibration examples "
-            f"(lr {p.learning_rate:g}); every parameter is fine-tuned, pruned weights stay zero",
+            training_note(training) + "; every parameter is fine-tuned, pruned weights stay zero",
         ]
-        if losses:
-            k = max(1, min(len(losses), p.finetune_steps or 1))
-            notes.append(f"fine-tuning loss: first {sum(losses[:k]) / k:.4f}, last {sum(losses[-k:]) / k:.4f}")
-        return Applied(notes=notes)
+        return Applied(notes=notes, training=training)
 
     @staticmethod
     def _prune_to(
@@ -102,30 +97,3 @@ class GradualPruner(Pruner):
             amount = int(round(targets[name] * frac * m.weight.numel())) - _pruned_count(m)
             if amount > 0:
                 prune.l1_unstructured(m, "weight", amount=amount)
-
-    @staticmethod
-    def _finetune(
-        model: nn.Module,
-        batches: list[tuple[dict[str, torch.Tensor], torch.Tensor]],
-        opt: torch.optim.Optimizer,
-        steps: int,
-        gen: torch.Generator,
-        order: list[int],
-        device: torch.device,
-    ) -> list[float]:
-        if steps <= 0 or not batches:
-            return []
-        model.train()
-        losses = []
-        with torch.enable_grad():
-            for _ in range(steps):
-                if not order:
-                    order.extend(torch.randperm(len(batches), generator=gen).tolist())
-                batch, labels = batches[order.pop()]
-                loss = labelled_loss(model, batch, labels, device)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-        model.eval()
-        return losses
