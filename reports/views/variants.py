@@ -107,6 +107,7 @@ def variant_row(v: VariantResult) -> dict[str, Any]:
         "notes": [*(p.notes if p else []), *(d.notes if d else [])],
         "wall_time": fmt(v.wall_time_s, 1),
         "profile": profile_view(p.profile) if p and p.profile else None,
+        "training": training_view(p.training) if p and p.training else None,
         "kind": variant_kind(v),
         "weights": weights_text(p, d.formats if d else None),
         "size_bytes": f"{d.weight_bytes_deployed:,} B" if d and d.weight_bytes_deployed else "",
@@ -212,6 +213,26 @@ def _dense_weights(p: PruningRecord | None) -> str:
     bits = {_float_bits(layer) for layer in (p.layers if p else [])} - {""}
     n = len(p.layers) if p else 0
     return f"dense {bits.pop()} × {n}" if len(bits) == 1 else (f"dense × {n}" if n else "dense")
+
+
+def training_view(t: Any) -> dict[str, str]:
+    """How a method that fine-tunes while it prunes trained (schedule, steps, data, teacher), as text."""
+    losses = f"{t.loss_first:.4f} → {t.loss_last:.4f}" if t.loss_first is not None and t.loss_last is not None else "—"
+    return {
+        "procedure": t.procedure,
+        "schedule": ", ".join(f"{s:.3f}" for s in t.schedule),
+        "steps": f"{t.optimizer_steps} steps on {t.examples} examples (lr {t.learning_rate:g}"
+        + (f", weight decay {t.weight_decay:g}" if t.weight_decay else "")
+        + ")",
+        "objective": t.objective,
+        "teacher": t.teacher or "none (labels only)",
+        "rewind": "" if t.rewind_step is None else ("to the weights as given" if t.rewind_step == 0
+                                                    else f"to step {t.rewind_step} of the first round"),
+        "losses": losses,
+        "summary": f"{t.procedure}: {t.optimizer_steps} fine-tuning steps, schedule "
+        + ", ".join(f"{s:.3f}" for s in t.schedule)
+        + f"; {t.objective}",
+    }  # fmt: skip
 
 
 def profile_view(profile: Any) -> dict[str, Any]:
