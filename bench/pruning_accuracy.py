@@ -53,6 +53,9 @@ METHODS: dict[str, str] = {
     "structured-l2": "{name: structured}",
     "structured-importance": "{name: structured, params: {criterion: importance}}",
     "gradual": "{name: gradual}",
+    "gradual-distill": "{name: gradual, params: {distill: {alpha: 0.5, temperature: 2.0}}}",
+    "movement": "{name: movement}",
+    "imp": "{name: imp, params: {scope: global}}",
 }
 
 
