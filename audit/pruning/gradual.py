@@ -13,14 +13,12 @@ batch order and dropout of the fine-tuning, and selects the calibration sample. 
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from audit.errors import UsageError
 from audit.pruning.base import Applied, PruneContext, Pruner, Selection
-from audit.pruning.calibration import model_device
-from audit.pruning.training import FineTuner, training_note
+from audit.pruning.training import seeded_tuner, training_note
 
 
 def cubic_schedule(initial: float, final: float, steps: int) -> list[float]:
@@ -53,13 +51,7 @@ class GradualPruner(Pruner):
         layers, targets = selection.layers, selection.targets
         shared, own = selection.split(p.scope)
         schedule = cubic_schedule(min(p.initial_sparsity, ctx.sparsity), ctx.sparsity, p.steps)
-        device = model_device(model)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(ctx.seed)
-            tuner = FineTuner(
-                model, calibration, seed=ctx.seed, learning_rate=p.learning_rate, weight_decay=p.weight_decay,
-                distill=p.distill,
-            )  # fmt: skip
+        with seeded_tuner(model, calibration, ctx.seed, p) as tuner:
             try:
                 for step, level in enumerate(schedule):
                     frac = level / ctx.sparsity if ctx.sparsity > 0 else 0.0
@@ -69,8 +61,6 @@ class GradualPruner(Pruner):
                 for _, m in layers:
                     if prune.is_pruned(m) and hasattr(m, "weight_orig"):
                         prune.remove(m, "weight")
-                tuner.close()
-                model.eval()
         training = tuner.record("gradual", schedule)
         notes = [
             "cubic schedule (Zhu & Gupta 2017): " + ", ".join(f"{s:.3f}" for s in schedule),

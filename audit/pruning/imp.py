@@ -19,9 +19,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 from audit.pruning.base import Applied, PruneContext, Pruner, Selection
-from audit.pruning.calibration import model_device
 from audit.pruning.gradual import GradualPruner
-from audit.pruning.training import FineTuner, training_note
+from audit.pruning.training import seeded_tuner, training_note
 
 
 def imp_schedule(final: float, rounds: int) -> list[float]:
@@ -40,19 +39,13 @@ class IMPPruner(Pruner):
         layers, targets = selection.layers, selection.targets
         shared, own = selection.split(p.scope)
         schedule = imp_schedule(ctx.sparsity, p.rounds)
-        device = model_device(model)
         params = list(model.parameters())
         rewind: list[torch.Tensor] = []
 
         def snapshot() -> None:
             rewind[:] = [q.detach().clone() for q in params]
 
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(ctx.seed)
-            tuner = FineTuner(
-                model, calibration, seed=ctx.seed, learning_rate=p.learning_rate, weight_decay=p.weight_decay,
-                distill=p.distill,
-            )  # fmt: skip
+        with seeded_tuner(model, calibration, ctx.seed, p) as tuner:
             if p.rewind_step == 0:
                 snapshot()
             try:
@@ -70,8 +63,6 @@ class IMPPruner(Pruner):
                 for _, m in layers:
                     if prune.is_pruned(m) and hasattr(m, "weight_orig"):
                         prune.remove(m, "weight")
-                tuner.close()
-                model.eval()
         training = tuner.record("imp", schedule, rewind_step=p.rewind_step)
         rewound_to = "the weights as given (pre-trained)" if p.rewind_step == 0 else f"step {p.rewind_step}"
         notes = [

@@ -19,10 +19,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from audit.errors import UsageError
-from audit.pruning.base import Applied, PruneContext, Pruner, Selection
-from audit.pruning.calibration import model_device
-from audit.pruning.gradual import cubic_schedule
-from audit.pruning.training import FineTuner, training_note
+from audit.pruning.base import Applied, PruneContext, Selection
+from audit.pruning.gradual import GradualPruner, cubic_schedule
+from audit.pruning.training import seeded_tuner, training_note
 
 
 class MovementMask(nn.Module):
@@ -60,19 +59,12 @@ def keep_top(scores: list[torch.Tensor], amount: int) -> list[torch.Tensor]:
     return out
 
 
-class MovementPruner(Pruner):
+class MovementPruner(GradualPruner):
     """Fine-tune → re-mask by movement score, on a cubic schedule."""
 
     def validate(self, model: nn.Module, ctx: PruneContext) -> None:
-        super().validate(model, ctx)
-        p = self.params
-        if p.initial_sparsity > ctx.sparsity:
-            raise UsageError(
-                f"initial_sparsity {p.initial_sparsity:g} is above the target {ctx.sparsity:g}",
-                where=f"method {self.name!r}",
-                hint="the schedule goes from initial_sparsity up to the sweep level",
-            )
-        if p.finetune_steps < 1:
+        super().validate(model, ctx)  # initial_sparsity within the target
+        if self.params.finetune_steps < 1:
             raise UsageError(
                 "movement pruning needs finetune_steps >= 1: the scores are accumulated while fine-tuning",
                 where=f"method {self.name!r}",
@@ -84,14 +76,8 @@ class MovementPruner(Pruner):
         layers, targets = selection.layers, selection.targets
         shared, own = selection.split(p.scope)
         schedule = cubic_schedule(min(p.initial_sparsity, ctx.sparsity), ctx.sparsity, p.steps)
-        device = model_device(model)
         masks: dict[str, MovementMask] = {}
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(ctx.seed)
-            tuner = FineTuner(
-                model, calibration, seed=ctx.seed, learning_rate=p.learning_rate, weight_decay=p.weight_decay,
-                distill=p.distill,
-            )  # fmt: skip
+        with seeded_tuner(model, calibration, ctx.seed, p) as tuner:
             try:
                 for name, m in layers:
                     masks[name] = MovementMask(m.weight)
@@ -106,8 +92,6 @@ class MovementPruner(Pruner):
                 for _, m in layers:
                     if parametrize.is_parametrized(m, "weight"):
                         parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-                tuner.close()
-                model.eval()
         regrown = sum(mk.regrown for mk in masks.values())
         training = tuner.record("movement", schedule)
         notes = [

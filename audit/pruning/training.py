@@ -11,7 +11,9 @@ teacher is a frozen copy of the model taken before any pruning, in eval mode.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -147,6 +149,26 @@ class FineTuner:
             loss_first=sum(cycles[0]) / len(cycles[0]) if cycles else None,
             loss_last=sum(cycles[-1]) / len(cycles[-1]) if cycles else None,
         )
+
+
+@contextmanager
+def seeded_tuner(model: nn.Module, calibration: CalibrationData, seed: int, params: Any) -> Iterator[FineTuner]:
+    """A :class:`FineTuner` under the point's seed (dropout and batch order), with the global RNG
+    state restored afterwards; on exit the tuner is closed and the model left in eval mode.
+    ``params`` carries ``learning_rate``, ``weight_decay`` and ``distill``.
+    """
+    device = model_device(model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        tuner = FineTuner(
+            model, calibration, seed=seed, learning_rate=params.learning_rate, weight_decay=params.weight_decay,
+            distill=params.distill,
+        )  # fmt: skip
+        try:
+            yield tuner
+        finally:
+            tuner.close()
+            model.eval()
 
 
 def training_note(record: TrainingRecord) -> str:
