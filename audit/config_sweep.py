@@ -396,13 +396,14 @@ class DeployConfig(StrictModel):
     def _formats(cls, values: list[str]) -> list[str]:
         bad = next((v for v in values if v not in FORMATS), None)
         if bad is not None:
-            listable = ", ".join(sorted(s.name for s in FORMATS if not s.quantized))
+            listable = ", ".join(sorted(s.name for s in FORMATS if not s.method_only))
             raise _err("deploy_format", f"unknown deploy format {bad!r}; known: {listable}", FORMATS.suggest(bad))
-        quant = next((v for v in values if FORMATS.get(v).quantized), None)
+        quant = next((v for v in values if FORMATS.get(v).method_only), None)
         if quant is not None:
+            what = "a quantized format" if FORMATS.get(quant).quantized else "a method's format"
             raise _err(
                 "deploy_format",
-                f"deploy.formats lists {quant!r}, a quantized format: it serves only layers a quantization method "
+                f"deploy.formats lists {quant!r}, {what}: it serves only layers {FORMATS.get(quant).producer} "
                 "produced, and is never chosen for a plain weight",
                 f"drop {quant!r} from deploy.formats and add a sweep method instead, e.g. "
                 f"sweep.methods: [{{name: {quant}}}]",
@@ -416,10 +417,11 @@ class DeployConfig(StrictModel):
             raise _err(
                 "deploy_format", f"force_format must be {DENSE} or a deploy format's name (bsr<b>), found {value!r}"
             )
-        if value is not None and value != DENSE and spec_of(value).quantized:
+        if value is not None and value != DENSE and spec_of(value).method_only:
             raise _err(
                 "deploy_format",
-                f"force_format is {value!r}, a quantized format: it cannot be forced onto unquantized weights",
+                f"force_format is {value!r}, {'a quantized format' if spec_of(value).quantized else 'a method format'}"
+                f" that serves only layers {spec_of(value).producer} produced: it cannot be forced onto other weights",
                 f"unset deploy.force_format and add a sweep method instead, e.g. sweep.methods: [{{name: {value}}}]",
             )
         return value

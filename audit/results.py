@@ -82,6 +82,26 @@ class QuantLayerRecord(Record):
     zeros_kept: bool = Field(True, description="Every one of them is still exactly zero after quantizing.")
 
 
+class ActivationLayerRecord(Record):
+    """How an activation-sparsity method gates one layer's input (absent for other methods)."""
+
+    gate: str = Field(description="Where the gate sits: 'input' (TEAL) or the path of the gated activation (CATS).")
+    threshold: float = Field(description="Inputs of magnitude below this are zeroed (calibrated).")
+    target: float = Field(description="The activation sparsity the threshold was calibrated for.")
+    calibrated_sparsity: float = Field(description="Share of calibration activations below the threshold.")
+    tokens: int = Field(description="Calibration tokens the threshold was calibrated on.")
+
+
+class ActivationRecord(Record):
+    """An activation-sparsity variant: weights unchanged, activations gated per input."""
+
+    mode: str = Field(description="teal (each layer's input) or cats (a gated MLP's activation output).")
+    target: float
+    calibrated_sparsity: float = Field(description="Over every gate, weighted by its inputs' width.")
+    gates: int
+    max_tokens: int = Field(description="Calls of at most this many tokens run the skipping kernel.")
+
+
 class LayerRecord(Record):
     """What pruning and deployment did to one Linear layer."""
 
@@ -102,6 +122,9 @@ class LayerRecord(Record):
         None, description="Dense time / deployed-format time for this layer, as measured when choosing."
     )
     quant: QuantLayerRecord | None = Field(None, description="The layer's integer grid, when a method quantized it.")
+    activation: ActivationLayerRecord | None = Field(
+        None, description="The layer's activation gate, when an activation-sparsity method gated it."
+    )
 
 
 class CalibrationRecord(Record):
@@ -200,11 +223,14 @@ class PruningRecord(Record):
     training: TrainingRecord | None = Field(
         None, description="Fine-tuning during pruning: schedule, steps, data, teacher (omitted: none)."
     )
+    activation: ActivationRecord | None = Field(
+        None, description="Activation sparsity: mode, target, calibrated gates (omitted: weights pruned)."
+    )
 
     @model_serializer(mode="wrap")
     def _drop_uniform(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
-        for key in ("profile", "training"):
+        for key in ("profile", "training", "activation"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from audit.deploy.activation import ActSparseReferenceLinear, check_act_layer
 from audit.deploy.choose import (
     Decision,
     LayerTimer,
@@ -259,6 +260,40 @@ class Converter:
             bytes_deployed=stored_bytes(new),
         )
 
+    def _deploy_activation(self, model: nn.Module, name: str, module: ActSparseReferenceLinear) -> LayerDeployment:
+        """An activation-sparse layer goes to the skipping kernel (``act_sparse``), never timed or forced
+        away, after a check against its thresholded reference layer on its own
+        (:func:`~audit.deploy.activation.check_act_layer`).
+
+        Raises:
+            audit.deploy.verify.EquivalenceError: The deployed layer differs from its reference layer.
+        """
+        from audit.deploy.verify import EquivalenceError
+
+        weight = module.weight.detach()
+        new = module.deploy()
+        diff, tol = check_act_layer(module, new, factor=self.config.tolerance_factor)
+        if not diff <= tol:
+            raise EquivalenceError(
+                f"layer {name} ({new.format}): the activation-sparse kernel differs from its thresholded reference "
+                f"layer by {diff:.3g} on a seeded input (tolerance {tol:.3g})"
+            )
+        _set_submodule(model, name, new)
+        gate = (
+            f"input gated at |x| < {module.threshold:.3g}" if module.gated else "input zero where the CATS gate closed"
+        )
+        return LayerDeployment(
+            name=name,
+            format=new.format,
+            reason=f"activation-sparse ({gate}); calls of at most {module.max_tokens} token(s) run pa_act_mm, which "
+            f"skips the weight rows of zero inputs, longer calls a GEMM on the gated input (checked against the "
+            f"reference layer: max |Δ| {diff:.2g}, tolerance {tol:.2g})",
+            shape=(int(weight.shape[0]), int(weight.shape[1])),
+            density=1.0,
+            bytes_dense=weight.numel() * 4,
+            bytes_deployed=stored_bytes(new),
+        )
+
     def convert(self, model: nn.Module, keep_dense: Collection[str] = ()) -> Conversion:
         """Replace every ``nn.Linear`` of ``model`` by its deployed module (in place).
 
@@ -287,6 +322,9 @@ class Converter:
                 continue
             if isinstance(module, QuantReferenceLinear):
                 result.layers.append(self._deploy_quantized(model, name, module))
+                continue
+            if isinstance(module, ActSparseReferenceLinear):
+                result.layers.append(self._deploy_activation(model, name, module))
                 continue
             weight = module.weight.detach()
             if name in keep_dense:

@@ -61,6 +61,18 @@ class FormatSpec(PluginSpec):
     quantized: bool = False
     """Serves only layers a quantization method produced (:mod:`audit.deploy.quantized`); never a
     timing candidate, never listed in ``deploy.formats``."""
+    produced_by: str = ""
+    """Set for another format that serves only layers a sweep method produced (``an activation-sparsity
+    method``): never a timing candidate, never listed in ``deploy.formats``, like a quantized one."""
+
+    @property
+    def method_only(self) -> bool:
+        """Whether only the layers a sweep method produced are deployed in this format."""
+        return self.quantized or bool(self.produced_by)
+
+    @property
+    def producer(self) -> str:
+        return self.produced_by or "a quantization method"
 
     def accepts(self, recorded: str) -> bool:
         """Whether a recorded format name (``csr``, ``bsr16``) is this format's."""
@@ -116,6 +128,13 @@ BUILTIN_FORMATS: tuple[FormatSpec, ...] = (
         "aten::_weight_int4pack_mm_for_cpu: weight-only int4 per group of inputs, fp32 activations (CPU)",
         opt_in=True,
         quantized=True,
+    ),
+    FormatSpec(
+        "act_sparse",
+        "audit.deploy.activation:ActivationSparseFormat",
+        "compiled kernel pa_act_mm: dense input-major weight, rows of zero (gated) inputs skipped (CPU, fp32)",
+        opt_in=True,
+        produced_by="an activation-sparsity method",
     ),
     FormatSpec(
         "semi24",

@@ -7,7 +7,8 @@ A saved variant is a directory with
   (e.g. ``<layer>.rowptr``, ``<layer>.cols``, ``<layer>.values``),
 * ``deploy.json``: the manifest: format version, architecture, each Linear layer's
   format, shape and format parameters, scalar module attributes (for structured
-  variants whose head counts changed), and the :class:`~audit.results.DeploymentRecord`,
+  variants whose head counts changed), the activation functions a CATS variant gates
+  (``activation_gates``; the thresholds are tensors), and the :class:`~audit.results.DeploymentRecord`,
 * the tokenizer files, when a tokenizer is given.
 
 :func:`load_deployed` rebuilds the architecture from the config, swaps in the recorded
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from audit.deploy.activation import gated_activations, restore_gated_activations
 from audit.deploy.format_classes import format_for
 from audit.deploy.formats import DENSE
 from audit.deploy.modules import DeployedLinear, top_level_linears
@@ -146,6 +148,7 @@ def save_deployed(
             "torch": torch.__version__,
             "layers": layers,
             "attrs": _scalar_attrs(model),
+            "activation_gates": gated_activations(model),
             "deployment": record.model_dump(mode="json") if record is not None else None,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
@@ -219,6 +222,7 @@ def load_deployed(path: str | Path, *, device: str = "cpu") -> nn.Module:
         for key, value in attrs.items():
             if getattr(module, key, None) != value:
                 setattr(module, key, value)
+    restore_gated_activations(model, manifest.get("activation_gates") or {})
     deployed = {n + "." for n, m in model.named_modules() if isinstance(m, DeployedLinear)}
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if not any(k.startswith(p) for p in deployed)]

@@ -78,6 +78,8 @@ class KernelLib:
         lib.pa_compact_mm.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I]
         lib.pa_compact_mm.restype = None
         lib.pa_compact_avx512.restype = ctypes.c_int
+        lib.pa_act_mm.argtypes = [_P, _P, _P, _P, _I, _I, _I, _I, _P, _P]
+        lib.pa_act_mm.restype = None
         lib.pa_work_floats.argtypes = [_I, _I]
         lib.pa_work_floats.restype = ctypes.c_int64
         lib.pa_simd_width.restype = ctypes.c_int
@@ -124,6 +126,29 @@ class KernelLib:
             out_features,
             torch.get_num_threads(),
             work,
+        )
+        return y
+
+    def act_mm(self, wt: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """``x @ wt + bias`` for a 2-D contiguous fp32 ``x`` and a dense input-major ``wt`` ``[in, out]``,
+        reading only the rows of ``wt`` whose input is non-zero (activation sparsity).
+        """
+        n, in_features = x.shape
+        out_features = int(wt.shape[1])
+        y = torch.empty((n, out_features), dtype=torch.float32)
+        idx = torch.empty((n, in_features), dtype=torch.int32)
+        cnt = torch.empty(n, dtype=torch.int32)
+        self.lib.pa_act_mm(
+            wt.data_ptr(),
+            bias.data_ptr() if bias is not None else None,
+            x.data_ptr(),
+            y.data_ptr(),
+            n,
+            in_features,
+            out_features,
+            torch.get_num_threads(),
+            idx.data_ptr(),
+            cnt.data_ptr(),
         )
         return y
 
@@ -218,7 +243,23 @@ def _self_test(lib: KernelLib) -> str | None:
             err = float(np.abs(y - ref).max())
             if not np.isfinite(err) or err > 1e-3:
                 return f"self-test failed (n={n}, index {idx.dtype}): max error {err:.3g}"
-    return _self_test_compact(lib, rng, w, b)
+    return _self_test_compact(lib, rng, w, b) or _self_test_act(lib, rng)
+
+
+def _self_test_act(lib: KernelLib, rng: np.random.Generator) -> str | None:
+    """The activation-sparse kernel (``pa_act_mm``) against numpy: half the inputs zero, a chunk tail."""
+    in_f, out_f = 37, 16 * (lib.status.simd_width or 4) + 13  # one full chunk of outputs and a tail
+    wt = rng.standard_normal((in_f, out_f)).astype(np.float32)
+    b = rng.standard_normal(out_f).astype(np.float32)
+    for n in (1, 3):
+        x = rng.standard_normal((n, in_f)).astype(np.float32)
+        x[rng.random(x.shape) < 0.5] = 0.0
+        ref = x.astype(np.float64) @ wt.astype(np.float64) + b
+        y = lib.act_mm(torch.from_numpy(wt), torch.from_numpy(b), torch.from_numpy(x)).numpy()
+        err = float(np.abs(y - ref).max())
+        if not np.isfinite(err) or err > 1e-3:
+            return f"activation-sparse self-test failed (n={n}): max error {err:.3g}"
+    return None
 
 
 def _self_test_compact(lib: KernelLib, rng: np.random.Generator, w: np.ndarray, b: np.ndarray) -> str | None:

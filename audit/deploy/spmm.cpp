@@ -477,6 +477,61 @@ static void compact_mm(const int32_t* rp, const uint16_t* masks, const float* va
 
 #define PA_EXPORT __attribute__((visibility("default")))
 
+// Activation-sparse Linear (TEAL / CATS): y = x @ Wt + b for a dense, input-major weight Wt
+// (in x out), reading only the rows of Wt whose input x[r, i] is non-zero: the weight columns
+// of switched-off activations are never loaded. Each token's non-zero inputs are listed once
+// (idx: n x in scratch, cnt: n); threads split the outputs into chunks of ACT_CH floats
+// (ACT_CH / VW vector accumulators stay in registers across the token's active inputs), so
+// every active row of Wt is streamed once per token in contiguous runs. Inputs are taken in
+// index order: deterministic.
+#define ACT_CH (16 * VW)
+static void act_mm(const float* __restrict wt, const float* __restrict bias, const float* __restrict x,
+                   float* __restrict y, int n, int in, int out, int nthreads, int32_t* __restrict idx,
+                   int32_t* __restrict cnt) {
+  for (int r = 0; r < n; ++r) {
+    const float* xr = x + (int64_t)r * in;
+    int32_t* ir = idx + (int64_t)r * in;
+    int k = 0;
+    for (int i = 0; i < in; ++i)
+      if (xr[i] != 0.0f) ir[k++] = i;
+    cnt[r] = k;
+  }
+  const int nch = (out + ACT_CH - 1) / ACT_CH;
+  const int64_t items = (int64_t)nch * n;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (items > 1)
+#endif
+  for (int64_t it = 0; it < items; ++it) {
+    const int r = (int)(it / nch), c = (int)(it % nch);
+    const int o0 = c * ACT_CH;
+    const int w = out - o0 < ACT_CH ? out - o0 : ACT_CH;
+    const float* xr = x + (int64_t)r * in;
+    const int32_t* ir = idx + (int64_t)r * in;
+    float* yr = y + (int64_t)r * out + o0;
+    if (w == ACT_CH) {
+      vf acc[ACT_CH / VW];
+      for (int v = 0; v < ACT_CH / VW; ++v) acc[v] = bias ? vload(bias + o0 + v * VW) : (vf){};
+      for (int j = 0; j < cnt[r]; ++j) {
+        const int i = ir[j];
+        const vf a = (vf){} + xr[i];
+        const float* wr = wt + (int64_t)i * out + o0;
+        for (int v = 0; v < ACT_CH / VW; ++v) acc[v] += a * vload(wr + v * VW);
+      }
+      for (int v = 0; v < ACT_CH / VW; ++v) vstore(yr + v * VW, acc[v]);
+    } else {
+      float acc[ACT_CH];
+      for (int o = 0; o < w; ++o) acc[o] = bias ? bias[o0 + o] : 0.0f;
+      for (int j = 0; j < cnt[r]; ++j) {
+        const int i = ir[j];
+        const float a = xr[i];
+        const float* wr = wt + (int64_t)i * out + o0;
+        for (int o = 0; o < w; ++o) acc[o] += a * wr[o];
+      }
+      for (int o = 0; o < w; ++o) yr[o] = acc[o];
+    }
+  }
+}
+
 extern "C" {
 
 // Vector width in floats this build was compiled for (16 = AVX-512, 8 = AVX2, 4 = SSE).
@@ -524,5 +579,11 @@ PA_EXPORT int pa_compact_avx512(void) {
 #else
   return 0;
 #endif
+}
+
+// Activation-sparse Linear (see act_mm): idx is n x in int32 scratch, cnt n int32 scratch.
+PA_EXPORT void pa_act_mm(const float* wt, const float* bias, const float* x, float* y, int n, int in, int out,
+                         int nthreads, int32_t* idx, int32_t* cnt) {
+  act_mm(wt, bias, x, y, n, in, out, nthreads, idx, cnt);
 }
 }

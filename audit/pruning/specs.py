@@ -28,10 +28,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
+from audit.pruning.specs_activation import CatsParams, TealParams
 from audit.pruning.specs_training import DistillParams, GradualParams, IMPParams, MovementParams
 from audit.registry import PRUNERS, PluginParams, PrunerSpec
 
-__all__ = ["DistillParams", "GradualParams", "IMPParams", "MovementParams"]
+__all__ = ["CatsParams", "DistillParams", "GradualParams", "IMPParams", "MovementParams", "TealParams"]
 
 
 class OwlParams(BaseModel):
