@@ -12,6 +12,7 @@ import reports  # noqa: F401
 import suites.adversarial  # noqa: F401
 import suites.bbq  # noqa: F401
 import suites.bias  # noqa: F401
+import suites.compute  # noqa: F401
 import suites.lm  # noqa: F401
 import suites.ood  # noqa: F401
 import suites.performance  # noqa: F401

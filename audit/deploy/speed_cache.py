@@ -51,7 +51,7 @@ def weights_fingerprint(model: nn.Module) -> str:
             t = t.to_dense()
         t = t.contiguous().cpu()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim: a gate's threshold
     return h.hexdigest()
 
 

@@ -322,7 +322,9 @@ def _save_variant(session: Session, point: SweepPoint, model: Any, vr: VariantRe
 def point_summary(vr: VariantResult) -> str:
     """One short line about a finished point, for logs and the progress bar."""
     parts = []
-    if vr.pruning is not None:
+    if vr.pruning is not None and vr.pruning.activation is not None:
+        parts.append(f"activation sparsity {vr.pruning.activation.calibrated_sparsity:.3f} (calibration)")
+    elif vr.pruning is not None:
         parts.append(f"sparsity {vr.pruning.achieved_sparsity:.3f}")
     acc = next((m for m in vr.measurements if m.metric == "accuracy" and m.suite == "performance"), None)
     if acc is not None and acc.value is not None:

@@ -108,6 +108,7 @@ def variant_row(v: VariantResult) -> dict[str, Any]:
         "wall_time": fmt(v.wall_time_s, 1),
         "profile": profile_view(p.profile) if p and p.profile else None,
         "training": training_view(p.training) if p and p.training else None,
+        "activation": activation_view(p) if p and p.activation else None,
         "kind": variant_kind(v),
         "weights": weights_text(p, d.formats if d else None),
         "size_bytes": f"{d.weight_bytes_deployed:,} B" if d and d.weight_bytes_deployed else "",
@@ -116,7 +117,8 @@ def variant_row(v: VariantResult) -> dict[str, Any]:
 
 
 def variant_kind(v: VariantResult) -> str:
-    """``dense``, ``pruned`` (``pruned, structured``), ``quantized`` or ``hybrid`` (pruned, then quantized),
+    """``dense``, ``pruned`` (``pruned, structured``), ``quantized``, ``hybrid`` (pruned, then quantized)
+    or ``activation-sparse`` (gated activations, weights unchanged),
     from the variant's records: a layer with a ``quant`` record was quantized; ``params.prune`` names
     the pruner a hybrid ran first.
     """
@@ -125,6 +127,8 @@ def variant_kind(v: VariantResult) -> str:
         return "dense"
     if p is None:
         return "—"
+    if p.activation is not None:
+        return "activation-sparse"
     if any(layer.quant is not None for layer in p.layers):
         return "hybrid" if p.params.get("prune") else "quantized"
     return "pruned, structured" if p.structured else "pruned"
@@ -233,6 +237,27 @@ def training_view(t: Any) -> dict[str, str]:
         + ", ".join(f"{s:.3f}" for s in t.schedule)
         + f"; {t.objective}",
     }  # fmt: skip
+
+
+def activation_view(p: PruningRecord) -> dict[str, str]:
+    """An activation-sparsity variant's gates, as text: mode, target, what calibration reached, the thresholds."""
+    a = p.activation
+    assert a is not None
+    thresholds = [layer.activation.threshold for layer in p.layers if layer.activation is not None]
+    where = "each layer's input" if a.mode == "teal" else "each gated MLP's activation output"
+    span = f"{min(thresholds):.3g} – {max(thresholds):.3g}" if thresholds else "—"
+    return {
+        "mode": a.mode,
+        "where": where,
+        "target": f"{a.target:.0%}",
+        "calibrated": f"{a.calibrated_sparsity:.1%}",
+        "gates": str(a.gates),
+        "thresholds": span,
+        "kernel": f"calls of ≤ {a.max_tokens} token(s) skip zero inputs (pa_act_mm); longer calls: GEMM on the "
+        "gated input",
+        "summary": f"{a.mode}: {where} gated to {a.target:.0%} activation sparsity ({a.calibrated_sparsity:.1%} on "
+        f"calibration, {a.gates} gates, thresholds {span}); weights unchanged",
+    }
 
 
 def profile_view(profile: Any) -> dict[str, Any]:
