@@ -126,6 +126,13 @@ class LayerRecord(Record):
         None, description="The layer's activation gate, when an activation-sparsity method gated it."
     )
 
+    @model_serializer(mode="wrap")
+    def _drop_no_gate(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("activation") is None:
+            data.pop("activation", None)
+        return data
+
 
 class CalibrationRecord(Record):
     """Which examples a data-aware pruner saw.

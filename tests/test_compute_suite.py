@@ -72,7 +72,7 @@ def test_disparity_is_the_gap_between_the_highest_and_lowest_group_mean() -> Non
     ctx.n_boot, ctx.ci_level = 200, 0.95
     values = np.array([0.5, 0.5, 0.7, 0.7, 0.9, 0.9])
     col = np.array(["a", "a", "b", "b", "c", "c"])
-    point, lo, hi = _disparity(values, col, ctx, 0)
+    point, lo, hi, _ = _disparity(values, col, ctx, 0)
     assert point == pytest.approx(0.4) and lo == pytest.approx(0.4) and hi == pytest.approx(0.4)
     shift, slo, shi = _shift(np.array([0.3, 0.5]), np.array([0.6, 0.6, 0.6]), ctx, 0)
     assert shift == pytest.approx(-0.2) and slo <= shift <= shi
@@ -123,3 +123,14 @@ def test_cli_run_measures_per_input_compute_of_a_teal_variant(
     assert {layer["format"] for layer in variant["pruning"]["layers"]} == {"act_sparse"}
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert 'id="activation-sparsity"' in html and 'id="suite-compute"' in html
+
+
+def test_the_group_test_rejects_compute_that_depends_on_the_group_and_not_constant_compute() -> None:
+    from suites.compute.run import group_test
+
+    rng = np.random.default_rng(0)
+    col = np.array(["a"] * 50 + ["b"] * 50)
+    shifted = np.concatenate([rng.normal(0.5, 0.02, 50), rng.normal(0.6, 0.02, 50)])
+    assert group_test(shifted, col) < 1e-6
+    assert group_test(np.ones(100), col) == 1.0
+    assert group_test(shifted, np.array(["a"] * 100)) is None

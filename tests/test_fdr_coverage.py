@@ -52,6 +52,7 @@ def test_every_p_value_of_every_suite_gets_a_q_value(tiny_model_dir: Path, tiny_
         "    query_budget: 40\n"
         "    time_budget_s: null\n"
         "    sentence_encoder: false\n"
+        "  compute: {}\n"
     )
     cfg = load_config(
         write_config(

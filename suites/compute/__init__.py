@@ -31,7 +31,9 @@ class ComputeParams(PluginParams):
     """
 
     datasets: list[DatasetRef] = Field(
-        default_factory=list, description="Extra datasets whose density is compared with the eval split's."
+        default_factory=list,
+        description="Extra labelled datasets whose density is compared with the eval split's; one with group "
+        "columns (columns.groups) also gets its compute_disparity.",
     )
     top_k: int = Field(10, ge=0, le=1000, description="Inputs with the highest compute listed for review.")
     intersections: bool = Field(True, description="Also report the intersection of all group columns.")

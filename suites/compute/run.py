@@ -128,12 +128,12 @@ def _mean_groups(
     return out
 
 
-def _disparity(values: np.ndarray, col: np.ndarray, ctx: SuiteContext, seed: int) -> tuple[float, Any, Any]:
-    """Highest minus lowest group mean of ``values``, with a bootstrap CI resampling within each group."""
+def _disparity(values: np.ndarray, col: np.ndarray, ctx: SuiteContext, seed: int) -> tuple[float, Any, Any, np.ndarray]:
+    """Highest minus lowest group mean of ``values``, a bootstrap CI resampling within each group, the resamples."""
     groups = [values[col == g] for g in np.unique(col)]
     point = max(float(g.mean()) for g in groups) - min(float(g.mean()) for g in groups)
     if ctx.n_boot < 2:
-        return point, None, None
+        return point, None, None, np.zeros(0)
     rng = np.random.default_rng(seed)
     boot = np.empty(ctx.n_boot)
     for i in range(ctx.n_boot):
@@ -141,7 +141,19 @@ def _disparity(values: np.ndarray, col: np.ndarray, ctx: SuiteContext, seed: int
         boot[i] = max(means) - min(means)
     alpha = (1 - ctx.ci_level) / 2
     lo, hi = np.quantile(boot, [alpha, 1 - alpha])
-    return point, float(lo), float(hi)
+    return point, float(lo), float(hi), boot
+
+
+def group_test(values: np.ndarray, col: np.ndarray) -> float | None:
+    """Kruskal-Wallis p-value of "``values`` do not depend on the group" (1.0 when nothing varies; None: < 2 groups)."""
+    from scipy.stats import kruskal
+
+    groups = [values[col == g] for g in np.unique(col)]
+    if len(groups) < 2:
+        return None
+    if np.ptp(values) == 0:
+        return 1.0
+    return float(kruskal(*groups).pvalue)
 
 
 def _shift(a: np.ndarray, b: np.ndarray, ctx: SuiteContext, seed: int) -> tuple[float, Any, Any]:
@@ -162,7 +174,8 @@ class ComputeSuite(Suite):
     """Per-input compute, its group disparity paired with accuracy, density shift, highest-compute inputs."""
 
     def setup(self, ctx: SuiteContext) -> None:
-        self._extra = [ctx.load_dataset(ref) for ref in self.params.datasets]
+        self._extra = [ctx.load_dataset(ref, need_label=ref.columns.label is not None) for ref in self.params.datasets]
+        self._unlabelled = {ref.name for ref in self.params.datasets if ref.columns.label is None}
 
     def _subset(self, es: EvalSet) -> EvalSet:
         k = self.params.max_examples
@@ -203,11 +216,12 @@ class ComputeSuite(Suite):
             top = self._highest(s, per, rel)
             measurements[-2].details["highest_compute"] = top
             examples.extend({"dataset": s.name, **row} for row in top)
-            if i == 0 and features:
+            if features:
                 m, pred = self._disparity_measurement(s, rel, frac, features, variant, ctx, method)
                 measurements.append(m)
-                artifacts["pred"] = pred.tolist()
-            elif i > 0:
+                if pred is not None:
+                    artifacts.setdefault("pred", {})[s.name] = pred.tolist()
+            if i > 0:
                 lo_hi = _shift(frac, fractions[es.name], ctx, seed)
                 measurements.append(
                     Measurement(
@@ -243,30 +257,50 @@ class ComputeSuite(Suite):
         method: str | None,
     ) -> tuple[Measurement, np.ndarray]:
         """``compute_disparity``: the largest group gap of relative compute, each group paired with its accuracy."""
-        pred = ctx.proba(variant, list(s.texts), s.text_pairs).argmax(axis=1)
-        correct = pred == np.asarray(s.labels)
+        pred, why = self._predictions(s, variant, ctx)
+        correct = None if pred is None else pred == np.asarray(s.labels)
         base_correct = None
-        if ctx.baseline is not None and "pred" in ctx.baseline:
-            base_correct = np.asarray(ctx.baseline["pred"]) == np.asarray(s.labels)
+        if correct is not None and ctx.baseline is not None and s.name in ctx.baseline.get("pred", {}):
+            base_correct = np.asarray(ctx.baseline["pred"][s.name]) == np.asarray(s.labels)
         per_feature: dict[str, Any] = {}
-        best: tuple[float, Any, Any, str] | None = None
+        best: tuple[Any, ...] | None = None
         for j, (feat, col) in enumerate(sorted(features.items())):
-            value, lo, hi = _disparity(rel, col, ctx, ctx.seed + 100 + j)
+            value, lo, hi, boot = _disparity(rel, col, ctx, ctx.seed + 100 + j)
             rows = {}
             for g in np.unique(col):
                 m = col == g
-                delta = None if base_correct is None else float(correct[m].mean() - base_correct[m].mean())
+                acc = None if correct is None else float(correct[m].mean())
+                delta = None if base_correct is None or acc is None else acc - float(base_correct[m].mean())
                 rows[str(g)] = {
                     "n": int(m.sum()), "relative_compute": float(rel[m].mean()),
-                    "active_fraction": float(frac[m].mean()), "accuracy": float(correct[m].mean()),
-                    "accuracy_delta": delta,
+                    "active_fraction": float(frac[m].mean()), "accuracy": acc, "accuracy_delta": delta,
                 }  # fmt: skip
             per_feature[feat] = {"disparity": value, "ci_low": lo, "ci_high": hi, "groups": rows}
             if best is None or value > best[0]:
-                best = (value, lo, hi, feat)
+                best = (value, lo, hi, feat, boot, group_test(rel, col))
         assert best is not None
         m = Measurement(
             suite=self.name, dataset=s.name, metric="compute_disparity", value=best[0], ci_low=best[1], ci_high=best[2],
             ci_method=method, n=len(rel), details={"feature": best[3], "features": per_feature},
         )  # fmt: skip
+        if why:
+            m.details["accuracy_not_paired"] = why
+        if ctx.baseline is not None:  # dense: relative compute 1 on every input, disparity 0 by construction
+            from audit.paired import paired_continuous
+
+            m.details["paired"] = paired_continuous(
+                baseline=0.0, value=best[0], boot_deltas=best[4], level=ctx.ci_level, n=len(rel), p_value=best[5],
+                test=f"Kruskal-Wallis H test: relative compute across {best[3]} groups",
+            ).to_dict()  # fmt: skip
         return m, pred
+
+    def _predictions(self, s: EvalSet, variant: Variant, ctx: SuiteContext) -> tuple[np.ndarray | None, str]:
+        """The variant's predicted classes on ``s`` (None, and why, when they cannot be paired with compute)."""
+        from audit.errors import UsageError
+
+        if s.name in self._unlabelled:
+            return None, f"{s.name} has no label column"
+        try:
+            return ctx.proba(variant, list(s.texts), s.text_pairs).argmax(axis=1), ""
+        except UsageError as exc:  # a causal LM without model.zero_shot has no class predictions
+            return None, str(exc)
