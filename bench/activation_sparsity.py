@@ -86,7 +86,7 @@ suites:
          columns: {{text: text}}, max_examples: {args.n}}}
   compute:
     datasets:
-      - {{name: hatecheck, path: {hatecheck}, columns: {{text: test_case, groups: [target_ident]}},
+      - {{name: hatecheck, path: {hatecheck}, columns: {{text: test_case, label: null, groups: [target_ident]}},
          max_examples: {args.n}}}
     top_k: 10
 policy: null

@@ -480,11 +480,32 @@ static void compact_mm(const int32_t* rp, const uint16_t* masks, const float* va
 // Activation-sparse Linear (TEAL / CATS): y = x @ Wt + b for a dense, input-major weight Wt
 // (in x out), reading only the rows of Wt whose input x[r, i] is non-zero: the weight columns
 // of switched-off activations are never loaded. Each token's non-zero inputs are listed once
-// (idx: n x in scratch, cnt: n); threads split the outputs into chunks of ACT_CH floats
-// (ACT_CH / VW vector accumulators stay in registers across the token's active inputs), so
-// every active row of Wt is streamed once per token in contiguous runs. Inputs are taken in
-// index order: deterministic.
-#define ACT_CH (16 * VW)
+// (idx: n x in scratch, cnt: n). The outputs are split into chunks of NV vectors (at most
+// ACT_NV, at least as many chunks as threads, so both threads stream); a chunk's accumulators
+// stay in registers across the token's active inputs, so every active row of Wt is read once
+// per token in contiguous runs. The last out % VW outputs are done in scalar code. Inputs are
+// taken in index order: deterministic.
+#define ACT_NV 16
+template <int NV>
+static inline void act_chunk(const float* __restrict wt, const float* __restrict bias, const float* __restrict xr,
+                             const int32_t* __restrict ir, int k, float* __restrict yr, int out, int o0) {
+  vf acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = bias ? vload(bias + o0 + v * VW) : (vf){};
+  for (int j = 0; j < k; ++j) {
+    const int i = ir[j];
+    const vf a = (vf){} + xr[i];
+    const float* wr = wt + (int64_t)i * out + o0;
+    for (int v = 0; v < NV; ++v) acc[v] += a * vload(wr + v * VW);
+  }
+  for (int v = 0; v < NV; ++v) vstore(yr + o0 + v * VW, acc[v]);
+}
+
+typedef void (*act_chunk_fn)(const float*, const float*, const float*, const int32_t*, int, float*, int, int);
+static const act_chunk_fn ACT_CHUNKS[ACT_NV + 1] = {
+    nullptr,        act_chunk<1>,  act_chunk<2>,  act_chunk<3>,  act_chunk<4>,  act_chunk<5>,
+    act_chunk<6>,   act_chunk<7>,  act_chunk<8>,  act_chunk<9>,  act_chunk<10>, act_chunk<11>,
+    act_chunk<12>,  act_chunk<13>, act_chunk<14>, act_chunk<15>, act_chunk<16>};
+
 static void act_mm(const float* __restrict wt, const float* __restrict bias, const float* __restrict x,
                    float* __restrict y, int n, int in, int out, int nthreads, int32_t* __restrict idx,
                    int32_t* __restrict cnt) {
@@ -496,38 +517,30 @@ static void act_mm(const float* __restrict wt, const float* __restrict bias, con
       if (xr[i] != 0.0f) ir[k++] = i;
     cnt[r] = k;
   }
-  const int nch = (out + ACT_CH - 1) / ACT_CH;
+  const int nvec = out / VW;  // whole vectors of outputs
+  const int threads = nthreads < 1 ? 1 : nthreads;
+  int nch = (nvec + ACT_NV - 1) / ACT_NV;
+  if (nch < threads) nch = threads < nvec ? threads : (nvec > 0 ? nvec : 1);
+  else nch = ((nch + threads - 1) / threads) * threads;
+  const int per = nvec > 0 ? (nvec + nch - 1) / nch : 0;  // vectors per chunk (<= ACT_NV)
   const int64_t items = (int64_t)nch * n;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (items > 1)
+#pragma omp parallel for num_threads(threads) schedule(static) if (items > 1)
 #endif
   for (int64_t it = 0; it < items; ++it) {
     const int r = (int)(it / nch), c = (int)(it % nch);
-    const int o0 = c * ACT_CH;
-    const int w = out - o0 < ACT_CH ? out - o0 : ACT_CH;
     const float* xr = x + (int64_t)r * in;
     const int32_t* ir = idx + (int64_t)r * in;
-    float* yr = y + (int64_t)r * out + o0;
-    if (w == ACT_CH) {
-      vf acc[ACT_CH / VW];
-      for (int v = 0; v < ACT_CH / VW; ++v) acc[v] = bias ? vload(bias + o0 + v * VW) : (vf){};
-      for (int j = 0; j < cnt[r]; ++j) {
-        const int i = ir[j];
-        const vf a = (vf){} + xr[i];
-        const float* wr = wt + (int64_t)i * out + o0;
-        for (int v = 0; v < ACT_CH / VW; ++v) acc[v] += a * vload(wr + v * VW);
+    float* yr = y + (int64_t)r * out;
+    const int v0 = c * per;
+    const int nv = nvec - v0 < per ? nvec - v0 : per;
+    if (nv > 0) ACT_CHUNKS[nv](wt, bias, xr, ir, cnt[r], yr, out, v0 * VW);
+    if (c == nch - 1) {  // the scalar tail of outputs
+      for (int o = nvec * VW; o < out; ++o) {
+        float acc = bias ? bias[o] : 0.0f;
+        for (int j = 0; j < cnt[r]; ++j) acc += xr[ir[j]] * wt[(int64_t)ir[j] * out + o];
+        yr[o] = acc;
       }
-      for (int v = 0; v < ACT_CH / VW; ++v) vstore(yr + v * VW, acc[v]);
-    } else {
-      float acc[ACT_CH];
-      for (int o = 0; o < w; ++o) acc[o] = bias ? bias[o0 + o] : 0.0f;
-      for (int j = 0; j < cnt[r]; ++j) {
-        const int i = ir[j];
-        const float a = xr[i];
-        const float* wr = wt + (int64_t)i * out + o0;
-        for (int o = 0; o < w; ++o) acc[o] += a * wr[o];
-      }
-      for (int o = 0; o < w; ++o) yr[o] = acc[o];
     }
   }
 }
