@@ -16,6 +16,7 @@ from torch import nn
 
 from audit.deploy.activation import ActSparseReferenceLinear, GatedActivation
 from audit.errors import UsageError
+from audit.models.decoders import set_module as _set
 from audit.pruning.base import PruneContext, Pruner, build_record, select_layers
 from audit.pruning.calibration import sequential_calibrate
 from audit.results import ActivationLayerRecord, ActivationRecord, PruningRecord
@@ -61,12 +62,6 @@ def gated_mlps(layers: list[tuple[str, nn.Module]], model: nn.Module) -> list[tu
         if all(hasattr(parent, a) for a in ("act_fn", "gate_proj", "up_proj")):
             out.append((name, module))
     return out
-
-
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 class ActivationSparsityPruner(Pruner):
