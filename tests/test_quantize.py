@@ -17,6 +17,8 @@ from audit.deploy.quantized import (
     QuantReferenceLinear,
     WeightInt4Linear,
     WeightInt8Linear,
+    bf16_round,
+    bf16_ulp,
     fake_quant_dynamic,
 )
 from audit.errors import UsageError
@@ -41,25 +43,60 @@ def _pruned_linear(seed: int = 0, out_f: int = 48, in_f: int = 64, bias: bool = 
     return lin
 
 
-@pytest.mark.parametrize(("scheme", "cls"), [("int8_dynamic", DynamicInt8Linear), ("int8_weight", WeightInt8Linear)])
-def test_int8_deployed_kernel_matches_its_reference(scheme: str, cls: type) -> None:
-    ref = QuantReferenceLinear(_pruned_linear(), scheme)
+def _within_kernel_rounding(ref: QuantReferenceLinear, dep: nn.Module, x: torch.Tensor) -> bool:
+    """Deployed == reference up to fp32 summation order, plus one bf16 step of the output where it runs in bf16."""
+    with torch.inference_mode():
+        y = ref(x)
+        allowed = torch.full_like(y, 1e-5)
+        if ref.bf16:
+            allowed = allowed + bf16_ulp(y if ref.bias is None else y - ref.bias)
+        return bool(((dep(x) - y).abs() <= allowed).all())
+
+
+@pytest.mark.parametrize(
+    ("scheme", "cls", "activations"),
+    [
+        ("int8_dynamic", DynamicInt8Linear, "fp32"),
+        ("int8_weight", WeightInt8Linear, "bf16"),
+        ("int8_weight", WeightInt8Linear, "fp32"),
+    ],
+)
+def test_int8_deployed_kernel_matches_its_reference(scheme: str, cls: type, activations: str) -> None:
+    ref = QuantReferenceLinear(_pruned_linear(), scheme, activations=activations)
     dep = ref.deploy()
     assert type(dep) is cls
-    x = torch.randn(5, 7, 64, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        diff = (dep(x) - ref(x)).abs().max().item()
-    assert diff < 1e-5
+    assert dep.info == ref.info
+    assert _within_kernel_rounding(ref, dep, torch.randn(5, 7, 64, generator=torch.Generator().manual_seed(1)))
 
 
-def test_int4_deployed_kernel_matches_its_reference() -> None:
-    ref = QuantReferenceLinear(_pruned_linear(), "int4_weight", group_size=32)
+@pytest.mark.parametrize("activations", ["bf16", "fp32"])
+def test_int4_deployed_kernel_matches_its_reference(activations: str) -> None:
+    ref = QuantReferenceLinear(_pruned_linear(), "int4_weight", group_size=32, activations=activations)
     dep = ref.deploy()
     assert isinstance(dep, WeightInt4Linear)
-    x = torch.randn(9, 64, generator=torch.Generator().manual_seed(2))
-    with torch.inference_mode():
-        assert (dep(x) - ref(x)).abs().max().item() < 1e-5
+    assert _within_kernel_rounding(ref, dep, torch.randn(9, 64, generator=torch.Generator().manual_seed(2)))
     assert torch.equal(dep.dense_weight(), ref.weight.detach())
+
+
+@pytest.mark.parametrize(("scheme", "group"), [("int8_weight", None), ("int4_weight", 32)])
+def test_bf16_reference_rounds_input_and_output_as_its_kernel_does(scheme: str, group: int | None) -> None:
+    ref = QuantReferenceLinear(_pruned_linear(seed=6), scheme, group)  # bf16 is the default
+    assert ref.bf16 and "bf16" in ref.info.kernel
+    assert torch.equal(bf16_round(ref.scales), ref.scales)  # the kernel's bf16 scales, exactly
+    x = torch.randn(6, 64, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        expected = bf16_round(nn.functional.linear(bf16_round(x), ref.weight)) + ref.bias
+        assert torch.equal(ref(x), expected)
+        fp32 = QuantReferenceLinear(_pruned_linear(seed=6), scheme, group, activations="fp32")
+        assert not torch.equal(fp32(x), ref(x))  # fp32 keeps the unrounded product
+
+
+def test_a_weight_only_layer_saved_without_activations_reloads_on_the_fp32_path() -> None:
+    dep = QuantReferenceLinear(_pruned_linear(), "int8_weight").deploy()
+    tensors = {k: v for k, v in dep.state_dict().items() if v is not None}
+    old = WeightInt8Linear.from_state(64, 48, tensors, {})  # a manifest written before the bf16 path
+    assert old.activations == "fp32"
+    assert WeightInt8Linear.from_state(64, 48, tensors, dep.meta()).activations == "bf16"
 
 
 @pytest.mark.parametrize(("scheme", "group"), [("int8_dynamic", None), ("int8_weight", None), ("int4_weight", 32)])
@@ -189,6 +226,7 @@ def test_plan_runs_plain_quantization_once_at_zero_and_hybrids_at_the_sweep_leve
         ("{name: int8_weight, params: {prune_params: {n: 2}}}", "no prune method"),
         ("{name: int8_weight, params: {prune: wanda, prune_params: {n: 2, m: 2}}}", "n < m"),
         ("{name: int4_weight, params: {group_size: 48}}", "group_size"),
+        ("{name: int8_weight, params: {activations: fp16}}", "activations"),
     ],
 )
 def test_bad_quantization_params_are_config_errors_with_where(

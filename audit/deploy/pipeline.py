@@ -21,7 +21,14 @@ from audit.deploy.formats import DENSE
 from audit.deploy.spec import measurements_of
 from audit.deploy.speed import identical_to_dense, measure_speed, model_bytes
 from audit.deploy.speed_cache import SpeedCache, speed_key, weights_fingerprint
-from audit.deploy.verify import DEFAULT_FACTOR, compare, dynamic_int8_tolerance, probe_logits, tolerance_for
+from audit.deploy.verify import (
+    DEFAULT_FACTOR,
+    bf16_weight_only_tolerance,
+    compare,
+    dynamic_int8_tolerance,
+    probe_logits,
+    tolerance_for,
+)
 from audit.results import DeploymentRecord, Measurement, PruningRecord
 
 if TYPE_CHECKING:
@@ -167,6 +174,8 @@ def deploy_variant(model: nn.Module, pruning: PruningRecord | None, ctx: DeployC
         ref_gen = reference_generation(model, ctx.tokenizer, ctx.prompts)
     reference = ctx.outputs(model)
     dynamic = any(getattr(m, "scheme", None) == "int8_dynamic" for m in model.modules())
+    bf16 = any(getattr(m, "scheme", None) in ("int8_weight", "int4_weight") and getattr(m, "bf16", False)
+               for m in model.modules())  # fmt: skip
     conversion = ctx.converter.convert(model, keep_dense=ctx.keep_dense(model))
     gc.collect()
     deployed_logits = ctx.outputs(model)
@@ -176,6 +185,8 @@ def deploy_variant(model: nn.Module, pruning: PruningRecord | None, ctx: DeployC
         tol, basis = tolerance_for(model, reference, factor=ctx.tolerance_factor)
         if dynamic:
             tol, basis = dynamic_int8_tolerance(reference, tol, basis)
+        if bf16:
+            tol, basis = bf16_weight_only_tolerance(reference, tol, basis)
     eq = compare(reference, deployed_logits, tolerance=tol, basis=basis)
     _fill_layer_records(pruning, conversion)
     linear_dense = sum(layer.bytes_dense for layer in conversion.layers)

@@ -115,6 +115,26 @@ def dynamic_int8_tolerance(reference: np.ndarray, tol: float, basis: str) -> tup
     return tol + extra, f"{basis}; + dynamic int8: {DYNAMIC_FACTOR:g} x {scale:.3g} x 2^-7 = {extra:.3g}"
 
 
+BF16_FACTOR = 8.0
+"""``c_b`` of the bf16 weight-only term (see :func:`bf16_weight_only_tolerance`)."""
+
+
+def bf16_weight_only_tolerance(reference: np.ndarray, tol: float, basis: str) -> tuple[float, str]:
+    """The tolerance plus one bf16 step for a model with weight-only layers running in bf16.
+
+    ``+ c_b * max(1, max|logit|) * 2^-7``. The kernel and the reference round each such layer's
+    input and output to bf16 alike, but where the two summation orders straddle a rounding boundary
+    an output moves by one bf16 step (2^-7 of its leading power of two) and carries on to the logits
+    as a relative perturbation, the same reasoning as :func:`dynamic_int8_tolerance`. Each layer's
+    kernel is first checked alone at the tight per-layer bound.
+    """
+    from audit.deploy.quantized import BF16_STEP
+
+    scale = max(1.0, float(np.nanmax(np.abs(reference)))) if reference.size else 1.0
+    extra = BF16_FACTOR * scale * BF16_STEP
+    return tol + extra, f"{basis}; + bf16 weight-only: {BF16_FACTOR:g} x {scale:.3g} x 2^-7 = {extra:.3g}"
+
+
 def compare(
     reference: np.ndarray, deployed: np.ndarray, *, tolerance: float, basis: str | None = None
 ) -> EquivalenceRecord:

@@ -33,6 +33,11 @@ class QuantizePruner(Pruner):
     def group_size(self) -> int | None:
         return getattr(self.params, "group_size", None)
 
+    @property
+    def activations(self) -> str:
+        """The weight-only schemes' activation dtype (``int8_dynamic`` quantizes its own)."""
+        return str(getattr(self.params, "activations", "fp32"))
+
     def inner(self) -> Pruner | None:
         """The hybrid's pruner (None for plain quantization)."""
         params = self.params.inner_params()  # type: ignore[attr-defined]
@@ -84,10 +89,10 @@ class QuantizePruner(Pruner):
         zeros_before = {n: int((m.weight == 0).sum()) for n, m in layers}
         quantized = []
         for name, module in layers:
-            ref = QuantReferenceLinear(module, self.scheme, self.group_size)
+            ref = QuantReferenceLinear(module, self.scheme, self.group_size, self.activations)
             _set(model, name, ref)
             quantized.append((name, ref))
-        info = describe(self.scheme, self.group_size)
+        info = describe(self.scheme, self.group_size, self.activations)
         notes = list(first.notes) if first is not None else []
         if first is not None:
             notes.insert(0, f"pruned by {first.method} first (achieved {first.achieved_sparsity:.1%}), then quantized")

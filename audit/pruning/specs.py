@@ -362,9 +362,21 @@ class Int8DynamicParams(_QuantParams):
     """
 
 
-class Int8WeightParams(_QuantParams):
+class _WeightOnly(_QuantParams):
+    activations: Literal["bf16", "fp32"] = Field(
+        "bf16",
+        description=(
+            "The dtype the weight-only kernel runs in. bf16 (default): its vectorized CPU path; the layer's "
+            "input and output are rounded to bf16 (fp32 accumulation, fp32 bias), and the audited reference "
+            "rounds the same way. fp32: exact, but the pinned torch's fp32 path of these kernels is a slow "
+            "fallback (measured 25-70x slower than bf16 at 64 rows)."
+        ),
+    )
+
+
+class Int8WeightParams(_WeightOnly):
     """Weight-only int8, deployed on ``aten::_weight_int8pack_mm`` (CPU): weight int8 per output
-    channel (symmetric), activations fp32.
+    channel (symmetric, bf16-rounded scales), activations bf16 (``activations: fp32`` for the exact path).
 
     ```yaml
     sweep:
@@ -375,10 +387,11 @@ class Int8WeightParams(_QuantParams):
     """
 
 
-class Int4WeightParams(_QuantParams):
+class Int4WeightParams(_WeightOnly):
     """Weight-only int4, deployed on ``aten::_weight_int4pack_mm_for_cpu`` (CPU): weight int4
-    (symmetric, -7..7) with one fp32 scale per ``group_size`` consecutive inputs of a row; every
-    quantized layer's input width must be a multiple of ``group_size``.
+    (symmetric, -7..7) with one scale per ``group_size`` consecutive inputs of a row; every
+    quantized layer's input width must be a multiple of ``group_size``. Activations bf16, as for
+    ``int8_weight``.
 
     ```yaml
     sweep:
