@@ -49,6 +49,13 @@ def _by_id(measurements: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {f"{m['suite']}/{m['dataset']}/{m['metric']}": m for m in measurements}
 
 
+def _method_name(line: str) -> str:
+    """The method name of one sweep entry line (``    - wanda`` or ``    - {name: wanda, ...}``)."""
+    entry = line.strip()[2:].strip()
+    m = re.match(r"\{name: ([\w-]+)", entry)
+    return m.group(1) if m else entry
+
+
 def _cpu() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
@@ -64,13 +71,24 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/bench-quantization")
     ap.add_argument("--out", default="bench/results/quantization")
     ap.add_argument("--table-only", action="store_true", help="tabulate an earlier run's results.json")
+    ap.add_argument(
+        "--skip",
+        default="",
+        help="comma list of sweep methods to leave out (e.g. int4_weight: its CPU kernel is slow at prefill)",
+    )
     args = ap.parse_args()
     from audit.demo import demo_config_text, ensure_demo_assets
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     text = demo_config_text(ensure_demo_assets())
-    text = re.sub(r"sweep:\n(?:  .*\n)+", SWEEP, text)
+    skip = {m for m in args.skip.split(",") if m}
+    sweep = "".join(
+        line
+        for line in SWEEP.splitlines(keepends=True)
+        if not (line.startswith("    - ") and _method_name(line) in skip)
+    )
+    text = re.sub(r"sweep:\n(?:  .*\n)+", sweep, text)
     text = text.replace("output_dir: .", f"output_dir: {work / 'out'}")
     cfg = work / "audit.yaml"
     cfg.write_text(text, encoding="utf-8")
@@ -117,6 +135,7 @@ def main() -> None:
         *[m.split("/", 1)[1] for m in METRICS],
         "linear MB",
         "speed-up b1",
+        "speed-up batch",
         "max dlogit / tol",
     ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -132,6 +151,7 @@ def main() -> None:
         cells += [
             f"{r['linear_mb']:.1f} / {r['linear_mb_dense']:.1f}",
             f"{r['speedup_b1']:.2f}x" if r["speedup_b1"] else "-",
+            f"{r['speedup_batch']:.2f}x" if r["speedup_batch"] else "-",
             f"{r['max_dlogit']:.2g} / {r['tolerance']:.2g}" if r["max_dlogit"] is not None else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
