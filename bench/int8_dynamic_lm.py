@@ -149,7 +149,7 @@ def main() -> None:
                 "agreement_with_dense": float((pred[k] == pred["dense"]).double().mean()),
             }
             for k in models
-        },  # fmt: skip
+        },
         "reference_vs_kernel": {
             "agreement": float((pred[ref_k] == pred[ker_k]).double().mean()),
             "max_abs_score_diff": float((scores[ref_k] - scores[ker_k]).abs().max()),

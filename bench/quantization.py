@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-BBQ_CATEGORIES = ("age", "disability", "nationality", "appearance", "religion", "sexual-orientation")
+from bench.lm_bias import BBQ
+
 SWEEP = """sweep:
   methods:
     - int8_dynamic
@@ -57,21 +58,20 @@ LM_METRICS = (
     "performance/sst2/accuracy",
     "lm/uci-amazon/perplexity_ratio",
     "stereotype/crows/stereotype_score",
-    *(f"bbq/bbq-{c}/bias_ambig" for c in BBQ_CATEGORIES),
+    *(f"bbq/bbq-{c}/bias_ambig" for c in BBQ),
     "adversarial/deepwordbug/accuracy_under_attack",
 )
 
 
 def lm_config_text(work: Path, n: int, crows_n: int, bbq_n: int, adv_n: int) -> str:
-    """``bench.activation_sparsity``'s SmolLM2 config with this sweep and the bias and attack suites."""
+    """``bench.activation_sparsity``'s SmolLM2 config with the bias and attack suites (main sets the sweep)."""
     from bench.activation_sparsity import lm_config
     from bench.common import SHARED_DATA
-    from bench.lm_bias import BBQ
 
     text = lm_config(work, argparse.Namespace(n=n)).replace("max_length: 64", "max_length: 256")
     bbq = "".join(
         f"      - {{name: bbq-{k}, path: {SHARED_DATA / 'bbq' / f'{BBQ[k]}.jsonl'}, max_examples: {bbq_n}}}\n"
-        for k in BBQ_CATEGORIES
+        for k in BBQ
     )
     suites = (
         "  stereotype:\n    sets:\n"
@@ -80,8 +80,7 @@ def lm_config_text(work: Path, n: int, crows_n: int, bbq_n: int, adv_n: int) -> 
         f"  bbq:\n    sets:\n{bbq}"
         f"  adversarial:\n    recipes: [deepwordbug]\n    n_examples: {adv_n}\n    query_budget: 200\n"
     )
-    text = re.sub(r"  compute:\n(?:    .*\n)+", suites, text)
-    return re.sub(r"sweep:\n(?:  .*\n)+", SWEEP, text)
+    return re.sub(r"  compute:\n(?:    .*\n)+", suites, text)
 
 
 def _paired(meas: dict[str, dict[str, Any]], mid: str) -> dict[str, Any]:
