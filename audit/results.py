@@ -73,7 +73,7 @@ class Measurement(Record):
 class QuantLayerRecord(Record):
     """How a quantization method stored one layer (absent for layers it did not quantize)."""
 
-    scheme: str = Field(description="int8_dynamic, int8_weight or int4_weight.")
+    scheme: str = Field(description="int8_dynamic, int8_dynamic_token, int8_weight or int4_weight.")
     bits: int = Field(description="Bits per stored weight.")
     granularity: str = Field(description="What one scale covers (per output channel, per group of g inputs).")
     activations: str = Field(description="How the layer's inputs are represented when it runs.")

@@ -15,11 +15,14 @@ from audit.deploy.pipeline import DeployContext, deploy_variant
 from audit.deploy.quantized import (
     DynamicInt8Linear,
     QuantReferenceLinear,
+    TokenInt8Linear,
     WeightInt4Linear,
     WeightInt8Linear,
     bf16_round,
     bf16_ulp,
     fake_quant_dynamic,
+    fake_quant_token,
+    quantize_per_token,
 )
 from audit.errors import UsageError
 from audit.plan import plan
@@ -57,6 +60,7 @@ def _within_kernel_rounding(ref: QuantReferenceLinear, dep: nn.Module, x: torch.
     ("scheme", "cls", "activations"),
     [
         ("int8_dynamic", DynamicInt8Linear, "fp32"),
+        ("int8_dynamic_token", TokenInt8Linear, "fp32"),
         ("int8_weight", WeightInt8Linear, "bf16"),
         ("int8_weight", WeightInt8Linear, "fp32"),
     ],
@@ -99,7 +103,10 @@ def test_a_weight_only_layer_saved_without_activations_reloads_on_the_fp32_path(
     assert WeightInt8Linear.from_state(64, 48, tensors, dep.meta()).activations == "bf16"
 
 
-@pytest.mark.parametrize(("scheme", "group"), [("int8_dynamic", None), ("int8_weight", None), ("int4_weight", 32)])
+@pytest.mark.parametrize(
+    ("scheme", "group"),
+    [("int8_dynamic", None), ("int8_dynamic_token", None), ("int8_weight", None), ("int4_weight", 32)],
+)
 def test_zero_weights_stay_zero_after_quantizing(scheme: str, group: int | None) -> None:
     lin = _pruned_linear(seed=3)
     zeros = lin.weight.detach() == 0
@@ -116,6 +123,35 @@ def test_dynamic_reference_quantizes_its_input() -> None:
     assert not torch.equal(fq, x)
     with torch.inference_mode():
         assert torch.allclose(ref(x), nn.functional.linear(fq, ref.weight, ref.bias), atol=0, rtol=0)
+
+
+def test_token_reference_quantizes_each_row_of_its_input_on_its_own_grid() -> None:
+    ref = QuantReferenceLinear(_pruned_linear(seed=4), "int8_dynamic_token")
+    x = torch.randn(6, 64, generator=torch.Generator().manual_seed(5))
+    q, scales = quantize_per_token(x)
+    assert q.dtype == torch.int8 and scales.shape == (6, 1)
+    assert torch.equal(scales[:, 0], x.abs().amax(dim=1) / 127)
+    with torch.inference_mode():
+        assert torch.equal(ref(x), nn.functional.linear(fake_quant_token(x), ref.weight, ref.bias))
+
+
+def test_an_outlier_token_does_not_change_the_other_tokens_outputs_per_token_but_does_per_tensor() -> None:
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(8))
+    outlier = torch.cat([x, torch.full((1, 64), 500.0)])
+    for scheme, same in (("int8_dynamic_token", True), ("int8_dynamic", False)):
+        dep = QuantReferenceLinear(_pruned_linear(seed=9), scheme).deploy()
+        with torch.inference_mode():
+            alone, beside = dep(x), dep(outlier)[:4]
+        assert torch.equal(alone, beside) is same, scheme
+
+
+def test_int_mm_sums_are_exact_at_the_extremes_of_the_int8_grid() -> None:
+    # no 16-bit saturation anywhere: every product at +-127 x +-127 over 4096 inputs, odd widths too
+    for k, n in ((4096, 3), (37, 5)):
+        q = torch.full((2, k), -127, dtype=torch.int8)
+        q[1, ::2] = 127
+        w = torch.full((n, k), 127, dtype=torch.int8)
+        assert torch.equal(torch._int_mm(q, w.t()).long(), q.long() @ w.long().t())
 
 
 def test_int8_stores_a_byte_per_weight_plus_a_scale_per_row() -> None:
@@ -148,6 +184,8 @@ def _deploy(dense: nn.Module, model: nn.Module, record, probe):
         ("int8_weight", 0.0, {}, "int8_weight"),
         ("int4_weight", 0.0, {"group_size": 32}, "int4_weight"),
         ("int8_dynamic", 0.5, {"prune": "magnitude"}, "int8_dynamic"),
+        ("int8_dynamic_token", 0.0, {}, "int8_dynamic_token"),
+        ("int8_dynamic_token", 0.5, {"prune": "magnitude"}, "int8_dynamic_token"),
     ],
 )
 def test_quantized_variant_deploys_on_its_kernel_and_verifies(
@@ -340,7 +378,8 @@ def _scales(dep: nn.Module) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("method", "params"), [("int8_dynamic", {}), ("int8_weight", {}), ("int4_weight", {"group_size": 32})]
+    ("method", "params"),
+    [("int8_dynamic", {}), ("int8_dynamic_token", {}), ("int8_weight", {}), ("int4_weight", {"group_size": 32})],
 )
 def test_a_kernel_with_one_scale_one_percent_off_fails_its_layer_check(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, method: str, params: dict
@@ -368,7 +407,8 @@ def test_a_kernel_with_one_scale_one_percent_off_fails_its_layer_check(
 
 
 @pytest.mark.parametrize(
-    ("method", "params"), [("int8_dynamic", {}), ("int8_weight", {}), ("int4_weight", {"group_size": 32})]
+    ("method", "params"),
+    [("int8_dynamic", {}), ("int8_dynamic_token", {}), ("int8_weight", {}), ("int4_weight", {"group_size": 32})],
 )
 def test_a_deployed_quantized_model_saves_and_reloads_on_the_same_kernel(
     tiny_model_dir: Path, tmp_path: Path, method: str, params: dict

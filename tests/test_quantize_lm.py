@@ -16,7 +16,7 @@ from audit.config import DeployConfig
 from audit.data import EvalSet
 from audit.deploy.lm import prompts_of
 from audit.deploy.pipeline import DeployContext, deploy_variant
-from audit.deploy.quantized import DynamicInt8Linear, QuantReferenceLinear
+from audit.deploy.quantized import DynamicInt8Linear, QuantReferenceLinear, TokenInt8Linear
 from audit.models import adapter_of
 from audit.models.decoders import prunable_linears
 from audit.pruning.base import CalibrationData
@@ -59,13 +59,16 @@ def _context(lm: tuple, dense: torch.nn.Module) -> DeployContext:
 
 
 @pytest.mark.parametrize(
-    ("sparsity", "params"), [(0.0, {}), (0.5, {"prune": "wanda"})], ids=["int8_dynamic", "wanda+int8_dynamic"]
+    ("scheme", "cls"), [("int8_dynamic", DynamicInt8Linear), ("int8_dynamic_token", TokenInt8Linear)]
 )
-def test_a_quantized_llama_deploys_on_the_dynamic_int8_kernel_and_verifies(lm, sparsity: float, params: dict) -> None:
+@pytest.mark.parametrize(("sparsity", "params"), [(0.0, {}), (0.5, {"prune": "wanda"})], ids=["plain", "wanda"])
+def test_a_quantized_llama_deploys_on_the_dynamic_int8_kernel_and_verifies(
+    lm, scheme: str, cls: type, sparsity: float, params: dict
+) -> None:
     tok, dense, *_ = lm
     model = copy.deepcopy(dense)
     head = model.lm_head.weight.detach().clone()
-    record = run(model, "int8_dynamic", sparsity, _calibration(tok) if params else None, **params)
+    record = run(model, scheme, sparsity, _calibration(tok) if params else None, **params)
     block = [n for n, _ in prunable_linears(model)]
     assert [layer.name for layer in record.layers] == block and len(block) == 14  # 2 blocks x 7 Linear layers
     assert all(isinstance(model.get_submodule(n), QuantReferenceLinear) for n in block)
@@ -75,10 +78,10 @@ def test_a_quantized_llama_deploys_on_the_dynamic_int8_kernel_and_verifies(lm, s
         rec.equivalence.max_abs_logit_diff,
         rec.equivalence.tolerance,
     )
-    assert rec.formats == {"int8_dynamic": 14, "dense": 1}  # the LM head is protected: kept dense, not quantized
-    assert all(isinstance(model.get_submodule(n), DynamicInt8Linear) for n in block)
+    assert rec.formats == {scheme: 14, "dense": 1}  # the LM head is protected: kept dense, not quantized
+    assert all(isinstance(model.get_submodule(n), cls) for n in block)
     assert torch.equal(model.lm_head.weight.detach(), head)
-    assert all(layer.format == "int8_dynamic" and layer.quant.scheme == "int8_dynamic" for layer in record.layers)
+    assert all(layer.format == scheme and layer.quant.scheme == scheme for layer in record.layers)
     assert rec.linear_bytes_deployed < rec.linear_bytes_dense
     if params:
         assert record.achieved_sparsity >= 0.5

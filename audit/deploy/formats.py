@@ -116,6 +116,13 @@ BUILTIN_FORMATS: tuple[FormatSpec, ...] = (
         quantized=True,
     ),
     FormatSpec(
+        "int8_dynamic_token",
+        "audit.deploy.quantized:Int8DynamicTokenFormat",
+        "aten::_int_mm: int8 weight per output channel, int8 activations per token on every call (CPU)",
+        opt_in=True,
+        quantized=True,
+    ),
+    FormatSpec(
         "int8_weight",
         "audit.deploy.quantized:Int8WeightFormat",
         "aten::_weight_int8pack_mm: weight-only int8 per output channel, fp32 activations (CPU)",

@@ -173,7 +173,7 @@ def deploy_variant(model: nn.Module, pruning: PruningRecord | None, ctx: DeployC
 
         ref_gen = reference_generation(model, ctx.tokenizer, ctx.prompts)
     reference = ctx.outputs(model)
-    dynamic = any(getattr(m, "scheme", None) == "int8_dynamic" for m in model.modules())
+    dynamic = any(getattr(m, "scheme", None) in ("int8_dynamic", "int8_dynamic_token") for m in model.modules())
     bf16 = any(getattr(m, "scheme", None) in ("int8_weight", "int4_weight") and getattr(m, "bf16", False)
                for m in model.modules())  # fmt: skip
     conversion = ctx.converter.convert(model, keep_dense=ctx.keep_dense(model))

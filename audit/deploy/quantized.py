@@ -7,17 +7,16 @@ fake-quantizing its input exactly as the kernel will. That module is the variant
 reference (what the deployed model must compute). Deployment (:mod:`audit.deploy.convert`)
 turns it into the deployed module of its scheme, run by one of the pinned torch's CPU kernels:
 
-=============  =========================================  ==========================================
-scheme         deployed module / kernel                   stored
-=============  =========================================  ==========================================
-int8_dynamic   :class:`DynamicInt8Linear`,                int8 weight, one fp32 scale per output
-               ``quantized::linear_dynamic`` (fbgemm      channel (zero point 0); activations uint8,
-               packed weight, the ``x86`` engine)         one scale/zero point per call (7-bit range)
-int8_weight    :class:`WeightInt8Linear`,                 int8 weight, one scale per output
-               ``aten::_weight_int8pack_mm``              channel; activations bf16 (or fp32)
-int4_weight    :class:`WeightInt4Linear`,                 4-bit weight packed two per byte, one
-               ``aten::_weight_int4pack_mm_for_cpu``      scale per group of ``group_size`` inputs
-=============  =========================================  ==========================================
+- ``int8_dynamic``: :class:`DynamicInt8Linear`, ``quantized::linear_dynamic`` on an fbgemm-packed
+  weight (the ``x86`` engine). Stored: the int8 weight and one fp32 scale per output channel (zero
+  point 0). Activations uint8, one scale and zero point per call (7-bit range).
+- ``int8_dynamic_token``: :class:`TokenInt8Linear`, ``aten::_int_mm`` (int8 x int8 -> int32, oneDNN),
+  then the two scales. Stored as ``int8_dynamic``. Activations int8, symmetric, one scale per token
+  (row) on every call, -127..127.
+- ``int8_weight``: :class:`WeightInt8Linear`, ``aten::_weight_int8pack_mm``. Stored: the int8 weight
+  and one scale per output channel. Activations bf16 (or fp32).
+- ``int4_weight``: :class:`WeightInt4Linear`, ``aten::_weight_int4pack_mm_for_cpu``. Stored: 4-bit
+  weights packed two per byte, one scale per group of ``group_size`` inputs.
 
 The weight-only kernels run in the activation dtype they are given. In the pinned torch their
 bf16 path is the vectorized one and their fp32 path a slow fallback: measured on an AMD EPYC
@@ -31,9 +30,14 @@ what the kernel multiplies. ``activations: fp32`` keeps the exact fp32 path.
 Every grid is symmetric with zero point 0 (int4: the kernel's ``(q - 8) * scale + zero`` with
 zero 0), so a pruned (zero) weight stays exactly zero: a hybrid keeps its mask.
 
-torchao, the maintained successor of ``torch.ao.quantization``, would offer more int4/int8
-CPU layouts, but it is not installable in this environment (no wheel for the pinned torch);
-the kernels above ship with torch itself. ``torch.quantize_per_channel`` and the quantized
+``int8_dynamic_token`` is the scheme of torchao's ``Int8DynamicActivationInt8WeightConfig`` (torchao is
+the maintained successor of ``torch.ao.quantization``): per-token symmetric int8 activations, per-channel
+int8 weights. torchao 0.18 (on PyPI, for torch >= 2.11) runs that config on a CPU, outside
+``torch.compile``, as ``torch._int_mm`` followed by the two rescales; this module calls the same op
+directly rather than taking torchao's tensor subclasses into deployed models (which this project stores,
+fingerprints and reloads as plain modules with buffers). Per-tensor ``int8_dynamic`` lets one outlier
+token set the grid of every token in the call (``bench/int8_dynamic_lm``: on SmolLM2 a 1000x coarser
+step than per token); the per-token grid does not. ``torch.quantize_per_channel`` and the quantized
 tensor constructors are deprecated in the pinned torch (pytorch/pytorch#184982); their
 warning is silenced where this module calls them.
 """
@@ -52,9 +56,11 @@ from torch.nn import functional as F
 
 from audit.deploy.modules import DeployedLinear
 
-SCHEMES = ("int8_dynamic", "int8_weight", "int4_weight")
+SCHEMES = ("int8_dynamic", "int8_dynamic_token", "int8_weight", "int4_weight")
+DYNAMIC = ("int8_dynamic", "int8_dynamic_token")
+"""The schemes that quantize their own input on every call."""
 ACTIVATIONS = ("bf16", "fp32")
-"""Activation dtypes of the weight-only schemes (``int8_dynamic`` quantizes its own)."""
+"""Activation dtypes of the weight-only schemes (the dynamic ones quantize their own)."""
 BF16_STEP = 2.0**-7
 """One bf16 rounding step relative to the value's leading power of two (8 significant bits)."""
 REDUCE_RANGE = True
@@ -106,6 +112,12 @@ def describe(scheme: str, group_size: int | None = None, activations: str = "bf1
             scheme, 8, "per output channel, symmetric (zero point 0)",
             "uint8, one scale and zero point per call over the whole input (dynamic), 7-bit range",
             f"quantized::linear_dynamic (fbgemm-packed int8 weight; engine {torch.backends.quantized.engine})",
+        )  # fmt: skip
+    if scheme == "int8_dynamic_token":
+        return QuantInfo(
+            scheme, 8, "per output channel, symmetric (zero point 0)",
+            "int8, symmetric, one scale per token (row) on every call (dynamic), -127..127",
+            "aten::_int_mm (int8 x int8 -> int32), then per-token x per-channel rescale",
         )  # fmt: skip
     if scheme == "int8_weight":
         return QuantInfo(
@@ -165,13 +177,26 @@ def fake_quant_dynamic(x: torch.Tensor) -> torch.Tensor:
         return torch.quantize_per_tensor_dynamic(x.float(), torch.quint8, REDUCE_RANGE).dequantize()
 
 
+def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 ``x`` in -127..127, fp32 scales ``[..., 1]``): symmetric, one scale per row of the last dim."""
+    xf = x.float()
+    scales = (xf.abs().amax(dim=-1, keepdim=True) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+    return torch.round(xf / scales).clamp_(-127, 127).to(torch.int8), scales
+
+
+def fake_quant_token(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded as :class:`TokenInt8Linear` rounds it (:func:`quantize_per_token`), dequantized."""
+    q, scales = quantize_per_token(x)
+    return q.float() * scales
+
+
 # -- the reference -----------------------------------------------------------------------
 class QuantReferenceLinear(nn.Linear):
     """A quantized layer before deployment: the dequantized fp32 weight, the integers and scales.
 
-    ``int8_dynamic`` also fake-quantizes its input; a weight-only scheme with ``activations: bf16``
-    rounds its input and its output (before the bias) to bf16, as its kernel does (both
-    straight-through for gradients).
+    A dynamic scheme also fake-quantizes its input (per call or per token); a weight-only scheme
+    with ``activations: bf16`` rounds its input and its output (before the bias) to bf16, as its
+    kernel does (both straight-through for gradients).
     """
 
     def __init__(
@@ -182,7 +207,7 @@ class QuantReferenceLinear(nn.Linear):
             raise ValueError(f"unknown activations {activations!r}; known: {', '.join(ACTIVATIONS)}")
         self.scheme = scheme
         self.group_size = group_size
-        self.activations = "fp32" if scheme == "int8_dynamic" else activations
+        self.activations = "fp32" if scheme in DYNAMIC else activations
         w = linear.weight.detach()
         if scheme == "int4_weight":
             if group_size is None:
@@ -204,15 +229,16 @@ class QuantReferenceLinear(nn.Linear):
     @property
     def bf16(self) -> bool:
         """A weight-only layer that runs its kernel in bf16."""
-        return self.scheme != "int8_dynamic" and self.activations == "bf16"
+        return self.scheme not in DYNAMIC and self.activations == "bf16"
 
     @property
     def info(self) -> QuantInfo:
         return describe(self.scheme, self.group_size, self.activations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scheme == "int8_dynamic":
-            fq = fake_quant_dynamic(x.detach()).to(x.dtype)
+        if self.scheme in DYNAMIC:
+            fake = fake_quant_dynamic if self.scheme == "int8_dynamic" else fake_quant_token
+            fq = fake(x.detach()).to(x.dtype)
             x = x + (fq - x).detach() if x.requires_grad else fq
         if not self.bf16:
             return F.linear(x, self.weight, self.bias)
@@ -228,6 +254,8 @@ class QuantReferenceLinear(nn.Linear):
         bias = None if self.bias is None else self.bias.detach().float().cpu().clone()
         if self.scheme == "int8_dynamic":
             return DynamicInt8Linear(self.in_features, self.out_features, self.q.cpu(), self.scales.cpu(), bias)
+        if self.scheme == "int8_dynamic_token":
+            return TokenInt8Linear(self.in_features, self.out_features, self.q.cpu(), self.scales.cpu(), bias)
         if self.scheme == "int8_weight":
             return WeightInt8Linear(
                 self.in_features, self.out_features, self.q.cpu(), self.scales.cpu(), bias, self.activations
@@ -237,7 +265,7 @@ class QuantReferenceLinear(nn.Linear):
         )
 
     def extra_repr(self) -> str:
-        extra = f", activations={self.activations}" if self.scheme != "int8_dynamic" else ""
+        extra = f", activations={self.activations}" if self.scheme not in DYNAMIC else ""
         return f"{super().extra_repr()}, scheme={self.scheme}{extra}"
 
 
@@ -367,6 +395,26 @@ class DynamicInt8Linear(_Int8Weights):
         return self._out(y, dtype)
 
 
+class TokenInt8Linear(_Int8Weights):
+    """Dynamic int8 per token: each row of the input on its own symmetric int8 grid
+    (:func:`quantize_per_token`), ``aten::_int_mm`` against the int8 weight (exact int32 sums), then
+    ``x`` the row's scale and the output channel's scale, plus the bias. ``_int_mm`` reads the stored
+    ``qweight`` transposed in place: no second copy of the weight.
+    """
+
+    format_name = "int8_dynamic_token"
+    scheme = "int8_dynamic_token"
+
+    def _run(self, x2d: torch.Tensor) -> torch.Tensor:
+        dtype = x2d.dtype
+        q, row_scales = quantize_per_token(x2d)
+        acc = torch._int_mm(q.contiguous(), self.qweight.t())
+        y = acc.float() * row_scales * self.scales
+        if self.bias is not None:
+            y = y + self.bias
+        return self._out(y, dtype)
+
+
 class WeightInt8Linear(_Int8Weights):
     """Weight-only int8: ``aten::_weight_int8pack_mm(x, int8 [out, in], scales [out])`` plus the bias."""
 
@@ -466,7 +514,7 @@ class WeightInt4Linear(_QuantLinear):
 
 
 QUANT_MODULES: dict[str, type[_QuantLinear]] = {
-    m.format_name: m for m in (DynamicInt8Linear, WeightInt8Linear, WeightInt4Linear)
+    m.format_name: m for m in (DynamicInt8Linear, TokenInt8Linear, WeightInt8Linear, WeightInt4Linear)
 }
 
 
@@ -496,6 +544,11 @@ class QuantizedFormat(DeployFormat):
 class Int8DynamicFormat(QuantizedFormat):
     name = "int8_dynamic"
     module = DynamicInt8Linear
+
+
+class Int8DynamicTokenFormat(QuantizedFormat):
+    name = "int8_dynamic_token"
+    module = TokenInt8Linear
 
 
 class Int8WeightFormat(QuantizedFormat):

@@ -1,4 +1,4 @@
-"""Quantization methods (``int8_dynamic``, ``int8_weight``, ``int4_weight``) and their hybrids.
+"""Quantization methods (``int8_dynamic``, ``int8_dynamic_token``, ``int8_weight``, ``int4_weight``) and hybrids.
 
 A quantization method is a sweep method like a pruner: it changes the weights of the
 selected Linear layers (rounds them onto an integer grid) in place. Each selected

@@ -362,6 +362,21 @@ class Int8DynamicParams(_QuantParams):
     """
 
 
+class Int8DynamicTokenParams(_QuantParams):
+    """Dynamic int8 per token, deployed on ``aten::_int_mm`` (CPU): each selected layer's weight int8
+    per output channel (symmetric), its input quantized on every call to int8 with one symmetric scale
+    per token (row), as torchao's ``Int8DynamicActivationInt8WeightConfig``. Unlike ``int8_dynamic``,
+    one outlier token does not coarsen the grid of the others (see ``bench/int8_dynamic_lm``).
+
+    ```yaml
+    sweep:
+      methods:
+        - int8_dynamic_token
+        - {name: int8_dynamic_token, params: {prune: wanda}}
+    ```
+    """
+
+
 class _WeightOnly(_QuantParams):
     activations: Literal["bf16", "fp32"] = Field(
         "bf16",
@@ -508,6 +523,11 @@ IMP = _builtin(
 INT8_DYNAMIC = _quantizer(
     "int8_dynamic", Int8DynamicParams,
     "Dynamic int8 (weights per channel, activations per call) on quantized::linear_dynamic; optional pruner first.",
+    "round-to-nearest int8, symmetric per output channel",
+)  # fmt: skip
+INT8_DYNAMIC_TOKEN = _quantizer(
+    "int8_dynamic_token", Int8DynamicTokenParams,
+    "Dynamic int8 (weights per channel, activations per token) on aten::_int_mm; optional pruner first.",
     "round-to-nearest int8, symmetric per output channel",
 )  # fmt: skip
 INT8_WEIGHT = _quantizer(
