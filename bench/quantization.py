@@ -5,9 +5,10 @@
 
 Runs ``prune-audit run`` on the demo's config (MiniLM-L6 sentiment classifier, its data and
 suites: performance, ood, bias, adversarial) with the sweep replaced by int8 dynamic, int8
-weight-only, int4 weight-only, Wanda 50 % and the hybrids Wanda 50 % then int8 (dynamic and
-weight-only), then tabulates each variant's deltas vs dense (with BH q-values), deployed
-format per layer, equivalence, speed and size. Writes ``bench/results/quantization.json`` and
+weight-only, int4 weight-only, Wanda 50 %, the hybrids Wanda 50 % then int8 (dynamic and
+weight-only), and per-token dynamic int8 alone and after Wanda, then tabulates each variant's
+deltas vs dense (with BH q-values), deployed format per layer, equivalence, speed and size.
+Writes ``bench/results/quantization.json`` and
 ``.md`` (``--out`` for another stem).
 
 ``--family lm``: the same sweep on SmolLM2-135M-Instruct, audited as a zero-shot SST-2 classifier
@@ -38,6 +39,8 @@ SWEEP = """sweep:
     - wanda
     - {name: int8_dynamic, params: {prune: wanda}}
     - {name: int8_weight, params: {prune: wanda}}
+    - int8_dynamic_token
+    - {name: int8_dynamic_token, params: {prune: wanda}}
   sparsities: [0.5]
   seeds: [0]
   calibration: {n: 64, seed: 0}
@@ -128,16 +131,22 @@ def main() -> None:
     ap.add_argument("--crows-n", type=int, default=300, help="lm: CrowS-Pairs pairs (seeded sample)")
     ap.add_argument("--bbq-n", type=int, default=36, help="lm: BBQ questions per category (seeded, stratified)")
     ap.add_argument("--adv-n", type=int, default=40, help="lm: examples DeepWordBug attacks")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma list of sweep methods to keep, with their hybrids (e.g. int8_dynamic_token); dense always runs",
+    )
     args = ap.parse_args()
     lm = args.family == "lm"
     work = Path(args.work or ("/tmp/bench-quantization-lm" if lm else "/tmp/bench-quantization"))
     out_stem = args.out or ("bench/results/quantization_lm" if lm else "bench/results/quantization")
     work.mkdir(parents=True, exist_ok=True)
     skip = {m for m in args.skip.split(",") if m}
+    only = {m for m in args.only.split(",") if m}
     sweep = "".join(
         line
         for line in SWEEP.splitlines(keepends=True)
-        if not (line.startswith("    - ") and _method_name(line) in skip)
+        if not (line.startswith("    - ") and (_method_name(line) in skip or (only and _method_name(line) not in only)))
     )
     if lm:
         text = lm_config_text(work, args.n, args.crows_n, args.bbq_n, args.adv_n)
@@ -192,6 +201,7 @@ def main() -> None:
     cmd = "python -m bench.quantization" + (
         f" --family lm --n {args.n} --crows-n {args.crows_n} --bbq-n {args.bbq_n} --adv-n {args.adv_n}" if lm else ""
     )
+    cmd += "".join(f" --{k} {v}" for k, v in (("skip", args.skip), ("only", args.only), ("out", args.out)) if v)
     lines = [f"CPU: {out['cpu']}; torch {out['torch']}; {model}, `{cmd}`", ""]
     base_row = ["dense", ""] + [
         f"{base[mid]['value']:.3f}" if mid in base and base[mid]["value"] is not None else "-" for mid in metrics
