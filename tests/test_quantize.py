@@ -132,7 +132,12 @@ def test_token_reference_quantizes_each_row_of_its_input_on_its_own_grid() -> No
     assert q.dtype == torch.int8 and scales.shape == (6, 1)
     assert torch.equal(scales[:, 0], x.abs().amax(dim=1) / 127)
     with torch.inference_mode():
-        assert torch.equal(ref(x), nn.functional.linear(fake_quant_token(x), ref.weight, ref.bias))
+        y = ref(x)
+        # the exact integer model: the deployed kernel's output bit for bit, the dequantized product up to fp32 rounding
+        assert torch.equal(y, ref.deploy()(x))
+        dequantized = nn.functional.linear(fake_quant_token(x), ref.weight, ref.bias)
+        assert not torch.equal(y, dequantized)
+        assert torch.allclose(y, dequantized, rtol=0, atol=1e-5)
 
 
 def test_an_outlier_token_does_not_change_the_other_tokens_outputs_per_token_but_does_per_tensor() -> None:

@@ -190,6 +190,22 @@ def fake_quant_token(x: torch.Tensor) -> torch.Tensor:
     return q.float() * scales
 
 
+def int8_token_exact(
+    x: torch.Tensor, q_weight: torch.Tensor, w_scales: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """The per-token int8 layer evaluated exactly: ``x`` on its per-token grid, the integer sums in fp64
+    (exact: each is at most 127² x in_features, far below 2^53), then the two scales and the bias in the
+    order :class:`TokenInt8Linear` applies them. A plain fp64 GEMM, independent of ``_int_mm``.
+    """
+    shape = x.shape
+    q, row_scales = quantize_per_token(x.reshape(-1, shape[-1]))
+    acc = (q.double() @ q_weight.double().T).float()
+    y = acc * row_scales * w_scales
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*shape[:-1], y.shape[-1]).to(x.dtype)
+
+
 # -- the reference -----------------------------------------------------------------------
 class QuantReferenceLinear(nn.Linear):
     """A quantized layer before deployment: the dequantized fp32 weight, the integers and scales.
@@ -197,6 +213,12 @@ class QuantReferenceLinear(nn.Linear):
     A dynamic scheme also fake-quantizes its input (per call or per token); a weight-only scheme
     with ``activations: bf16`` rounds its input and its output (before the bias) to bf16, as its
     kernel does (both straight-through for gradients).
+
+    ``int8_dynamic_token`` without gradients evaluates its integer model exactly
+    (:func:`int8_token_exact`), so the reference has no summation-order freedom: on SmolLM2, fp32
+    summation-order differences alone, flipping per-token roundings from layer to layer, moved the
+    logits by up to 4.4 against a tolerance of 2.4 (``bench/results/quantization_lm_token``, first
+    run). With gradients it is the dequantized product with a straight-through input grid.
     """
 
     def __init__(
@@ -240,6 +262,8 @@ class QuantReferenceLinear(nn.Linear):
             fake = fake_quant_dynamic if self.scheme == "int8_dynamic" else fake_quant_token
             fq = fake(x.detach()).to(x.dtype)
             x = x + (fq - x).detach() if x.requires_grad else fq
+        if self.scheme == "int8_dynamic_token" and not x.requires_grad:
+            return int8_token_exact(x, self.q, self.scales, self.bias)
         if not self.bf16:
             return F.linear(x, self.weight, self.bias)
         xr = bf16_round(x.detach()).to(x.dtype)
@@ -253,15 +277,24 @@ class QuantReferenceLinear(nn.Linear):
         """The deployed module of this layer's scheme, from its integers and scales (not re-quantized)."""
         bias = None if self.bias is None else self.bias.detach().float().cpu().clone()
         if self.scheme == "int8_dynamic":
-            return DynamicInt8Linear(self.in_features, self.out_features, self.q.cpu(), self.scales.cpu(), bias)
+            return DynamicInt8Linear(
+                self.in_features, self.out_features, self.q.cpu().clone(), self.scales.cpu().clone(), bias
+            )
         if self.scheme == "int8_dynamic_token":
-            return TokenInt8Linear(self.in_features, self.out_features, self.q.cpu(), self.scales.cpu(), bias)
+            return TokenInt8Linear(
+                self.in_features, self.out_features, self.q.cpu().clone(), self.scales.cpu().clone(), bias
+            )
         if self.scheme == "int8_weight":
             return WeightInt8Linear(
-                self.in_features, self.out_features, self.q.cpu(), self.scales.cpu(), bias, self.activations
+                self.in_features,
+                self.out_features,
+                self.q.cpu().clone(),
+                self.scales.cpu().clone(),
+                bias,
+                self.activations,
             )
         return WeightInt4Linear.from_int4(
-            self.q.cpu(), self.scales.cpu(), bias, int(self.group_size or 0), self.activations
+            self.q.cpu().clone(), self.scales.cpu().clone(), bias, int(self.group_size or 0), self.activations
         )
 
     def extra_repr(self) -> str:
