@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +24,6 @@ from audit.registry import SUITES
 from audit.suite import SuiteContext, Variant
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("PRUNE_AUDIT_SHARED") or ROOT.parent / "shared")
-AGE = SHARED / "data" / "bbq" / "Age.jsonl"
 # lm-evaluation-harness's list of UNKNOWN phrasings (lm_eval/tasks/bbq/utils.py, from HELM): an independent check
 HARNESS_UNKNOWN = {
     "Unknown",
@@ -169,8 +166,12 @@ def test_unknown_answer_comes_from_answer_info_and_a_row_without_one_is_refused(
         read_bbq(bad, "w")
 
 
-def test_real_bbq_rows_load_with_both_context_conditions_and_their_unknown_and_biased_answers() -> None:
+def test_real_bbq_rows_load_with_both_context_conditions_and_their_unknown_and_biased_answers(
+    shared_data: Path,
+) -> None:
     from suites.bbq.data import read_bbq, subsample
+
+    AGE = shared_data / "bbq" / "Age.jsonl"
 
     items, warning = subsample(read_bbq(AGE, str(AGE)), 8, seed=0)
     assert warning is None and len(items) == 8

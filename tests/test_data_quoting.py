@@ -12,10 +12,6 @@ from audit.data import load_split
 from audit.errors import DataError
 
 ID2LABEL = {0: "negative", 1: "positive"}
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-CAD = Path("/work/shared/data/cad_imdb/revised_test.tsv")
-if not CAD.exists():
-    CAD = SHARED / "cad_imdb" / "revised_test.tsv"
 
 # a multi-line quoted field (line 3 of the file is inside row 2), a field with a tab, and "" escapes
 TSV = (
@@ -79,8 +75,8 @@ def test_quoting_is_only_for_csv_and_tsv(tmp_path: Path) -> None:
         cfg_for(tmp_path, "t.tsv", "  quoting: single\n")
 
 
-@pytest.mark.skipif(not CAD.exists(), reason="../shared/data (the CAD IMDb files) is not present")
-def test_a_real_tsv_with_doubled_quotes_loads_without_quote_characters(tmp_path: Path) -> None:
+def test_a_real_tsv_with_doubled_quotes_loads_without_quote_characters(tmp_path: Path, shared_data: Path) -> None:
+    CAD = shared_data / "cad_imdb" / "revised_test.tsv"
     cfg = config_from_text(
         f"model: {{path: m}}\ndata:\n  files: {{test: {CAD}}}\n  splits: {{eval: test, calibration: null}}\n"
         "  columns: {text: Text, label: Sentiment}\n  label_map: {Negative: 0, Positive: 1}\n",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import csv
 import difflib
-import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,9 +23,6 @@ from audit.registry import SUITES
 from audit.suite import SuiteContext, Variant
 
 ROOT = Path(__file__).resolve().parents[1]
-# ../shared beside the checkout (as in conftest.py; PRUNE_AUDIT_SHARED names it elsewhere), used by path
-SHARED = Path(os.environ.get("PRUNE_AUDIT_SHARED") or ROOT.parent / "shared")
-CROWS = SHARED / "data" / "crows_pairs" / "crows_pairs_anonymized.csv"
 HEADER = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 # short pairs in CrowS-Pairs' shape: the modified words sit mid-sentence, shared tokens on both sides
 PAIRS = [
@@ -184,10 +180,11 @@ def test_flipped_pairs_are_the_mcnemar_discordant_pairs_and_the_reports_examples
     ]
 
 
-def test_the_first_crows_pairs_rows_load_with_their_bias_types() -> None:
+def test_the_first_crows_pairs_rows_load_with_their_bias_types(shared_data: Path) -> None:
     from suites.stereotype import StereotypeSet
     from suites.stereotype.pairs import load_pairs
 
+    CROWS = shared_data / "crows_pairs" / "crows_pairs_anonymized.csv"
     with CROWS.open(encoding="utf-8") as f:
         first = [row for _, row in zip(range(40), csv.DictReader(f), strict=False)]
     ps = load_pairs(StereotypeSet(name="crows", path=str(CROWS)), Path, seed=0)
@@ -199,11 +196,11 @@ def test_the_first_crows_pairs_rows_load_with_their_bias_types() -> None:
     assert len(sampled) == 40 and sampled.more == load_pairs(sampled.ref, Path, seed=0).more
 
 
-def test_winobias_files_load_as_gender_pairs_pro_being_the_more_stereotyping(tmp_path: Path) -> None:
+def test_winobias_files_load_as_gender_pairs_pro_being_the_more_stereotyping(shared_data: Path) -> None:
     from suites.stereotype import StereotypeSet
     from suites.stereotype.pairs import load_pairs
 
-    wino = SHARED / "data" / "winobias"
+    wino = shared_data / "winobias"
     ref = StereotypeSet(
         name="wino",
         format="winobias",
@@ -212,8 +209,13 @@ def test_winobias_files_load_as_gender_pairs_pro_being_the_more_stereotyping(tmp
     )
     ps = load_pairs(ref, Path, seed=0)
     assert len(ps) == 396 and set(ps.bias_type) == {"gender"} and set(ps.direction) == {"stereo"}
-    assert ps.more[0] == "The developer argued with the designer because he did not like the design."
-    assert ps.less[0] == "The developer argued with the designer because she did not like the design."
+    pro, anti = (
+        (wino / f).read_text(encoding="utf-8").splitlines()[0]
+        for f in ("pro_stereotyped_type1.txt.dev", "anti_stereotyped_type1.txt.dev")
+    )
+    assert ps.more[0] == pro.split(" ", 1)[1].replace("[", "").replace("]", "")
+    assert ps.less[0] == anti.split(" ", 1)[1].replace("[", "").replace("]", "")
+    assert ps.more[0] != ps.less[0] and "[" not in ps.more[0]
 
 
 def test_demo_pairs_are_seeded_crows_format_and_load_with_every_bias_type(tmp_path: Path) -> None:
