@@ -21,6 +21,7 @@ from audit.attest import (
     VerificationFailed,
     _b64decode,
     _sha256,
+    _tree_files,
     keyid,
     load_public_key,
     pae,
@@ -128,10 +129,15 @@ def verify_envelope(
     ``variants/...``; ``model`` (default: the model source the statement records) the dense
     checkpoint's directory or GGUF file that ``model/...`` subjects are read from.
 
+    The model directory and each saved variant's directory were signed whole, and
+    ``from_pretrained`` loads whatever lies in them (an added adapter, shard index or weights
+    file changes the model), so a file there that the statement does not list fails too.
+
     Raises:
         UsageError: The key or the envelope is not what is expected.
-        VerificationFailed: The signature does not verify with ``key``, or a subject is
-            missing or its sha256 differs (every such file is named).
+        VerificationFailed: The signature does not verify with ``key``, a subject is missing
+            or its sha256 differs, or a signed directory holds a file the statement does not
+            list (every such file is named).
     """
     public_key = load_public_key(key)
     payload, ptype, sigs = read_envelope(envelope)
@@ -153,12 +159,37 @@ def verify_envelope(
             problems.append(f"{name} changed (sha256 {got[:12]}, signed {want[:12]})")
         else:
             checked.append(name)
+    problems += [f"{name} is not in the statement (added after signing)" for name in _unlisted(st, root, model_root)]
     if problems:
         raise VerificationFailed(
             f"{len(problems)} of {len(st['subject'])} subjects do not verify: " + "; ".join(problems),
             where=str(envelope),
         )
     return Verified(keyid=kid, statement=st, checked=checked, artifacts=root, model_root=model_root)
+
+
+def _signed_dirs(st: dict[str, Any], root: Path, model_root: Path | None) -> list[tuple[str, Path]]:
+    """(subject-name prefix, directory) of each directory the statement signed file by file."""
+    names = [s["name"] for s in st["subject"]]
+    out = []
+    if model_root is not None and model_root.is_dir() and any(n.startswith(MODEL_PREFIX) for n in names):
+        out.append((MODEL_PREFIX, model_root))
+    for v in (st.get("predicate") or {}).get("variants") or []:
+        saved = v.get("saved_to") if isinstance(v, dict) else None
+        if isinstance(saved, str) and saved and (d := _resolve(saved, root, None)) is not None and d.is_dir():
+            out.append((saved.rstrip("/") + "/", d))
+    return out
+
+
+def _unlisted(st: dict[str, Any], root: Path, model_root: Path | None) -> list[str]:
+    """Files in the signed directories that are not subjects, as subject names."""
+    names = {s["name"] for s in st["subject"]}
+    return [
+        name
+        for prefix, d in _signed_dirs(st, root, model_root)
+        for f in _tree_files(d)
+        if (name := prefix + f.relative_to(d).as_posix()) not in names
+    ]
 
 
 def _recorded_model(st: dict[str, Any]) -> Path | None:

@@ -219,6 +219,26 @@ def test_a_missing_subject_fails_naming_it(run: Path, capsys: pytest.CaptureFixt
     assert f"variants/{VARIANT}/config.json is missing" in capsys.readouterr().err
 
 
+def test_a_file_added_to_a_signed_variant_or_checkpoint_directory_fails_naming_it(run: Path, capsys) -> None:
+    assert _sign(run) == 0
+    (run / "out" / "variants" / VARIANT / "adapter_config.json").write_text("{}")
+    (run / "model" / "extra.safetensors").write_bytes(os.urandom(64))
+    capsys.readouterr()
+    assert _verify(run) == 1
+    err = capsys.readouterr().err
+    assert f"2 of {len(_statement(run)['subject'])} subjects do not verify" in err
+    assert f"variants/{VARIANT}/adapter_config.json is not in the statement" in err
+    assert "model/extra.safetensors is not in the statement" in err
+
+
+def test_a_file_added_beside_results_outside_the_signed_directories_still_verifies(run: Path) -> None:
+    assert _sign(run) == 0
+    (run / "out" / "notes.txt").write_text("written after signing")
+    (run / "out" / "variants" / "scratch").mkdir()
+    (run / "out" / "variants" / "scratch" / "x.bin").write_bytes(b"x")
+    assert _verify(run) == 0
+
+
 def test_wrong_public_key_exits_1(run: Path, capsys: pytest.CaptureFixture) -> None:
     assert _sign(run) == 0
     capsys.readouterr()
