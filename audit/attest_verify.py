@@ -168,9 +168,8 @@ def verify_envelope(
     return Verified(keyid=kid, statement=st, checked=checked, artifacts=root, model_root=model_root)
 
 
-def _signed_dirs(st: dict[str, Any], root: Path, model_root: Path | None) -> list[tuple[str, Path]]:
+def _signed_dirs(st: dict[str, Any], names: set[str], root: Path, model_root: Path | None) -> list[tuple[str, Path]]:
     """(subject-name prefix, directory) of each directory the statement signed file by file."""
-    names = [s["name"] for s in st["subject"]]
     out = []
     if model_root is not None and model_root.is_dir() and any(n.startswith(MODEL_PREFIX) for n in names):
         out.append((MODEL_PREFIX, model_root))
@@ -186,7 +185,7 @@ def _unlisted(st: dict[str, Any], root: Path, model_root: Path | None) -> list[s
     names = {s["name"] for s in st["subject"]}
     return [
         name
-        for prefix, d in _signed_dirs(st, root, model_root)
+        for prefix, d in _signed_dirs(st, names, root, model_root)
         for f in _tree_files(d)
         if (name := prefix + f.relative_to(d).as_posix()) not in names
     ]

@@ -11,7 +11,8 @@ from pruning_helpers import run
 from torch import nn
 
 from audit.config import DeployConfig, load_config
-from audit.deploy.pipeline import PER_TENSOR_HINT, DeployContext, deploy_variant
+from audit.deploy.formats import FORMATS
+from audit.deploy.pipeline import DeployContext, deploy_variant
 from audit.deploy.quantized import (
     DynamicInt8Linear,
     QuantReferenceLinear,
@@ -375,7 +376,8 @@ def test_dynamic_tolerance_still_fails_a_kernel_with_wrong_scales(
     dep = _deploy(dense, model, record, _probe(tiny_model_dir))
     assert not dep.record.equivalence.passed
     assert "dynamic int8" in (dep.record.equivalence.tolerance_basis or "")
-    assert dep.record.notes[-1] == PER_TENSOR_HINT  # the failure points at the per-token scheme
+    hint = FORMATS.get("int8_dynamic").equivalence_hint
+    assert dep.record.notes[-1] == hint and "int8_dynamic_token" in hint  # the failure points at the per-token scheme
 
 
 def _scales(dep: nn.Module) -> torch.Tensor:

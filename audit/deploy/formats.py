@@ -20,6 +20,7 @@ stays when no sparse format wins, and it is the name :data:`DENSE`.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from audit.errors import PluginError
@@ -64,6 +65,8 @@ class FormatSpec(PluginSpec):
     produced_by: str = ""
     """Set for another format that serves only layers a sweep method produced (``an activation-sparsity
     method``): never a timing candidate, never listed in ``deploy.formats``, like a quantized one."""
+    equivalence_hint: str = ""
+    """What a deployment that used this format and failed its equivalence check is told (in its notes)."""
 
     @property
     def method_only(self) -> bool:
@@ -114,6 +117,11 @@ BUILTIN_FORMATS: tuple[FormatSpec, ...] = (
         "quantized::linear_dynamic: int8 weight per output channel, uint8 activations per call (CPU)",
         opt_in=True,
         quantized=True,
+        equivalence_hint=(
+            "int8_dynamic quantizes each call's whole input on one 7-bit grid, so one outlier token coarsens "
+            "every other row's step (causal LMs: bench/int8_dynamic_lm); int8_dynamic_token gives each token "
+            "its own grid"
+        ),
     ),
     FormatSpec(
         "int8_dynamic_token",
@@ -187,3 +195,13 @@ def is_known(recorded: str) -> bool:
     except PluginError:
         return False
     return True
+
+
+def equivalence_hints(recorded: Iterable[str]) -> list[str]:
+    """The hints of the registered formats among ``recorded`` names (both sides of a per-regime one), each once."""
+    out: list[str] = []
+    for name in recorded:
+        for part in regime_parts(name) or (name,):
+            if part != DENSE and is_known(part) and (hint := spec_of(part).equivalence_hint) and hint not in out:
+                out.append(hint)
+    return out

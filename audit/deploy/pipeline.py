@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from audit.deploy.convert import Conversion, Converter
-from audit.deploy.formats import DENSE
+from audit.deploy.formats import DENSE, equivalence_hints
 from audit.deploy.spec import measurements_of
 from audit.deploy.speed import identical_to_dense, measure_speed, model_bytes
 from audit.deploy.speed_cache import SpeedCache, speed_key, weights_fingerprint
@@ -157,12 +157,6 @@ def _fill_layer_records(pruning: PruningRecord | None, conversion: Conversion) -
         rec.format_speedup = dep.speedup
 
 
-PER_TENSOR_HINT = (
-    "int8_dynamic quantizes each call's whole input on one 7-bit grid, so one outlier token coarsens every "
-    "other row's step (causal LMs: bench/int8_dynamic_lm); int8_dynamic_token gives each token its own grid"
-)
-
-
 def deploy_variant(model: nn.Module, pruning: PruningRecord | None, ctx: DeployContext) -> Deployed:
     """Convert ``model`` in place, verify it against its own masked-dense logits, measure it.
 
@@ -221,8 +215,7 @@ def deploy_variant(model: nn.Module, pruning: PruningRecord | None, ctx: DeployC
         record.speed = _speed(ctx, model, conversion, variant_fp, device)
     elif not passed:
         record.notes.append("speed not measured: the deployed model failed its equivalence check")
-        if any(getattr(m, "scheme", None) == "int8_dynamic" for m in model.modules()):
-            record.notes.append(PER_TENSOR_HINT)
+        record.notes += equivalence_hints(record.formats)
     record.wall_time_s = time.perf_counter() - t0
     return Deployed(record=record, measurements=measurements_of(record), conversion=conversion)
 
